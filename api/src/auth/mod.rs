@@ -1,0 +1,165 @@
+//! JWT verification: HS256 development tokens and RS256 (Auth0-style) tokens whose keys
+//! come from a JWKS endpoint.
+
+mod jwks;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::domain::users::Claims;
+
+pub use jwks::JwksCache;
+
+/// Issuer of development tokens when `JWT_ISSUER` is not set.
+pub const DEV_ISSUER: &str = "workspaces-dev";
+/// Audience of development tokens when `JWT_AUDIENCE` is not set.
+pub const DEV_AUDIENCE: &str = "workspaces-api";
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused (the message is safe to show).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+/// The claims we read. `exp` and `nbf` must be JSON numbers: a string fails here.
+#[derive(Debug, Deserialize, Serialize)]
+struct RawClaims {
+    sub: String,
+    exp: f64,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email_verified: Option<bool>,
+    /// Auth0 puts profile claims of access tokens under namespaced keys.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Verifies bearer tokens.
+pub struct Verifier {
+    hs256: Option<DecodingKey>,
+    jwks: Option<JwksCache>,
+    issuer: String,
+    audience: String,
+}
+
+impl Verifier {
+    /// Builds the verifier from configuration.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            hs256: config.jwt_hs256_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks: config.jwt_jwks_url.as_ref().map(|u| JwksCache::new(u.clone())),
+            issuer: config.jwt_issuer.clone().unwrap_or_else(|| DEV_ISSUER.into()),
+            audience: config.jwt_audience.clone().unwrap_or_else(|| DEV_AUDIENCE.into()),
+        }
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.algorithms = vec![alg];
+        v.leeway = LEEWAY_SECS;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        v
+    }
+
+    /// Verifies `token` and returns the identity claims.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError("malformed token".into()))?;
+        let data = match header.alg {
+            Algorithm::HS256 => {
+                let key = self
+                    .hs256
+                    .as_ref()
+                    .ok_or_else(|| AuthError("HS256 tokens are not accepted by this server".into()))?;
+                jsonwebtoken::decode::<RawClaims>(token, key, &self.validation(Algorithm::HS256))
+            }
+            alg => {
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .ok_or_else(|| AuthError(format!("{alg:?} tokens are not accepted by this server")))?;
+                let kid = header.kid.as_deref().ok_or_else(|| AuthError("token has no kid".into()))?;
+                let (key, key_alg) = jwks.key(kid).await?;
+                // The key's own algorithm decides, never the token's header alone.
+                if key_alg != alg {
+                    return Err(AuthError("token algorithm does not match its key".into()));
+                }
+                jsonwebtoken::decode::<RawClaims>(token, &key, &self.validation(key_alg))
+            }
+        }
+        .map_err(describe)?;
+        let c = data.claims;
+        let email = c.email.or_else(|| namespaced(&c.extra, "email").and_then(|v| v.as_str().map(String::from)));
+        let email = email.ok_or_else(|| AuthError("token carries no email claim".into()))?;
+        let name = c.name.or_else(|| namespaced(&c.extra, "name").and_then(|v| v.as_str().map(String::from)));
+        let verified = c
+            .email_verified
+            .or_else(|| namespaced(&c.extra, "email_verified").and_then(serde_json::Value::as_bool))
+            .unwrap_or(true);
+        if c.sub.trim().is_empty() {
+            return Err(AuthError("token has an empty sub".into()));
+        }
+        let _ = (c.exp, c.nbf);
+        Ok(Claims {
+            subject: c.sub,
+            email: email.trim().to_lowercase(),
+            name: name.filter(|n| !n.trim().is_empty()),
+            email_verified: verified,
+        })
+    }
+}
+
+fn namespaced<'a>(extra: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> Option<&'a serde_json::Value> {
+    let suffix = format!("/{name}");
+    extra.iter().find(|(k, _)| k.starts_with("https://") && k.ends_with(&suffix)).map(|(_, v)| v)
+}
+
+fn describe(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    AuthError(
+        match e.kind() {
+            K::ExpiredSignature => "token expired",
+            K::ImmatureSignature => "token not yet valid",
+            K::InvalidIssuer => "token issuer is not accepted",
+            K::InvalidAudience => "token audience is not accepted",
+            K::InvalidSignature => "token signature is invalid",
+            K::InvalidAlgorithm => "token algorithm is not accepted",
+            K::MissingRequiredClaim(_) => "token lacks a required claim",
+            _ => "token is invalid",
+        }
+        .to_string(),
+    )
+}
+
+/// Signs a development token (HS256) for `email`, valid for `ttl_secs`.
+pub fn dev_token(config: &Config, subject: &str, email: &str, name: Option<&str>, ttl_secs: u64) -> anyhow::Result<String> {
+    let secret = config
+        .jwt_hs256_secret
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("JWT_HS256_SECRET is not set: development tokens are disabled"))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = serde_json::json!({
+        "sub": subject,
+        "email": email,
+        "name": name,
+        "email_verified": true,
+        "iss": config.jwt_issuer.clone().unwrap_or_else(|| DEV_ISSUER.into()),
+        "aud": config.jwt_audience.clone().unwrap_or_else(|| DEV_AUDIENCE.into()),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_secs,
+    });
+    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))?)
+}

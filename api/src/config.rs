@@ -1,0 +1,206 @@
+//! Typed configuration, read once from the environment and validated at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where the process reads a value from, and what went wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it, in one line.
+    pub message: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the api and the worker read from the environment.
+#[derive(Clone)]
+pub struct Config {
+    /// PostgreSQL connection URL.
+    pub database_url: String,
+    /// Connections in the pool.
+    pub database_pool_size: usize,
+    /// Address the HTTP server listens on.
+    pub bind_addr: SocketAddr,
+    /// Shared secret for HS256 development tokens (`api dev-token`).
+    pub jwt_hs256_secret: Option<String>,
+    /// JWKS endpoint for RS256 tokens (Auth0 style).
+    pub jwt_jwks_url: Option<String>,
+    /// Required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    pub jwt_audience: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Whether authenticated callers may introspect the schema (GraphiQL needs it).
+    pub introspection: bool,
+    /// Production mode: no field suggestions in validation errors.
+    pub production: bool,
+    /// Maximum selection depth of one operation.
+    pub max_query_depth: usize,
+    /// Maximum complexity of one operation (each field counts 1, connections multiply by `first`).
+    pub max_query_complexity: usize,
+    /// Maximum operations in one batched request.
+    pub max_batch_size: usize,
+    /// How long an idempotency key and its stored result are kept.
+    pub idempotency_ttl: Duration,
+    /// Allowed CORS origins (`*` or a comma-separated list); empty means same-origin only.
+    pub cors_origins: Vec<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach logs.
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("bind_addr", &self.bind_addr)
+            .field("jwt_hs256_secret", &self.jwt_hs256_secret.as_ref().map(|_| "<set>"))
+            .field("jwt_jwks_url", &self.jwt_jwks_url)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("log_format", &self.log_format)
+            .field("production", &self.production)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default database URL.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/workspaces";
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+        let database_url = var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(err("DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let bind_addr = parse(&var, "BIND_ADDR", "127.0.0.1:8080", "a socket address such as 127.0.0.1:8080")?;
+        let database_pool_size: usize = parse(&var, "DATABASE_POOL_SIZE", "16", "a whole number")?;
+        if database_pool_size < 2 {
+            return Err(err("DATABASE_POOL_SIZE", "must be at least 2"));
+        }
+        let jwt_hs256_secret = var("JWT_HS256_SECRET");
+        if let Some(s) = &jwt_hs256_secret {
+            if s.len() < 32 {
+                return Err(err("JWT_HS256_SECRET", "must be at least 32 bytes long"));
+            }
+        }
+        let jwt_jwks_url = var("JWT_JWKS_URL");
+        if let Some(u) = &jwt_jwks_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(err("JWT_JWKS_URL", "must be an http(s) URL"));
+            }
+        }
+        let jwt_issuer = var("JWT_ISSUER");
+        let jwt_audience = var("JWT_AUDIENCE");
+        if jwt_jwks_url.is_some() && (jwt_issuer.is_none() || jwt_audience.is_none()) {
+            return Err(err(
+                if jwt_issuer.is_none() { "JWT_ISSUER" } else { "JWT_AUDIENCE" },
+                "must be set when JWT_JWKS_URL is set",
+            ));
+        }
+        let log_format = match var("LOG_FORMAT").as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(err("LOG_FORMAT", "must be `text` or `json`")),
+        };
+        let production = parse_bool(&var, "PRODUCTION", false)?;
+        let introspection = parse_bool(&var, "GRAPHQL_INTROSPECTION", true)?;
+        let max_query_depth = parse(&var, "GRAPHQL_MAX_DEPTH", "12", "a whole number")?;
+        let max_query_complexity = parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
+        let max_batch_size = parse(&var, "GRAPHQL_MAX_BATCH", "10", "a whole number")?;
+        let ttl_hours: u64 = parse(&var, "IDEMPOTENCY_TTL_HOURS", "24", "a whole number of hours")?;
+        let cors_origins = var("CORS_ORIGINS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            database_url,
+            database_pool_size,
+            bind_addr,
+            jwt_hs256_secret,
+            jwt_jwks_url,
+            jwt_issuer,
+            jwt_audience,
+            log_format,
+            introspection,
+            production,
+            max_query_depth,
+            max_query_complexity,
+            max_batch_size,
+            idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
+            cors_origins,
+        })
+    }
+}
+
+impl Config {
+    /// The API must be able to verify tokens one way or the other.
+    pub fn require_token_verification(&self) -> Result<(), ConfigError> {
+        if self.jwt_hs256_secret.is_none() && self.jwt_jwks_url.is_none() {
+            return Err(err(
+                "JWT_JWKS_URL",
+                "no way to verify tokens: set JWT_JWKS_URL (with JWT_ISSUER and JWT_AUDIENCE), or JWT_HS256_SECRET for development",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { var, message: message.into() }
+}
+
+fn parse<T: std::str::FromStr>(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: &str,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let raw = var(name).unwrap_or_else(|| default.to_string());
+    raw.trim().parse().map_err(|_| err(name, format!("`{raw}` is not {expected}")))
+}
+
+fn parse_bool(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match var(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(err(name, format!("`{other}` is not true or false"))),
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Default pool wait before a request gives up on a connection.
+pub const POOL_WAIT: Duration = Duration::from_secs(5);

@@ -1,0 +1,197 @@
+//! Database access: the connection pool, migrations and the repositories that hold the SQL.
+
+pub mod models;
+pub mod repo;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::sql_types::Text;
+use diesel::{QueryableByName, sql_query};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::{Config, POOL_WAIT, redact_url};
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// The connection pool type used everywhere.
+pub type DbPool = Pool<AsyncPgConnection>;
+/// A pooled connection.
+pub type DbConn = Object<AsyncPgConnection>;
+
+/// Failures while preparing or reaching the database at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The server could not be reached or refused the connection.
+    #[error(
+        "cannot connect to PostgreSQL at {url}: {reason}. Is PostgreSQL running and does DATABASE_URL point to it? \
+         Start it (e.g. `pg_ctlcluster 15 main start`) or set DATABASE_URL=postgres://user@host:port/database"
+    )]
+    Unreachable {
+        /// The URL tried, password hidden.
+        url: String,
+        /// What the driver said.
+        reason: String,
+    },
+    /// Creating the database failed.
+    #[error("database {name} does not exist and could not be created at {url}: {reason}")]
+    CreateFailed {
+        /// Database name.
+        name: String,
+        /// The server URL tried.
+        url: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// A migration failed.
+    #[error("migrating {url} failed: {reason}")]
+    Migration {
+        /// The URL, password hidden.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The pool could not be built.
+    #[error("building the connection pool failed: {0}")]
+    Pool(String),
+}
+
+/// Splits `postgres://.../name?opts` into (URL of the `postgres` maintenance database, name).
+fn maintenance_url(url: &str) -> Option<(String, String)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let slash = base.rfind('/')?;
+    if slash < base.find("://")? + 3 {
+        return None;
+    }
+    let name = base[slash + 1..].to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let mut maint = format!("{}/postgres", &base[..slash]);
+    if let Some(q) = query {
+        maint.push('?');
+        maint.push_str(q);
+    }
+    Some((maint, name))
+}
+
+/// Connects once, creating the database first if the server says it does not exist.
+pub async fn ensure_database(url: &str) -> Result<(), StartupError> {
+    match AsyncPgConnection::establish(url).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("does not exist") && e.to_string().contains("database") => {
+            let (maint, name) = maintenance_url(url).ok_or_else(|| StartupError::Unreachable {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?;
+            let mut conn = AsyncPgConnection::establish(&maint).await.map_err(|e| StartupError::Unreachable {
+                url: redact_url(&maint),
+                reason: e.to_string(),
+            })?;
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            match sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
+                Ok(_) => {
+                    tracing::info!(database = %name, "created database");
+                    Ok(())
+                }
+                // Another process created it at the same moment.
+                Err(e) if e.to_string().contains("already exists") => Ok(()),
+                Err(e) => Err(StartupError::CreateFailed {
+                    name,
+                    url: redact_url(&maint),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Err(e) => Err(StartupError::Unreachable {
+            url: redact_url(url),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Runs every pending embedded migration.
+pub async fn migrate(url: &str) -> Result<usize, StartupError> {
+    let conn = AsyncPgConnection::establish(url).await.map_err(|e| StartupError::Unreachable {
+        url: redact_url(url),
+        reason: e.to_string(),
+    })?;
+    let url_owned = url.to_string();
+    // diesel's migration harness is synchronous: keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncMigrationHarness::new(conn);
+        harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|e| StartupError::Migration {
+                url: redact_url(&url_owned),
+                reason: e.to_string(),
+            })
+    })
+    .await
+    .map_err(|e| StartupError::Migration {
+        url: redact_url(url),
+        reason: e.to_string(),
+    })?
+}
+
+/// Builds the pool (connections are opened lazily).
+pub fn build_pool(config: &Config) -> Result<DbPool, StartupError> {
+    build_pool_for(&config.database_url, config.database_pool_size)
+}
+
+/// Builds a pool for `url` with `size` connections.
+pub fn build_pool_for(url: &str, size: usize) -> Result<DbPool, StartupError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StartupError::Pool(e.to_string()))
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// Readiness: the database answers and every embedded migration is applied.
+pub async fn check_ready(pool: &DbPool) -> Result<(), String> {
+    let mut conn = pool.get().await.map_err(|e| format!("no database connection: {e}"))?;
+    let applied: Vec<Version> = sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load(&mut conn)
+        .await
+        .map_err(|e| format!("cannot read migrations: {e}"))?;
+    let applied: std::collections::HashSet<String> = applied.into_iter().map(|v| v.version).collect();
+    let pending = diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter(|m| !applied.contains(&m.name().version().to_string()))
+        .count();
+    if pending > 0 {
+        return Err(format!("{pending} migration(s) not applied"));
+    }
+    Ok(())
+}
+
+/// Whether a diesel error is a transient concurrency failure worth retrying the transaction
+/// (serialization failure or deadlock).
+pub fn is_retryable(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(_, info) => info.message().contains("deadlock detected"),
+        _ => false,
+    }
+}

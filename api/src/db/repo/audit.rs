@@ -1,0 +1,37 @@
+//! Audit events.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::Page;
+use crate::db::models::AuditEventRow;
+use crate::db::schema::audit_events;
+
+/// Appends one event.
+pub async fn insert(conn: &mut AsyncPgConnection, row: &AuditEventRow) -> QueryResult<()> {
+    diesel::insert_into(audit_events::table).values(row).execute(conn).await.map(|_| ())
+}
+
+/// Newest-first pages of several workspaces' logs in one statement (for the DataLoader):
+/// up to `page.limit` events per workspace, older than `page.after`.
+pub async fn pages_for_workspaces(
+    conn: &mut AsyncPgConnection,
+    workspace_ids: &[Uuid],
+    page: Page,
+) -> QueryResult<Vec<AuditEventRow>> {
+    diesel::sql_query(
+        "SELECT e.* FROM unnest($1::uuid[]) AS w(id)
+         CROSS JOIN LATERAL (
+            SELECT * FROM audit_events a
+             WHERE a.workspace_id = w.id AND ($2::uuid IS NULL OR a.id < $2)
+             ORDER BY a.id DESC LIMIT $3
+         ) e",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(workspace_ids)
+    .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(page.after)
+    .bind::<BigInt, _>(page.limit)
+    .load(conn)
+    .await
+}

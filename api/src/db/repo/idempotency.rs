@@ -1,0 +1,91 @@
+//! Idempotency keys.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// What a key already holds.
+#[derive(Debug, QueryableByName)]
+pub struct StoredKey {
+    /// Operation name.
+    #[diesel(sql_type = Text)]
+    pub operation: String,
+    /// Fingerprint of operation and input.
+    #[diesel(sql_type = Text)]
+    pub fingerprint: String,
+    /// Stored result (always set once the first request committed).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub response: Option<serde_json::Value>,
+}
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[allow(dead_code)]
+    #[diesel(sql_type = SqlUuid)]
+    caller_id: Uuid,
+}
+
+/// Makes the next statements of this transaction wait at most `ms` for a row lock.
+pub async fn set_lock_timeout(conn: &mut AsyncPgConnection, ms: u64) -> QueryResult<()> {
+    diesel::sql_query(format!("SET LOCAL lock_timeout = {ms}")).execute(conn).await.map(|_| ())
+}
+
+/// Claims `key` for this transaction. Returns `true` when claimed (new, or expired and
+/// reused). When another transaction holds the key uncommitted, this waits for it.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    caller: Uuid,
+    key: &str,
+    operation: &str,
+    fingerprint: &str,
+    ttl_secs: i64,
+) -> QueryResult<bool> {
+    let rows: Vec<Claimed> = diesel::sql_query(
+        "INSERT INTO idempotency_keys (caller_id, key, operation, fingerprint, response, expires_at)
+         VALUES ($1, $2, $3, $4, NULL, now() + make_interval(secs => $5))
+         ON CONFLICT (caller_id, key) DO UPDATE
+            SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint,
+                response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at
+          WHERE idempotency_keys.expires_at < now()
+         RETURNING caller_id",
+    )
+    .bind::<SqlUuid, _>(caller)
+    .bind::<Text, _>(key)
+    .bind::<Text, _>(operation)
+    .bind::<Text, _>(fingerprint)
+    .bind::<BigInt, _>(ttl_secs)
+    .load(conn)
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Reads what `key` holds.
+pub async fn find(conn: &mut AsyncPgConnection, caller: Uuid, key: &str) -> QueryResult<Option<StoredKey>> {
+    diesel::sql_query("SELECT operation, fingerprint, response FROM idempotency_keys WHERE caller_id = $1 AND key = $2")
+        .bind::<SqlUuid, _>(caller)
+        .bind::<Text, _>(key)
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Stores the result of the claimed key.
+pub async fn complete(
+    conn: &mut AsyncPgConnection,
+    caller: Uuid,
+    key: &str,
+    response: &serde_json::Value,
+) -> QueryResult<()> {
+    use crate::db::schema::idempotency_keys::dsl as k;
+    diesel::update(k::idempotency_keys.filter(k::caller_id.eq(caller)).filter(k::key.eq(key)))
+        .set(k::response.eq(Some(response)))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes expired keys; returns how many.
+pub async fn purge_expired(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM idempotency_keys WHERE expires_at < now()").execute(conn).await
+}

@@ -1,0 +1,130 @@
+//! Memberships.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Nullable, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::Page;
+use crate::db::models::MemberRow;
+use crate::db::schema::{members, workspaces};
+
+/// The role of `user` in the live workspace `ws`.
+pub async fn role_of(conn: &mut AsyncPgConnection, ws: Uuid, user: Uuid) -> QueryResult<Option<String>> {
+    members::table
+        .inner_join(workspaces::table)
+        .filter(members::workspace_id.eq(ws))
+        .filter(members::user_id.eq(user))
+        .filter(workspaces::deleted_at.is_null())
+        .select(members::role)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The roles of `user` in each of the live workspaces `ws_ids` it belongs to.
+pub async fn roles_of(conn: &mut AsyncPgConnection, user: Uuid, ws_ids: &[Uuid]) -> QueryResult<Vec<(Uuid, String)>> {
+    members::table
+        .inner_join(workspaces::table)
+        .filter(members::workspace_id.eq_any(ws_ids))
+        .filter(members::user_id.eq(user))
+        .filter(workspaces::deleted_at.is_null())
+        .select((members::workspace_id, members::role))
+        .load(conn)
+        .await
+}
+
+/// A membership of a live workspace, by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<MemberRow>> {
+    members::table
+        .inner_join(workspaces::table)
+        .filter(members::id.eq(id))
+        .filter(workspaces::deleted_at.is_null())
+        .select(MemberRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The membership of `user` in `ws`.
+pub async fn find_by_user(conn: &mut AsyncPgConnection, ws: Uuid, user: Uuid) -> QueryResult<Option<MemberRow>> {
+    members::table
+        .filter(members::workspace_id.eq(ws))
+        .filter(members::user_id.eq(user))
+        .select(MemberRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Members of `ws`, all of them.
+pub async fn count(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryResult<i64> {
+    members::table.filter(members::workspace_id.eq(ws)).count().get_result(conn).await
+}
+
+/// Owners of `ws`.
+pub async fn count_owners(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryResult<i64> {
+    members::table
+        .filter(members::workspace_id.eq(ws))
+        .filter(members::role.eq("OWNER"))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Adds a membership.
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    user: Uuid,
+    role: &str,
+    invited_by: Option<Uuid>,
+) -> QueryResult<MemberRow> {
+    diesel::insert_into(members::table)
+        .values((
+            members::id.eq(Uuid::now_v7()),
+            members::workspace_id.eq(ws),
+            members::user_id.eq(user),
+            members::role.eq(role),
+            members::invited_by.eq(invited_by),
+        ))
+        .returning(MemberRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Changes a role.
+pub async fn update_role(conn: &mut AsyncPgConnection, id: Uuid, role: &str) -> QueryResult<MemberRow> {
+    diesel::update(members::table.find(id))
+        .set((members::role.eq(role), members::updated_at.eq(diesel::dsl::now)))
+        .returning(MemberRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Removes a membership.
+pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+    diesel::delete(members::table.find(id)).execute(conn).await.map(|_| ())
+}
+
+/// Pages of several workspaces' members in one statement (for the DataLoader): up to
+/// `page.limit` members per workspace, oldest first, after `page.after`.
+pub async fn pages_for_workspaces(
+    conn: &mut AsyncPgConnection,
+    ws_ids: &[Uuid],
+    page: Page,
+) -> QueryResult<Vec<MemberRow>> {
+    diesel::sql_query(
+        "SELECT m.* FROM unnest($1::uuid[]) AS w(id)
+         CROSS JOIN LATERAL (
+            SELECT * FROM members x
+             WHERE x.workspace_id = w.id AND ($2::uuid IS NULL OR x.id > $2)
+             ORDER BY x.id LIMIT $3
+         ) m",
+    )
+    .bind::<Array<SqlUuid>, _>(ws_ids)
+    .bind::<Nullable<SqlUuid>, _>(page.after)
+    .bind::<BigInt, _>(page.limit)
+    .load(conn)
+    .await
+}

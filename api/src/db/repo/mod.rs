@@ -1,0 +1,17 @@
+//! Repositories: every SQL statement of the system lives here. Functions take a
+//! connection (not the pool) so that they compose inside one transaction.
+
+pub mod audit;
+pub mod idempotency;
+pub mod members;
+pub mod users;
+pub mod workspaces;
+
+/// A keyset page request: at most `limit` rows after the row with id `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Page {
+    /// Rows to return (the caller asks one more to learn whether there is a next page).
+    pub limit: i64,
+    /// Exclusive lower bound (or upper, for newest-first lists) on the id.
+    pub after: Option<uuid::Uuid>,
+}

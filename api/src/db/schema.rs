@@ -1,0 +1,70 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    audit_events (workspace_id, id) {
+        workspace_id -> Uuid,
+        id -> Uuid,
+        actor_id -> Nullable<Uuid>,
+        action -> Text,
+        target_type -> Text,
+        target_id -> Text,
+        summary -> Jsonb,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (caller_id, key) {
+        caller_id -> Uuid,
+        key -> Text,
+        operation -> Text,
+        fingerprint -> Text,
+        response -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    members (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        user_id -> Uuid,
+        role -> Text,
+        invited_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        subject -> Nullable<Text>,
+        email -> Text,
+        name -> Nullable<Text>,
+        email_verified -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    workspaces (id) {
+        id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        billing_mode -> Text,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(audit_events -> workspaces (workspace_id));
+diesel::joinable!(members -> workspaces (workspace_id));
+diesel::joinable!(workspaces -> users (created_by));
+
+diesel::allow_tables_to_appear_in_same_query!(audit_events, idempotency_keys, members, users, workspaces,);

@@ -1,0 +1,227 @@
+//! Members and roles. The role matrix (README.md) is enforced here and only here.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::audit::{self, Change};
+use super::mutation::{self, Effect};
+use super::workspaces::require_role;
+use super::{Actor, DomainError, DomainResult, Role, Services};
+use crate::db::models::MemberRow;
+use crate::db::repo::{self, Page, members};
+use crate::ids::{MemberId, UserId, WorkspaceId};
+
+/// Members a workspace may have, pending invitations included.
+pub const MAX_MEMBERS: i64 = 100;
+
+/// The actor's role in `ws`, `None` when not a member (or the workspace is gone).
+pub async fn viewer_role(services: &Services, actor: &Actor, ws: WorkspaceId) -> DomainResult<Option<Role>> {
+    let mut conn = services.conn().await?;
+    Ok(members::role_of(&mut conn, ws.0, actor.user_id.0).await?.and_then(|r| Role::parse(&r)))
+}
+
+/// The actor's roles in several workspaces at once (DataLoader).
+pub async fn viewer_roles(services: &Services, actor: &Actor, ws_ids: &[uuid::Uuid]) -> DomainResult<HashMap<uuid::Uuid, Role>> {
+    let mut conn = services.conn().await?;
+    Ok(members::roles_of(&mut conn, actor.user_id.0, ws_ids)
+        .await?
+        .into_iter()
+        .filter_map(|(w, r)| Role::parse(&r).map(|r| (w, r)))
+        .collect())
+}
+
+/// Pages of members for several workspaces (the caller has checked membership).
+pub async fn pages(services: &Services, ws_ids: &[uuid::Uuid], page: Page) -> DomainResult<Vec<MemberRow>> {
+    let mut conn = services.conn().await?;
+    Ok(members::pages_for_workspaces(&mut conn, ws_ids, page).await?)
+}
+
+/// A member the actor can see (a member of a workspace the actor belongs to).
+pub async fn find_visible(services: &Services, actor: &Actor, id: MemberId) -> DomainResult<Option<MemberRow>> {
+    let mut conn = services.conn().await?;
+    let Some(m) = members::find(&mut conn, id.0).await? else { return Ok(None) };
+    let visible = members::role_of(&mut conn, m.workspace_id, actor.user_id.0).await?.is_some();
+    Ok(visible.then_some(m))
+}
+
+/// Input of `add`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewMember {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// E-mail of the person to add.
+    pub email: String,
+    /// Role to give.
+    pub role: Role,
+}
+
+/// Normalizes and checks an e-mail address.
+pub fn check_email(email: &str) -> DomainResult<String> {
+    let e = email.trim().to_lowercase();
+    let valid = e.len() <= 254
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !domain.contains('@')
+        });
+    if valid {
+        Ok(e)
+    } else {
+        Err(DomainError::bad_input("email", format!("`{}` is not a valid e-mail address", email.trim())))
+    }
+}
+
+/// Adds a member by e-mail. Someone who has not signed in yet gets a pending membership
+/// that their first sign-in with that (verified) e-mail claims.
+pub async fn add(services: &Services, actor: &Actor, input: NewMember, key: Option<&str>) -> DomainResult<MemberRow> {
+    let email = check_email(&input.email)?;
+    let (ws, role) = (input.workspace_id, input.role);
+    mutation::run(services, actor, "addMember", key, &input, |conn| -> Effect<'_, MemberRow> {
+        let (email, actor) = (email.clone(), actor.clone());
+        Box::pin(async move {
+            let mine = require_role(conn, &actor, ws, Role::is_manager, "add members").await?;
+            if role == Role::Owner && mine != Role::Owner {
+                return Err(DomainError::Forbidden("only owners can add owners".into()));
+            }
+            // Serializes concurrent additions so that the cap holds.
+            repo::workspaces::lock(conn, ws.0).await?.ok_or(DomainError::NotFound("workspace"))?;
+            let count = members::count(conn, ws.0).await?;
+            if count >= MAX_MEMBERS {
+                return Err(DomainError::LimitExceeded(format!(
+                    "a workspace has at most {MAX_MEMBERS} members (pending invitations included); it has {count}"
+                )));
+            }
+            let user = repo::users::find_or_create_invitee(conn, &email).await?;
+            if members::find_by_user(conn, ws.0, user.id).await?.is_some() {
+                return Err(DomainError::Conflict(format!("{email} is already a member of this workspace")));
+            }
+            let m = members::insert(conn, ws.0, user.id, role.as_str(), Some(actor.user_id.0)).await?;
+            audit::record(conn, Change {
+                workspace: ws,
+                action: "member.add",
+                target_type: "Member",
+                target_id: MemberId(m.id).encode(),
+                summary: json!({"email": email, "role": role.as_str(), "pending": user.subject.is_none()}),
+                actor: &actor,
+            })
+            .await?;
+            Ok(m)
+        })
+    })
+    .await
+}
+
+/// Loads a member and locks its workspace; a member of a workspace the actor does not
+/// belong to is reported exactly like a missing one.
+async fn lock_member(
+    conn: &mut diesel_async::AsyncPgConnection,
+    actor: &Actor,
+    id: MemberId,
+) -> DomainResult<(MemberRow, Role)> {
+    let m = members::find(conn, id.0).await?.ok_or(DomainError::NotFound("member"))?;
+    let mine = members::role_of(conn, m.workspace_id, actor.user_id.0)
+        .await?
+        .and_then(|r| Role::parse(&r))
+        .ok_or(DomainError::NotFound("member"))?;
+    repo::workspaces::lock(conn, m.workspace_id).await?.ok_or(DomainError::NotFound("member"))?;
+    // Re-read under the lock: it may have changed or gone meanwhile.
+    let m = members::find(conn, id.0).await?.ok_or(DomainError::NotFound("member"))?;
+    Ok((m, mine))
+}
+
+async fn ensure_not_last_owner(conn: &mut diesel_async::AsyncPgConnection, m: &MemberRow, what: &str) -> DomainResult<()> {
+    if m.role == Role::Owner.as_str() && members::count_owners(conn, m.workspace_id).await? <= 1 {
+        return Err(DomainError::Conflict(format!(
+            "the last owner of a workspace cannot be {what}; make another member an owner first"
+        )));
+    }
+    Ok(())
+}
+
+/// Input of `update_role`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoleChange {
+    /// Member.
+    pub member_id: MemberId,
+    /// New role.
+    pub role: Role,
+}
+
+/// Changes a member's role. Owners change anyone; admins move members between admin and
+/// viewer; only owners make or unmake owners; the last owner cannot be demoted.
+pub async fn update_role(services: &Services, actor: &Actor, input: RoleChange, key: Option<&str>) -> DomainResult<MemberRow> {
+    let (id, role) = (input.member_id, input.role);
+    mutation::run(services, actor, "updateMemberRole", key, &input, |conn| -> Effect<'_, MemberRow> {
+        let actor = actor.clone();
+        Box::pin(async move {
+            let (m, mine) = lock_member(conn, &actor, id).await?;
+            let current = Role::parse(&m.role).ok_or_else(|| DomainError::internal(anyhow::anyhow!("bad role in db")))?;
+            if !mine.is_manager() {
+                return Err(DomainError::Forbidden(format!("your role {} may not change roles", mine.as_str())));
+            }
+            if (current == Role::Owner || role == Role::Owner) && mine != Role::Owner {
+                return Err(DomainError::Forbidden("only owners can make or change owners".into()));
+            }
+            if current == role {
+                return Ok(m);
+            }
+            if current == Role::Owner {
+                ensure_not_last_owner(conn, &m, "demoted").await?;
+            }
+            let updated = members::update_role(conn, m.id, role.as_str()).await?;
+            audit::record(conn, Change {
+                workspace: WorkspaceId(m.workspace_id),
+                action: "member.update_role",
+                target_type: "Member",
+                target_id: id.encode(),
+                summary: json!({"userId": UserId(m.user_id).encode(), "before": current.as_str(), "after": role.as_str()}),
+                actor: &actor,
+            })
+            .await?;
+            Ok(updated)
+        })
+    })
+    .await
+}
+
+/// What `remove` reports.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Removed {
+    /// The removed member.
+    pub member_id: MemberId,
+    /// Its workspace.
+    pub workspace_id: WorkspaceId,
+}
+
+/// Removes a member. Anyone may leave; owners remove anyone; admins remove admins and
+/// viewers; the last owner cannot be removed.
+pub async fn remove(services: &Services, actor: &Actor, id: MemberId, key: Option<&str>) -> DomainResult<Removed> {
+    mutation::run(services, actor, "removeMember", key, &id, |conn| -> Effect<'_, Removed> {
+        let actor = actor.clone();
+        Box::pin(async move {
+            let (m, mine) = lock_member(conn, &actor, id).await?;
+            let leaving = m.user_id == actor.user_id.0;
+            if !leaving {
+                if !mine.is_manager() {
+                    return Err(DomainError::Forbidden(format!("your role {} may not remove members", mine.as_str())));
+                }
+                if m.role == Role::Owner.as_str() && mine != Role::Owner {
+                    return Err(DomainError::Forbidden("only owners can remove owners".into()));
+                }
+            }
+            ensure_not_last_owner(conn, &m, "removed").await?;
+            members::delete(conn, m.id).await?;
+            audit::record(conn, Change {
+                workspace: WorkspaceId(m.workspace_id),
+                action: if leaving { "member.leave" } else { "member.remove" },
+                target_type: "Member",
+                target_id: id.encode(),
+                summary: json!({"userId": UserId(m.user_id).encode(), "role": m.role}),
+                actor: &actor,
+            })
+            .await?;
+            Ok(Removed { member_id: id, workspace_id: WorkspaceId(m.workspace_id) })
+        })
+    })
+    .await
+}

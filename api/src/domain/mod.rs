@@ -1,0 +1,188 @@
+//! Domain services: who may do what, the invariants, and orchestration of repositories.
+//! Nothing here knows about HTTP or GraphQL.
+
+pub mod audit;
+pub mod members;
+pub mod mutation;
+pub mod users;
+pub mod workspaces;
+
+use crate::ids::UserId;
+
+/// A workspace role. The matrix of what each may do is in README.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Everything, including billing, members and deleting the workspace.
+    Owner,
+    /// Organizations, settings, admins and viewers; reads billing.
+    Admin,
+    /// Read only.
+    Viewer,
+}
+
+impl Role {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "OWNER",
+            Role::Admin => "ADMIN",
+            Role::Viewer => "VIEWER",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "OWNER" => Some(Role::Owner),
+            "ADMIN" => Some(Role::Admin),
+            "VIEWER" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    /// Owners and admins.
+    pub fn is_manager(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// How a workspace is billed; fixed at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BillingMode {
+    /// One billing account for the workspace.
+    Single,
+    /// Up to ten accounts, each root organization assigned one.
+    Assigned,
+    /// Up to ten accounts feeding one workspace pool.
+    Pooled,
+}
+
+impl BillingMode {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingMode::Single => "SINGLE",
+            BillingMode::Assigned => "ASSIGNED",
+            BillingMode::Pooled => "POOLED",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "SINGLE" => Some(BillingMode::Single),
+            "ASSIGNED" => Some(BillingMode::Assigned),
+            "POOLED" => Some(BillingMode::Pooled),
+            _ => None,
+        }
+    }
+}
+
+/// Who is calling, and for which request.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The signed-in user.
+    pub user_id: UserId,
+    /// The request id (also in logs and the `x-request-id` header).
+    pub request_id: String,
+}
+
+/// Every failure a domain function can report. One mapping in `graphql::error` turns
+/// these into `extensions.code`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DomainError {
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but the role does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The object does not exist or is not visible to the caller (indistinguishable).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The input is invalid.
+    #[error("{message}")]
+    BadInput {
+        /// Input field at fault.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A cap would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The idempotency key was used before with a different request.
+    #[error("this idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// A request with this idempotency key is still running.
+    #[error("a request with this idempotency key is still in progress; retry later")]
+    IdempotencyKeyInUse,
+    /// Too many requests.
+    #[error("too many requests; retry later")]
+    RateLimited,
+    /// Something broke on our side. The detail is logged, never shown.
+    #[error("internal error")]
+    Internal(std::sync::Arc<anyhow::Error>),
+}
+
+impl DomainError {
+    /// Invalid input on `field`.
+    pub fn bad_input(field: &'static str, message: impl Into<String>) -> Self {
+        DomainError::BadInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// An internal failure with its cause (logged where it is turned into a response).
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        DomainError::Internal(std::sync::Arc::new(e.into()))
+    }
+}
+
+impl From<diesel::result::Error> for DomainError {
+    fn from(e: diesel::result::Error) -> Self {
+        DomainError::internal(e)
+    }
+}
+
+/// Result of a domain function.
+pub type DomainResult<T> = Result<T, DomainError>;
+
+/// Checks a display name: trimmed length within `min..=max` characters.
+pub fn check_name(field: &'static str, value: &str, max: usize) -> DomainResult<String> {
+    let v = value.trim();
+    let n = v.chars().count();
+    if n == 0 {
+        return Err(DomainError::bad_input(field, format!("{field} must not be empty")));
+    }
+    if n > max {
+        return Err(DomainError::bad_input(
+            field,
+            format!("{field} must be at most {max} characters (got {n})"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(DomainError::bad_input(field, format!("{field} must not contain control characters")));
+    }
+    Ok(v.to_string())
+}
+
+/// What domain functions need: the pool and the settings that shape behaviour.
+#[derive(Clone)]
+pub struct Services {
+    /// Connection pool.
+    pub pool: crate::db::DbPool,
+    /// How long idempotency keys live.
+    pub idempotency_ttl: std::time::Duration,
+}
+
+impl Services {
+    /// A pooled connection; failure to get one is an internal error.
+    pub async fn conn(&self) -> DomainResult<crate::db::DbConn> {
+        self.pool.get().await.map_err(DomainError::internal)
+    }
+}

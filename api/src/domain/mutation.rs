@@ -1,0 +1,140 @@
+//! The one path every mutation takes: a short transaction that claims the idempotency key,
+//! applies the effect, writes the audit event and stores the result, retried on
+//! serialization failures and deadlocks so that those never reach the client.
+//!
+//! Semantics follow Stripe's: keys are scoped to the caller; a repeat with the same input
+//! replays the stored result without a second effect; a repeat with another input is
+//! refused (`IDEMPOTENCY_KEY_REUSED`); a repeat that arrives while the first is running
+//! waits for it on the key's row lock and then replays (or, after `KEY_WAIT_MS`, is refused
+//! with `IDEMPOTENCY_KEY_IN_USE`). Only successful results are stored: a request that fails
+//! leaves no trace, so it can be corrected and retried with the same key.
+
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::{Actor, DomainError, DomainResult, Services};
+use crate::db::repo::idempotency;
+
+/// How long a repeat waits for the first request holding its key.
+pub const KEY_WAIT_MS: u64 = 10_000;
+/// Attempts for a transaction that hits a serialization failure or deadlock.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// The effect of a mutation, run inside its transaction. It may run more than once if
+/// the transaction is retried, so it must not touch anything outside the database.
+pub type Effect<'c, T> = BoxFuture<'c, DomainResult<T>>;
+
+/// Checks an idempotency key's shape.
+pub fn check_key(key: Option<&str>) -> DomainResult<Option<&str>> {
+    match key {
+        None => Ok(None),
+        Some(k) if k.is_empty() || k.chars().count() > 255 => Err(DomainError::bad_input(
+            "idempotencyKey",
+            "idempotencyKey must be 1 to 255 characters",
+        )),
+        Some(k) => Ok(Some(k)),
+    }
+}
+
+/// Fingerprint of an operation and its input (without the key).
+pub fn fingerprint(operation: &str, input: &impl Serialize) -> DomainResult<String> {
+    let body = serde_json::to_vec(input).map_err(DomainError::internal)?;
+    let mut h = Sha256::new();
+    h.update(operation.as_bytes());
+    h.update([0]);
+    h.update(&body);
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Runs `effect` once per idempotency key (see the module docs).
+pub async fn run<T, I, F>(
+    services: &Services,
+    actor: &Actor,
+    operation: &'static str,
+    key: Option<&str>,
+    input: &I,
+    effect: F,
+) -> DomainResult<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    I: Serialize + ?Sized,
+    F: for<'c> Fn(&'c mut AsyncPgConnection) -> Effect<'c, T> + Send + Sync,
+{
+    let key = check_key(key)?;
+    let fp = fingerprint(operation, &input)?;
+    let ttl = services.idempotency_ttl.as_secs().max(1) as i64;
+    let mut conn = services.conn().await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = conn
+            .transaction(async |conn| {
+                if let Some(key) = key {
+                    idempotency::set_lock_timeout(conn, KEY_WAIT_MS).await?;
+                    let claimed = idempotency::claim(conn, actor.user_id.0, key, operation, &fp, ttl)
+                        .await
+                        .map_err(|e| map_lock_timeout(e))?;
+                    if !claimed {
+                        return replay(conn, actor, key, operation, &fp).await;
+                    }
+                    // The key wait applies to the claim only.
+                    idempotency::set_lock_timeout(conn, 0).await?;
+                }
+                let out = effect(conn).await?;
+                if let Some(key) = key {
+                    let stored = serde_json::to_value(&out).map_err(DomainError::internal)?;
+                    idempotency::complete(conn, actor.user_id.0, key, &stored).await?;
+                }
+                Ok(out)
+            })
+            .await;
+        match result {
+            Err(DomainError::Internal(e)) if attempt < MAX_ATTEMPTS && is_retryable(&e) => {
+                tracing::debug!(attempt, operation, "retrying transaction after a concurrency failure");
+                let backoff = 2u64.pow(attempt.min(6)) + u64::from(rand_jitter());
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn replay<T: DeserializeOwned>(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    key: &str,
+    operation: &str,
+    fp: &str,
+) -> DomainResult<T> {
+    let stored = idempotency::find(conn, actor.user_id.0, key).await?;
+    match stored {
+        Some(s) if s.operation != operation || s.fingerprint != fp => Err(DomainError::IdempotencyKeyReused),
+        Some(s) => match s.response {
+            Some(v) => serde_json::from_value(v).map_err(DomainError::internal),
+            None => Err(DomainError::IdempotencyKeyInUse),
+        },
+        // Expired and purged between our claim and this read: the caller may retry.
+        None => Err(DomainError::IdempotencyKeyInUse),
+    }
+}
+
+fn map_lock_timeout(e: diesel::result::Error) -> DomainError {
+    if e.to_string().contains("lock timeout") {
+        DomainError::IdempotencyKeyInUse
+    } else {
+        e.into()
+    }
+}
+
+fn is_retryable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<diesel::result::Error>().is_some_and(crate::db::is_retryable)
+}
+
+fn rand_jitter() -> u8 {
+    uuid::Uuid::new_v4().as_bytes()[0] % 16
+}

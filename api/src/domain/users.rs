@@ -1,0 +1,59 @@
+//! Users: just-in-time provisioning from verified token claims.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+use super::{DomainError, DomainResult, Services};
+use crate::db::models::UserRow;
+use crate::db::repo::users;
+
+/// Identity claims from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Claims {
+    /// `sub`.
+    pub subject: String,
+    /// `email` (lower-cased).
+    pub email: String,
+    /// `name`.
+    pub name: Option<String>,
+    /// `email_verified`; a token without the claim counts as verified (as Auth0 access
+    /// tokens carrying `email` only for verified addresses do), `false` is respected.
+    pub email_verified: bool,
+}
+
+/// Returns the user for these claims, creating or updating it as needed. A first sign-in
+/// with a verified e-mail claims the pending memberships addressed to that e-mail.
+pub async fn provision(services: &Services, claims: &Claims) -> DomainResult<UserRow> {
+    let mut conn = services.conn().await?;
+    if let Some(u) = users::find_by_subject(&mut conn, &claims.subject).await? {
+        if u.email == claims.email && u.name == claims.name && u.email_verified == claims.email_verified {
+            return Ok(u);
+        }
+    }
+    let claims = claims.clone();
+    conn.transaction(async |conn| provision_tx(conn, &claims).await).await
+}
+
+async fn provision_tx(conn: &mut AsyncPgConnection, c: &Claims) -> DomainResult<UserRow> {
+    let name = c.name.as_deref();
+    if let Some(u) = users::find_by_subject(conn, &c.subject).await? {
+        let u = users::update_profile(conn, u.id, &c.email, name, c.email_verified).await?;
+        if c.email_verified {
+            users::merge_pending_into(conn, u.id, &c.email).await?;
+        }
+        return Ok(u);
+    }
+    if c.email_verified {
+        if let Some(u) = users::claim_pending(conn, &c.subject, &c.email, name).await? {
+            return Ok(u);
+        }
+    }
+    users::insert_signed_in(conn, &c.subject, &c.email, name, c.email_verified)
+        .await
+        .map_err(DomainError::from)
+}
+
+/// Users by id.
+pub async fn load_many(services: &Services, ids: &[uuid::Uuid]) -> DomainResult<Vec<UserRow>> {
+    let mut conn = services.conn().await?;
+    Ok(users::find_many(&mut conn, ids).await?)
+}

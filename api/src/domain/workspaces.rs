@@ -1,0 +1,165 @@
+//! Workspaces: create, rename, delete, read.
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::audit::{self, Change};
+use super::mutation::{self, Effect};
+use super::{Actor, BillingMode, DomainError, DomainResult, Role, Services, check_name};
+use crate::db::models::WorkspaceRow;
+use crate::db::repo::{Page, members, workspaces};
+use crate::ids::WorkspaceId;
+
+/// Maximum length of a workspace name.
+pub const NAME_MAX: usize = 50;
+/// Maximum length of a workspace description.
+pub const DESCRIPTION_MAX: usize = 200;
+
+/// Input of `create`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewWorkspace {
+    /// Name, 1–50 characters.
+    pub name: String,
+    /// Description, up to 200 characters.
+    pub description: Option<String>,
+    /// Billing mode, fixed forever.
+    pub billing_mode: BillingMode,
+}
+
+fn check_description(d: Option<&str>) -> DomainResult<Option<String>> {
+    match d.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(d) if d.chars().count() > DESCRIPTION_MAX => Err(DomainError::bad_input(
+            "description",
+            format!("description must be at most {DESCRIPTION_MAX} characters"),
+        )),
+        Some(d) => Ok(Some(d.to_string())),
+    }
+}
+
+/// Checks that `actor` is a member of the live workspace `ws` with a role `allowed` accepts.
+/// A workspace the actor does not belong to is reported exactly like a missing one.
+pub(crate) async fn require_role(
+    conn: &mut diesel_async::AsyncPgConnection,
+    actor: &Actor,
+    ws: WorkspaceId,
+    allowed: impl Fn(Role) -> bool,
+    what: &str,
+) -> DomainResult<Role> {
+    let role = members::role_of(conn, ws.0, actor.user_id.0).await?.and_then(|r| Role::parse(&r));
+    match role {
+        None => Err(DomainError::NotFound("workspace")),
+        Some(r) if allowed(r) => Ok(r),
+        Some(r) => Err(DomainError::Forbidden(format!("your role {} may not {what}", r.as_str()))),
+    }
+}
+
+/// Creates a workspace; the creator becomes its owner.
+pub async fn create(services: &Services, actor: &Actor, input: NewWorkspace, key: Option<&str>) -> DomainResult<WorkspaceRow> {
+    let name = check_name("name", &input.name, NAME_MAX)?;
+    let description = check_description(input.description.as_deref())?;
+    let mode = input.billing_mode;
+    mutation::run(services, actor, "createWorkspace", key, &input, |conn| -> Effect<'_, WorkspaceRow> {
+        let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
+        Box::pin(async move {
+            let id = WorkspaceId::new();
+            let ws = workspaces::insert(conn, id.0, &name, description.as_deref(), mode.as_str(), actor.user_id.0).await?;
+            let owner = members::insert(conn, id.0, actor.user_id.0, Role::Owner.as_str(), None).await?;
+            audit::record(conn, Change {
+                workspace: id,
+                action: "workspace.create",
+                target_type: "Workspace",
+                target_id: id.encode(),
+                summary: json!({"name": name, "description": description, "billingMode": mode.as_str(), "ownerMemberId": crate::ids::MemberId(owner.id).encode()}),
+                actor: &actor,
+            })
+            .await?;
+            Ok(ws)
+        })
+    })
+    .await
+}
+
+/// Input of `update`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkspaceUpdate {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// New name.
+    pub name: Option<String>,
+    /// New description; `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+}
+
+/// Renames a workspace and/or changes its description (owners and admins). The billing
+/// mode cannot be changed.
+pub async fn update(services: &Services, actor: &Actor, input: WorkspaceUpdate, key: Option<&str>) -> DomainResult<WorkspaceRow> {
+    let name = input.name.as_deref().map(|n| check_name("name", n, NAME_MAX)).transpose()?;
+    let description = match &input.description {
+        None => None,
+        Some(d) => Some(check_description(d.as_deref())?),
+    };
+    let ws = input.workspace_id;
+    mutation::run(services, actor, "updateWorkspace", key, &input, |conn| -> Effect<'_, WorkspaceRow> {
+        let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
+        Box::pin(async move {
+            require_role(conn, &actor, ws, Role::is_manager, "change workspace settings").await?;
+            let before = workspaces::lock(conn, ws.0).await?.ok_or(DomainError::NotFound("workspace"))?;
+            let changes = workspaces::WorkspaceChanges {
+                name: name.as_deref(),
+                description: description.as_ref().map(|d| d.as_deref()),
+                updated_at: Utc::now(),
+            };
+            let after = workspaces::update(conn, ws.0, &changes).await?;
+            audit::record(conn, Change {
+                workspace: ws,
+                action: "workspace.update",
+                target_type: "Workspace",
+                target_id: ws.encode(),
+                summary: json!({
+                    "before": {"name": before.name, "description": before.description},
+                    "after": {"name": after.name, "description": after.description},
+                }),
+                actor: &actor,
+            })
+            .await?;
+            Ok(after)
+        })
+    })
+    .await
+}
+
+/// Deletes a workspace (owners only). Its data stays for the audit trail but is invisible.
+pub async fn delete(services: &Services, actor: &Actor, ws: WorkspaceId, key: Option<&str>) -> DomainResult<WorkspaceId> {
+    mutation::run(services, actor, "deleteWorkspace", key, &ws, |conn| -> Effect<'_, WorkspaceId> {
+        let actor = actor.clone();
+        Box::pin(async move {
+            require_role(conn, &actor, ws, |r| r == Role::Owner, "delete the workspace").await?;
+            let before = workspaces::lock(conn, ws.0).await?.ok_or(DomainError::NotFound("workspace"))?;
+            workspaces::soft_delete(conn, ws.0).await?;
+            audit::record(conn, Change {
+                workspace: ws,
+                action: "workspace.delete",
+                target_type: "Workspace",
+                target_id: ws.encode(),
+                summary: json!({"name": before.name}),
+                actor: &actor,
+            })
+            .await?;
+            Ok(ws)
+        })
+    })
+    .await
+}
+
+/// Live workspaces by id, for the DataLoader (the caller checks membership).
+pub async fn load_many(services: &Services, ids: &[uuid::Uuid]) -> DomainResult<Vec<WorkspaceRow>> {
+    let mut conn = services.conn().await?;
+    Ok(workspaces::find_many(&mut conn, ids).await?)
+}
+
+/// One page of the actor's workspaces.
+pub async fn page_for(services: &Services, actor: &Actor, page: Page) -> DomainResult<Vec<WorkspaceRow>> {
+    let mut conn = services.conn().await?;
+    Ok(workspaces::page_for_user(&mut conn, actor.user_id.0, page).await?)
+}

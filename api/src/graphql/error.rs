@@ -1,0 +1,76 @@
+//! The one mapping from domain errors to GraphQL errors with a stable `extensions.code`.
+
+use async_graphql::ErrorExtensions;
+
+use crate::domain::DomainError;
+
+/// The stable error codes clients depend on.
+pub mod code {
+    /// Missing or bad credentials.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The role does not allow it.
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    /// Missing, or not visible to the caller.
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    /// Invalid input, including invalid GraphQL documents and exceeded query limits.
+    pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+    /// A cap would be exceeded.
+    pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+    /// Conflicts with the current state.
+    pub const CONFLICT: &str = "CONFLICT";
+    /// Idempotency key reused with another request.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    /// Idempotency key held by a running request.
+    pub const IDEMPOTENCY_KEY_IN_USE: &str = "IDEMPOTENCY_KEY_IN_USE";
+    /// Too many requests.
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// Our fault; details are in the logs under the request id.
+    pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
+}
+
+/// Turns a domain error into a GraphQL error. Internal errors are logged here, once, with
+/// the request id, and reach the client only as a code and the request id.
+pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
+    let (c, message, field) = match &e {
+        DomainError::Unauthenticated(m) => (code::UNAUTHENTICATED, m.clone(), None),
+        DomainError::Forbidden(m) => (code::FORBIDDEN, m.clone(), None),
+        DomainError::NotFound(_) => (code::NOT_FOUND, e.to_string(), None),
+        DomainError::BadInput { field, message } => (code::BAD_USER_INPUT, message.clone(), Some(*field)),
+        DomainError::LimitExceeded(m) => (code::LIMIT_EXCEEDED, m.clone(), None),
+        DomainError::Conflict(m) => (code::CONFLICT, m.clone(), None),
+        DomainError::IdempotencyKeyReused => (code::IDEMPOTENCY_KEY_REUSED, e.to_string(), None),
+        DomainError::IdempotencyKeyInUse => (code::IDEMPOTENCY_KEY_IN_USE, e.to_string(), None),
+        DomainError::RateLimited => (code::RATE_LIMITED, e.to_string(), None),
+        DomainError::Internal(cause) => {
+            tracing::error!(request.id = %request_id, error = ?cause, "internal error");
+            (
+                code::INTERNAL_SERVER_ERROR,
+                format!("internal server error (request id {request_id})"),
+                None,
+            )
+        }
+    };
+    async_graphql::Error::new(message).extend_with(|_, ext| {
+        ext.set("code", c);
+        if let Some(f) = field {
+            ext.set("field", f);
+        }
+        if c == code::INTERNAL_SERVER_ERROR {
+            ext.set("requestId", request_id);
+        }
+    })
+}
+
+/// A `BAD_USER_INPUT` error on `field`.
+pub fn bad_input(field: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    let message = message.into();
+    async_graphql::Error::new(message).extend_with(|_, ext| {
+        ext.set("code", code::BAD_USER_INPUT);
+        ext.set("field", field);
+    })
+}
+
+/// A `NOT_FOUND` error for `what`.
+pub fn not_found(what: &'static str) -> async_graphql::Error {
+    to_graphql(DomainError::NotFound(what), "")
+}

@@ -1,0 +1,189 @@
+//! Members and roles.
+
+use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
+
+use super::users::User;
+use super::workspaces::{Workspace, member_id};
+use super::{error, rc};
+use crate::db::models::MemberRow;
+use crate::domain::{self, DomainError};
+use crate::ids::{MemberId, WorkspaceId};
+
+/// A role in a workspace. See the role matrix in README.md.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum Role {
+    /// Everything, including billing, members and deleting the workspace.
+    Owner,
+    /// Manages organizations and settings, adds and removes admins and viewers, reads billing.
+    Admin,
+    /// Reads only.
+    Viewer,
+}
+
+impl From<Role> for domain::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Owner => domain::Role::Owner,
+            Role::Admin => domain::Role::Admin,
+            Role::Viewer => domain::Role::Viewer,
+        }
+    }
+}
+
+impl From<domain::Role> for Role {
+    fn from(r: domain::Role) -> Self {
+        match r {
+            domain::Role::Owner => Role::Owner,
+            domain::Role::Admin => Role::Admin,
+            domain::Role::Viewer => Role::Viewer,
+        }
+    }
+}
+
+/// A membership of a person in a workspace.
+pub struct Member(pub MemberRow);
+
+#[Object]
+impl Member {
+    /// Opaque id (`mem_…`).
+    pub async fn id(&self) -> ID {
+        ID(MemberId(self.0.id).encode())
+    }
+
+    /// Role in the workspace.
+    async fn role(&self) -> Result<Role> {
+        domain::Role::parse(&self.0.role)
+            .map(Into::into)
+            .ok_or_else(|| error::to_graphql(DomainError::internal(anyhow::anyhow!("bad role in db")), ""))
+    }
+
+    /// The person.
+    async fn user(&self, ctx: &Context<'_>) -> Result<User> {
+        let rc = rc(ctx);
+        let u = rc.loaders.users.load_one(self.0.user_id).await.map_err(|e| rc.err(e))?;
+        u.map(User).ok_or_else(|| rc.err(DomainError::internal(anyhow::anyhow!("member without user"))))
+    }
+
+    /// True while the person has not signed in yet (an invitation by e-mail).
+    async fn pending(&self, ctx: &Context<'_>) -> Result<bool> {
+        let rc = rc(ctx);
+        let u = rc.loaders.users.load_one(self.0.user_id).await.map_err(|e| rc.err(e))?;
+        Ok(u.is_none_or(|u| u.subject.is_none()))
+    }
+
+    /// The workspace.
+    async fn workspace(&self, ctx: &Context<'_>) -> Result<Option<Workspace>> {
+        super::workspaces::load_visible(ctx, WorkspaceId(self.0.workspace_id)).await
+    }
+
+    /// When the member was added.
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+}
+
+/// Input of `addMember`.
+#[derive(InputObject)]
+pub struct AddMemberInput {
+    /// Workspace.
+    pub workspace_id: ID,
+    /// E-mail of the person. Someone who has not signed in yet gets a pending membership
+    /// that their first sign-in with this (verified) e-mail claims.
+    pub email: String,
+    /// Role to give; only owners may give `OWNER`.
+    pub role: Role,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `addMember`.
+#[derive(SimpleObject)]
+pub struct AddMemberPayload {
+    /// The new membership.
+    pub member: Member,
+}
+
+/// Input of `updateMemberRole`.
+#[derive(InputObject)]
+pub struct UpdateMemberRoleInput {
+    /// Member.
+    pub member_id: ID,
+    /// New role.
+    pub role: Role,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `updateMemberRole`.
+#[derive(SimpleObject)]
+pub struct UpdateMemberRolePayload {
+    /// The changed membership.
+    pub member: Member,
+}
+
+/// Input of `removeMember`.
+#[derive(InputObject)]
+pub struct RemoveMemberInput {
+    /// Member to remove; your own membership to leave the workspace.
+    pub member_id: ID,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `removeMember`.
+#[derive(SimpleObject)]
+pub struct RemoveMemberPayload {
+    /// Id of the removed membership.
+    pub deleted_member_id: ID,
+    /// Id of its workspace.
+    pub workspace_id: ID,
+}
+
+/// Member mutations.
+#[derive(Default)]
+pub struct MemberMutation;
+
+#[Object]
+impl MemberMutation {
+    /// Adds a person by e-mail (owners and admins; at most 100 members per workspace).
+    async fn add_member(&self, ctx: &Context<'_>, input: AddMemberInput) -> Result<AddMemberPayload> {
+        let rc = rc(ctx);
+        let ws = WorkspaceId::decode(&input.workspace_id).ok_or_else(|| error::not_found("workspace"))?;
+        let new = domain::members::NewMember {
+            workspace_id: ws,
+            email: input.email,
+            role: input.role.into(),
+        };
+        let row = domain::members::add(&rc.services, &rc.actor, new, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(AddMemberPayload { member: Member(row) })
+    }
+
+    /// Changes a member's role. Only owners make or change owners; the last owner cannot
+    /// be demoted.
+    async fn update_member_role(&self, ctx: &Context<'_>, input: UpdateMemberRoleInput) -> Result<UpdateMemberRolePayload> {
+        let rc = rc(ctx);
+        let change = domain::members::RoleChange {
+            member_id: member_id(&input.member_id)?,
+            role: input.role.into(),
+        };
+        let row = domain::members::update_role(&rc.services, &rc.actor, change, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(UpdateMemberRolePayload { member: Member(row) })
+    }
+
+    /// Removes a member, or leaves the workspace when it is your own membership. The last
+    /// owner can be neither removed nor leave.
+    async fn remove_member(&self, ctx: &Context<'_>, input: RemoveMemberInput) -> Result<RemoveMemberPayload> {
+        let rc = rc(ctx);
+        let removed = domain::members::remove(&rc.services, &rc.actor, member_id(&input.member_id)?, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(RemoveMemberPayload {
+            deleted_member_id: ID(removed.member_id.encode()),
+            workspace_id: ID(removed.workspace_id.encode()),
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! The GraphQL schema: one module per domain concept; resolvers read arguments, call one
+//! domain function and shape the result.
+
+pub mod audit;
+pub mod error;
+pub mod loaders;
+pub mod members;
+pub mod node;
+pub mod pagination;
+pub mod users;
+pub mod workspaces;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+
+use crate::config::Config;
+use crate::domain::{Actor, DomainError, Services};
+use loaders::Loaders;
+
+/// The query root.
+#[derive(MergedObject, Default)]
+pub struct Query(users::UserQuery, workspaces::WorkspaceQuery, node::NodeQuery);
+
+/// The mutation root.
+#[derive(MergedObject, Default)]
+pub struct Mutation(workspaces::WorkspaceMutation, members::MemberMutation);
+
+/// The executable schema.
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Per-request data every resolver reads.
+pub struct RequestCtx {
+    /// Domain services.
+    pub services: Services,
+    /// The caller.
+    pub actor: Actor,
+    /// Batching loaders of this request.
+    pub loaders: Loaders,
+}
+
+impl RequestCtx {
+    /// Builds the per-request data.
+    pub fn new(services: Services, actor: Actor) -> Self {
+        let loaders = Loaders::new(&services, &actor);
+        Self { services, actor, loaders }
+    }
+
+    /// Maps a domain error (logging internal ones with the request id).
+    pub fn err(&self, e: DomainError) -> async_graphql::Error {
+        error::to_graphql(e, &self.actor.request_id)
+    }
+}
+
+/// The request data of the current operation.
+pub fn rc<'a>(ctx: &Context<'a>) -> &'a RequestCtx {
+    ctx.data_unchecked::<RequestCtx>()
+}
+
+fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+}
+
+/// The schema with the limits from `config`.
+pub fn schema(config: &Config) -> AppSchema {
+    let mut b = builder()
+        .limit_depth(config.max_query_depth)
+        .limit_complexity(config.max_query_complexity)
+        .limit_recursive_depth(64)
+        .limit_directives(16);
+    if !config.introspection {
+        b = b.disable_introspection();
+    }
+    if config.production {
+        b = b.disable_suggestions();
+    }
+    b.finish()
+}
+
+/// The SDL (what `api print-schema` prints and `schema.graphql` holds).
+pub fn sdl() -> String {
+    builder().finish().sdl()
+}

@@ -1,0 +1,49 @@
+//! The Relay `Node` interface: refetch any object by its opaque id.
+
+use async_graphql::{Context, ID, Interface, Object, Result};
+
+use super::members::Member;
+use super::rc;
+use super::users::User;
+use super::workspaces::{Workspace, load_visible};
+use crate::ids::{MemberId, UserId, WorkspaceId};
+
+/// An object with a globally unique, opaque id.
+#[derive(Interface)]
+#[graphql(field(name = "id", ty = "ID", desc = "Opaque id; its prefix names the type."))]
+pub enum Node {
+    /// A workspace.
+    Workspace(Workspace),
+    /// A membership.
+    Member(Member),
+    /// A user.
+    User(User),
+}
+
+/// The `node` query.
+#[derive(Default)]
+pub struct NodeQuery;
+
+#[Object]
+impl NodeQuery {
+    /// Any object the caller may see, by id; null when missing or not visible. Users are
+    /// visible as themselves only (others appear through `Member.user`).
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Node>> {
+        let rc = rc(ctx);
+        if let Some(ws) = WorkspaceId::decode(&id) {
+            return Ok(load_visible(ctx, ws).await?.map(Node::Workspace));
+        }
+        if let Some(m) = MemberId::decode(&id) {
+            let row = crate::domain::members::find_visible(&rc.services, &rc.actor, m).await.map_err(|e| rc.err(e))?;
+            return Ok(row.map(|r| Node::Member(Member(r))));
+        }
+        if let Some(u) = UserId::decode(&id) {
+            if u != rc.actor.user_id {
+                return Ok(None);
+            }
+            let row = rc.loaders.users.load_one(u.0).await.map_err(|e| rc.err(e))?;
+            return Ok(row.map(|r| Node::User(User(r))));
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,52 @@
+//! Users and the `viewer` query.
+
+use async_graphql::{Context, ID, Object, Result};
+
+use super::rc;
+use crate::db::models::UserRow;
+use crate::ids::UserId;
+
+/// A person: someone who signed in, or was invited by e-mail and has not signed in yet.
+pub struct User(pub UserRow);
+
+#[Object]
+impl User {
+    /// Opaque id (`usr_…`).
+    pub async fn id(&self) -> ID {
+        ID(UserId(self.0.id).encode())
+    }
+
+    /// E-mail address.
+    async fn email(&self) -> &str {
+        &self.0.email
+    }
+
+    /// Display name, when the identity provider gave one.
+    async fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
+
+    /// False for a person invited by e-mail who has not signed in yet.
+    async fn signed_in(&self) -> bool {
+        self.0.subject.is_some()
+    }
+
+    /// When the user was first seen.
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+}
+
+/// Queries about the caller.
+#[derive(Default)]
+pub struct UserQuery;
+
+#[Object]
+impl UserQuery {
+    /// The signed-in caller.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<User> {
+        let rc = rc(ctx);
+        let user = rc.loaders.users.load_one(rc.actor.user_id.0).await.map_err(|e| rc.err(e))?;
+        user.map(User).ok_or_else(|| rc.err(crate::domain::DomainError::internal(anyhow::anyhow!("viewer row missing"))))
+    }
+}

@@ -1,0 +1,312 @@
+//! Workspaces: the tenant container.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, Enum, ID, InputObject, MaybeUndefined, Object, Result, SimpleObject};
+
+use super::audit::AuditEvent;
+use super::members::{Member, Role};
+use super::pagination::{self, complexity};
+use super::{error, rc};
+use crate::db::models::WorkspaceRow;
+use crate::domain::{self, DomainError};
+use crate::ids::{MemberId, WorkspaceId};
+
+/// How a workspace is billed. Chosen at creation; it can never change.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum BillingMode {
+    /// One billing account pays for every organization.
+    Single,
+    /// Up to ten billing accounts; each root organization is assigned one and its subtree
+    /// draws only from that account's pool.
+    Assigned,
+    /// Up to ten billing accounts feeding one pool shared by the whole workspace.
+    Pooled,
+}
+
+impl From<BillingMode> for domain::BillingMode {
+    fn from(m: BillingMode) -> Self {
+        match m {
+            BillingMode::Single => domain::BillingMode::Single,
+            BillingMode::Assigned => domain::BillingMode::Assigned,
+            BillingMode::Pooled => domain::BillingMode::Pooled,
+        }
+    }
+}
+
+impl From<domain::BillingMode> for BillingMode {
+    fn from(m: domain::BillingMode) -> Self {
+        match m {
+            domain::BillingMode::Single => BillingMode::Single,
+            domain::BillingMode::Assigned => BillingMode::Assigned,
+            domain::BillingMode::Pooled => BillingMode::Pooled,
+        }
+    }
+}
+
+/// A workspace: one customer account holding organizations, members and billing.
+#[derive(Clone)]
+pub struct Workspace(pub WorkspaceRow);
+
+#[Object]
+impl Workspace {
+    /// Opaque id (`ws_…`).
+    pub async fn id(&self) -> ID {
+        ID(WorkspaceId(self.0.id).encode())
+    }
+
+    /// Name, 1–50 characters.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Description, up to 200 characters.
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+
+    /// Billing mode, fixed at creation.
+    async fn billing_mode(&self) -> Result<BillingMode> {
+        domain::BillingMode::parse(&self.0.billing_mode)
+            .map(Into::into)
+            .ok_or_else(|| error::to_graphql(DomainError::internal(anyhow::anyhow!("bad billing mode")), ""))
+    }
+
+    /// The caller's role here.
+    async fn viewer_role(&self, ctx: &Context<'_>) -> Result<Role> {
+        let rc = rc(ctx);
+        let role = rc.loaders.viewer_roles.load_one(self.0.id).await.map_err(|e| rc.err(e))?;
+        role.map(Into::into).ok_or_else(|| rc.err(DomainError::NotFound("workspace")))
+    }
+
+    /// When it was created.
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+
+    /// When its settings last changed.
+    async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.updated_at
+    }
+
+    /// Members, oldest first (pending invitations included). At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn members(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Member>> {
+        let rc = rc(ctx);
+        let page = pagination::page(first, after.as_deref())?;
+        let rows = rc.loaders.member_pages.load_one((self.0.id, page)).await.map_err(|e| rc.err(e))?;
+        Ok(pagination::connection(rows.unwrap_or_default(), page, |m| m.id, Member))
+    }
+
+    /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Option<Connection<String, AuditEvent>>> {
+        let rc = rc(ctx);
+        let role = rc.loaders.viewer_roles.load_one(self.0.id).await.map_err(|e| rc.err(e))?;
+        if !role.is_some_and(domain::Role::is_manager) {
+            return Err(rc.err(DomainError::Forbidden("only owners and admins can read the audit log".into())));
+        }
+        let page = pagination::page(first, after.as_deref())?;
+        let rows = rc.loaders.audit_pages.load_one((self.0.id, page)).await.map_err(|e| rc.err(e))?;
+        Ok(Some(pagination::connection(rows.unwrap_or_default(), page, |e| e.id, AuditEvent)))
+    }
+}
+
+/// Loads a workspace the caller belongs to; `None` for missing, deleted or foreign ones.
+pub(crate) async fn load_visible(ctx: &Context<'_>, id: WorkspaceId) -> Result<Option<Workspace>> {
+    let rc = rc(ctx);
+    let (ws, role) = futures::try_join!(rc.loaders.workspaces.load_one(id.0), rc.loaders.viewer_roles.load_one(id.0))
+        .map_err(|e| rc.err(e))?;
+    Ok(match (ws, role) {
+        (Some(ws), Some(_)) => Some(Workspace(ws)),
+        _ => None,
+    })
+}
+
+/// Workspace queries.
+#[derive(Default)]
+pub struct WorkspaceQuery;
+
+#[Object]
+impl WorkspaceQuery {
+    /// A workspace the caller belongs to; null when it does not exist or the caller is not
+    /// a member (the two are indistinguishable).
+    async fn workspace(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Workspace>> {
+        match WorkspaceId::decode(&id) {
+            Some(id) => load_visible(ctx, id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The workspaces the caller belongs to, oldest first. At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn workspaces(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Workspace>> {
+        let rc = rc(ctx);
+        let page = pagination::page(first, after.as_deref())?;
+        let rows = domain::workspaces::page_for(&rc.services, &rc.actor, page).await.map_err(|e| rc.err(e))?;
+        for w in &rows {
+            rc.loaders.workspaces.feed_one(w.id, w.clone()).await;
+        }
+        Ok(pagination::connection(rows, page, |w| w.id, Workspace))
+    }
+}
+
+/// Input of `createWorkspace`.
+#[derive(InputObject)]
+pub struct CreateWorkspaceInput {
+    /// Name, 1–50 characters.
+    pub name: String,
+    /// Optional description, up to 200 characters.
+    pub description: Option<String>,
+    /// Billing mode; it can never be changed afterwards.
+    pub billing_mode: BillingMode,
+    /// Makes the mutation safe to retry (1–255 characters, kept 24 hours).
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `createWorkspace`.
+#[derive(SimpleObject)]
+pub struct CreateWorkspacePayload {
+    /// The new workspace; the caller is its owner.
+    pub workspace: Workspace,
+}
+
+/// Input of `renameWorkspace`.
+#[derive(InputObject)]
+pub struct RenameWorkspaceInput {
+    /// Workspace.
+    pub workspace_id: ID,
+    /// New name, 1–50 characters.
+    pub name: String,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `renameWorkspace`.
+#[derive(SimpleObject)]
+pub struct RenameWorkspacePayload {
+    /// The renamed workspace.
+    pub workspace: Workspace,
+}
+
+/// Input of `updateWorkspace`.
+#[derive(InputObject)]
+pub struct UpdateWorkspaceInput {
+    /// Workspace.
+    pub workspace_id: ID,
+    /// New name; omit to keep.
+    pub name: Option<String>,
+    /// New description; omit to keep, null to clear.
+    pub description: MaybeUndefined<String>,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `updateWorkspace`.
+#[derive(SimpleObject)]
+pub struct UpdateWorkspacePayload {
+    /// The updated workspace.
+    pub workspace: Workspace,
+}
+
+/// Input of `deleteWorkspace`.
+#[derive(InputObject)]
+pub struct DeleteWorkspaceInput {
+    /// Workspace.
+    pub workspace_id: ID,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `deleteWorkspace`.
+#[derive(SimpleObject)]
+pub struct DeleteWorkspacePayload {
+    /// Id of the deleted workspace.
+    pub deleted_workspace_id: ID,
+}
+
+fn ws_id(id: &ID) -> Result<WorkspaceId> {
+    WorkspaceId::decode(id).ok_or_else(|| error::not_found("workspace"))
+}
+
+/// Workspace mutations.
+#[derive(Default)]
+pub struct WorkspaceMutation;
+
+#[Object]
+impl WorkspaceMutation {
+    /// Creates a workspace; the caller becomes its owner.
+    async fn create_workspace(&self, ctx: &Context<'_>, input: CreateWorkspaceInput) -> Result<CreateWorkspacePayload> {
+        let rc = rc(ctx);
+        let new = domain::workspaces::NewWorkspace {
+            name: input.name,
+            description: input.description,
+            billing_mode: input.billing_mode.into(),
+        };
+        let row = domain::workspaces::create(&rc.services, &rc.actor, new, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(CreateWorkspacePayload { workspace: Workspace(row) })
+    }
+
+    /// Renames a workspace (owners and admins).
+    async fn rename_workspace(&self, ctx: &Context<'_>, input: RenameWorkspaceInput) -> Result<RenameWorkspacePayload> {
+        let rc = rc(ctx);
+        let update = domain::workspaces::WorkspaceUpdate {
+            workspace_id: ws_id(&input.workspace_id)?,
+            name: Some(input.name),
+            description: None,
+        };
+        let row = domain::workspaces::update(&rc.services, &rc.actor, update, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(RenameWorkspacePayload { workspace: Workspace(row) })
+    }
+
+    /// Changes name and/or description (owners and admins). The billing mode cannot change.
+    async fn update_workspace(&self, ctx: &Context<'_>, input: UpdateWorkspaceInput) -> Result<UpdateWorkspacePayload> {
+        let rc = rc(ctx);
+        let description = match input.description {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(d) => Some(Some(d)),
+        };
+        let update = domain::workspaces::WorkspaceUpdate {
+            workspace_id: ws_id(&input.workspace_id)?,
+            name: input.name,
+            description,
+        };
+        let row = domain::workspaces::update(&rc.services, &rc.actor, update, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(UpdateWorkspacePayload { workspace: Workspace(row) })
+    }
+
+    /// Deletes a workspace (owners only).
+    async fn delete_workspace(&self, ctx: &Context<'_>, input: DeleteWorkspaceInput) -> Result<DeleteWorkspacePayload> {
+        let rc = rc(ctx);
+        let id = domain::workspaces::delete(&rc.services, &rc.actor, ws_id(&input.workspace_id)?, input.idempotency_key.as_deref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(DeleteWorkspacePayload { deleted_workspace_id: ID(id.encode()) })
+    }
+}
+
+/// Decodes a member id; malformed ids are reported like missing ones.
+pub(crate) fn member_id(id: &ID) -> Result<MemberId> {
+    MemberId::decode(id).ok_or_else(|| error::not_found("member"))
+}

@@ -1,0 +1,131 @@
+//! `GET`/`POST /graphql`: authenticate, check the batch, execute, count.
+
+use std::time::Instant;
+
+use async_graphql::{BatchRequest, BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use async_graphql_axum::rejection::GraphQLRejection;
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::RequestId;
+use crate::AppState;
+use crate::domain::{Actor, users};
+use crate::graphql::RequestCtx;
+use crate::graphql::error::code;
+
+/// A refusal of the whole request, as a GraphQL-shaped JSON body.
+fn refuse(status: StatusCode, c: &str, message: &str) -> Response {
+    let body = json!({"errors": [{"message": message, "extensions": {"code": c}}]});
+    let mut resp = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Executes a (possibly batched) GraphQL request for an authenticated caller.
+pub async fn handle(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    method: Method,
+    headers: HeaderMap,
+    request: Result<GraphQLBatchRequest, GraphQLRejection>,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, "missing bearer token in the Authorization header");
+    };
+    let claims = match state.verifier.verify(token).await {
+        Ok(c) => c,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &e.0),
+    };
+    let user = match users::provision(&state.services, &claims).await {
+        Ok(u) => u,
+        Err(e) => {
+            let err = crate::graphql::error::to_graphql(e, &request_id);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, code::INTERNAL_SERVER_ERROR, &err.message);
+        }
+    };
+    let batch = match request {
+        Ok(r) => r.into_inner(),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, &format!("invalid GraphQL request: {}", e.0)),
+    };
+    let (requests, is_batch) = match batch {
+        BatchRequest::Single(r) => (vec![r], false),
+        BatchRequest::Batch(rs) => {
+            if rs.len() > state.config.max_batch_size {
+                let msg = format!("a batch may hold at most {} operations (got {})", state.config.max_batch_size, rs.len());
+                return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, &msg);
+            }
+            if rs.is_empty() {
+                return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, "empty batch");
+            }
+            (rs, true)
+        }
+    };
+    let actor = Actor {
+        user_id: crate::ids::UserId(user.id),
+        request_id: request_id.clone(),
+    };
+    let mut responses = Vec::with_capacity(requests.len());
+    for r in requests {
+        if method == Method::GET && is_mutation(&r.query) {
+            responses.push(error_response(code::BAD_USER_INPUT, "mutations must be sent with POST"));
+            continue;
+        }
+        let name = r.operation_name.clone();
+        let started = Instant::now();
+        let r = r.data(RequestCtx::new(state.services.clone(), actor.clone()));
+        let mut resp = state.schema.execute(r).await;
+        state
+            .metrics
+            .observe_operation(name.as_deref(), resp.errors.is_empty(), started.elapsed().as_secs_f64());
+        label_errors(&mut resp.errors);
+        responses.push(resp);
+    }
+    let body = match (is_batch, responses.pop()) {
+        (false, Some(one)) => BatchResponse::Single(one),
+        (_, last) => {
+            responses.extend(last);
+            BatchResponse::Batch(responses)
+        }
+    };
+    GraphQLResponse::from(body).into_response()
+}
+
+fn is_mutation(query: &str) -> bool {
+    async_graphql::parser::parse_query(query).is_ok_and(|doc| {
+        doc.operations
+            .iter()
+            .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
+    })
+}
+
+fn error_response(c: &str, message: &str) -> GqlResponse {
+    let mut e = ServerError::new(message, None);
+    let mut ext = ErrorExtensionValues::default();
+    ext.set("code", c);
+    e.extensions = Some(ext);
+    GqlResponse::from_errors(vec![e])
+}
+
+/// Errors raised by the engine itself (syntax, validation, depth and complexity limits,
+/// input coercion) carry no code: they are all the client's input.
+fn label_errors(errors: &mut [ServerError]) {
+    for e in errors {
+        let ext = e.extensions.get_or_insert_with(ErrorExtensionValues::default);
+        if ext.get("code").is_none() {
+            ext.set("code", code::BAD_USER_INPUT);
+        }
+    }
+}

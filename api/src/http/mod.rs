@@ -1,0 +1,43 @@
+//! HTTP surface: GraphQL, GraphiQL, health, readiness and metrics.
+
+mod graphiql;
+mod graphql;
+mod health;
+mod request_id;
+
+use axum::Router;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::get;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use request_id::RequestId;
+
+use crate::AppState;
+
+/// The application's router.
+pub fn router(state: AppState) -> Router {
+    let cors = cors(&state.config.cors_origins);
+    Router::new()
+        .route("/graphql", get(graphql::handle).post(graphql::handle))
+        .route("/graphiql", get(graphiql::page))
+        .route("/graphiql/assets/{file}", get(graphiql::asset))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request_id::observe))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-request-id")])
+        .expose_headers([header::HeaderName::from_static("x-request-id")]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}

@@ -1,0 +1,88 @@
+//! Typed ids used across every layer, and how they look on the wire.
+//!
+//! In GraphQL every id is opaque and prefixed by its type (`ws_…`, `mem_…`), so that
+//! `node(id:)` knows what to load and a client cannot pass a member id where a workspace
+//! id is expected. The part after the prefix is the UUID (v7: time-ordered) in hex.
+
+use uuid::Uuid;
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// The wire prefix of this kind of id.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh, time-ordered id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// The opaque external form, e.g. `ws_0193…`.
+            pub fn encode(&self) -> String {
+                format!("{}_{}", $prefix, self.0.simple())
+            }
+
+            /// Parses the external form; `None` for anything else (which callers treat
+            /// exactly like an id that does not exist).
+            pub fn decode(s: &str) -> Option<Self> {
+                let rest = s.strip_prefix($prefix)?.strip_prefix('_')?;
+                if rest.len() != 32 {
+                    return None;
+                }
+                Uuid::try_parse(rest).ok().map(Self)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.encode())
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A person who signs in (or has been invited to).
+    UserId,
+    "usr"
+);
+typed_id!(
+    /// A workspace (tenant).
+    WorkspaceId,
+    "ws"
+);
+typed_id!(
+    /// A membership of a user in a workspace.
+    MemberId,
+    "mem"
+);
+typed_id!(
+    /// An audit event.
+    AuditEventId,
+    "aud"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_reject_foreign_prefix() {
+        let id = WorkspaceId::new();
+        assert_eq!(WorkspaceId::decode(&id.encode()), Some(id));
+        assert_eq!(MemberId::decode(&id.encode()), None);
+        assert_eq!(WorkspaceId::decode("ws_nothex"), None);
+        assert_eq!(WorkspaceId::decode(""), None);
+    }
+}

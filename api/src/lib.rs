@@ -1,0 +1,59 @@
+//! The workspace and billing service: a GraphQL gateway over PostgreSQL.
+//!
+//! Data flows one way: HTTP → GraphQL resolver → domain service → repository → PostgreSQL.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod graphql;
+pub mod http;
+pub mod ids;
+pub mod jobs;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+pub use http::router;
+
+/// Shared state of the HTTP server.
+#[derive(Clone)]
+pub struct AppState {
+    /// Configuration.
+    pub config: Arc<config::Config>,
+    /// Domain services (pool and settings).
+    pub services: domain::Services,
+    /// The executable GraphQL schema.
+    pub schema: graphql::AppSchema,
+    /// Token verification.
+    pub verifier: Arc<auth::Verifier>,
+    /// Metrics.
+    pub metrics: Arc<telemetry::Metrics>,
+}
+
+impl AppState {
+    /// Builds the state over an existing pool (the database must be migrated).
+    pub fn new(config: config::Config, pool: db::DbPool) -> anyhow::Result<Self> {
+        let services = domain::Services {
+            pool,
+            idempotency_ttl: config.idempotency_ttl,
+        };
+        Ok(Self {
+            schema: graphql::schema(&config),
+            verifier: Arc::new(auth::Verifier::new(&config)),
+            metrics: Arc::new(telemetry::Metrics::new()?),
+            services,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Makes sure the database exists and is migrated, then returns a pool over it.
+pub async fn prepare_database(config: &config::Config) -> Result<db::DbPool, db::StartupError> {
+    db::ensure_database(&config.database_url).await?;
+    let applied = db::migrate(&config.database_url).await?;
+    if applied > 0 {
+        tracing::info!(applied, "applied migrations");
+    }
+    db::build_pool(config)
+}

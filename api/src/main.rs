@@ -1,0 +1,121 @@
+//! The `api` binary: serves GraphQL (and runs the worker in-process unless `--no-worker`).
+
+use std::process::ExitCode;
+
+use api::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "api", about = "Workspace and billing GraphQL API")]
+struct Cli {
+    /// Do not run the background worker in this process (production runs `worker` separately).
+    #[arg(long, global = true)]
+    no_worker: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate the database and serve HTTP (the default).
+    Serve,
+    /// Create the database if needed, apply pending migrations, and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL) and exit.
+    PrintSchema,
+    /// Print a signed development token (needs JWT_HS256_SECRET).
+    DevToken {
+        /// E-mail of the user.
+        #[arg(long)]
+        email: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Subject (`sub`); defaults to `dev|<email>`.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Lifetime in hours.
+        #[arg(long, default_value_t = 12)]
+        hours: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::PrintSchema) = cli.command {
+        print!("{}", api::graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    api::telemetry::init_tracing(config.log_format);
+    let result = match cli.command {
+        Some(Command::DevToken { email, name, sub, hours }) => {
+            let sub = sub.unwrap_or_else(|| format!("dev|{email}"));
+            api::auth::dev_token(&config, &sub, &email, name.as_deref(), hours * 3600).map(|t| println!("{t}"))
+        }
+        Some(Command::Migrate) => api::prepare_database(&config).await.map(|_| ()).map_err(Into::into),
+        Some(Command::Serve) | None => serve(config, !cli.no_worker).await,
+        Some(Command::PrintSchema) => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
+    if let Err(e) = config.require_token_verification() {
+        anyhow::bail!("{e}");
+    }
+    let pool = api::prepare_database(&config).await?;
+    let addr = config.bind_addr;
+    let state = api::AppState::new(config, pool.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = with_worker.then(|| tokio::spawn(api::jobs::run(pool, stop_rx)));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (BIND_ADDR): {e}"))?;
+    tracing::info!("listening on http://{addr} (GraphiQL at http://{addr}/graphiql)");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+        })
+        .await?;
+    let _ = stop_tx.send(true);
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

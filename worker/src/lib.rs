@@ -1,0 +1,19 @@
+//! The background worker process: runs the jobs of `api::jobs` until stopped.
+//!
+//! The same jobs also run inside `api` (unless it is started with `--no-worker`), so one
+//! process is the whole system on a laptop while production scales the two apart.
+
+use tokio::sync::watch;
+
+/// Runs the worker with configuration from the environment until SIGINT/SIGTERM.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    let config = api::config::Config::from_env()?;
+    api::telemetry::init_tracing(config.log_format);
+    let pool = api::prepare_database(&config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(api::jobs::run(pool, stop_rx));
+    tokio::signal::ctrl_c().await?;
+    let _ = stop_tx.send(true);
+    worker.await?;
+    Ok(())
+}
