@@ -1,1 +1,302 @@
+//! End-to-end test harness: a real server on a random port over a real PostgreSQL
+//! database cloned from a migrated template, and a small GraphQL client.
 
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+pub use tokens::Tokens;
+
+/// The PostgreSQL server the tests use (no database name).
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Issuer and audience the test server requires.
+pub const ISSUER: &str = "https://issuer.test/";
+/// Audience the test server requires.
+pub const AUDIENCE: &str = "workspaces-api-test";
+/// HS256 secret of the test server.
+pub const HS256_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+/// `CREATE DATABASE … TEMPLATE` takes a cluster-wide lock: a few at a time.
+static CREATE_DB: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(2));
+
+fn template_name() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<_> = walk(&dir);
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    format!("wstpl_{:016x}", h.finish())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+async fn admin() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&format!("{}/postgres", server_url()))
+        .await
+        .expect("cannot connect to PostgreSQL for tests (is it running? TEST_DATABASE_SERVER)")
+}
+
+/// Creates the migrated template database once (guarded by an advisory lock so that
+/// concurrent test processes do not race).
+async fn ensure_template() -> String {
+    let name = template_name();
+    let mut conn = admin().await;
+    diesel::sql_query("SELECT pg_advisory_lock(727274)").execute(&mut conn).await.expect("advisory lock");
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let exists: N = diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
+        .bind::<diesel::sql_types::Text, _>(&name)
+        .get_result(&mut conn)
+        .await
+        .expect("query pg_database");
+    if exists.n == 0 {
+        let building = format!("{name}_building");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}")).execute(&mut conn).await.expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE {building}")).execute(&mut conn).await.expect("create template");
+        api::db::migrate(&format!("{}/{building}", server_url())).await.expect("migrate template");
+        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {name}")).execute(&mut conn).await.expect("rename");
+        diesel::sql_query(format!("ALTER DATABASE {name} WITH is_template = true")).execute(&mut conn).await.expect("mark");
+    }
+    diesel::sql_query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).await.expect("unlock");
+    name
+}
+
+/// A fresh database cloned from the template; dropped when the value is dropped.
+pub struct TestDb {
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Clones the template.
+    pub async fn new() -> Self {
+        let template = ensure_template().await;
+        let name = format!("wst_{}", uuid::Uuid::new_v4().simple());
+        let _permit = CREATE_DB.acquire().await.expect("semaphore");
+        let mut conn = admin().await;
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        Self {
+            url: format!("{}/{name}", server_url()),
+            name,
+        }
+    }
+
+    /// Drops the database now (terminating its connections), e.g. to test readiness.
+    pub async fn drop_now(&self) {
+        let mut conn = admin().await;
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await
+            .expect("drop test database");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Async work cannot run in Drop: do it on a short-lived runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(mut conn) = AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await {
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running server and its database.
+pub struct TestApp {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub base: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Token minting for this server.
+    pub tokens: Tokens,
+    /// Its database.
+    pub db: TestDb,
+    /// The server's pool.
+    pub pool: api::db::DbPool,
+}
+
+/// Options for `TestApp::with`.
+#[derive(Default)]
+pub struct Options {
+    /// Extra environment variables for the server's configuration.
+    pub env: HashMap<String, String>,
+}
+
+impl TestApp {
+    /// Starts a server on a fresh database.
+    pub async fn spawn() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    /// Starts a server with extra configuration.
+    pub async fn with(options: Options) -> Self {
+        let db = TestDb::new().await;
+        let jwks_addr = tokens::serve_jwks().await;
+        let mut env: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("DATABASE_POOL_SIZE".into(), "8".into()),
+            ("JWT_HS256_SECRET".into(), HS256_SECRET.into()),
+            ("JWT_JWKS_URL".into(), format!("http://{jwks_addr}/.well-known/jwks.json")),
+            ("JWT_ISSUER".into(), ISSUER.into()),
+            ("JWT_AUDIENCE".into(), AUDIENCE.into()),
+        ]);
+        env.extend(options.env);
+        let config = api::config::Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        let pool = api::db::build_pool(&config).expect("pool");
+        let state = api::AppState::new(config, pool.clone()).expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, api::router(state)).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            tokens: Tokens::new(),
+            db,
+            pool,
+        }
+    }
+
+    /// Sends a GraphQL operation as `token` and returns the whole JSON body.
+    pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
+        self.gql_raw(Some(token), json!({"query": query, "variables": variables})).await.1
+    }
+
+    /// Sends any JSON body to `/graphql`; returns status and JSON body.
+    pub async fn gql_raw(&self, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}/graphql", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.expect("json body");
+        (status, body)
+    }
+
+    /// Signs in a user (a verified HS256 token for `email`) and returns its token.
+    pub fn user(&self, email: &str) -> String {
+        self.tokens.hs256(&format!("auth0|{email}"), email, true)
+    }
+
+    /// Creates a workspace as `token`; returns its id.
+    pub async fn create_workspace(&self, token: &str, name: &str) -> String {
+        let r = self
+            .gql(
+                token,
+                "mutation($n: String!) { createWorkspace(input: {name: $n, billingMode: SINGLE}) { workspace { id } } }",
+                json!({"n": name}),
+            )
+            .await;
+        r["data"]["createWorkspace"]["workspace"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createWorkspace failed: {r}"))
+            .to_string()
+    }
+
+    /// Adds `email` to `ws` with `role` as `token`; returns the member id.
+    pub async fn add_member(&self, token: &str, ws: &str, email: &str, role: &str) -> String {
+        let r = self.try_add_member(token, ws, email, role).await;
+        r["data"]["addMember"]["member"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("addMember failed: {r}"))
+            .to_string()
+    }
+
+    /// Tries to add a member; returns the whole body.
+    pub async fn try_add_member(&self, token: &str, ws: &str, email: &str, role: &str) -> Value {
+        self.gql(
+            token,
+            "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { member { id role } } }",
+            json!({"w": ws, "e": email, "r": role}),
+        )
+        .await
+    }
+
+    /// The member id of `email` in `ws`, as seen by `token`.
+    pub async fn member_id(&self, token: &str, ws: &str, email: &str) -> String {
+        let r = self
+            .gql(
+                token,
+                "query($w: ID!) { workspace(id: $w) { members(first: 100) { edges { node { id user { email } } } } } }",
+                json!({"w": ws}),
+            )
+            .await;
+        r["data"]["workspace"]["members"]["edges"]
+            .as_array()
+            .and_then(|edges| edges.iter().find(|e| e["node"]["user"]["email"] == email))
+            .and_then(|e| e["node"]["id"].as_str())
+            .unwrap_or_else(|| panic!("{email} is not a member: {r}"))
+            .to_string()
+    }
+
+    /// Runs SQL against the test database (for assertions on stored state).
+    pub async fn sql_count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.db.url).await.expect("connect");
+        let r: N = diesel::sql_query(sql).get_result(&mut conn).await.expect("count query");
+        r.n
+    }
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn error_code(body: &Value) -> Option<&str> {
+    body["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// Asserts that the body failed with `code`.
+#[track_caller]
+pub fn assert_code(body: &Value, code: &str) {
+    assert_eq!(error_code(body), Some(code), "expected {code}, got {body}");
+}
+
+/// Asserts that the body has no errors.
+#[track_caller]
+pub fn assert_ok(body: &Value) {
+    assert!(body.get("errors").is_none_or(Value::is_null), "unexpected errors: {body}");
+}

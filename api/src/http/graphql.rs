@@ -83,7 +83,7 @@ pub async fn handle(
             responses.push(error_response(code::BAD_USER_INPUT, "mutations must be sent with POST"));
             continue;
         }
-        let name = r.operation_name.clone();
+        let name = r.operation_name.clone().or_else(|| operation_name(&r.query));
         let started = Instant::now();
         let r = r.data(RequestCtx::new(state.services.clone(), actor.clone()));
         let mut resp = state.schema.execute(r).await;
@@ -109,6 +109,17 @@ fn is_mutation(query: &str) -> bool {
             .iter()
             .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
     })
+}
+
+/// The name of the only operation of a document (for metrics when the client sent none).
+fn operation_name(query: &str) -> Option<String> {
+    let doc = async_graphql::parser::parse_query(query).ok()?;
+    match doc.operations {
+        async_graphql::parser::types::DocumentOperations::Multiple(ops) if ops.len() == 1 => {
+            ops.keys().next().map(|n| n.to_string())
+        }
+        _ => None,
+    }
 }
 
 fn error_response(c: &str, message: &str) -> GqlResponse {

@@ -1,0 +1,9 @@
+//! End-to-end tests: HTTP against a real server and a real PostgreSQL database.
+
+mod auth;
+mod graphiql;
+mod idempotency;
+mod isolation;
+mod limits;
+mod ops;
+mod roles;
