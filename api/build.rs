@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(graphiql_assets)");
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("graphiql/node_modules");
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join("graphiql/node_modules");
     let files = [
         "react/umd/react.production.min.js",
         "react-dom/umd/react-dom.production.min.js",
@@ -20,6 +21,8 @@ fn main() {
         println!("cargo::rustc-cfg=graphiql_assets");
         println!("cargo::rustc-env=GRAPHIQL_ASSETS_DIR={}", dir.display());
     } else {
-        println!("cargo::warning=GraphiQL assets not found: run `npm ci --prefix api/graphiql` to serve GraphiQL");
+        println!(
+            "cargo::warning=GraphiQL assets not found: run `npm ci --prefix api/graphiql` to serve GraphiQL"
+        );
     }
 }

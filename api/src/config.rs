@@ -63,7 +63,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database_url", &redact_url(&self.database_url))
             .field("bind_addr", &self.bind_addr)
-            .field("jwt_hs256_secret", &self.jwt_hs256_secret.as_ref().map(|_| "<set>"))
+            .field(
+                "jwt_hs256_secret",
+                &self.jwt_hs256_secret.as_ref().map(|_| "<set>"),
+            )
             .field("jwt_jwks_url", &self.jwt_jwks_url)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
@@ -89,28 +92,36 @@ impl Config {
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(err("DATABASE_URL", "must be a postgres:// URL"));
         }
-        let bind_addr = parse(&var, "BIND_ADDR", "127.0.0.1:8080", "a socket address such as 127.0.0.1:8080")?;
+        let bind_addr = parse(
+            &var,
+            "BIND_ADDR",
+            "127.0.0.1:8080",
+            "a socket address such as 127.0.0.1:8080",
+        )?;
         let database_pool_size: usize = parse(&var, "DATABASE_POOL_SIZE", "16", "a whole number")?;
         if database_pool_size < 2 {
             return Err(err("DATABASE_POOL_SIZE", "must be at least 2"));
         }
         let jwt_hs256_secret = var("JWT_HS256_SECRET");
-        if let Some(s) = &jwt_hs256_secret {
-            if s.len() < 32 {
-                return Err(err("JWT_HS256_SECRET", "must be at least 32 bytes long"));
-            }
+        if jwt_hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(err("JWT_HS256_SECRET", "must be at least 32 bytes long"));
         }
         let jwt_jwks_url = var("JWT_JWKS_URL");
-        if let Some(u) = &jwt_jwks_url {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return Err(err("JWT_JWKS_URL", "must be an http(s) URL"));
-            }
+        if jwt_jwks_url
+            .as_ref()
+            .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
+        {
+            return Err(err("JWT_JWKS_URL", "must be an http(s) URL"));
         }
         let jwt_issuer = var("JWT_ISSUER");
         let jwt_audience = var("JWT_AUDIENCE");
         if jwt_jwks_url.is_some() && (jwt_issuer.is_none() || jwt_audience.is_none()) {
             return Err(err(
-                if jwt_issuer.is_none() { "JWT_ISSUER" } else { "JWT_AUDIENCE" },
+                if jwt_issuer.is_none() {
+                    "JWT_ISSUER"
+                } else {
+                    "JWT_AUDIENCE"
+                },
                 "must be set when JWT_JWKS_URL is set",
             ));
         }
@@ -122,11 +133,22 @@ impl Config {
         let production = parse_bool(&var, "PRODUCTION", false)?;
         let introspection = parse_bool(&var, "GRAPHQL_INTROSPECTION", true)?;
         let max_query_depth = parse(&var, "GRAPHQL_MAX_DEPTH", "12", "a whole number")?;
-        let max_query_complexity = parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
+        let max_query_complexity =
+            parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
         let max_batch_size = parse(&var, "GRAPHQL_MAX_BATCH", "10", "a whole number")?;
-        let ttl_hours: u64 = parse(&var, "IDEMPOTENCY_TTL_HOURS", "24", "a whole number of hours")?;
+        let ttl_hours: u64 = parse(
+            &var,
+            "IDEMPOTENCY_TTL_HOURS",
+            "24",
+            "a whole number of hours",
+        )?;
         let cors_origins = var("CORS_ORIGINS")
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Self {
             database_url,
@@ -162,7 +184,10 @@ impl Config {
 }
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { var, message: message.into() }
+    ConfigError {
+        var,
+        message: message.into(),
+    }
 }
 
 fn parse<T: std::str::FromStr>(
@@ -172,7 +197,9 @@ fn parse<T: std::str::FromStr>(
     expected: &str,
 ) -> Result<T, ConfigError> {
     let raw = var(name).unwrap_or_else(|| default.to_string());
-    raw.trim().parse().map_err(|_| err(name, format!("`{raw}` is not {expected}")))
+    raw.trim()
+        .parse()
+        .map_err(|_| err(name, format!("`{raw}` is not {expected}")))
 }
 
 fn parse_bool(

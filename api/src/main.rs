@@ -56,11 +56,20 @@ async fn main() -> ExitCode {
     };
     api::telemetry::init_tracing(config.log_format);
     let result = match cli.command {
-        Some(Command::DevToken { email, name, sub, hours }) => {
+        Some(Command::DevToken {
+            email,
+            name,
+            sub,
+            hours,
+        }) => {
             let sub = sub.unwrap_or_else(|| format!("dev|{email}"));
-            api::auth::dev_token(&config, &sub, &email, name.as_deref(), hours * 3600).map(|t| println!("{t}"))
+            api::auth::dev_token(&config, &sub, &email, name.as_deref(), hours * 3600)
+                .map(|t| println!("{t}"))
         }
-        Some(Command::Migrate) => api::prepare_database(&config).await.map(|_| ()).map_err(Into::into),
+        Some(Command::Migrate) => api::prepare_database(&config)
+            .await
+            .map(|_| ())
+            .map_err(Into::into),
         Some(Command::Serve) | None => serve(config, !cli.no_worker).await,
         Some(Command::PrintSchema) => Ok(()),
     };
@@ -104,13 +113,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

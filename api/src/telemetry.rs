@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::config::LogFormat;
 use crate::db::DbPool;
@@ -12,9 +14,15 @@ use crate::db::DbPool;
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     // A second call (tests) keeps the first subscriber.
@@ -43,28 +51,57 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
-        let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )?;
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route").buckets(buckets.clone()),
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(buckets.clone()),
             &["route"],
         )?;
         let graphql_operations = IntCounterVec::new(
-            Opts::new("graphql_operations_total", "GraphQL operations by name and outcome (ok or error)"),
+            Opts::new(
+                "graphql_operations_total",
+                "GraphQL operations by name and outcome (ok or error)",
+            ),
             &["operation", "outcome"],
         )?;
         let graphql_duration = HistogramVec::new(
-            HistogramOpts::new("graphql_operation_duration_seconds", "GraphQL operation latency by name").buckets(buckets),
+            HistogramOpts::new(
+                "graphql_operation_duration_seconds",
+                "GraphQL operation latency by name",
+            )
+            .buckets(buckets),
             &["operation"],
         )?;
-        let pool_size = IntGauge::new("db_pool_connections", "Connections open in the database pool")?;
-        let pool_available = IntGauge::new("db_pool_connections_idle", "Idle connections in the database pool")?;
-        let pool_in_use = IntGauge::new("db_pool_connections_in_use", "Connections checked out of the database pool")?;
-        let pool_waiting = IntGauge::new("db_pool_waiting", "Tasks waiting for a database connection")?;
-        let pool_max = IntGauge::new("db_pool_connections_max", "Maximum connections of the database pool")?;
+        let pool_size = IntGauge::new(
+            "db_pool_connections",
+            "Connections open in the database pool",
+        )?;
+        let pool_available = IntGauge::new(
+            "db_pool_connections_idle",
+            "Idle connections in the database pool",
+        )?;
+        let pool_in_use = IntGauge::new(
+            "db_pool_connections_in_use",
+            "Connections checked out of the database pool",
+        )?;
+        let pool_waiting =
+            IntGauge::new("db_pool_waiting", "Tasks waiting for a database connection")?;
+        let pool_max = IntGauge::new(
+            "db_pool_connections_max",
+            "Maximum connections of the database pool",
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(graphql_operations.clone()))?;
@@ -91,22 +128,34 @@ impl Metrics {
 
     /// Records one HTTP request.
     pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        self.http_requests.with_label_values(&[route, method, &status.to_string()]).inc();
-        self.http_duration.with_label_values(&[route]).observe(seconds);
+        self.http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(seconds);
     }
 
     /// Records one GraphQL operation.
     pub fn observe_operation(&self, name: Option<&str>, ok: bool, seconds: f64) {
         let label = self.operation_label(name);
-        self.graphql_operations.with_label_values(&[label.as_str(), if ok { "ok" } else { "error" }]).inc();
-        self.graphql_duration.with_label_values(&[label.as_str()]).observe(seconds);
+        self.graphql_operations
+            .with_label_values(&[label.as_str(), if ok { "ok" } else { "error" }])
+            .inc();
+        self.graphql_duration
+            .with_label_values(&[label.as_str()])
+            .observe(seconds);
     }
 
     fn operation_label(&self, name: Option<&str>) -> String {
-        let Some(name) = name.filter(|n| n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) else {
+        let Some(name) = name
+            .filter(|n| n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        else {
             return "anonymous".into();
         };
-        let Ok(mut names) = self.operation_names.lock() else { return "other".into() };
+        let Ok(mut names) = self.operation_names.lock() else {
+            return "other".into();
+        };
         if names.contains(name) || names.len() < MAX_OPERATION_LABELS {
             names.insert(name.to_string());
             name.to_string()
@@ -120,12 +169,12 @@ impl Metrics {
         let status = pool.status();
         self.pool_size.set(status.size as i64);
         self.pool_available.set(status.available as i64);
-        self.pool_in_use.set(status.size.saturating_sub(status.available) as i64);
+        self.pool_in_use
+            .set(status.size.saturating_sub(status.available) as i64);
         self.pool_waiting.set(status.waiting as i64);
         self.pool_max.set(status.max_size as i64);
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        let text = String::from_utf8(buf).unwrap_or_default();
-        text
+        String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -16,7 +16,8 @@ pub use tokens::Tokens;
 
 /// The PostgreSQL server the tests use (no database name).
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// Issuer and audience the test server requires.
@@ -67,7 +68,10 @@ async fn admin() -> AsyncPgConnection {
 async fn ensure_template() -> String {
     let name = template_name();
     let mut conn = admin().await;
-    diesel::sql_query("SELECT pg_advisory_lock(727274)").execute(&mut conn).await.expect("advisory lock");
+    diesel::sql_query("SELECT pg_advisory_lock(727274)")
+        .execute(&mut conn)
+        .await
+        .expect("advisory lock");
     #[derive(diesel::QueryableByName)]
     struct N {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -80,13 +84,30 @@ async fn ensure_template() -> String {
         .expect("query pg_database");
     if exists.n == 0 {
         let building = format!("{name}_building");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}")).execute(&mut conn).await.expect("drop");
-        diesel::sql_query(format!("CREATE DATABASE {building}")).execute(&mut conn).await.expect("create template");
-        api::db::migrate(&format!("{}/{building}", server_url())).await.expect("migrate template");
-        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {name}")).execute(&mut conn).await.expect("rename");
-        diesel::sql_query(format!("ALTER DATABASE {name} WITH is_template = true")).execute(&mut conn).await.expect("mark");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}"))
+            .execute(&mut conn)
+            .await
+            .expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE {building}"))
+            .execute(&mut conn)
+            .await
+            .expect("create template");
+        api::db::migrate(&format!("{}/{building}", server_url()))
+            .await
+            .expect("migrate template");
+        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("rename");
+        diesel::sql_query(format!("ALTER DATABASE {name} WITH is_template = true"))
+            .execute(&mut conn)
+            .await
+            .expect("mark");
     }
-    diesel::sql_query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).await.expect("unlock");
+    diesel::sql_query("SELECT pg_advisory_unlock(727274)")
+        .execute(&mut conn)
+        .await
+        .expect("unlock");
     name
 }
 
@@ -118,10 +139,13 @@ impl TestDb {
     /// Drops the database now (terminating its connections), e.g. to test readiness.
     pub async fn drop_now(&self) {
         let mut conn = admin().await;
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await
-            .expect("drop test database");
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
     }
 }
 
@@ -130,10 +154,20 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Async work cannot run in Drop: do it on a short-lived runtime of its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async {
-                if let Ok(mut conn) = AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await {
-                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                if let Ok(mut conn) =
+                    AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await
+                {
+                    let _ =
+                        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
                 }
             });
         })
@@ -176,15 +210,21 @@ impl TestApp {
             ("DATABASE_URL".into(), db.url.clone()),
             ("DATABASE_POOL_SIZE".into(), "8".into()),
             ("JWT_HS256_SECRET".into(), HS256_SECRET.into()),
-            ("JWT_JWKS_URL".into(), format!("http://{jwks_addr}/.well-known/jwks.json")),
+            (
+                "JWT_JWKS_URL".into(),
+                format!("http://{jwks_addr}/.well-known/jwks.json"),
+            ),
             ("JWT_ISSUER".into(), ISSUER.into()),
             ("JWT_AUDIENCE".into(), AUDIENCE.into()),
         ]);
         env.extend(options.env);
-        let config = api::config::Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        let config =
+            api::config::Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let pool = api::db::build_pool(&config).expect("pool");
         let state = api::AppState::new(config, pool.clone()).expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, api::router(state)).await;
@@ -200,7 +240,9 @@ impl TestApp {
 
     /// Sends a GraphQL operation as `token` and returns the whole JSON body.
     pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
-        self.gql_raw(Some(token), json!({"query": query, "variables": variables})).await.1
+        self.gql_raw(Some(token), json!({"query": query, "variables": variables}))
+            .await
+            .1
     }
 
     /// Sends any JSON body to `/graphql`; returns status and JSON body.
@@ -278,8 +320,13 @@ impl TestApp {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let mut conn = AsyncPgConnection::establish(&self.db.url).await.expect("connect");
-        let r: N = diesel::sql_query(sql).get_result(&mut conn).await.expect("count query");
+        let mut conn = AsyncPgConnection::establish(&self.db.url)
+            .await
+            .expect("connect");
+        let r: N = diesel::sql_query(sql)
+            .get_result(&mut conn)
+            .await
+            .expect("count query");
         r.n
     }
 }
@@ -298,5 +345,8 @@ pub fn assert_code(body: &Value, code: &str) {
 /// Asserts that the body has no errors.
 #[track_caller]
 pub fn assert_ok(body: &Value) {
-    assert!(body.get("errors").is_none_or(Value::is_null), "unexpected errors: {body}");
+    assert!(
+        body.get("errors").is_none_or(Value::is_null),
+        "unexpected errors: {body}"
+    );
 }

@@ -18,7 +18,10 @@ pub const KID: &str = "test-key-1";
 
 /// Now, in seconds since the epoch.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// Mints tokens.
@@ -55,8 +58,12 @@ impl Tokens {
 
     /// An HS256 token with arbitrary claims.
     pub fn hs256_claims(&self, claims: &Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(HS256_SECRET.as_bytes()))
-            .expect("sign hs256")
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(HS256_SECRET.as_bytes()),
+        )
+        .expect("sign hs256")
     }
 
     /// An RS256 token signed by the JWKS key, with arbitrary claims.
@@ -73,7 +80,9 @@ pub async fn serve_jwks() -> SocketAddr {
         "/.well-known/jwks.json",
         axum::routing::get(|| async { ([("content-type", "application/json")], JWKS) }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind jwks");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind jwks");
     let addr = listener.local_addr().expect("jwks addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

@@ -26,7 +26,10 @@ pub struct JwksCache {
 impl JwksCache {
     /// An empty cache; keys are fetched on first use.
     pub fn new(url: String) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
         Self {
             url,
             client,
@@ -37,11 +40,14 @@ impl JwksCache {
 
     /// The key for `kid`, fetching the set when it is unknown or stale.
     pub async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
-        let fresh = self.state.lock().await.1.is_some_and(|t| t.elapsed() < MAX_AGE);
-        if fresh {
-            if let Some(k) = self.keys.read().await.get(kid) {
-                return Ok(k.clone());
-            }
+        let fresh = self
+            .state
+            .lock()
+            .await
+            .1
+            .is_some_and(|t| t.elapsed() < MAX_AGE);
+        if fresh && let Some(k) = self.keys.read().await.get(kid) {
+            return Ok(k.clone());
         }
         self.refresh().await;
         self.keys
@@ -70,10 +76,19 @@ impl JwksCache {
     }
 
     async fn fetch(&self) -> anyhow::Result<HashMap<String, (DecodingKey, Algorithm)>> {
-        let set: JwkSet = self.client.get(&self.url).send().await?.error_for_status()?.json().await?;
+        let set: JwkSet = self
+            .client
+            .get(&self.url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
             let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
                 (Some(a), _) => match format!("{a:?}").parse::<Algorithm>() {
                     Ok(a) => a,

@@ -55,10 +55,22 @@ impl Verifier {
     /// Builds the verifier from configuration.
     pub fn new(config: &Config) -> Self {
         Self {
-            hs256: config.jwt_hs256_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes())),
-            jwks: config.jwt_jwks_url.as_ref().map(|u| JwksCache::new(u.clone())),
-            issuer: config.jwt_issuer.clone().unwrap_or_else(|| DEV_ISSUER.into()),
-            audience: config.jwt_audience.clone().unwrap_or_else(|| DEV_AUDIENCE.into()),
+            hs256: config
+                .jwt_hs256_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks: config
+                .jwt_jwks_url
+                .as_ref()
+                .map(|u| JwksCache::new(u.clone())),
+            issuer: config
+                .jwt_issuer
+                .clone()
+                .unwrap_or_else(|| DEV_ISSUER.into()),
+            audience: config
+                .jwt_audience
+                .clone()
+                .unwrap_or_else(|| DEV_AUDIENCE.into()),
         }
     }
 
@@ -76,21 +88,23 @@ impl Verifier {
 
     /// Verifies `token` and returns the identity claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError("malformed token".into()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthError("malformed token".into()))?;
         let data = match header.alg {
             Algorithm::HS256 => {
-                let key = self
-                    .hs256
-                    .as_ref()
-                    .ok_or_else(|| AuthError("HS256 tokens are not accepted by this server".into()))?;
+                let key = self.hs256.as_ref().ok_or_else(|| {
+                    AuthError("HS256 tokens are not accepted by this server".into())
+                })?;
                 jsonwebtoken::decode::<RawClaims>(token, key, &self.validation(Algorithm::HS256))
             }
             alg => {
-                let jwks = self
-                    .jwks
-                    .as_ref()
-                    .ok_or_else(|| AuthError(format!("{alg:?} tokens are not accepted by this server")))?;
-                let kid = header.kid.as_deref().ok_or_else(|| AuthError("token has no kid".into()))?;
+                let jwks = self.jwks.as_ref().ok_or_else(|| {
+                    AuthError(format!("{alg:?} tokens are not accepted by this server"))
+                })?;
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| AuthError("token has no kid".into()))?;
                 let (key, key_alg) = jwks.key(kid).await?;
                 // The key's own algorithm decides, never the token's header alone.
                 if key_alg != alg {
@@ -101,9 +115,13 @@ impl Verifier {
         }
         .map_err(describe)?;
         let c = data.claims;
-        let email = c.email.or_else(|| namespaced(&c.extra, "email").and_then(|v| v.as_str().map(String::from)));
+        let email = c
+            .email
+            .or_else(|| namespaced(&c.extra, "email").and_then(|v| v.as_str().map(String::from)));
         let email = email.ok_or_else(|| AuthError("token carries no email claim".into()))?;
-        let name = c.name.or_else(|| namespaced(&c.extra, "name").and_then(|v| v.as_str().map(String::from)));
+        let name = c
+            .name
+            .or_else(|| namespaced(&c.extra, "name").and_then(|v| v.as_str().map(String::from)));
         let verified = c
             .email_verified
             .or_else(|| namespaced(&c.extra, "email_verified").and_then(serde_json::Value::as_bool))
@@ -121,9 +139,15 @@ impl Verifier {
     }
 }
 
-fn namespaced<'a>(extra: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> Option<&'a serde_json::Value> {
+fn namespaced<'a>(
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
     let suffix = format!("/{name}");
-    extra.iter().find(|(k, _)| k.starts_with("https://") && k.ends_with(&suffix)).map(|(_, v)| v)
+    extra
+        .iter()
+        .find(|(k, _)| k.starts_with("https://") && k.ends_with(&suffix))
+        .map(|(_, v)| v)
 }
 
 fn describe(e: jsonwebtoken::errors::Error) -> AuthError {
@@ -144,11 +168,16 @@ fn describe(e: jsonwebtoken::errors::Error) -> AuthError {
 }
 
 /// Signs a development token (HS256) for `email`, valid for `ttl_secs`.
-pub fn dev_token(config: &Config, subject: &str, email: &str, name: Option<&str>, ttl_secs: u64) -> anyhow::Result<String> {
-    let secret = config
-        .jwt_hs256_secret
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("JWT_HS256_SECRET is not set: development tokens are disabled"))?;
+pub fn dev_token(
+    config: &Config,
+    subject: &str,
+    email: &str,
+    name: Option<&str>,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    let secret = config.jwt_hs256_secret.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("JWT_HS256_SECRET is not set: development tokens are disabled")
+    })?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = serde_json::json!({
         "sub": subject,
@@ -161,5 +190,9 @@ pub fn dev_token(config: &Config, subject: &str, email: &str, name: Option<&str>
         "nbf": now,
         "exp": now + ttl_secs,
     });
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))?)
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }

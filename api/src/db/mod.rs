@@ -86,17 +86,24 @@ fn maintenance_url(url: &str) -> Option<(String, String)> {
 pub async fn ensure_database(url: &str) -> Result<(), StartupError> {
     match AsyncPgConnection::establish(url).await {
         Ok(_) => Ok(()),
-        Err(e) if e.to_string().contains("does not exist") && e.to_string().contains("database") => {
+        Err(e)
+            if e.to_string().contains("does not exist") && e.to_string().contains("database") =>
+        {
             let (maint, name) = maintenance_url(url).ok_or_else(|| StartupError::Unreachable {
                 url: redact_url(url),
                 reason: e.to_string(),
             })?;
-            let mut conn = AsyncPgConnection::establish(&maint).await.map_err(|e| StartupError::Unreachable {
-                url: redact_url(&maint),
-                reason: e.to_string(),
+            let mut conn = AsyncPgConnection::establish(&maint).await.map_err(|e| {
+                StartupError::Unreachable {
+                    url: redact_url(&maint),
+                    reason: e.to_string(),
+                }
             })?;
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            match sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
+            match sql_query(format!("CREATE DATABASE {quoted}"))
+                .execute(&mut conn)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(database = %name, "created database");
                     Ok(())
@@ -119,10 +126,12 @@ pub async fn ensure_database(url: &str) -> Result<(), StartupError> {
 
 /// Runs every pending embedded migration.
 pub async fn migrate(url: &str) -> Result<usize, StartupError> {
-    let conn = AsyncPgConnection::establish(url).await.map_err(|e| StartupError::Unreachable {
-        url: redact_url(url),
-        reason: e.to_string(),
-    })?;
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| StartupError::Unreachable {
+            url: redact_url(url),
+            reason: e.to_string(),
+        })?;
     let url_owned = url.to_string();
     // diesel's migration harness is synchronous: keep it off the async workers.
     tokio::task::spawn_blocking(move || {
@@ -168,12 +177,16 @@ struct Version {
 
 /// Readiness: the database answers and every embedded migration is applied.
 pub async fn check_ready(pool: &DbPool) -> Result<(), String> {
-    let mut conn = pool.get().await.map_err(|e| format!("no database connection: {e}"))?;
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| format!("no database connection: {e}"))?;
     let applied: Vec<Version> = sql_query("SELECT version FROM __diesel_schema_migrations")
         .load(&mut conn)
         .await
         .map_err(|e| format!("cannot read migrations: {e}"))?;
-    let applied: std::collections::HashSet<String> = applied.into_iter().map(|v| v.version).collect();
+    let applied: std::collections::HashSet<String> =
+        applied.into_iter().map(|v| v.version).collect();
     let pending = diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
         .map_err(|e| e.to_string())?
         .iter()

@@ -7,7 +7,16 @@ use uuid::Uuid;
 use super::schema::{audit_events, members, users, workspaces};
 
 /// A row of `users`.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Identifiable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = users)]
 pub struct UserRow {
     /// Primary key.
@@ -27,7 +36,16 @@ pub struct UserRow {
 }
 
 /// A row of `workspaces`.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Identifiable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = workspaces)]
 pub struct WorkspaceRow {
     /// Primary key.
@@ -49,7 +67,16 @@ pub struct WorkspaceRow {
 }
 
 /// A row of `members`.
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable, QueryableByName, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    Selectable,
+    Identifiable,
+    QueryableByName,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = members)]
 pub struct MemberRow {
     /// Primary key.
@@ -69,7 +96,16 @@ pub struct MemberRow {
 }
 
 /// A row of `audit_events`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, QueryableByName, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    Selectable,
+    Insertable,
+    QueryableByName,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = audit_events)]
 pub struct AuditEventRow {
     /// Workspace the event belongs to.

@@ -67,4 +67,10 @@ diesel::joinable!(audit_events -> workspaces (workspace_id));
 diesel::joinable!(members -> workspaces (workspace_id));
 diesel::joinable!(workspaces -> users (created_by));
 
-diesel::allow_tables_to_appear_in_same_query!(audit_events, idempotency_keys, members, users, workspaces,);
+diesel::allow_tables_to_appear_in_same_query!(
+    audit_events,
+    idempotency_keys,
+    members,
+    users,
+    workspaces,
+);

@@ -43,11 +43,17 @@ pub async fn record(conn: &mut AsyncPgConnection, change: Change<'_>) -> DomainR
 
 /// Whether the viewer may read the workspace's audit log (owners and admins).
 pub async fn may_read(services: &Services, actor: &Actor, ws: WorkspaceId) -> DomainResult<bool> {
-    Ok(members::viewer_role(services, actor, ws).await?.is_some_and(Role::is_manager))
+    Ok(members::viewer_role(services, actor, ws)
+        .await?
+        .is_some_and(Role::is_manager))
 }
 
 /// Newest-first pages of audit events for several workspaces (the caller has checked access).
-pub async fn pages(services: &Services, ws_ids: &[uuid::Uuid], page: Page) -> DomainResult<Vec<AuditEventRow>> {
+pub async fn pages(
+    services: &Services,
+    ws_ids: &[uuid::Uuid],
+    page: Page,
+) -> DomainResult<Vec<AuditEventRow>> {
     let mut conn = services.conn().await?;
     Ok(audit::pages_for_workspaces(&mut conn, ws_ids, page).await?)
 }

@@ -16,13 +16,23 @@ use crate::ids::{MemberId, UserId, WorkspaceId};
 pub const MAX_MEMBERS: i64 = 100;
 
 /// The actor's role in `ws`, `None` when not a member (or the workspace is gone).
-pub async fn viewer_role(services: &Services, actor: &Actor, ws: WorkspaceId) -> DomainResult<Option<Role>> {
+pub async fn viewer_role(
+    services: &Services,
+    actor: &Actor,
+    ws: WorkspaceId,
+) -> DomainResult<Option<Role>> {
     let mut conn = services.conn().await?;
-    Ok(members::role_of(&mut conn, ws.0, actor.user_id.0).await?.and_then(|r| Role::parse(&r)))
+    Ok(members::role_of(&mut conn, ws.0, actor.user_id.0)
+        .await?
+        .and_then(|r| Role::parse(&r)))
 }
 
 /// The actor's roles in several workspaces at once (DataLoader).
-pub async fn viewer_roles(services: &Services, actor: &Actor, ws_ids: &[uuid::Uuid]) -> DomainResult<HashMap<uuid::Uuid, Role>> {
+pub async fn viewer_roles(
+    services: &Services,
+    actor: &Actor,
+    ws_ids: &[uuid::Uuid],
+) -> DomainResult<HashMap<uuid::Uuid, Role>> {
     let mut conn = services.conn().await?;
     Ok(members::roles_of(&mut conn, actor.user_id.0, ws_ids)
         .await?
@@ -32,16 +42,28 @@ pub async fn viewer_roles(services: &Services, actor: &Actor, ws_ids: &[uuid::Uu
 }
 
 /// Pages of members for several workspaces (the caller has checked membership).
-pub async fn pages(services: &Services, ws_ids: &[uuid::Uuid], page: Page) -> DomainResult<Vec<MemberRow>> {
+pub async fn pages(
+    services: &Services,
+    ws_ids: &[uuid::Uuid],
+    page: Page,
+) -> DomainResult<Vec<MemberRow>> {
     let mut conn = services.conn().await?;
     Ok(members::pages_for_workspaces(&mut conn, ws_ids, page).await?)
 }
 
 /// A member the actor can see (a member of a workspace the actor belongs to).
-pub async fn find_visible(services: &Services, actor: &Actor, id: MemberId) -> DomainResult<Option<MemberRow>> {
+pub async fn find_visible(
+    services: &Services,
+    actor: &Actor,
+    id: MemberId,
+) -> DomainResult<Option<MemberRow>> {
     let mut conn = services.conn().await?;
-    let Some(m) = members::find(&mut conn, id.0).await? else { return Ok(None) };
-    let visible = members::role_of(&mut conn, m.workspace_id, actor.user_id.0).await?.is_some();
+    let Some(m) = members::find(&mut conn, id.0).await? else {
+        return Ok(None);
+    };
+    let visible = members::role_of(&mut conn, m.workspace_id, actor.user_id.0)
+        .await?
+        .is_some();
     Ok(visible.then_some(m))
 }
 
@@ -62,18 +84,30 @@ pub fn check_email(email: &str) -> DomainResult<String> {
     let valid = e.len() <= 254
         && !e.chars().any(|c| c.is_whitespace() || c.is_control())
         && e.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !domain.contains('@')
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
         });
     if valid {
         Ok(e)
     } else {
-        Err(DomainError::bad_input("email", format!("`{}` is not a valid e-mail address", email.trim())))
+        Err(DomainError::bad_input(
+            "email",
+            format!("`{}` is not a valid e-mail address", email.trim()),
+        ))
     }
 }
 
 /// Adds a member by e-mail. Someone who has not signed in yet gets a pending membership
 /// that their first sign-in with that (verified) e-mail claims.
-pub async fn add(services: &Services, actor: &Actor, input: NewMember, key: Option<&str>) -> DomainResult<MemberRow> {
+pub async fn add(
+    services: &Services,
+    actor: &Actor,
+    input: NewMember,
+    key: Option<&str>,
+) -> DomainResult<MemberRow> {
     let email = check_email(&input.email)?;
     let (ws, role) = (input.workspace_id, input.role);
     mutation::run(services, actor, "addMember", key, &input, |conn| -> Effect<'_, MemberRow> {
@@ -118,18 +152,28 @@ async fn lock_member(
     actor: &Actor,
     id: MemberId,
 ) -> DomainResult<(MemberRow, Role)> {
-    let m = members::find(conn, id.0).await?.ok_or(DomainError::NotFound("member"))?;
+    let m = members::find(conn, id.0)
+        .await?
+        .ok_or(DomainError::NotFound("member"))?;
     let mine = members::role_of(conn, m.workspace_id, actor.user_id.0)
         .await?
         .and_then(|r| Role::parse(&r))
         .ok_or(DomainError::NotFound("member"))?;
-    repo::workspaces::lock(conn, m.workspace_id).await?.ok_or(DomainError::NotFound("member"))?;
+    repo::workspaces::lock(conn, m.workspace_id)
+        .await?
+        .ok_or(DomainError::NotFound("member"))?;
     // Re-read under the lock: it may have changed or gone meanwhile.
-    let m = members::find(conn, id.0).await?.ok_or(DomainError::NotFound("member"))?;
+    let m = members::find(conn, id.0)
+        .await?
+        .ok_or(DomainError::NotFound("member"))?;
     Ok((m, mine))
 }
 
-async fn ensure_not_last_owner(conn: &mut diesel_async::AsyncPgConnection, m: &MemberRow, what: &str) -> DomainResult<()> {
+async fn ensure_not_last_owner(
+    conn: &mut diesel_async::AsyncPgConnection,
+    m: &MemberRow,
+    what: &str,
+) -> DomainResult<()> {
     if m.role == Role::Owner.as_str() && members::count_owners(conn, m.workspace_id).await? <= 1 {
         return Err(DomainError::Conflict(format!(
             "the last owner of a workspace cannot be {what}; make another member an owner first"
@@ -149,7 +193,12 @@ pub struct RoleChange {
 
 /// Changes a member's role. Owners change anyone; admins move members between admin and
 /// viewer; only owners make or unmake owners; the last owner cannot be demoted.
-pub async fn update_role(services: &Services, actor: &Actor, input: RoleChange, key: Option<&str>) -> DomainResult<MemberRow> {
+pub async fn update_role(
+    services: &Services,
+    actor: &Actor,
+    input: RoleChange,
+    key: Option<&str>,
+) -> DomainResult<MemberRow> {
     let (id, role) = (input.member_id, input.role);
     mutation::run(services, actor, "updateMemberRole", key, &input, |conn| -> Effect<'_, MemberRow> {
         let actor = actor.clone();
@@ -195,33 +244,60 @@ pub struct Removed {
 
 /// Removes a member. Anyone may leave; owners remove anyone; admins remove admins and
 /// viewers; the last owner cannot be removed.
-pub async fn remove(services: &Services, actor: &Actor, id: MemberId, key: Option<&str>) -> DomainResult<Removed> {
-    mutation::run(services, actor, "removeMember", key, &id, |conn| -> Effect<'_, Removed> {
-        let actor = actor.clone();
-        Box::pin(async move {
-            let (m, mine) = lock_member(conn, &actor, id).await?;
-            let leaving = m.user_id == actor.user_id.0;
-            if !leaving {
-                if !mine.is_manager() {
-                    return Err(DomainError::Forbidden(format!("your role {} may not remove members", mine.as_str())));
+pub async fn remove(
+    services: &Services,
+    actor: &Actor,
+    id: MemberId,
+    key: Option<&str>,
+) -> DomainResult<Removed> {
+    mutation::run(
+        services,
+        actor,
+        "removeMember",
+        key,
+        &id,
+        |conn| -> Effect<'_, Removed> {
+            let actor = actor.clone();
+            Box::pin(async move {
+                let (m, mine) = lock_member(conn, &actor, id).await?;
+                let leaving = m.user_id == actor.user_id.0;
+                if !leaving {
+                    if !mine.is_manager() {
+                        return Err(DomainError::Forbidden(format!(
+                            "your role {} may not remove members",
+                            mine.as_str()
+                        )));
+                    }
+                    if m.role == Role::Owner.as_str() && mine != Role::Owner {
+                        return Err(DomainError::Forbidden(
+                            "only owners can remove owners".into(),
+                        ));
+                    }
                 }
-                if m.role == Role::Owner.as_str() && mine != Role::Owner {
-                    return Err(DomainError::Forbidden("only owners can remove owners".into()));
-                }
-            }
-            ensure_not_last_owner(conn, &m, "removed").await?;
-            members::delete(conn, m.id).await?;
-            audit::record(conn, Change {
-                workspace: WorkspaceId(m.workspace_id),
-                action: if leaving { "member.leave" } else { "member.remove" },
-                target_type: "Member",
-                target_id: id.encode(),
-                summary: json!({"userId": UserId(m.user_id).encode(), "role": m.role}),
-                actor: &actor,
+                ensure_not_last_owner(conn, &m, "removed").await?;
+                members::delete(conn, m.id).await?;
+                audit::record(
+                    conn,
+                    Change {
+                        workspace: WorkspaceId(m.workspace_id),
+                        action: if leaving {
+                            "member.leave"
+                        } else {
+                            "member.remove"
+                        },
+                        target_type: "Member",
+                        target_id: id.encode(),
+                        summary: json!({"userId": UserId(m.user_id).encode(), "role": m.role}),
+                        actor: &actor,
+                    },
+                )
+                .await?;
+                Ok(Removed {
+                    member_id: id,
+                    workspace_id: WorkspaceId(m.workspace_id),
+                })
             })
-            .await?;
-            Ok(Removed { member_id: id, workspace_id: WorkspaceId(m.workspace_id) })
-        })
-    })
+        },
+    )
     .await
 }

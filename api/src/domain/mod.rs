@@ -157,7 +157,10 @@ pub fn check_name(field: &'static str, value: &str, max: usize) -> DomainResult<
     let v = value.trim();
     let n = v.chars().count();
     if n == 0 {
-        return Err(DomainError::bad_input(field, format!("{field} must not be empty")));
+        return Err(DomainError::bad_input(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     if n > max {
         return Err(DomainError::bad_input(
@@ -166,7 +169,10 @@ pub fn check_name(field: &'static str, value: &str, max: usize) -> DomainResult<
         ));
     }
     if v.chars().any(char::is_control) {
-        return Err(DomainError::bad_input(field, format!("{field} must not contain control characters")));
+        return Err(DomainError::bad_input(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
     }
     Ok(v.to_string())
 }

@@ -76,9 +76,10 @@ where
             .transaction(async |conn| {
                 if let Some(key) = key {
                     idempotency::set_lock_timeout(conn, KEY_WAIT_MS).await?;
-                    let claimed = idempotency::claim(conn, actor.user_id.0, key, operation, &fp, ttl)
-                        .await
-                        .map_err(|e| map_lock_timeout(e))?;
+                    let claimed =
+                        idempotency::claim(conn, actor.user_id.0, key, operation, &fp, ttl)
+                            .await
+                            .map_err(map_lock_timeout)?;
                     if !claimed {
                         return replay(conn, actor, key, operation, &fp).await;
                     }
@@ -95,7 +96,11 @@ where
             .await;
         match result {
             Err(DomainError::Internal(e)) if attempt < MAX_ATTEMPTS && is_retryable(&e) => {
-                tracing::debug!(attempt, operation, "retrying transaction after a concurrency failure");
+                tracing::debug!(
+                    attempt,
+                    operation,
+                    "retrying transaction after a concurrency failure"
+                );
                 let backoff = 2u64.pow(attempt.min(6)) + u64::from(rand_jitter());
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
@@ -113,7 +118,9 @@ async fn replay<T: DeserializeOwned>(
 ) -> DomainResult<T> {
     let stored = idempotency::find(conn, actor.user_id.0, key).await?;
     match stored {
-        Some(s) if s.operation != operation || s.fingerprint != fp => Err(DomainError::IdempotencyKeyReused),
+        Some(s) if s.operation != operation || s.fingerprint != fp => {
+            Err(DomainError::IdempotencyKeyReused)
+        }
         Some(s) => match s.response {
             Some(v) => serde_json::from_value(v).map_err(DomainError::internal),
             None => Err(DomainError::IdempotencyKeyInUse),
@@ -132,7 +139,8 @@ fn map_lock_timeout(e: diesel::result::Error) -> DomainError {
 }
 
 fn is_retryable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<diesel::result::Error>().is_some_and(crate::db::is_retryable)
+    e.downcast_ref::<diesel::result::Error>()
+        .is_some_and(crate::db::is_retryable)
 }
 
 fn rand_jitter() -> u8 {

@@ -24,13 +24,16 @@ pub struct Claims {
 /// with a verified e-mail claims the pending memberships addressed to that e-mail.
 pub async fn provision(services: &Services, claims: &Claims) -> DomainResult<UserRow> {
     let mut conn = services.conn().await?;
-    if let Some(u) = users::find_by_subject(&mut conn, &claims.subject).await? {
-        if u.email == claims.email && u.name == claims.name && u.email_verified == claims.email_verified {
-            return Ok(u);
-        }
+    if let Some(u) = users::find_by_subject(&mut conn, &claims.subject).await?
+        && u.email == claims.email
+        && u.name == claims.name
+        && u.email_verified == claims.email_verified
+    {
+        return Ok(u);
     }
     let claims = claims.clone();
-    conn.transaction(async |conn| provision_tx(conn, &claims).await).await
+    conn.transaction(async |conn| provision_tx(conn, &claims).await)
+        .await
 }
 
 async fn provision_tx(conn: &mut AsyncPgConnection, c: &Claims) -> DomainResult<UserRow> {
@@ -42,10 +45,10 @@ async fn provision_tx(conn: &mut AsyncPgConnection, c: &Claims) -> DomainResult<
         }
         return Ok(u);
     }
-    if c.email_verified {
-        if let Some(u) = users::claim_pending(conn, &c.subject, &c.email, name).await? {
-            return Ok(u);
-        }
+    if c.email_verified
+        && let Some(u) = users::claim_pending(conn, &c.subject, &c.email, name).await?
+    {
+        return Ok(u);
     }
     users::insert_signed_in(conn, &c.subject, &c.email, name, c.email_verified)
         .await

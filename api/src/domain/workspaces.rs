@@ -46,16 +46,26 @@ pub(crate) async fn require_role(
     allowed: impl Fn(Role) -> bool,
     what: &str,
 ) -> DomainResult<Role> {
-    let role = members::role_of(conn, ws.0, actor.user_id.0).await?.and_then(|r| Role::parse(&r));
+    let role = members::role_of(conn, ws.0, actor.user_id.0)
+        .await?
+        .and_then(|r| Role::parse(&r));
     match role {
         None => Err(DomainError::NotFound("workspace")),
         Some(r) if allowed(r) => Ok(r),
-        Some(r) => Err(DomainError::Forbidden(format!("your role {} may not {what}", r.as_str()))),
+        Some(r) => Err(DomainError::Forbidden(format!(
+            "your role {} may not {what}",
+            r.as_str()
+        ))),
     }
 }
 
 /// Creates a workspace; the creator becomes its owner.
-pub async fn create(services: &Services, actor: &Actor, input: NewWorkspace, key: Option<&str>) -> DomainResult<WorkspaceRow> {
+pub async fn create(
+    services: &Services,
+    actor: &Actor,
+    input: NewWorkspace,
+    key: Option<&str>,
+) -> DomainResult<WorkspaceRow> {
     let name = check_name("name", &input.name, NAME_MAX)?;
     let description = check_description(input.description.as_deref())?;
     let mode = input.billing_mode;
@@ -93,62 +103,114 @@ pub struct WorkspaceUpdate {
 
 /// Renames a workspace and/or changes its description (owners and admins). The billing
 /// mode cannot be changed.
-pub async fn update(services: &Services, actor: &Actor, input: WorkspaceUpdate, key: Option<&str>) -> DomainResult<WorkspaceRow> {
-    let name = input.name.as_deref().map(|n| check_name("name", n, NAME_MAX)).transpose()?;
+pub async fn update(
+    services: &Services,
+    actor: &Actor,
+    input: WorkspaceUpdate,
+    key: Option<&str>,
+) -> DomainResult<WorkspaceRow> {
+    let name = input
+        .name
+        .as_deref()
+        .map(|n| check_name("name", n, NAME_MAX))
+        .transpose()?;
     let description = match &input.description {
         None => None,
         Some(d) => Some(check_description(d.as_deref())?),
     };
     let ws = input.workspace_id;
-    mutation::run(services, actor, "updateWorkspace", key, &input, |conn| -> Effect<'_, WorkspaceRow> {
-        let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
-        Box::pin(async move {
-            require_role(conn, &actor, ws, Role::is_manager, "change workspace settings").await?;
-            let before = workspaces::lock(conn, ws.0).await?.ok_or(DomainError::NotFound("workspace"))?;
-            let changes = workspaces::WorkspaceChanges {
-                name: name.as_deref(),
-                description: description.as_ref().map(|d| d.as_deref()),
-                updated_at: Utc::now(),
-            };
-            let after = workspaces::update(conn, ws.0, &changes).await?;
-            audit::record(conn, Change {
-                workspace: ws,
-                action: "workspace.update",
-                target_type: "Workspace",
-                target_id: ws.encode(),
-                summary: json!({
-                    "before": {"name": before.name, "description": before.description},
-                    "after": {"name": after.name, "description": after.description},
-                }),
-                actor: &actor,
+    mutation::run(
+        services,
+        actor,
+        "updateWorkspace",
+        key,
+        &input,
+        |conn| -> Effect<'_, WorkspaceRow> {
+            let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
+            Box::pin(async move {
+                require_role(
+                    conn,
+                    &actor,
+                    ws,
+                    Role::is_manager,
+                    "change workspace settings",
+                )
+                .await?;
+                let before = workspaces::lock(conn, ws.0)
+                    .await?
+                    .ok_or(DomainError::NotFound("workspace"))?;
+                let changes = workspaces::WorkspaceChanges {
+                    name: name.as_deref(),
+                    description: description.as_ref().map(|d| d.as_deref()),
+                    updated_at: Utc::now(),
+                };
+                let after = workspaces::update(conn, ws.0, &changes).await?;
+                audit::record(
+                    conn,
+                    Change {
+                        workspace: ws,
+                        action: "workspace.update",
+                        target_type: "Workspace",
+                        target_id: ws.encode(),
+                        summary: json!({
+                            "before": {"name": before.name, "description": before.description},
+                            "after": {"name": after.name, "description": after.description},
+                        }),
+                        actor: &actor,
+                    },
+                )
+                .await?;
+                Ok(after)
             })
-            .await?;
-            Ok(after)
-        })
-    })
+        },
+    )
     .await
 }
 
 /// Deletes a workspace (owners only). Its data stays for the audit trail but is invisible.
-pub async fn delete(services: &Services, actor: &Actor, ws: WorkspaceId, key: Option<&str>) -> DomainResult<WorkspaceId> {
-    mutation::run(services, actor, "deleteWorkspace", key, &ws, |conn| -> Effect<'_, WorkspaceId> {
-        let actor = actor.clone();
-        Box::pin(async move {
-            require_role(conn, &actor, ws, |r| r == Role::Owner, "delete the workspace").await?;
-            let before = workspaces::lock(conn, ws.0).await?.ok_or(DomainError::NotFound("workspace"))?;
-            workspaces::soft_delete(conn, ws.0).await?;
-            audit::record(conn, Change {
-                workspace: ws,
-                action: "workspace.delete",
-                target_type: "Workspace",
-                target_id: ws.encode(),
-                summary: json!({"name": before.name}),
-                actor: &actor,
+pub async fn delete(
+    services: &Services,
+    actor: &Actor,
+    ws: WorkspaceId,
+    key: Option<&str>,
+) -> DomainResult<WorkspaceId> {
+    mutation::run(
+        services,
+        actor,
+        "deleteWorkspace",
+        key,
+        &ws,
+        |conn| -> Effect<'_, WorkspaceId> {
+            let actor = actor.clone();
+            Box::pin(async move {
+                require_role(
+                    conn,
+                    &actor,
+                    ws,
+                    |r| r == Role::Owner,
+                    "delete the workspace",
+                )
+                .await?;
+                let before = workspaces::lock(conn, ws.0)
+                    .await?
+                    .ok_or(DomainError::NotFound("workspace"))?;
+                workspaces::soft_delete(conn, ws.0).await?;
+                audit::record(
+                    conn,
+                    Change {
+                        workspace: ws,
+                        action: "workspace.delete",
+                        target_type: "Workspace",
+                        target_id: ws.encode(),
+                        summary: json!({"name": before.name}),
+                        actor: &actor,
+                    },
+                )
+                .await?;
+                Ok(ws)
             })
-            .await?;
-            Ok(ws)
-        })
-    })
+        },
+    )
     .await
 }
 
@@ -159,7 +221,11 @@ pub async fn load_many(services: &Services, ids: &[uuid::Uuid]) -> DomainResult<
 }
 
 /// One page of the actor's workspaces.
-pub async fn page_for(services: &Services, actor: &Actor, page: Page) -> DomainResult<Vec<WorkspaceRow>> {
+pub async fn page_for(
+    services: &Services,
+    actor: &Actor,
+    page: Page,
+) -> DomainResult<Vec<WorkspaceRow>> {
     let mut conn = services.conn().await?;
     Ok(workspaces::page_for_user(&mut conn, actor.user_id.0, page).await?)
 }

@@ -39,9 +39,17 @@ impl AuditEvent {
 
     /// Who did it.
     async fn actor(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(id) = self.0.actor_id else { return Ok(None) };
+        let Some(id) = self.0.actor_id else {
+            return Ok(None);
+        };
         let rc = rc(ctx);
-        Ok(rc.loaders.users.load_one(id).await.map_err(|e| rc.err(e))?.map(User))
+        Ok(rc
+            .loaders
+            .users
+            .load_one(id)
+            .await
+            .map_err(|e| rc.err(e))?
+            .map(User))
     }
 
     /// Id of the request that did it (as in the `x-request-id` header and the logs).

@@ -35,7 +35,9 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
         DomainError::Unauthenticated(m) => (code::UNAUTHENTICATED, m.clone(), None),
         DomainError::Forbidden(m) => (code::FORBIDDEN, m.clone(), None),
         DomainError::NotFound(_) => (code::NOT_FOUND, e.to_string(), None),
-        DomainError::BadInput { field, message } => (code::BAD_USER_INPUT, message.clone(), Some(*field)),
+        DomainError::BadInput { field, message } => {
+            (code::BAD_USER_INPUT, message.clone(), Some(*field))
+        }
         DomainError::LimitExceeded(m) => (code::LIMIT_EXCEEDED, m.clone(), None),
         DomainError::Conflict(m) => (code::CONFLICT, m.clone(), None),
         DomainError::IdempotencyKeyReused => (code::IDEMPOTENCY_KEY_REUSED, e.to_string(), None),

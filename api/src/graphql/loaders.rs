@@ -47,7 +47,11 @@ impl Loader<Uuid> for UserLoader {
     type Error = DomainError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, UserRow>, DomainError> {
-        Ok(domain::users::load_many(&self.0, keys).await?.into_iter().map(|u| (u.id, u)).collect())
+        Ok(domain::users::load_many(&self.0, keys)
+            .await?
+            .into_iter()
+            .map(|u| (u.id, u))
+            .collect())
     }
 }
 
@@ -59,7 +63,11 @@ impl Loader<Uuid> for WorkspaceLoader {
     type Error = DomainError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, WorkspaceRow>, DomainError> {
-        Ok(domain::workspaces::load_many(&self.0, keys).await?.into_iter().map(|w| (w.id, w)).collect())
+        Ok(domain::workspaces::load_many(&self.0, keys)
+            .await?
+            .into_iter()
+            .map(|w| (w.id, w))
+            .collect())
     }
 }
 
@@ -76,7 +84,11 @@ impl Loader<Uuid> for ViewerRoleLoader {
 }
 
 /// Groups page keys by page so that each distinct (first, after) costs one statement.
-async fn load_pages<R, F, Fut>(keys: &[(Uuid, Page)], parent: impl Fn(&R) -> Uuid, fetch: F) -> Result<HashMap<(Uuid, Page), Vec<R>>, DomainError>
+async fn load_pages<R, F, Fut>(
+    keys: &[(Uuid, Page)],
+    parent: impl Fn(&R) -> Uuid,
+    fetch: F,
+) -> Result<HashMap<(Uuid, Page), Vec<R>>, DomainError>
 where
     F: Fn(Vec<Uuid>, Page) -> Fut,
     Fut: Future<Output = Result<Vec<R>, DomainError>>,
@@ -103,10 +115,15 @@ impl Loader<(Uuid, Page)> for MemberPageLoader {
     type Value = Vec<MemberRow>;
     type Error = DomainError;
 
-    async fn load(&self, keys: &[(Uuid, Page)]) -> Result<HashMap<(Uuid, Page), Vec<MemberRow>>, DomainError> {
-        load_pages(keys, |m: &MemberRow| m.workspace_id, |ids, page| async move {
-            domain::members::pages(&self.0, &ids, page).await
-        })
+    async fn load(
+        &self,
+        keys: &[(Uuid, Page)],
+    ) -> Result<HashMap<(Uuid, Page), Vec<MemberRow>>, DomainError> {
+        load_pages(
+            keys,
+            |m: &MemberRow| m.workspace_id,
+            |ids, page| async move { domain::members::pages(&self.0, &ids, page).await },
+        )
         .await
     }
 }
@@ -118,10 +135,15 @@ impl Loader<(Uuid, Page)> for AuditPageLoader {
     type Value = Vec<AuditEventRow>;
     type Error = DomainError;
 
-    async fn load(&self, keys: &[(Uuid, Page)]) -> Result<HashMap<(Uuid, Page), Vec<AuditEventRow>>, DomainError> {
-        load_pages(keys, |e: &AuditEventRow| e.workspace_id, |ids, page| async move {
-            domain::audit::pages(&self.0, &ids, page).await
-        })
+    async fn load(
+        &self,
+        keys: &[(Uuid, Page)],
+    ) -> Result<HashMap<(Uuid, Page), Vec<AuditEventRow>>, DomainError> {
+        load_pages(
+            keys,
+            |e: &AuditEventRow| e.workspace_id,
+            |ids, page| async move { domain::audit::pages(&self.0, &ids, page).await },
+        )
         .await
     }
 }

@@ -54,20 +54,36 @@ impl Member {
     async fn role(&self) -> Result<Role> {
         domain::Role::parse(&self.0.role)
             .map(Into::into)
-            .ok_or_else(|| error::to_graphql(DomainError::internal(anyhow::anyhow!("bad role in db")), ""))
+            .ok_or_else(|| {
+                error::to_graphql(DomainError::internal(anyhow::anyhow!("bad role in db")), "")
+            })
     }
 
     /// The person.
     async fn user(&self, ctx: &Context<'_>) -> Result<User> {
         let rc = rc(ctx);
-        let u = rc.loaders.users.load_one(self.0.user_id).await.map_err(|e| rc.err(e))?;
-        u.map(User).ok_or_else(|| rc.err(DomainError::internal(anyhow::anyhow!("member without user"))))
+        let u = rc
+            .loaders
+            .users
+            .load_one(self.0.user_id)
+            .await
+            .map_err(|e| rc.err(e))?;
+        u.map(User).ok_or_else(|| {
+            rc.err(DomainError::internal(anyhow::anyhow!(
+                "member without user"
+            )))
+        })
     }
 
     /// True while the person has not signed in yet (an invitation by e-mail).
     async fn pending(&self, ctx: &Context<'_>) -> Result<bool> {
         let rc = rc(ctx);
-        let u = rc.loaders.users.load_one(self.0.user_id).await.map_err(|e| rc.err(e))?;
+        let u = rc
+            .loaders
+            .users
+            .load_one(self.0.user_id)
+            .await
+            .map_err(|e| rc.err(e))?;
         Ok(u.is_none_or(|u| u.subject.is_none()))
     }
 
@@ -146,41 +162,73 @@ pub struct MemberMutation;
 #[Object]
 impl MemberMutation {
     /// Adds a person by e-mail (owners and admins; at most 100 members per workspace).
-    async fn add_member(&self, ctx: &Context<'_>, input: AddMemberInput) -> Result<AddMemberPayload> {
+    async fn add_member(
+        &self,
+        ctx: &Context<'_>,
+        input: AddMemberInput,
+    ) -> Result<AddMemberPayload> {
         let rc = rc(ctx);
-        let ws = WorkspaceId::decode(&input.workspace_id).ok_or_else(|| error::not_found("workspace"))?;
+        let ws = WorkspaceId::decode(&input.workspace_id)
+            .ok_or_else(|| error::not_found("workspace"))?;
         let new = domain::members::NewMember {
             workspace_id: ws,
             email: input.email,
             role: input.role.into(),
         };
-        let row = domain::members::add(&rc.services, &rc.actor, new, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(AddMemberPayload { member: Member(row) })
+        let row = domain::members::add(
+            &rc.services,
+            &rc.actor,
+            new,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(AddMemberPayload {
+            member: Member(row),
+        })
     }
 
     /// Changes a member's role. Only owners make or change owners; the last owner cannot
     /// be demoted.
-    async fn update_member_role(&self, ctx: &Context<'_>, input: UpdateMemberRoleInput) -> Result<UpdateMemberRolePayload> {
+    async fn update_member_role(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateMemberRoleInput,
+    ) -> Result<UpdateMemberRolePayload> {
         let rc = rc(ctx);
         let change = domain::members::RoleChange {
             member_id: member_id(&input.member_id)?,
             role: input.role.into(),
         };
-        let row = domain::members::update_role(&rc.services, &rc.actor, change, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(UpdateMemberRolePayload { member: Member(row) })
+        let row = domain::members::update_role(
+            &rc.services,
+            &rc.actor,
+            change,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(UpdateMemberRolePayload {
+            member: Member(row),
+        })
     }
 
     /// Removes a member, or leaves the workspace when it is your own membership. The last
     /// owner can be neither removed nor leave.
-    async fn remove_member(&self, ctx: &Context<'_>, input: RemoveMemberInput) -> Result<RemoveMemberPayload> {
+    async fn remove_member(
+        &self,
+        ctx: &Context<'_>,
+        input: RemoveMemberInput,
+    ) -> Result<RemoveMemberPayload> {
         let rc = rc(ctx);
-        let removed = domain::members::remove(&rc.services, &rc.actor, member_id(&input.member_id)?, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
+        let removed = domain::members::remove(
+            &rc.services,
+            &rc.actor,
+            member_id(&input.member_id)?,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
         Ok(RemoveMemberPayload {
             deleted_member_id: ID(removed.member_id.encode()),
             workspace_id: ID(removed.workspace_id.encode()),

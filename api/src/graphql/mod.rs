@@ -18,7 +18,11 @@ use loaders::Loaders;
 
 /// The query root.
 #[derive(MergedObject, Default)]
-pub struct Query(users::UserQuery, workspaces::WorkspaceQuery, node::NodeQuery);
+pub struct Query(
+    users::UserQuery,
+    workspaces::WorkspaceQuery,
+    node::NodeQuery,
+);
 
 /// The mutation root.
 #[derive(MergedObject, Default)]
@@ -41,7 +45,11 @@ impl RequestCtx {
     /// Builds the per-request data.
     pub fn new(services: Services, actor: Actor) -> Self {
         let loaders = Loaders::new(&services, &actor);
-        Self { services, actor, loaders }
+        Self {
+            services,
+            actor,
+            loaders,
+        }
     }
 
     /// Maps a domain error (logging internal ones with the request id).

@@ -34,14 +34,21 @@ impl NodeQuery {
             return Ok(load_visible(ctx, ws).await?.map(Node::Workspace));
         }
         if let Some(m) = MemberId::decode(&id) {
-            let row = crate::domain::members::find_visible(&rc.services, &rc.actor, m).await.map_err(|e| rc.err(e))?;
+            let row = crate::domain::members::find_visible(&rc.services, &rc.actor, m)
+                .await
+                .map_err(|e| rc.err(e))?;
             return Ok(row.map(|r| Node::Member(Member(r))));
         }
         if let Some(u) = UserId::decode(&id) {
             if u != rc.actor.user_id {
                 return Ok(None);
             }
-            let row = rc.loaders.users.load_one(u.0).await.map_err(|e| rc.err(e))?;
+            let row = rc
+                .loaders
+                .users
+                .load_one(u.0)
+                .await
+                .map_err(|e| rc.err(e))?;
             return Ok(row.map(|r| Node::User(User(r))));
         }
         Ok(None)

@@ -24,7 +24,10 @@ pub fn complexity(first: Option<i32>, child: usize) -> usize {
 pub fn page(first: Option<i32>, after: Option<&str>) -> async_graphql::Result<Page> {
     let n = first.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(0..=MAX_PAGE_SIZE).contains(&n) {
-        return Err(bad_input("first", format!("first must be between 0 and {MAX_PAGE_SIZE}")));
+        return Err(bad_input(
+            "first",
+            format!("first must be between 0 and {MAX_PAGE_SIZE}"),
+        ));
     }
     let after = after.map(decode_cursor).transpose()?;
     Ok(Page {
@@ -56,7 +59,10 @@ pub fn connection<R, N: OutputType>(
     let want = (page.limit - 1).max(0) as usize;
     let has_next = rows.len() > want;
     let mut c = Connection::new(page.after.is_some(), has_next);
-    c.edges
-        .extend(rows.into_iter().take(want).map(|r| Edge::new(encode_cursor(id_of(&r)), node(r))));
+    c.edges.extend(
+        rows.into_iter()
+            .take(want)
+            .map(|r| Edge::new(encode_cursor(id_of(&r)), node(r))),
+    );
     c
 }

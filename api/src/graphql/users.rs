@@ -46,7 +46,16 @@ impl UserQuery {
     /// The signed-in caller.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<User> {
         let rc = rc(ctx);
-        let user = rc.loaders.users.load_one(rc.actor.user_id.0).await.map_err(|e| rc.err(e))?;
-        user.map(User).ok_or_else(|| rc.err(crate::domain::DomainError::internal(anyhow::anyhow!("viewer row missing"))))
+        let user = rc
+            .loaders
+            .users
+            .load_one(rc.actor.user_id.0)
+            .await
+            .map_err(|e| rc.err(e))?;
+        user.map(User).ok_or_else(|| {
+            rc.err(crate::domain::DomainError::internal(anyhow::anyhow!(
+                "viewer row missing"
+            )))
+        })
     }
 }

@@ -68,14 +68,25 @@ impl Workspace {
     async fn billing_mode(&self) -> Result<BillingMode> {
         domain::BillingMode::parse(&self.0.billing_mode)
             .map(Into::into)
-            .ok_or_else(|| error::to_graphql(DomainError::internal(anyhow::anyhow!("bad billing mode")), ""))
+            .ok_or_else(|| {
+                error::to_graphql(
+                    DomainError::internal(anyhow::anyhow!("bad billing mode")),
+                    "",
+                )
+            })
     }
 
     /// The caller's role here.
     async fn viewer_role(&self, ctx: &Context<'_>) -> Result<Role> {
         let rc = rc(ctx);
-        let role = rc.loaders.viewer_roles.load_one(self.0.id).await.map_err(|e| rc.err(e))?;
-        role.map(Into::into).ok_or_else(|| rc.err(DomainError::NotFound("workspace")))
+        let role = rc
+            .loaders
+            .viewer_roles
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| rc.err(e))?;
+        role.map(Into::into)
+            .ok_or_else(|| rc.err(DomainError::NotFound("workspace")))
     }
 
     /// When it was created.
@@ -98,8 +109,18 @@ impl Workspace {
     ) -> Result<Connection<String, Member>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
-        let rows = rc.loaders.member_pages.load_one((self.0.id, page)).await.map_err(|e| rc.err(e))?;
-        Ok(pagination::connection(rows.unwrap_or_default(), page, |m| m.id, Member))
+        let rows = rc
+            .loaders
+            .member_pages
+            .load_one((self.0.id, page))
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(pagination::connection(
+            rows.unwrap_or_default(),
+            page,
+            |m| m.id,
+            Member,
+        ))
     }
 
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).
@@ -111,21 +132,41 @@ impl Workspace {
         after: Option<String>,
     ) -> Result<Option<Connection<String, AuditEvent>>> {
         let rc = rc(ctx);
-        let role = rc.loaders.viewer_roles.load_one(self.0.id).await.map_err(|e| rc.err(e))?;
+        let role = rc
+            .loaders
+            .viewer_roles
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| rc.err(e))?;
         if !role.is_some_and(domain::Role::is_manager) {
-            return Err(rc.err(DomainError::Forbidden("only owners and admins can read the audit log".into())));
+            return Err(rc.err(DomainError::Forbidden(
+                "only owners and admins can read the audit log".into(),
+            )));
         }
         let page = pagination::page(first, after.as_deref())?;
-        let rows = rc.loaders.audit_pages.load_one((self.0.id, page)).await.map_err(|e| rc.err(e))?;
-        Ok(Some(pagination::connection(rows.unwrap_or_default(), page, |e| e.id, AuditEvent)))
+        let rows = rc
+            .loaders
+            .audit_pages
+            .load_one((self.0.id, page))
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(Some(pagination::connection(
+            rows.unwrap_or_default(),
+            page,
+            |e| e.id,
+            AuditEvent,
+        )))
     }
 }
 
 /// Loads a workspace the caller belongs to; `None` for missing, deleted or foreign ones.
 pub(crate) async fn load_visible(ctx: &Context<'_>, id: WorkspaceId) -> Result<Option<Workspace>> {
     let rc = rc(ctx);
-    let (ws, role) = futures::try_join!(rc.loaders.workspaces.load_one(id.0), rc.loaders.viewer_roles.load_one(id.0))
-        .map_err(|e| rc.err(e))?;
+    let (ws, role) = futures::try_join!(
+        rc.loaders.workspaces.load_one(id.0),
+        rc.loaders.viewer_roles.load_one(id.0)
+    )
+    .map_err(|e| rc.err(e))?;
     Ok(match (ws, role) {
         (Some(ws), Some(_)) => Some(Workspace(ws)),
         _ => None,
@@ -157,7 +198,9 @@ impl WorkspaceQuery {
     ) -> Result<Connection<String, Workspace>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
-        let rows = domain::workspaces::page_for(&rc.services, &rc.actor, page).await.map_err(|e| rc.err(e))?;
+        let rows = domain::workspaces::page_for(&rc.services, &rc.actor, page)
+            .await
+            .map_err(|e| rc.err(e))?;
         for w in &rows {
             rc.loaders.workspaces.feed_one(w.id, w.clone()).await;
         }
@@ -250,35 +293,61 @@ pub struct WorkspaceMutation;
 #[Object]
 impl WorkspaceMutation {
     /// Creates a workspace; the caller becomes its owner.
-    async fn create_workspace(&self, ctx: &Context<'_>, input: CreateWorkspaceInput) -> Result<CreateWorkspacePayload> {
+    async fn create_workspace(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWorkspaceInput,
+    ) -> Result<CreateWorkspacePayload> {
         let rc = rc(ctx);
         let new = domain::workspaces::NewWorkspace {
             name: input.name,
             description: input.description,
             billing_mode: input.billing_mode.into(),
         };
-        let row = domain::workspaces::create(&rc.services, &rc.actor, new, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(CreateWorkspacePayload { workspace: Workspace(row) })
+        let row = domain::workspaces::create(
+            &rc.services,
+            &rc.actor,
+            new,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(CreateWorkspacePayload {
+            workspace: Workspace(row),
+        })
     }
 
     /// Renames a workspace (owners and admins).
-    async fn rename_workspace(&self, ctx: &Context<'_>, input: RenameWorkspaceInput) -> Result<RenameWorkspacePayload> {
+    async fn rename_workspace(
+        &self,
+        ctx: &Context<'_>,
+        input: RenameWorkspaceInput,
+    ) -> Result<RenameWorkspacePayload> {
         let rc = rc(ctx);
         let update = domain::workspaces::WorkspaceUpdate {
             workspace_id: ws_id(&input.workspace_id)?,
             name: Some(input.name),
             description: None,
         };
-        let row = domain::workspaces::update(&rc.services, &rc.actor, update, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(RenameWorkspacePayload { workspace: Workspace(row) })
+        let row = domain::workspaces::update(
+            &rc.services,
+            &rc.actor,
+            update,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(RenameWorkspacePayload {
+            workspace: Workspace(row),
+        })
     }
 
     /// Changes name and/or description (owners and admins). The billing mode cannot change.
-    async fn update_workspace(&self, ctx: &Context<'_>, input: UpdateWorkspaceInput) -> Result<UpdateWorkspacePayload> {
+    async fn update_workspace(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateWorkspaceInput,
+    ) -> Result<UpdateWorkspacePayload> {
         let rc = rc(ctx);
         let description = match input.description {
             MaybeUndefined::Undefined => None,
@@ -290,19 +359,37 @@ impl WorkspaceMutation {
             name: input.name,
             description,
         };
-        let row = domain::workspaces::update(&rc.services, &rc.actor, update, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(UpdateWorkspacePayload { workspace: Workspace(row) })
+        let row = domain::workspaces::update(
+            &rc.services,
+            &rc.actor,
+            update,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(UpdateWorkspacePayload {
+            workspace: Workspace(row),
+        })
     }
 
     /// Deletes a workspace (owners only).
-    async fn delete_workspace(&self, ctx: &Context<'_>, input: DeleteWorkspaceInput) -> Result<DeleteWorkspacePayload> {
+    async fn delete_workspace(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteWorkspaceInput,
+    ) -> Result<DeleteWorkspacePayload> {
         let rc = rc(ctx);
-        let id = domain::workspaces::delete(&rc.services, &rc.actor, ws_id(&input.workspace_id)?, input.idempotency_key.as_deref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(DeleteWorkspacePayload { deleted_workspace_id: ID(id.encode()) })
+        let id = domain::workspaces::delete(
+            &rc.services,
+            &rc.actor,
+            ws_id(&input.workspace_id)?,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(DeleteWorkspacePayload {
+            deleted_workspace_id: ID(id.encode()),
+        })
     }
 }
 

@@ -9,10 +9,38 @@ use axum::response::{Html, IntoResponse, Response};
 
 #[cfg(graphiql_assets)]
 const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("react.production.min.js", "text/javascript", include_bytes!(concat!(env!("GRAPHIQL_ASSETS_DIR"), "/react/umd/react.production.min.js"))),
-    ("react-dom.production.min.js", "text/javascript", include_bytes!(concat!(env!("GRAPHIQL_ASSETS_DIR"), "/react-dom/umd/react-dom.production.min.js"))),
-    ("graphiql.min.js", "text/javascript", include_bytes!(concat!(env!("GRAPHIQL_ASSETS_DIR"), "/graphiql/graphiql.min.js"))),
-    ("graphiql.min.css", "text/css", include_bytes!(concat!(env!("GRAPHIQL_ASSETS_DIR"), "/graphiql/graphiql.min.css"))),
+    (
+        "react.production.min.js",
+        "text/javascript",
+        include_bytes!(concat!(
+            env!("GRAPHIQL_ASSETS_DIR"),
+            "/react/umd/react.production.min.js"
+        )),
+    ),
+    (
+        "react-dom.production.min.js",
+        "text/javascript",
+        include_bytes!(concat!(
+            env!("GRAPHIQL_ASSETS_DIR"),
+            "/react-dom/umd/react-dom.production.min.js"
+        )),
+    ),
+    (
+        "graphiql.min.js",
+        "text/javascript",
+        include_bytes!(concat!(
+            env!("GRAPHIQL_ASSETS_DIR"),
+            "/graphiql/graphiql.min.js"
+        )),
+    ),
+    (
+        "graphiql.min.css",
+        "text/css",
+        include_bytes!(concat!(
+            env!("GRAPHIQL_ASSETS_DIR"),
+            "/graphiql/graphiql.min.css"
+        )),
+    ),
 ];
 
 #[cfg(not(graphiql_assets))]
@@ -71,7 +99,10 @@ pub async fn page() -> Response {
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, mime, body)) => (
-            [(header::CONTENT_TYPE, *mime), (header::CACHE_CONTROL, "public, max-age=86400")],
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
             *body,
         )
             .into_response(),

@@ -2,9 +2,11 @@
 
 use std::time::Instant;
 
-use async_graphql::{BatchRequest, BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use async_graphql::{
+    BatchRequest, BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError,
+};
 use async_graphql_axum::rejection::GraphQLRejection;
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -22,8 +24,10 @@ fn refuse(status: StatusCode, c: &str, message: &str) -> Response {
     let body = json!({"errors": [{"message": message, "extensions": {"code": c}}]});
     let mut resp = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
     }
     resp
 }
@@ -31,7 +35,10 @@ fn refuse(status: StatusCode, c: &str, message: &str) -> Response {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Executes a (possibly batched) GraphQL request for an authenticated caller.
@@ -43,7 +50,11 @@ pub async fn handle(
     request: Result<GraphQLBatchRequest, GraphQLRejection>,
 ) -> Response {
     let Some(token) = bearer(&headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, "missing bearer token in the Authorization header");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHENTICATED,
+            "missing bearer token in the Authorization header",
+        );
     };
     let claims = match state.verifier.verify(token).await {
         Ok(c) => c,
@@ -53,18 +64,32 @@ pub async fn handle(
         Ok(u) => u,
         Err(e) => {
             let err = crate::graphql::error::to_graphql(e, &request_id);
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, code::INTERNAL_SERVER_ERROR, &err.message);
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL_SERVER_ERROR,
+                &err.message,
+            );
         }
     };
     let batch = match request {
         Ok(r) => r.into_inner(),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, &format!("invalid GraphQL request: {}", e.0)),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                code::BAD_USER_INPUT,
+                &format!("invalid GraphQL request: {}", e.0),
+            );
+        }
     };
     let (requests, is_batch) = match batch {
         BatchRequest::Single(r) => (vec![r], false),
         BatchRequest::Batch(rs) => {
             if rs.len() > state.config.max_batch_size {
-                let msg = format!("a batch may hold at most {} operations (got {})", state.config.max_batch_size, rs.len());
+                let msg = format!(
+                    "a batch may hold at most {} operations (got {})",
+                    state.config.max_batch_size,
+                    rs.len()
+                );
                 return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, &msg);
             }
             if rs.is_empty() {
@@ -80,16 +105,24 @@ pub async fn handle(
     let mut responses = Vec::with_capacity(requests.len());
     for r in requests {
         if method == Method::GET && is_mutation(&r.query) {
-            responses.push(error_response(code::BAD_USER_INPUT, "mutations must be sent with POST"));
+            responses.push(error_response(
+                code::BAD_USER_INPUT,
+                "mutations must be sent with POST",
+            ));
             continue;
         }
-        let name = r.operation_name.clone().or_else(|| operation_name(&r.query));
+        let name = r
+            .operation_name
+            .clone()
+            .or_else(|| operation_name(&r.query));
         let started = Instant::now();
         let r = r.data(RequestCtx::new(state.services.clone(), actor.clone()));
         let mut resp = state.schema.execute(r).await;
-        state
-            .metrics
-            .observe_operation(name.as_deref(), resp.errors.is_empty(), started.elapsed().as_secs_f64());
+        state.metrics.observe_operation(
+            name.as_deref(),
+            resp.errors.is_empty(),
+            started.elapsed().as_secs_f64(),
+        );
         label_errors(&mut resp.errors);
         responses.push(resp);
     }
@@ -134,7 +167,9 @@ fn error_response(c: &str, message: &str) -> GqlResponse {
 /// input coercion) carry no code: they are all the client's input.
 fn label_errors(errors: &mut [ServerError]) {
     for e in errors {
-        let ext = e.extensions.get_or_insert_with(ErrorExtensionValues::default);
+        let ext = e
+            .extensions
+            .get_or_insert_with(ErrorExtensionValues::default);
         if ext.get("code").is_none() {
             ext.set("code", code::BAD_USER_INPUT);
         }

@@ -17,12 +17,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// The database answers and every migration is applied; 503 otherwise.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let check = tokio::time::timeout(Duration::from_secs(3), crate::db::check_ready(&state.services.pool)).await;
+    let check = tokio::time::timeout(
+        Duration::from_secs(3),
+        crate::db::check_ready(&state.services.pool),
+    )
+    .await;
     match check {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
         Ok(Err(reason)) => {
             tracing::warn!(%reason, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "database not ready"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": "database not ready"})),
+            )
+                .into_response()
         }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -35,7 +43,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(&state.services.pool),
     )
         .into_response()

@@ -24,7 +24,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), request_id::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id::observe,
+        ))
         .layer(cors)
         .with_state(state)
 }
@@ -32,7 +35,11 @@ pub fn router(state: AppState) -> Router {
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-request-id")])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("x-request-id"),
+        ])
         .expose_headers([header::HeaderName::from_static("x-request-id")]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(AllowOrigin::any())

@@ -18,7 +18,8 @@ const HEADER: &str = "x-request-id";
 
 fn accept(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic())).then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic()))
+        .then(|| s.to_string())
 }
 
 /// Assigns the request id, logs the request in a span that carries it, records metrics and
@@ -41,10 +42,16 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let mut resp = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
-    state.metrics.observe_http(&route, &method, status, elapsed.as_secs_f64());
+    state
+        .metrics
+        .observe_http(&route, &method, status, elapsed.as_secs_f64());
     span.in_scope(|| {
         if route != "/healthz" && route != "/metrics" {
-            tracing::info!(http.status = status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request finished");
+            tracing::info!(
+                http.status = status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request finished"
+            );
         }
     });
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -19,7 +19,9 @@ async fn valid_hs256_and_rs256_tokens_are_accepted() {
     assert_eq!(s, 200);
     assert_eq!(body["data"]["viewer"]["email"], "ann@example.com");
 
-    let rs = app.tokens.rs256_claims(&Tokens::claims("auth0|rs", "Rob@Example.com", true));
+    let rs = app
+        .tokens
+        .rs256_claims(&Tokens::claims("auth0|rs", "Rob@Example.com", true));
     let (s, body) = status_of(&app, Some(&rs)).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["data"]["viewer"]["email"], "rob@example.com");
@@ -55,35 +57,73 @@ async fn bad_tokens_are_refused_with_401() {
     let cases: Vec<(&str, Option<String>)> = vec![
         ("missing", None),
         ("garbage", Some("not.a.jwt".into())),
-        ("expired", Some(t.hs256_claims(&with("exp", json!(now() - 3600))))),
-        ("not yet valid", Some(t.hs256_claims(&with("nbf", json!(now() + 3600))))),
-        ("wrong issuer", Some(t.hs256_claims(&with("iss", json!("https://evil.test/"))))),
-        ("wrong audience", Some(t.hs256_claims(&with("aud", json!("someone-else"))))),
-        ("string exp", Some(t.hs256_claims(&with("exp", json!((now() + 3600).to_string()))))),
-        ("string nbf", Some(t.hs256_claims(&with("nbf", json!(now().to_string()))))),
-        ("no sub", Some(t.hs256_claims(&{
-            let mut c = base.clone();
-            c.as_object_mut().expect("object").remove("sub");
-            c
-        }))),
+        (
+            "expired",
+            Some(t.hs256_claims(&with("exp", json!(now() - 3600)))),
+        ),
+        (
+            "not yet valid",
+            Some(t.hs256_claims(&with("nbf", json!(now() + 3600)))),
+        ),
+        (
+            "wrong issuer",
+            Some(t.hs256_claims(&with("iss", json!("https://evil.test/")))),
+        ),
+        (
+            "wrong audience",
+            Some(t.hs256_claims(&with("aud", json!("someone-else")))),
+        ),
+        (
+            "string exp",
+            Some(t.hs256_claims(&with("exp", json!((now() + 3600).to_string())))),
+        ),
+        (
+            "string nbf",
+            Some(t.hs256_claims(&with("nbf", json!(now().to_string())))),
+        ),
+        (
+            "no sub",
+            Some(t.hs256_claims(&{
+                let mut c = base.clone();
+                c.as_object_mut().expect("object").remove("sub");
+                c
+            })),
+        ),
         ("alg none", Some(format!("{none_header}.{none_claims}."))),
-        ("alg none, no dot", Some(format!("{none_header}.{none_claims}"))),
+        (
+            "alg none, no dot",
+            Some(format!("{none_header}.{none_claims}")),
+        ),
         ("hs256 signed with the public key", Some(confused)),
         ("unknown kid", Some(unknown_kid)),
-        ("rs256 expired", Some(t.rs256_claims(&with("exp", json!(now() - 3600))))),
-        ("rs256 wrong audience", Some(t.rs256_claims(&with("aud", json!("nope"))))),
-        ("tampered", Some({
-            let good = t.hs256_claims(&base);
-            let mut parts: Vec<String> = good.split('.').map(String::from).collect();
-            parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&with("sub", json!("auth0|admin"))).expect("claims"));
-            parts.join(".")
-        })),
+        (
+            "rs256 expired",
+            Some(t.rs256_claims(&with("exp", json!(now() - 3600)))),
+        ),
+        (
+            "rs256 wrong audience",
+            Some(t.rs256_claims(&with("aud", json!("nope")))),
+        ),
+        (
+            "tampered",
+            Some({
+                let good = t.hs256_claims(&base);
+                let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+                parts[1] = URL_SAFE_NO_PAD.encode(
+                    serde_json::to_vec(&with("sub", json!("auth0|admin"))).expect("claims"),
+                );
+                parts.join(".")
+            }),
+        ),
     ];
     for (what, token) in cases {
         let (s, body) = status_of(&app, token.as_deref()).await;
         assert_eq!(s, 401, "{what}: {body}");
         assert_code(&body, "UNAUTHENTICATED");
-        assert!(body.get("data").is_none_or(Value::is_null), "{what}: {body}");
+        assert!(
+            body.get("data").is_none_or(Value::is_null),
+            "{what}: {body}"
+        );
     }
 }
 
@@ -101,7 +141,9 @@ async fn first_verified_sign_in_claims_pending_membership() {
     let app = TestApp::spawn().await;
     let owner = app.user("owner@example.com");
     let ws = app.create_workspace(&owner, "Acme").await;
-    let r = app.try_add_member(&owner, &ws, "New.Person@Example.com", "ADMIN").await;
+    let r = app
+        .try_add_member(&owner, &ws, "New.Person@Example.com", "ADMIN")
+        .await;
     assert_ok(&r);
 
     // Pending until the person signs in.
@@ -115,17 +157,43 @@ async fn first_verified_sign_in_claims_pending_membership() {
         .filter(|e| e["node"]["pending"] == true)
         .collect();
     assert_eq!(pending.len(), 1, "{r}");
-    assert_eq!(pending[0]["node"]["user"]["email"], "new.person@example.com");
+    assert_eq!(
+        pending[0]["node"]["user"]["email"],
+        "new.person@example.com"
+    );
 
     // An unverified e-mail does not claim it.
-    let unverified = app.tokens.hs256("auth0|impostor", "new.person@example.com", false);
-    let r = app.gql(&unverified, "query($w: ID!) { workspace(id: $w) { id } }", json!({"w": ws})).await;
+    let unverified = app
+        .tokens
+        .hs256("auth0|impostor", "new.person@example.com", false);
+    let r = app
+        .gql(
+            &unverified,
+            "query($w: ID!) { workspace(id: $w) { id } }",
+            json!({"w": ws}),
+        )
+        .await;
     assert_ok(&r);
-    assert!(r["data"]["workspace"].is_null(), "unverified sign-in must not claim: {r}");
+    assert!(
+        r["data"]["workspace"].is_null(),
+        "unverified sign-in must not claim: {r}"
+    );
 
     // The verified owner of the address does.
-    let person = app.tokens.hs256("auth0|new", "new.person@example.com", true);
-    let r = app.gql(&person, "query($w: ID!) { workspace(id: $w) { viewerRole } }", json!({"w": ws})).await;
+    let person = app
+        .tokens
+        .hs256("auth0|new", "new.person@example.com", true);
+    let r = app
+        .gql(
+            &person,
+            "query($w: ID!) { workspace(id: $w) { viewerRole } }",
+            json!({"w": ws}),
+        )
+        .await;
     assert_eq!(r["data"]["workspace"]["viewerRole"], "ADMIN", "{r}");
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM users WHERE subject IS NULL").await, 0);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM users WHERE subject IS NULL")
+            .await,
+        0
+    );
 }

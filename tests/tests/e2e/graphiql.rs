@@ -23,14 +23,20 @@ impl Drop for Driver {
 }
 
 fn find(candidates: &[&str]) -> Option<String> {
-    candidates.iter().find(|p| std::path::Path::new(p).exists()).map(|p| p.to_string())
+    candidates
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(|p| p.to_string())
 }
 
 impl Driver {
     async fn start() -> Self {
         let bin = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
             .expect("chromedriver not found: install Debian's chromium and chromium-driver (bash .ci/run does)");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
         let child = Command::new(bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -43,10 +49,10 @@ impl Driver {
             http: reqwest::Client::new(),
         };
         for _ in 0..100 {
-            if let Ok(r) = d.http.get(format!("{}/status", d.base)).send().await {
-                if r.status().is_success() {
-                    return d;
-                }
+            if let Ok(r) = d.http.get(format!("{}/status", d.base)).send().await
+                && r.status().is_success()
+            {
+                return d;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -54,7 +60,13 @@ impl Driver {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self.http.request(method, format!("{}{path}", self.base)).json(&body).send().await.expect("webdriver");
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("webdriver");
         let v: Value = r.json().await.expect("webdriver json");
         v["value"].clone()
     }
@@ -63,7 +75,11 @@ impl Driver {
 async fn poll(driver: &Driver, session: &str, script: &str, what: &str) -> Value {
     for _ in 0..200 {
         let v = driver
-            .call(reqwest::Method::POST, &format!("/session/{session}/execute/sync"), json!({"script": script, "args": []}))
+            .call(
+                reqwest::Method::POST,
+                &format!("/session/{session}/execute/sync"),
+                json!({"script": script, "args": []}),
+            )
             .await;
         if !v.is_null() && v != false && v.get("error").is_none() {
             return v;
@@ -78,8 +94,10 @@ async fn graphiql_loads_and_runs_a_query_without_network() {
     let app = TestApp::spawn().await;
     let token = app.user("browser@example.com");
     let driver = Driver::start().await;
-    let chromium = find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]).expect("chromium not found");
-    let profile = std::env::temp_dir().join(format!("graphiql-test-{}", uuid::Uuid::new_v4().simple()));
+    let chromium =
+        find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]).expect("chromium not found");
+    let profile =
+        std::env::temp_dir().join(format!("graphiql-test-{}", uuid::Uuid::new_v4().simple()));
     let caps = json!({"capabilities": {"alwaysMatch": {
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -93,9 +111,16 @@ async fn graphiql_loads_and_runs_a_query_without_network() {
         }
     }}});
     let session = driver.call(reqwest::Method::POST, "/session", caps).await;
-    let session = session["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {session}")).to_string();
+    let session = session["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {session}"))
+        .to_string();
     driver
-        .call(reqwest::Method::POST, &format!("/session/{session}/url"), json!({"url": format!("{}/graphiql", app.base)}))
+        .call(
+            reqwest::Method::POST,
+            &format!("/session/{session}/url"),
+            json!({"url": format!("{}/graphiql", app.base)}),
+        )
         .await;
 
     // GraphiQL rendered its editors.
@@ -120,8 +145,12 @@ async fn graphiql_loads_and_runs_a_query_without_network() {
         "the query result",
     )
     .await;
-    let result: Value = serde_json::from_str(result.as_str().expect("result text")).expect("result json");
-    assert_eq!(result["data"]["viewer"]["email"], "browser@example.com", "{result}");
+    let result: Value =
+        serde_json::from_str(result.as_str().expect("result text")).expect("result json");
+    assert_eq!(
+        result["data"]["viewer"]["email"], "browser@example.com",
+        "{result}"
+    );
 
     // Every resource came from the API itself.
     let resources = driver
@@ -134,8 +163,17 @@ async fn graphiql_loads_and_runs_a_query_without_network() {
     let resources = resources.as_array().expect("resources");
     assert!(resources.len() >= 4, "{resources:?}");
     for r in resources {
-        assert!(r.as_str().unwrap_or_default().starts_with(&app.base), "loaded from elsewhere: {r}");
+        assert!(
+            r.as_str().unwrap_or_default().starts_with(&app.base),
+            "loaded from elsewhere: {r}"
+        );
     }
-    driver.call(reqwest::Method::DELETE, &format!("/session/{session}"), json!({})).await;
+    driver
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/session/{session}"),
+            json!({}),
+        )
+        .await;
     let _ = std::fs::remove_dir_all(profile);
 }

@@ -9,12 +9,24 @@ async fn the_101st_member_is_refused() {
     let owner = app.user("cap-owner@example.com");
     let ws = app.create_workspace(&owner, "Cap").await;
     for i in 1..100 {
-        app.add_member(&owner, &ws, &format!("m{i}@example.com"), "VIEWER").await;
+        app.add_member(&owner, &ws, &format!("m{i}@example.com"), "VIEWER")
+            .await;
     }
-    let r = app.try_add_member(&owner, &ws, "m100@example.com", "VIEWER").await;
+    let r = app
+        .try_add_member(&owner, &ws, "m100@example.com", "VIEWER")
+        .await;
     assert_code(&r, "LIMIT_EXCEEDED");
-    assert!(r["errors"][0]["message"].as_str().unwrap_or_default().contains("100"), "{r}");
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM members").await, 100);
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("100"),
+        "{r}"
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM members").await,
+        100
+    );
 }
 
 #[tokio::test]
@@ -23,17 +35,27 @@ async fn concurrent_additions_never_pass_the_member_cap() {
     let owner = app.user("race-owner@example.com");
     let ws = app.create_workspace(&owner, "Race").await;
     for i in 1..95 {
-        app.add_member(&owner, &ws, &format!("r{i}@example.com"), "VIEWER").await;
+        app.add_member(&owner, &ws, &format!("r{i}@example.com"), "VIEWER")
+            .await;
     }
     let futures = (0..20).map(|i| {
         let (app, owner, ws) = (&app, &owner, &ws);
-        async move { app.try_add_member(owner, ws, &format!("late{i}@example.com"), "VIEWER").await }
+        async move {
+            app.try_add_member(owner, ws, &format!("late{i}@example.com"), "VIEWER")
+                .await
+        }
     });
     let results = futures::future::join_all(futures).await;
     let ok = results.iter().filter(|r| r.get("errors").is_none()).count();
-    let refused = results.iter().filter(|r| error_code(r) == Some("LIMIT_EXCEEDED")).count();
+    let refused = results
+        .iter()
+        .filter(|r| error_code(r) == Some("LIMIT_EXCEEDED"))
+        .count();
     assert_eq!((ok, refused), (5, 15), "{results:?}");
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM members").await, 100);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM members").await,
+        100
+    );
 }
 
 #[tokio::test]
@@ -54,48 +76,98 @@ async fn invalid_input_is_refused_with_bad_user_input() {
         assert_eq!(r["errors"][0]["extensions"]["field"], field, "{vars}: {r}");
     }
     // 50 characters (multi-byte ones count as one) and 200 are fine.
-    let r = app.gql(&t, create, json!({"n": "é".repeat(50), "d": "d".repeat(200), "k": "k".repeat(255)})).await;
+    let r = app
+        .gql(
+            &t,
+            create,
+            json!({"n": "é".repeat(50), "d": "d".repeat(200), "k": "k".repeat(255)}),
+        )
+        .await;
     assert_ok(&r);
-    let ws = r["data"]["createWorkspace"]["workspace"]["id"].as_str().expect("id").to_string();
-    for email in ["", "no-at-sign", "a@b", "two@@example.com", "sp ace@example.com"] {
+    let ws = r["data"]["createWorkspace"]["workspace"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for email in [
+        "",
+        "no-at-sign",
+        "a@b",
+        "two@@example.com",
+        "sp ace@example.com",
+    ] {
         let r = app.try_add_member(&t, &ws, email, "VIEWER").await;
         assert_code(&r, "BAD_USER_INPUT");
     }
     // An unknown enum value is refused by the engine, also as BAD_USER_INPUT.
     let r = app.gql(&t, "mutation { createWorkspace(input: {name: \"x\", billingMode: FREE}) { workspace { id } } }", json!({})).await;
     assert_code(&r, "BAD_USER_INPUT");
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM workspaces").await, 1);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM workspaces").await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn page_size_depth_complexity_and_batch_limits() {
     let app = TestApp::spawn().await;
     let t = app.user("q@example.com");
-    let r = app.gql(&t, "{ workspaces(first: 101) { edges { node { id } } } }", json!({})).await;
+    let r = app
+        .gql(
+            &t,
+            "{ workspaces(first: 101) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
     assert_code(&r, "BAD_USER_INPUT");
-    let r = app.gql(&t, "{ workspaces(first: -1) { edges { node { id } } } }", json!({})).await;
+    let r = app
+        .gql(
+            &t,
+            "{ workspaces(first: -1) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
     assert_code(&r, "BAD_USER_INPUT");
-    let r = app.gql(&t, "{ workspaces(first: 100) { edges { node { id } } } }", json!({})).await;
+    let r = app
+        .gql(
+            &t,
+            "{ workspaces(first: 100) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
     assert_ok(&r);
 
     // Too deep: member → workspace → members → … nests past the depth limit.
     let deep = "{ workspaces(first: 1) { edges { node { members(first: 1) { edges { node { workspace { members(first: 1) { edges { node { workspace { members(first: 1) { edges { node { id } } } } } } } } } } } } } } }";
     let r = app.gql(&t, deep, json!({})).await;
     assert_code(&r, "BAD_USER_INPUT");
-    assert!(r["errors"][0]["message"].as_str().unwrap_or_default().contains("nested too deep"), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nested too deep"),
+        "{r}"
+    );
 
     // Too complex: many aliases of a large page each count.
     let aliases: String = (0..30).map(|i| format!("a{i}: workspaces(first: 100) {{ edges {{ node {{ id name members(first: 100) {{ edges {{ node {{ id }} }} }} }} }} }} ")).collect();
     let r = app.gql(&t, &format!("{{ {aliases} }}"), json!({})).await;
     assert_code(&r, "BAD_USER_INPUT");
-    assert!(r["errors"][0]["message"].as_str().unwrap_or_default().contains("complex"), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("complex"),
+        "{r}"
+    );
 
     // Batches: up to 10 operations.
     let one = json!({"query": "{ viewer { email } }"});
     let (s, body) = app.gql_raw(Some(&t), json!([one, one])).await;
     assert_eq!(s, 200);
     assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
-    let (s, body) = app.gql_raw(Some(&t), serde_json::Value::Array(vec![one.clone(); 11])).await;
+    let (s, body) = app
+        .gql_raw(Some(&t), serde_json::Value::Array(vec![one.clone(); 11]))
+        .await;
     assert_eq!(s, 400);
     assert_code(&body, "BAD_USER_INPUT");
 }
@@ -106,9 +178,22 @@ async fn mutations_over_get_are_refused() {
     let t = app.user("get@example.com");
     let url = format!("{}/graphql", app.base);
     let q = "mutation { createWorkspace(input: {name: \"x\", billingMode: SINGLE}) { workspace { id } } }";
-    let r: serde_json::Value = app.http.get(&url).query(&[("query", q)]).bearer_auth(&t).send().await.expect("get").json().await.expect("json");
+    let r: serde_json::Value = app
+        .http
+        .get(&url)
+        .query(&[("query", q)])
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_code(&r, "BAD_USER_INPUT");
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM workspaces").await, 0);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM workspaces").await,
+        0
+    );
     let r: serde_json::Value = app
         .http
         .get(&url)
@@ -148,6 +233,12 @@ async fn pagination_walks_every_workspace_once() {
         after = c["pageInfo"]["endCursor"].as_str().map(String::from);
     }
     assert_eq!(seen, created);
-    let r = app.gql(&t, "{ workspaces(after: \"!!\") { edges { cursor } } }", json!({})).await;
+    let r = app
+        .gql(
+            &t,
+            "{ workspaces(after: \"!!\") { edges { cursor } } }",
+            json!({}),
+        )
+        .await;
     assert_code(&r, "BAD_USER_INPUT");
 }

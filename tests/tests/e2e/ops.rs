@@ -22,8 +22,14 @@ async fn health_readiness_and_metrics() {
     assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
 
     let t = app.user("m@example.com");
-    app.gql(&t, "query Probe { viewer { email } }", json!({})).await;
-    let text = get("/metrics").await.expect("metrics").text().await.expect("text");
+    app.gql(&t, "query Probe { viewer { email } }", json!({}))
+        .await;
+    let text = get("/metrics")
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for needle in [
         "graphql_operations_total{operation=\"Probe\",outcome=\"ok\"} 1",
         "graphql_operation_duration_seconds_bucket{operation=\"Probe\"",
@@ -39,7 +45,12 @@ async fn health_readiness_and_metrics() {
     let r = get("/readyz").await.expect("readyz");
     assert_eq!(r.status(), 503);
     assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
-    let (status, body) = app.gql_raw(Some(&app.user("late@example.com")), json!({"query": "{ viewer { email } }"})).await;
+    let (status, body) = app
+        .gql_raw(
+            Some(&app.user("late@example.com")),
+            json!({"query": "{ viewer { email } }"}),
+        )
+        .await;
     assert_eq!(status, 503);
     assert_code(&body, "INTERNAL_SERVER_ERROR");
     let text = body.to_string().to_lowercase();
@@ -51,9 +62,20 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
     let app = TestApp::spawn().await;
-    let r = app.http.get(format!("{}/healthz", app.base)).header("x-request-id", "abc-123").send().await.expect("get");
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.headers()["x-request-id"], "abc-123");
-    let r = app.http.get(format!("{}/healthz", app.base)).send().await.expect("get");
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("get");
     assert!(r.headers()["x-request-id"].len() >= 16);
     // Audit events carry the request id of the mutation.
     let t = app.user("rid@example.com");
@@ -68,7 +90,11 @@ async fn request_ids_are_echoed_or_generated() {
         .expect("post");
     assert_eq!(resp.headers()["x-request-id"], "req-create-1");
     let body: serde_json::Value = resp.json().await.expect("json");
-    assert_eq!(body["data"]["createWorkspace"]["workspace"]["auditLog"]["edges"][0]["node"]["requestId"], "req-create-1", "{body}");
+    assert_eq!(
+        body["data"]["createWorkspace"]["workspace"]["auditLog"]["edges"][0]["node"]["requestId"],
+        "req-create-1",
+        "{body}"
+    );
 }
 
 #[test]
@@ -88,9 +114,10 @@ fn bad_configuration_names_the_variable() {
         assert_eq!(err.var, var);
         assert!(err.to_string().contains(var));
     }
-    let err = api::config::Config::from_lookup(|k| (k == "JWT_JWKS_URL").then(|| "https://x.example/jwks".to_string()))
-        .err()
-        .expect("jwks without issuer accepted");
+    let err = api::config::Config::from_lookup(|k| {
+        (k == "JWT_JWKS_URL").then(|| "https://x.example/jwks".to_string())
+    })
+    .expect_err("jwks without issuer accepted");
     assert_eq!(err.var, "JWT_ISSUER");
     let ok = api::config::Config::from_lookup(|_| None).expect("defaults");
     assert_eq!(ok.database_url, api::config::DEFAULT_DATABASE_URL);
@@ -101,9 +128,16 @@ fn bad_configuration_names_the_variable() {
 async fn introspection_works_for_callers_and_can_be_switched_off() {
     let app = TestApp::spawn().await;
     let t = app.user("i@example.com");
-    let r = app.gql(&t, "{ __schema { queryType { name } } }", json!({})).await;
+    let r = app
+        .gql(&t, "{ __schema { queryType { name } } }", json!({}))
+        .await;
     assert_eq!(r["data"]["__schema"]["queryType"]["name"], "Query");
-    let (s, _) = app.gql_raw(None, json!({"query": "{ __schema { queryType { name } } }"})).await;
+    let (s, _) = app
+        .gql_raw(
+            None,
+            json!({"query": "{ __schema { queryType { name } } }"}),
+        )
+        .await;
     assert_eq!(s, 401);
 
     let off = TestApp::with(tests::Options {
@@ -111,20 +145,33 @@ async fn introspection_works_for_callers_and_can_be_switched_off() {
     })
     .await;
     let t = off.user("i@example.com");
-    let r = off.gql(&t, "{ __schema { queryType { name } } }", json!({})).await;
-    assert!(r["data"]["__schema"].is_null() || r.get("errors").is_some(), "{r}");
+    let r = off
+        .gql(&t, "{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert!(
+        r["data"]["__schema"].is_null() || r.get("errors").is_some(),
+        "{r}"
+    );
 }
 
 #[tokio::test]
 async fn production_mode_gives_no_field_suggestions() {
     let dev = TestApp::spawn().await;
-    let r = dev.gql(&dev.user("s@example.com"), "{ viewr { email } }", json!({})).await;
+    let r = dev
+        .gql(&dev.user("s@example.com"), "{ viewr { email } }", json!({}))
+        .await;
     assert!(r.to_string().contains("Did you mean"), "{r}");
     let prod = TestApp::with(tests::Options {
         env: [("PRODUCTION".to_string(), "true".to_string())].into(),
     })
     .await;
-    let r = prod.gql(&prod.user("s@example.com"), "{ viewr { email } }", json!({})).await;
+    let r = prod
+        .gql(
+            &prod.user("s@example.com"),
+            "{ viewr { email } }",
+            json!({}),
+        )
+        .await;
     assert_code(&r, "BAD_USER_INPUT");
     assert!(!r.to_string().contains("Did you mean"), "{r}");
 }

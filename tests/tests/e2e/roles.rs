@@ -32,9 +32,15 @@ async fn setup(app: &TestApp, n: usize) -> Setup {
     let mut own_member = std::collections::HashMap::new();
     own_member.insert("owner", app.member_id(&owner, &ws, &e("owner")).await);
     let owner2_member = app.add_member(&owner, &ws, &e("owner2-"), "OWNER").await;
-    own_member.insert("admin", app.add_member(&owner, &ws, &e("admin"), "ADMIN").await);
+    own_member.insert(
+        "admin",
+        app.add_member(&owner, &ws, &e("admin"), "ADMIN").await,
+    );
     let admin2_member = app.add_member(&owner, &ws, &e("admin2-"), "ADMIN").await;
-    own_member.insert("viewer", app.add_member(&owner, &ws, &e("viewer"), "VIEWER").await);
+    own_member.insert(
+        "viewer",
+        app.add_member(&owner, &ws, &e("viewer"), "VIEWER").await,
+    );
     let viewer2_member = app.add_member(&owner, &ws, &e("viewer2-"), "VIEWER").await;
     Setup {
         ws,
@@ -69,12 +75,29 @@ async fn act(app: &TestApp, s: &Setup, who: Who, action: &str) -> Value {
             json!({"m": m, "r": r}),
         )
     };
-    let remove = |m: &str| ("mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }", json!({"m": m}));
+    let remove = |m: &str| {
+        (
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": m}),
+        )
+    };
     let (q, v) = match action {
-        "read" => ("query($w: ID!) { workspace(id: $w) { name viewerRole members { edges { node { role } } } } }", json!({"w": ws})),
-        "rename" => ("mutation($w: ID!) { renameWorkspace(input: {workspaceId: $w, name: \"Renamed\"}) { workspace { name } } }", json!({"w": ws})),
-        "delete" => ("mutation($w: ID!) { deleteWorkspace(input: {workspaceId: $w}) { deletedWorkspaceId } }", json!({"w": ws})),
-        "audit" => ("query($w: ID!) { workspace(id: $w) { auditLog { edges { node { action } } } } }", json!({"w": ws})),
+        "read" => (
+            "query($w: ID!) { workspace(id: $w) { name viewerRole members { edges { node { role } } } } }",
+            json!({"w": ws}),
+        ),
+        "rename" => (
+            "mutation($w: ID!) { renameWorkspace(input: {workspaceId: $w, name: \"Renamed\"}) { workspace { name } } }",
+            json!({"w": ws}),
+        ),
+        "delete" => (
+            "mutation($w: ID!) { deleteWorkspace(input: {workspaceId: $w}) { deletedWorkspaceId } }",
+            json!({"w": ws}),
+        ),
+        "audit" => (
+            "query($w: ID!) { workspace(id: $w) { auditLog { edges { node { action } } } } }",
+            json!({"w": ws}),
+        ),
         "add_viewer" | "add_admin" | "add_owner" => (
             "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { member { role } } }",
             json!({"w": ws, "e": format!("new-{action}@example.com"), "r": action.trim_start_matches("add_").to_uppercase()}),
@@ -108,8 +131,8 @@ fn expected(action: &str, who: Who) -> Result<(), &'static str> {
     }
     let allowed = match action {
         "read" | "leave" => true,
-        "rename" | "audit" | "add_viewer" | "add_admin" | "viewer_to_admin" | "admin_to_viewer" | "remove_viewer"
-        | "remove_admin" => matches!(who, Owner | Admin),
+        "rename" | "audit" | "add_viewer" | "add_admin" | "viewer_to_admin" | "admin_to_viewer"
+        | "remove_viewer" | "remove_admin" => matches!(who, Owner | Admin),
         "delete" | "add_owner" | "make_owner" | "demote_owner" | "remove_owner" => who == Owner,
         other => panic!("unknown action {other}"),
     };
@@ -147,7 +170,10 @@ async fn every_cell_of_the_role_matrix() {
             match expected(action, who) {
                 _ if outsider_read => {
                     assert_ok(&body);
-                    assert!(body["data"]["workspace"].is_null(), "{action} by {who:?}: {body}");
+                    assert!(
+                        body["data"]["workspace"].is_null(),
+                        "{action} by {who:?}: {body}"
+                    );
                 }
                 Ok(()) => assert_ok(&body),
                 Err(code) if *action == "audit" => {
@@ -158,10 +184,24 @@ async fn every_cell_of_the_role_matrix() {
                 Err(code) => assert_code(&body, code),
             }
             // The owner can always read the workspace unless it was deleted.
-            let reader = if *action == "leave" && who == Who::Owner { &s.admin } else { &s.owner };
-            let still = app.gql(reader, "query($w: ID!) { workspace(id: $w) { id } }", json!({"w": s.ws})).await;
+            let reader = if *action == "leave" && who == Who::Owner {
+                &s.admin
+            } else {
+                &s.owner
+            };
+            let still = app
+                .gql(
+                    reader,
+                    "query($w: ID!) { workspace(id: $w) { id } }",
+                    json!({"w": s.ws}),
+                )
+                .await;
             let deleted = *action == "delete" && who == Who::Owner;
-            assert_eq!(still["data"]["workspace"].is_null(), deleted, "{action} by {who:?}: {still}");
+            assert_eq!(
+                still["data"]["workspace"].is_null(),
+                deleted,
+                "{action} by {who:?}: {still}"
+            );
         }
     }
 }
@@ -173,7 +213,13 @@ async fn last_owner_can_be_neither_removed_nor_demoted() {
     let ws = app.create_workspace(&owner, "Solo").await;
     let me = app.member_id(&owner, &ws, "solo@example.com").await;
 
-    let r = app.gql(&owner, "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }", json!({"m": me})).await;
+    let r = app
+        .gql(
+            &owner,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": me}),
+        )
+        .await;
     assert_code(&r, "CONFLICT");
     let r = app
         .gql(&owner, "mutation($m: ID!) { updateMemberRole(input: {memberId: $m, role: ADMIN}) { member { role } } }", json!({"m": me}))
@@ -181,23 +227,34 @@ async fn last_owner_can_be_neither_removed_nor_demoted() {
     assert_code(&r, "CONFLICT");
 
     // With a second owner, the first may step down, and then the second is the last one.
-    let second_member = app.add_member(&owner, &ws, "second@example.com", "OWNER").await;
+    let second_member = app
+        .add_member(&owner, &ws, "second@example.com", "OWNER")
+        .await;
     let second = app.user("second@example.com");
     let r = app
         .gql(&owner, "mutation($m: ID!) { updateMemberRole(input: {memberId: $m, role: ADMIN}) { member { role } } }", json!({"m": me}))
         .await;
     assert_ok(&r);
     let r = app
-        .gql(&second, "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }", json!({"m": second_member}))
+        .gql(
+            &second,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": second_member}),
+        )
         .await;
     assert_code(&r, "CONFLICT");
     // The demoted admin cannot remove the remaining owner either.
     let r = app
-        .gql(&owner, "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }", json!({"m": second_member}))
+        .gql(
+            &owner,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": second_member}),
+        )
         .await;
     assert_code(&r, "FORBIDDEN");
     assert_eq!(
-        app.sql_count("SELECT count(*) AS n FROM members WHERE role = 'OWNER'").await,
+        app.sql_count("SELECT count(*) AS n FROM members WHERE role = 'OWNER'")
+            .await,
         1
     );
 }
@@ -212,8 +269,18 @@ async fn concurrent_demotions_keep_one_owner() {
     let ma = app.member_id(&a, &ws, "a@example.com").await;
     let mb = app.member_id(&a, &ws, "b@example.com").await;
     let q = "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }";
-    let (ra, rb) = tokio::join!(app.gql(&a, q, json!({"m": ma})), app.gql(&b, q, json!({"m": mb})));
-    let ok = [&ra, &rb].iter().filter(|r| r.get("errors").is_none()).count();
+    let (ra, rb) = tokio::join!(
+        app.gql(&a, q, json!({"m": ma})),
+        app.gql(&b, q, json!({"m": mb}))
+    );
+    let ok = [&ra, &rb]
+        .iter()
+        .filter(|r| r.get("errors").is_none())
+        .count();
     assert_eq!(ok, 1, "exactly one owner may leave: {ra} {rb}");
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM members WHERE role = 'OWNER'").await, 1);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM members WHERE role = 'OWNER'")
+            .await,
+        1
+    );
 }

@@ -11,7 +11,11 @@ use crate::db::schema::audit_events;
 
 /// Appends one event.
 pub async fn insert(conn: &mut AsyncPgConnection, row: &AuditEventRow) -> QueryResult<()> {
-    diesel::insert_into(audit_events::table).values(row).execute(conn).await.map(|_| ())
+    diesel::insert_into(audit_events::table)
+        .values(row)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Newest-first pages of several workspaces' logs in one statement (for the DataLoader):

@@ -28,7 +28,10 @@ struct Claimed {
 
 /// Makes the next statements of this transaction wait at most `ms` for a row lock.
 pub async fn set_lock_timeout(conn: &mut AsyncPgConnection, ms: u64) -> QueryResult<()> {
-    diesel::sql_query(format!("SET LOCAL lock_timeout = {ms}")).execute(conn).await.map(|_| ())
+    diesel::sql_query(format!("SET LOCAL lock_timeout = {ms}"))
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Claims `key` for this transaction. Returns `true` when claimed (new, or expired and
@@ -61,7 +64,11 @@ pub async fn claim(
 }
 
 /// Reads what `key` holds.
-pub async fn find(conn: &mut AsyncPgConnection, caller: Uuid, key: &str) -> QueryResult<Option<StoredKey>> {
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    caller: Uuid,
+    key: &str,
+) -> QueryResult<Option<StoredKey>> {
     diesel::sql_query("SELECT operation, fingerprint, response FROM idempotency_keys WHERE caller_id = $1 AND key = $2")
         .bind::<SqlUuid, _>(caller)
         .bind::<Text, _>(key)
@@ -78,14 +85,20 @@ pub async fn complete(
     response: &serde_json::Value,
 ) -> QueryResult<()> {
     use crate::db::schema::idempotency_keys::dsl as k;
-    diesel::update(k::idempotency_keys.filter(k::caller_id.eq(caller)).filter(k::key.eq(key)))
-        .set(k::response.eq(Some(response)))
-        .execute(conn)
-        .await
-        .map(|_| ())
+    diesel::update(
+        k::idempotency_keys
+            .filter(k::caller_id.eq(caller))
+            .filter(k::key.eq(key)),
+    )
+    .set(k::response.eq(Some(response)))
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// Deletes expired keys; returns how many.
 pub async fn purge_expired(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
-    diesel::sql_query("DELETE FROM idempotency_keys WHERE expires_at < now()").execute(conn).await
+    diesel::sql_query("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        .execute(conn)
+        .await
 }

@@ -10,7 +10,11 @@ use crate::db::models::MemberRow;
 use crate::db::schema::{members, workspaces};
 
 /// The role of `user` in the live workspace `ws`.
-pub async fn role_of(conn: &mut AsyncPgConnection, ws: Uuid, user: Uuid) -> QueryResult<Option<String>> {
+pub async fn role_of(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    user: Uuid,
+) -> QueryResult<Option<String>> {
     members::table
         .inner_join(workspaces::table)
         .filter(members::workspace_id.eq(ws))
@@ -23,7 +27,11 @@ pub async fn role_of(conn: &mut AsyncPgConnection, ws: Uuid, user: Uuid) -> Quer
 }
 
 /// The roles of `user` in each of the live workspaces `ws_ids` it belongs to.
-pub async fn roles_of(conn: &mut AsyncPgConnection, user: Uuid, ws_ids: &[Uuid]) -> QueryResult<Vec<(Uuid, String)>> {
+pub async fn roles_of(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    ws_ids: &[Uuid],
+) -> QueryResult<Vec<(Uuid, String)>> {
     members::table
         .inner_join(workspaces::table)
         .filter(members::workspace_id.eq_any(ws_ids))
@@ -47,7 +55,11 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 }
 
 /// The membership of `user` in `ws`.
-pub async fn find_by_user(conn: &mut AsyncPgConnection, ws: Uuid, user: Uuid) -> QueryResult<Option<MemberRow>> {
+pub async fn find_by_user(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    user: Uuid,
+) -> QueryResult<Option<MemberRow>> {
     members::table
         .filter(members::workspace_id.eq(ws))
         .filter(members::user_id.eq(user))
@@ -59,7 +71,11 @@ pub async fn find_by_user(conn: &mut AsyncPgConnection, ws: Uuid, user: Uuid) ->
 
 /// Members of `ws`, all of them.
 pub async fn count(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryResult<i64> {
-    members::table.filter(members::workspace_id.eq(ws)).count().get_result(conn).await
+    members::table
+        .filter(members::workspace_id.eq(ws))
+        .count()
+        .get_result(conn)
+        .await
 }
 
 /// Owners of `ws`.
@@ -94,9 +110,16 @@ pub async fn insert(
 }
 
 /// Changes a role.
-pub async fn update_role(conn: &mut AsyncPgConnection, id: Uuid, role: &str) -> QueryResult<MemberRow> {
+pub async fn update_role(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    role: &str,
+) -> QueryResult<MemberRow> {
     diesel::update(members::table.find(id))
-        .set((members::role.eq(role), members::updated_at.eq(diesel::dsl::now)))
+        .set((
+            members::role.eq(role),
+            members::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(MemberRow::as_returning())
         .get_result(conn)
         .await
@@ -104,7 +127,10 @@ pub async fn update_role(conn: &mut AsyncPgConnection, id: Uuid, role: &str) -> 
 
 /// Removes a membership.
 pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
-    diesel::delete(members::table.find(id)).execute(conn).await.map(|_| ())
+    diesel::delete(members::table.find(id))
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Pages of several workspaces' members in one statement (for the DataLoader): up to

@@ -8,7 +8,10 @@ use crate::db::models::UserRow;
 use crate::db::schema::users;
 
 /// The user signed in with `subject`.
-pub async fn find_by_subject(conn: &mut AsyncPgConnection, subject: &str) -> QueryResult<Option<UserRow>> {
+pub async fn find_by_subject(
+    conn: &mut AsyncPgConnection,
+    subject: &str,
+) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::subject.eq(subject))
         .select(UserRow::as_select())
@@ -92,16 +95,26 @@ pub async fn insert_signed_in(
 
 /// Moves the memberships of the pending user with this e-mail to `user` and deletes the
 /// pending user (memberships in workspaces `user` already belongs to are dropped).
-pub async fn merge_pending_into(conn: &mut AsyncPgConnection, user: Uuid, email: &str) -> QueryResult<()> {
+pub async fn merge_pending_into(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    email: &str,
+) -> QueryResult<()> {
     let pending: Option<Uuid> = users::table
         .filter(users::subject.is_null())
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("lower(email) = lower(").bind::<diesel::sql_types::Text, _>(email).sql(")"))
+        .filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("lower(email) = lower(")
+                .bind::<diesel::sql_types::Text, _>(email)
+                .sql(")"),
+        )
         .select(users::id)
         .for_update()
         .first(conn)
         .await
         .optional()?;
-    let Some(pending) = pending else { return Ok(()) };
+    let Some(pending) = pending else {
+        return Ok(());
+    };
     diesel::sql_query(
         "UPDATE members SET user_id = $1, updated_at = now()
           WHERE user_id = $2 AND workspace_id NOT IN (SELECT workspace_id FROM members WHERE user_id = $1)",
@@ -110,15 +123,24 @@ pub async fn merge_pending_into(conn: &mut AsyncPgConnection, user: Uuid, email:
     .bind::<diesel::sql_types::Uuid, _>(pending)
     .execute(conn)
     .await?;
-    diesel::delete(users::table.find(pending)).execute(conn).await?;
+    diesel::delete(users::table.find(pending))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// The user an invitation to `email` should point to: a signed-in user with that verified
 /// e-mail, else the pending placeholder for it (created if needed).
-pub async fn find_or_create_invitee(conn: &mut AsyncPgConnection, email: &str) -> QueryResult<UserRow> {
+pub async fn find_or_create_invitee(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+) -> QueryResult<UserRow> {
     let existing: Option<UserRow> = users::table
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("lower(email) = lower(").bind::<diesel::sql_types::Text, _>(email).sql(")"))
+        .filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>("lower(email) = lower(")
+                .bind::<diesel::sql_types::Text, _>(email)
+                .sql(")"),
+        )
         .filter(users::subject.is_null().or(users::email_verified.eq(true)))
         .order((users::subject.is_null().asc(), users::updated_at.desc()))
         .select(UserRow::as_select())
@@ -138,4 +160,3 @@ pub async fn find_or_create_invitee(conn: &mut AsyncPgConnection, email: &str) -
     .get_result(conn)
     .await
 }
-

@@ -44,7 +44,10 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 }
 
 /// Live workspaces by id, in any order.
-pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<WorkspaceRow>> {
+pub async fn find_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<WorkspaceRow>> {
     workspaces::table
         .filter(workspaces::id.eq_any(ids))
         .filter(workspaces::deleted_at.is_null())
@@ -54,7 +57,11 @@ pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
 }
 
 /// One page of the live workspaces `user` belongs to, oldest first.
-pub async fn page_for_user(conn: &mut AsyncPgConnection, user: Uuid, page: Page) -> QueryResult<Vec<WorkspaceRow>> {
+pub async fn page_for_user(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    page: Page,
+) -> QueryResult<Vec<WorkspaceRow>> {
     let mut q = workspaces::table
         .inner_join(members::table)
         .filter(members::user_id.eq(user))
@@ -82,12 +89,20 @@ pub struct WorkspaceChanges<'a> {
 }
 
 /// Applies `changes` to a live workspace.
-pub async fn update(conn: &mut AsyncPgConnection, id: Uuid, changes: &WorkspaceChanges<'_>) -> QueryResult<WorkspaceRow> {
-    diesel::update(workspaces::table.find(id).filter(workspaces::deleted_at.is_null()))
-        .set(changes)
-        .returning(WorkspaceRow::as_returning())
-        .get_result(conn)
-        .await
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    changes: &WorkspaceChanges<'_>,
+) -> QueryResult<WorkspaceRow> {
+    diesel::update(
+        workspaces::table
+            .find(id)
+            .filter(workspaces::deleted_at.is_null()),
+    )
+    .set(changes)
+    .returning(WorkspaceRow::as_returning())
+    .get_result(conn)
+    .await
 }
 
 /// Marks a workspace deleted.
