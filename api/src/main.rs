@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One clear line on stderr (logs may be JSON; this is for the operator).
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
