@@ -53,6 +53,8 @@ pub struct Config {
     pub max_batch_size: usize,
     /// How long an idempotency key and its stored result are kept.
     pub idempotency_ttl: Duration,
+    /// How long a DataLoader collects keys before it sends one batched statement.
+    pub loader_delay: Duration,
     /// Allowed CORS origins (`*` or a comma-separated list); empty means same-origin only.
     pub cors_origins: Vec<String>,
 }
@@ -142,6 +144,12 @@ impl Config {
             "24",
             "a whole number of hours",
         )?;
+        let loader_delay_ms: u64 = parse(
+            &var,
+            "GRAPHQL_LOADER_DELAY_MS",
+            "2",
+            "a whole number of milliseconds",
+        )?;
         let cors_origins = var("CORS_ORIGINS")
             .map(|v| {
                 v.split(',')
@@ -165,6 +173,7 @@ impl Config {
             max_query_complexity,
             max_batch_size,
             idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
+            loader_delay: Duration::from_millis(loader_delay_ms),
             cors_origins,
         })
     }

@@ -68,6 +68,11 @@ typed_id!(
     "mem"
 );
 typed_id!(
+    /// An organization (a node of a workspace's tree).
+    OrganizationId,
+    "org"
+);
+typed_id!(
     /// An audit event.
     AuditEventId,
     "aud"

@@ -32,16 +32,23 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state over an existing pool (the database must be migrated).
-    pub fn new(config: config::Config, pool: db::DbPool) -> anyhow::Result<Self> {
+    /// Builds the state over an existing pool (the database must be migrated) whose
+    /// connections count their statements into `statements`.
+    pub fn new(
+        config: config::Config,
+        pool: db::DbPool,
+        statements: db::StatementCounter,
+    ) -> anyhow::Result<Self> {
         let services = domain::Services {
             pool,
             idempotency_ttl: config.idempotency_ttl,
+            loader_delay: config.loader_delay,
+            identities: Default::default(),
         };
         Ok(Self {
             schema: graphql::schema(&config),
             verifier: Arc::new(auth::Verifier::new(&config)),
-            metrics: Arc::new(telemetry::Metrics::new()?),
+            metrics: Arc::new(telemetry::Metrics::new(statements)?),
             services,
             config: Arc::new(config),
         })
@@ -49,11 +56,14 @@ impl AppState {
 }
 
 /// Makes sure the database exists and is migrated, then returns a pool over it.
-pub async fn prepare_database(config: &config::Config) -> Result<db::DbPool, db::StartupError> {
+pub async fn prepare_database(
+    config: &config::Config,
+    statements: db::StatementCounter,
+) -> Result<db::DbPool, db::StartupError> {
     db::ensure_database(&config.database_url).await?;
     let applied = db::migrate(&config.database_url).await?;
     if applied > 0 {
         tracing::info!(applied, "applied migrations");
     }
-    db::build_pool(config)
+    db::build_pool(config, statements)
 }

@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
             api::auth::dev_token(&config, &sub, &email, name.as_deref(), hours * 3600)
                 .map(|t| println!("{t}"))
         }
-        Some(Command::Migrate) => api::prepare_database(&config)
+        Some(Command::Migrate) => api::prepare_database(&config, Default::default())
             .await
             .map(|_| ())
             .map_err(Into::into),
@@ -87,9 +87,10 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     if let Err(e) = config.require_token_verification() {
         anyhow::bail!("{e}");
     }
-    let pool = api::prepare_database(&config).await?;
+    let statements = api::db::StatementCounter::default();
+    let pool = api::prepare_database(&config, statements.clone()).await?;
     let addr = config.bind_addr;
-    let state = api::AppState::new(config, pool.clone())?;
+    let state = api::AppState::new(config, pool.clone(), statements)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = with_worker.then(|| tokio::spawn(api::jobs::run(pool, stop_rx)));
     let listener = tokio::net::TcpListener::bind(addr)

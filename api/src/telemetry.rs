@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::LogFormat;
@@ -44,12 +45,14 @@ pub struct Metrics {
     pool_in_use: IntGauge,
     pool_waiting: IntGauge,
     pool_max: IntGauge,
+    statements: IntCounter,
+    statement_source: crate::db::StatementCounter,
     operation_names: Mutex<HashSet<String>>,
 }
 
 impl Metrics {
     /// Registers every metric.
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new(statement_source: crate::db::StatementCounter) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -111,6 +114,11 @@ impl Metrics {
         registry.register(Box::new(pool_in_use.clone()))?;
         registry.register(Box::new(pool_waiting.clone()))?;
         registry.register(Box::new(pool_max.clone()))?;
+        let statements = IntCounter::new(
+            "db_statements_total",
+            "SQL statements sent, BEGIN and COMMIT included",
+        )?;
+        registry.register(Box::new(statements.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -122,6 +130,8 @@ impl Metrics {
             pool_in_use,
             pool_waiting,
             pool_max,
+            statements,
+            statement_source,
             operation_names: Mutex::new(HashSet::new()),
         })
     }
@@ -173,6 +183,11 @@ impl Metrics {
             .set(status.size.saturating_sub(status.available) as i64);
         self.pool_waiting.set(status.waiting as i64);
         self.pool_max.set(status.max_size as i64);
+        let sent = self
+            .statement_source
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.statements
+            .inc_by(sent.saturating_sub(self.statements.get()));
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -204,11 +204,21 @@ impl TestApp {
 
     /// Starts a server with extra configuration.
     pub async fn with(options: Options) -> Self {
+        // Server logs go to the test's captured output (shown when it fails); RUST_LOG filters.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let db = TestDb::new().await;
         let jwks_addr = tokens::serve_jwks().await;
         let mut env: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL".into(), db.url.clone()),
             ("DATABASE_POOL_SIZE".into(), "8".into()),
+            // Debug builds resolve slowly: give loaders time to collect a whole level.
+            ("GRAPHQL_LOADER_DELAY_MS".into(), "15".into()),
             ("JWT_HS256_SECRET".into(), HS256_SECRET.into()),
             (
                 "JWT_JWKS_URL".into(),
@@ -220,8 +230,9 @@ impl TestApp {
         env.extend(options.env);
         let config =
             api::config::Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
-        let pool = api::db::build_pool(&config).expect("pool");
-        let state = api::AppState::new(config, pool.clone()).expect("state");
+        let statements = api::db::StatementCounter::default();
+        let pool = api::db::build_pool(&config, statements.clone()).expect("pool");
+        let state = api::AppState::new(config, pool.clone(), statements.clone()).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -349,4 +360,131 @@ pub fn assert_ok(body: &Value) {
         body.get("errors").is_none_or(Value::is_null),
         "unexpected errors: {body}"
     );
+}
+
+/// Organization helpers.
+impl TestApp {
+    /// Creates an organization (under `parent`, or a root); returns its id.
+    pub async fn create_org(
+        &self,
+        token: &str,
+        ws: &str,
+        parent: Option<&str>,
+        name: &str,
+    ) -> String {
+        let r = self.try_create_org(token, ws, parent, name).await;
+        r["data"]["createOrganization"]["organization"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createOrganization failed: {r}"))
+            .to_string()
+    }
+
+    /// Tries to create an organization; returns the whole body.
+    pub async fn try_create_org(
+        &self,
+        token: &str,
+        ws: &str,
+        parent: Option<&str>,
+        name: &str,
+    ) -> Value {
+        self.gql(
+            token,
+            "mutation($w: ID!, $p: ID, $n: String!) { createOrganization(input: {workspaceId: $w, parentId: $p, name: $n}) { organization { id depth } } }",
+            json!({"w": ws, "p": parent, "n": name}),
+        )
+        .await
+    }
+
+    /// Records usage; returns the whole body.
+    pub async fn record(&self, token: &str, org: &str, resource: &str, delta: i64) -> Value {
+        self.gql(
+            token,
+            "mutation($o: ID!, $r: String!, $d: Int!) { recordUsage(input: {organizationId: $o, resource: $r, delta: $d}) { organization { id } } }",
+            json!({"o": org, "r": resource, "d": delta}),
+        )
+        .await
+    }
+
+    /// Sets (or with `None` removes) a cap; returns the whole body.
+    pub async fn set_limit(
+        &self,
+        token: &str,
+        org: &str,
+        resource: &str,
+        limit: Option<i64>,
+    ) -> Value {
+        self.gql(
+            token,
+            "mutation($o: ID!, $r: String!, $l: Int) { setOrganizationLimit(input: {organizationId: $o, resource: $r, limit: $l}) { organization { id } } }",
+            json!({"o": org, "r": resource, "l": limit}),
+        )
+        .await
+    }
+
+    /// The usage entry of `resource` at `org`.
+    pub async fn usage(&self, token: &str, org: &str, resource: &str) -> Value {
+        let r = self
+            .gql(
+                token,
+                "query($o: ID!) { organization(id: $o) { usage { resource direct subtree limit effectiveLimit available overLimit windowStart } } }",
+                json!({"o": org}),
+            )
+            .await;
+        r["data"]["organization"]["usage"]
+            .as_array()
+            .and_then(|u| u.iter().find(|e| e["resource"] == resource).cloned())
+            .unwrap_or_else(|| panic!("no usage of {resource} at {org}: {r}"))
+    }
+
+    /// (direct, subtree) of `resource` at `org`.
+    pub async fn numbers(&self, token: &str, org: &str, resource: &str) -> (i64, i64) {
+        let u = self.usage(token, org, resource).await;
+        (
+            u["direct"].as_i64().unwrap_or(-1),
+            u["subtree"].as_i64().unwrap_or(-1),
+        )
+    }
+
+    /// Recomputes every subtree counter from the direct ones (within each window) and
+    /// asserts they agree: subtree(X) = direct(X) + Σ direct(descendants of X).
+    pub async fn assert_usage_invariant(&self) {
+        let wrong = self
+            .sql_count(
+                "SELECT count(*) AS n FROM usage_counters c
+                   JOIN organizations o ON o.id = c.organization_id
+                  WHERE c.subtree <> (
+                        SELECT COALESCE(sum(d.direct), 0) FROM usage_counters d
+                          JOIN organizations od ON od.id = d.organization_id
+                         WHERE d.resource = c.resource AND d.period_start = c.period_start
+                           AND (od.id = o.id OR od.ancestors @> ARRAY[o.id]))",
+            )
+            .await;
+        assert_eq!(
+            wrong, 0,
+            "subtree counters disagree with the direct usage they sum"
+        );
+        let negative = self
+            .sql_count(
+                "SELECT count(*) AS n FROM usage_counters WHERE direct < 0 OR subtree < direct",
+            )
+            .await;
+        assert_eq!(negative, 0);
+    }
+
+    /// SQL statements the server has sent so far (from `/metrics`).
+    pub async fn statements(&self) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("db_statements_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("db_statements_total in /metrics")
+    }
 }

@@ -6,11 +6,16 @@ pub mod schema;
 
 use std::time::Duration;
 
+use diesel::connection::InstrumentationEvent;
 use diesel::sql_types::Text;
 use diesel::{QueryableByName, sql_query};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::config::{Config, POOL_WAIT, redact_url};
@@ -151,14 +156,46 @@ pub async fn migrate(url: &str) -> Result<usize, StartupError> {
     })?
 }
 
+/// Counts the SQL statements (including BEGIN and COMMIT) sent by a pool's connections.
+pub type StatementCounter = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
 /// Builds the pool (connections are opened lazily).
-pub fn build_pool(config: &Config) -> Result<DbPool, StartupError> {
-    build_pool_for(&config.database_url, config.database_pool_size)
+pub fn build_pool(config: &Config, statements: StatementCounter) -> Result<DbPool, StartupError> {
+    build_pool_for(&config.database_url, config.database_pool_size, statements)
 }
 
-/// Builds a pool for `url` with `size` connections.
-pub fn build_pool_for(url: &str, size: usize) -> Result<DbPool, StartupError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+/// Builds a pool for `url` with `size` connections. Every connection waits at most
+/// `KEY_WAIT_MS` for a row lock, and counts its statements into `statements`.
+pub fn build_pool_for(
+    url: &str,
+    size: usize,
+    statements: StatementCounter,
+) -> Result<DbPool, StartupError> {
+    let mut setup = ManagerConfig::<AsyncPgConnection>::default();
+    // Checking a connection with `SELECT 1` on every checkout would cost a round trip per
+    // checkout; broken connections are detected by the driver and dropped by the pool.
+    setup.recycling_method = RecyclingMethod::Fast;
+    setup.custom_setup = Box::new(move |url: &str| {
+        let url = url.to_string();
+        let statements = statements.clone();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&format!(
+                "SET lock_timeout = {}",
+                crate::domain::mutation::KEY_WAIT_MS
+            ))
+            .await
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                if let InstrumentationEvent::StartQuery { query, .. } = event {
+                    statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::trace!(target: "sql", %query, "statement");
+                }
+            });
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, setup);
     Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)

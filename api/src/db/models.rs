@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::schema::{audit_events, members, users, workspaces};
+use super::schema::{audit_events, members, organizations, resources, users, workspaces};
 
 /// A row of `users`.
 #[derive(
@@ -125,5 +125,67 @@ pub struct AuditEventRow {
     /// Request that caused it.
     pub request_id: Option<String>,
     /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A row of `organizations`.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[diesel(table_name = organizations)]
+pub struct OrganizationRow {
+    /// Primary key.
+    pub id: Uuid,
+    /// Workspace.
+    pub workspace_id: Uuid,
+    /// Parent; `None` for a root.
+    pub parent_id: Option<Uuid>,
+    /// Name, 1–50 characters.
+    pub name: String,
+    /// 0 for a root, at most 9.
+    pub depth: i16,
+    /// Root-first ancestor ids (without itself).
+    pub ancestors: Vec<Uuid>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row of `resources`.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[diesel(table_name = resources)]
+pub struct ResourceRow {
+    /// Workspace.
+    pub workspace_id: Uuid,
+    /// Key, e.g. `users`.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Unit, e.g. `seats`.
+    pub unit: String,
+    /// `ALLOCATED` or `METERED`.
+    pub kind: String,
+    /// `DAY` or `MONTH` for metered resources.
+    pub reset_period: Option<String>,
+    /// One of the three built-ins.
+    pub built_in: bool,
+    /// Created.
     pub created_at: DateTime<Utc>,
 }

@@ -39,6 +39,68 @@ diesel::table! {
 }
 
 diesel::table! {
+    organization_limits (organization_id, resource) {
+        organization_id -> Uuid,
+        resource -> Text,
+        workspace_id -> Uuid,
+        limit -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organizations (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        parent_id -> Nullable<Uuid>,
+        name -> Text,
+        depth -> Int2,
+        ancestors -> Array<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    resources (workspace_id, key) {
+        workspace_id -> Uuid,
+        key -> Text,
+        name -> Text,
+        unit -> Text,
+        kind -> Text,
+        reset_period -> Nullable<Text>,
+        built_in -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    usage_counters (organization_id, resource, period_start) {
+        organization_id -> Uuid,
+        resource -> Text,
+        period_start -> Timestamptz,
+        workspace_id -> Uuid,
+        direct -> Int8,
+        subtree -> Int8,
+        limit -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    usage_events (workspace_id, id) {
+        workspace_id -> Uuid,
+        id -> Uuid,
+        organization_id -> Uuid,
+        resource -> Text,
+        period_start -> Timestamptz,
+        delta -> Int8,
+        actor_id -> Nullable<Uuid>,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         subject -> Nullable<Text>,

@@ -1,7 +1,5 @@
 //! Members and roles. The role matrix (README.md) is enforced here and only here.
 
-use std::collections::HashMap;
-
 use serde_json::json;
 
 use super::audit::{self, Change};
@@ -25,20 +23,6 @@ pub async fn viewer_role(
     Ok(members::role_of(&mut conn, ws.0, actor.user_id.0)
         .await?
         .and_then(|r| Role::parse(&r)))
-}
-
-/// The actor's roles in several workspaces at once (DataLoader).
-pub async fn viewer_roles(
-    services: &Services,
-    actor: &Actor,
-    ws_ids: &[uuid::Uuid],
-) -> DomainResult<HashMap<uuid::Uuid, Role>> {
-    let mut conn = services.conn().await?;
-    Ok(members::roles_of(&mut conn, actor.user_id.0, ws_ids)
-        .await?
-        .into_iter()
-        .filter_map(|(w, r)| Role::parse(&r).map(|r| (w, r)))
-        .collect())
 }
 
 /// Pages of members for several workspaces (the caller has checked membership).
@@ -110,7 +94,7 @@ pub async fn add(
 ) -> DomainResult<MemberRow> {
     let email = check_email(&input.email)?;
     let (ws, role) = (input.workspace_id, input.role);
-    mutation::run(services, actor, "addMember", key, &input, |conn| -> Effect<'_, MemberRow> {
+    mutation::run(services, actor, "addMember", key, &input, |conn, _| -> Effect<'_, MemberRow> {
         let (email, actor) = (email.clone(), actor.clone());
         Box::pin(async move {
             let mine = require_role(conn, &actor, ws, Role::is_manager, "add members").await?;
@@ -200,7 +184,7 @@ pub async fn update_role(
     key: Option<&str>,
 ) -> DomainResult<MemberRow> {
     let (id, role) = (input.member_id, input.role);
-    mutation::run(services, actor, "updateMemberRole", key, &input, |conn| -> Effect<'_, MemberRow> {
+    mutation::run(services, actor, "updateMemberRole", key, &input, |conn, _| -> Effect<'_, MemberRow> {
         let actor = actor.clone();
         Box::pin(async move {
             let (m, mine) = lock_member(conn, &actor, id).await?;
@@ -256,7 +240,7 @@ pub async fn remove(
         "removeMember",
         key,
         &id,
-        |conn| -> Effect<'_, Removed> {
+        |conn, _| -> Effect<'_, Removed> {
             let actor = actor.clone();
             Box::pin(async move {
                 let (m, mine) = lock_member(conn, &actor, id).await?;

@@ -4,6 +4,9 @@
 pub mod audit;
 pub mod members;
 pub mod mutation;
+pub mod organizations;
+pub mod resources;
+pub mod usage;
 pub mod users;
 pub mod workspaces;
 
@@ -111,6 +114,20 @@ pub enum DomainError {
     /// A cap would be exceeded.
     #[error("{0}")]
     LimitExceeded(String),
+    /// A cap on an organization's path would be exceeded by an allocation.
+    #[error("{message}")]
+    LimitBreached {
+        /// Human-readable explanation with the numbers.
+        message: String,
+        /// The organization whose cap binds (external id).
+        organization_id: String,
+        /// Its cap.
+        limit: i64,
+        /// Its subtree usage now.
+        used: i64,
+        /// The allocation asked for.
+        requested: i64,
+    },
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -184,6 +201,10 @@ pub struct Services {
     pub pool: crate::db::DbPool,
     /// How long idempotency keys live.
     pub idempotency_ttl: std::time::Duration,
+    /// How long DataLoaders collect keys.
+    pub loader_delay: std::time::Duration,
+    /// Recently seen identities, so that a signed-in caller costs no statement per request.
+    pub identities: std::sync::Arc<users::IdentityCache>,
 }
 
 impl Services {

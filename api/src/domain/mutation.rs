@@ -29,6 +29,33 @@ const MAX_ATTEMPTS: u32 = 8;
 /// the transaction is retried, so it must not touch anything outside the database.
 pub type Effect<'c, T> = BoxFuture<'c, DomainResult<T>>;
 
+/// Lets an effect store its result under the idempotency key before its last statement,
+/// so that the statement that takes the hottest row locks is the last before COMMIT.
+pub struct Completion {
+    key: Option<(uuid::Uuid, String)>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Completion {
+    /// Stores `value` as the result (a no-op without an idempotency key).
+    pub async fn store<T: Serialize + Sync>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        value: &T,
+    ) -> DomainResult<()> {
+        if let Some((caller, key)) = &self.key {
+            let stored = serde_json::to_value(value).map_err(DomainError::internal)?;
+            idempotency::complete(conn, *caller, key, &stored).await?;
+            self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Checks an idempotency key's shape.
 pub fn check_key(key: Option<&str>) -> DomainResult<Option<&str>> {
     match key {
@@ -61,21 +88,29 @@ pub async fn run<T, I, F>(
     effect: F,
 ) -> DomainResult<T>
 where
-    T: Serialize + DeserializeOwned + Send + 'static,
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
     I: Serialize + ?Sized,
-    F: for<'c> Fn(&'c mut AsyncPgConnection) -> Effect<'c, T> + Send + Sync,
+    F: for<'c> Fn(&'c mut AsyncPgConnection, &'c Completion) -> Effect<'c, T> + Send + Sync,
 {
     let key = check_key(key)?;
     let fp = fingerprint(operation, &input)?;
     let ttl = services.idempotency_ttl.as_secs().max(1) as i64;
     let mut conn = services.conn().await?;
+    let completion = Completion {
+        key: key.map(|k| (actor.user_id.0, k.to_string())),
+        done: std::sync::atomic::AtomicBool::new(false),
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
+        completion
+            .done
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let result = conn
             .transaction(async |conn| {
+                // Connections wait at most KEY_WAIT_MS for any row lock (set when they are
+                // opened), which bounds how long a repeat waits for the first request.
                 if let Some(key) = key {
-                    idempotency::set_lock_timeout(conn, KEY_WAIT_MS).await?;
                     let claimed =
                         idempotency::claim(conn, actor.user_id.0, key, operation, &fp, ttl)
                             .await
@@ -83,13 +118,10 @@ where
                     if !claimed {
                         return replay(conn, actor, key, operation, &fp).await;
                     }
-                    // The key wait applies to the claim only.
-                    idempotency::set_lock_timeout(conn, 0).await?;
                 }
-                let out = effect(conn).await?;
-                if let Some(key) = key {
-                    let stored = serde_json::to_value(&out).map_err(DomainError::internal)?;
-                    idempotency::complete(conn, actor.user_id.0, key, &stored).await?;
+                let out = effect(conn, &completion).await?;
+                if !completion.is_done() {
+                    completion.store(conn, &out).await?;
                 }
                 Ok(out)
             })

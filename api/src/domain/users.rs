@@ -20,9 +20,48 @@ pub struct Claims {
     pub email_verified: bool,
 }
 
+/// How long a provisioned identity is trusted without reading its row again.
+const IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Identities kept at most (the cache is emptied when it is full).
+const IDENTITY_CAPACITY: usize = 50_000;
+
+/// Identities provisioned in the last minute, by their exact claims. A change of any claim
+/// misses the cache and goes through provisioning again.
+#[derive(Default)]
+pub struct IdentityCache(
+    std::sync::Mutex<std::collections::HashMap<Claims, (UserRow, std::time::Instant)>>,
+);
+
+impl IdentityCache {
+    fn get(&self, claims: &Claims) -> Option<UserRow> {
+        let map = self.0.lock().ok()?;
+        map.get(claims)
+            .filter(|(_, at)| at.elapsed() < IDENTITY_TTL)
+            .map(|(u, _)| u.clone())
+    }
+
+    fn put(&self, claims: &Claims, user: &UserRow) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= IDENTITY_CAPACITY {
+                map.clear();
+            }
+            map.insert(claims.clone(), (user.clone(), std::time::Instant::now()));
+        }
+    }
+}
+
 /// Returns the user for these claims, creating or updating it as needed. A first sign-in
 /// with a verified e-mail claims the pending memberships addressed to that e-mail.
 pub async fn provision(services: &Services, claims: &Claims) -> DomainResult<UserRow> {
+    if let Some(u) = services.identities.get(claims) {
+        return Ok(u);
+    }
+    let user = provision_uncached(services, claims).await?;
+    services.identities.put(claims, &user);
+    Ok(user)
+}
+
+async fn provision_uncached(services: &Services, claims: &Claims) -> DomainResult<UserRow> {
     let mut conn = services.conn().await?;
     if let Some(u) = users::find_by_subject(&mut conn, &claims.subject).await?
         && u.email == claims.email

@@ -69,11 +69,12 @@ pub async fn create(
     let name = check_name("name", &input.name, NAME_MAX)?;
     let description = check_description(input.description.as_deref())?;
     let mode = input.billing_mode;
-    mutation::run(services, actor, "createWorkspace", key, &input, |conn| -> Effect<'_, WorkspaceRow> {
+    mutation::run(services, actor, "createWorkspace", key, &input, |conn, _| -> Effect<'_, WorkspaceRow> {
         let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
         Box::pin(async move {
             let id = WorkspaceId::new();
             let ws = workspaces::insert(conn, id.0, &name, description.as_deref(), mode.as_str(), actor.user_id.0).await?;
+            crate::db::repo::resources::insert_built_ins(conn, id.0).await?;
             let owner = members::insert(conn, id.0, actor.user_id.0, Role::Owner.as_str(), None).await?;
             audit::record(conn, Change {
                 workspace: id,
@@ -125,7 +126,7 @@ pub async fn update(
         "updateWorkspace",
         key,
         &input,
-        |conn| -> Effect<'_, WorkspaceRow> {
+        |conn, _| -> Effect<'_, WorkspaceRow> {
             let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
             Box::pin(async move {
                 require_role(
@@ -180,7 +181,7 @@ pub async fn delete(
         "deleteWorkspace",
         key,
         &ws,
-        |conn| -> Effect<'_, WorkspaceId> {
+        |conn, _| -> Effect<'_, WorkspaceId> {
             let actor = actor.clone();
             Box::pin(async move {
                 require_role(
@@ -214,18 +215,30 @@ pub async fn delete(
     .await
 }
 
-/// Live workspaces by id, for the DataLoader (the caller checks membership).
-pub async fn load_many(services: &Services, ids: &[uuid::Uuid]) -> DomainResult<Vec<WorkspaceRow>> {
+/// The workspaces among `ids` the actor belongs to, with the actor's role (DataLoader).
+pub async fn load_visible(
+    services: &Services,
+    actor: &Actor,
+    ids: &[uuid::Uuid],
+) -> DomainResult<Vec<(WorkspaceRow, Role)>> {
     let mut conn = services.conn().await?;
-    Ok(workspaces::find_many(&mut conn, ids).await?)
+    Ok(workspaces::with_roles(&mut conn, actor.user_id.0, ids)
+        .await?
+        .into_iter()
+        .filter_map(|(w, r)| Role::parse(&r).map(|r| (w, r)))
+        .collect())
 }
 
-/// One page of the actor's workspaces.
+/// One page of the actor's workspaces, with the actor's role in each.
 pub async fn page_for(
     services: &Services,
     actor: &Actor,
     page: Page,
-) -> DomainResult<Vec<WorkspaceRow>> {
+) -> DomainResult<Vec<(WorkspaceRow, Role)>> {
     let mut conn = services.conn().await?;
-    Ok(workspaces::page_for_user(&mut conn, actor.user_id.0, page).await?)
+    Ok(workspaces::page_for_user(&mut conn, actor.user_id.0, page)
+        .await?
+        .into_iter()
+        .filter_map(|(w, r)| Role::parse(&r).map(|r| (w, r)))
+        .collect())
 }

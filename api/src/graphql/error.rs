@@ -39,6 +39,23 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
             (code::BAD_USER_INPUT, message.clone(), Some(*field))
         }
         DomainError::LimitExceeded(m) => (code::LIMIT_EXCEEDED, m.clone(), None),
+        DomainError::LimitBreached {
+            message,
+            organization_id,
+            limit,
+            used,
+            requested,
+        } => {
+            let (org, limit, used, requested) =
+                (organization_id.clone(), *limit, *used, *requested);
+            return async_graphql::Error::new(message.clone()).extend_with(move |_, ext| {
+                ext.set("code", code::LIMIT_EXCEEDED);
+                ext.set("organizationId", org.clone());
+                ext.set("limit", limit);
+                ext.set("used", used);
+                ext.set("requested", requested);
+            });
+        }
         DomainError::Conflict(m) => (code::CONFLICT, m.clone(), None),
         DomainError::IdempotencyKeyReused => (code::IDEMPOTENCY_KEY_REUSED, e.to_string(), None),
         DomainError::IdempotencyKeyInUse => (code::IDEMPOTENCY_KEY_IN_USE, e.to_string(), None),

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use async_graphql::dataloader::{DataLoader, Loader};
 use uuid::Uuid;
 
-use crate::db::models::{AuditEventRow, MemberRow, UserRow, WorkspaceRow};
+use crate::db::models::{
+    AuditEventRow, MemberRow, OrganizationRow, ResourceRow, UserRow, WorkspaceRow,
+};
 use crate::db::repo::Page;
 use crate::domain::{self, Actor, DomainError, Role, Services};
 
@@ -15,14 +17,22 @@ use crate::domain::{self, Actor, DomainError, Role, Services};
 pub struct Loaders {
     /// Users by id.
     pub users: DataLoader<UserLoader>,
-    /// Live workspaces by id.
-    pub workspaces: DataLoader<WorkspaceLoader>,
-    /// The caller's role per workspace.
-    pub viewer_roles: DataLoader<ViewerRoleLoader>,
+    /// Workspaces the caller belongs to, with the caller's role.
+    pub access: DataLoader<WorkspaceAccessLoader>,
     /// Member pages per workspace.
     pub member_pages: DataLoader<MemberPageLoader>,
     /// Audit log pages per workspace.
     pub audit_pages: DataLoader<AuditPageLoader>,
+    /// Organizations by id (parents and ancestors).
+    pub organizations: DataLoader<OrganizationLoader>,
+    /// Children pages per organization.
+    pub children: DataLoader<ChildrenPageLoader>,
+    /// Descendant pages per organization.
+    pub descendants: DataLoader<DescendantPageLoader>,
+    /// Usage per organization.
+    pub usage: DataLoader<UsageLoader>,
+    /// Resources per workspace.
+    pub resources: DataLoader<ResourceLoader>,
 }
 
 impl Loaders {
@@ -30,11 +40,22 @@ impl Loaders {
     pub fn new(services: &Services, actor: &Actor) -> Self {
         let s = || services.clone();
         Self {
-            users: DataLoader::new(UserLoader(s()), tokio::spawn),
-            workspaces: DataLoader::new(WorkspaceLoader(s()), tokio::spawn),
-            viewer_roles: DataLoader::new(ViewerRoleLoader(s(), actor.clone()), tokio::spawn),
-            member_pages: DataLoader::new(MemberPageLoader(s()), tokio::spawn),
-            audit_pages: DataLoader::new(AuditPageLoader(s()), tokio::spawn),
+            users: DataLoader::new(UserLoader(s()), tokio::spawn).delay(services.loader_delay),
+            access: DataLoader::new(WorkspaceAccessLoader(s(), actor.clone()), tokio::spawn)
+                .delay(services.loader_delay),
+            member_pages: DataLoader::new(MemberPageLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            audit_pages: DataLoader::new(AuditPageLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            organizations: DataLoader::new(OrganizationLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            children: DataLoader::new(ChildrenPageLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            descendants: DataLoader::new(DescendantPageLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            usage: DataLoader::new(UsageLoader(s()), tokio::spawn).delay(services.loader_delay),
+            resources: DataLoader::new(ResourceLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
         }
     }
 }
@@ -55,31 +76,23 @@ impl Loader<Uuid> for UserLoader {
     }
 }
 
-/// Live workspaces by id.
-pub struct WorkspaceLoader(Services);
+/// The workspaces the caller belongs to, with the caller's role, by id (one statement
+/// answers both "may I see it" and "what is it").
+pub struct WorkspaceAccessLoader(Services, Actor);
 
-impl Loader<Uuid> for WorkspaceLoader {
-    type Value = WorkspaceRow;
+impl Loader<Uuid> for WorkspaceAccessLoader {
+    type Value = (WorkspaceRow, Role);
     type Error = DomainError;
 
-    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, WorkspaceRow>, DomainError> {
-        Ok(domain::workspaces::load_many(&self.0, keys)
+    async fn load(
+        &self,
+        keys: &[Uuid],
+    ) -> Result<HashMap<Uuid, (WorkspaceRow, Role)>, DomainError> {
+        Ok(domain::workspaces::load_visible(&self.0, &self.1, keys)
             .await?
             .into_iter()
-            .map(|w| (w.id, w))
+            .map(|(w, r)| (w.id, (w, r)))
             .collect())
-    }
-}
-
-/// The caller's role in each workspace.
-pub struct ViewerRoleLoader(Services, Actor);
-
-impl Loader<Uuid> for ViewerRoleLoader {
-    type Value = Role;
-    type Error = DomainError;
-
-    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Role>, DomainError> {
-        domain::members::viewer_roles(&self.0, &self.1, keys).await
     }
 }
 
@@ -145,5 +158,103 @@ impl Loader<(Uuid, Page)> for AuditPageLoader {
             |ids, page| async move { domain::audit::pages(&self.0, &ids, page).await },
         )
         .await
+    }
+}
+
+/// Organizations by id.
+pub struct OrganizationLoader(Services);
+
+impl Loader<Uuid> for OrganizationLoader {
+    type Value = OrganizationRow;
+    type Error = DomainError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, OrganizationRow>, DomainError> {
+        Ok(domain::organizations::load_many(&self.0, keys)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect())
+    }
+}
+
+/// Pages of children per organization.
+pub struct ChildrenPageLoader(Services);
+
+impl Loader<(Uuid, Page)> for ChildrenPageLoader {
+    type Value = Vec<OrganizationRow>;
+    type Error = DomainError;
+
+    async fn load(
+        &self,
+        keys: &[(Uuid, Page)],
+    ) -> Result<HashMap<(Uuid, Page), Vec<OrganizationRow>>, DomainError> {
+        load_pages(
+            keys,
+            |o: &OrganizationRow| o.parent_id.unwrap_or_default(),
+            |ids, page| async move { domain::organizations::children_pages(&self.0, &ids, page).await },
+        )
+        .await
+    }
+}
+
+/// Pages of descendants per organization.
+pub struct DescendantPageLoader(Services);
+
+impl Loader<(Uuid, Page)> for DescendantPageLoader {
+    type Value = Vec<OrganizationRow>;
+    type Error = DomainError;
+
+    async fn load(
+        &self,
+        keys: &[(Uuid, Page)],
+    ) -> Result<HashMap<(Uuid, Page), Vec<OrganizationRow>>, DomainError> {
+        let pages = load_pages(
+            keys,
+            |(of, _): &(Uuid, OrganizationRow)| *of,
+            |ids, page| async move {
+                domain::organizations::descendant_pages(&self.0, &ids, page).await
+            },
+        )
+        .await?;
+        Ok(pages
+            .into_iter()
+            .map(|(k, rows)| (k, rows.into_iter().map(|(_, o)| o).collect()))
+            .collect())
+    }
+}
+
+/// Current usage entries per organization (keyed by the row: the loader needs its path).
+pub struct UsageLoader(Services);
+
+impl Loader<OrganizationRow> for UsageLoader {
+    type Value = Vec<domain::usage::UsageEntry>;
+    type Error = DomainError;
+
+    async fn load(
+        &self,
+        keys: &[OrganizationRow],
+    ) -> Result<HashMap<OrganizationRow, Self::Value>, DomainError> {
+        let mut by_id = domain::usage::load_entries(&self.0, keys).await?;
+        Ok(keys
+            .iter()
+            .map(|k| (k.clone(), by_id.remove(&k.id).unwrap_or_default()))
+            .collect())
+    }
+}
+
+/// Resources per workspace.
+pub struct ResourceLoader(Services);
+
+impl Loader<Uuid> for ResourceLoader {
+    type Value = Vec<ResourceRow>;
+    type Error = DomainError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Vec<ResourceRow>>, DomainError> {
+        let mut out: HashMap<Uuid, Vec<ResourceRow>> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
+        for r in domain::resources::load_many(&self.0, keys).await? {
+            out.entry(r.workspace_id).or_default().push(r);
+        }
+        Ok(out)
     }
 }

@@ -6,7 +6,9 @@ pub mod error;
 pub mod loaders;
 pub mod members;
 pub mod node;
+pub mod organizations;
 pub mod pagination;
+pub mod resources;
 pub mod users;
 pub mod workspaces;
 
@@ -21,12 +23,18 @@ use loaders::Loaders;
 pub struct Query(
     users::UserQuery,
     workspaces::WorkspaceQuery,
+    organizations::OrganizationQuery,
     node::NodeQuery,
 );
 
 /// The mutation root.
 #[derive(MergedObject, Default)]
-pub struct Mutation(workspaces::WorkspaceMutation, members::MemberMutation);
+pub struct Mutation(
+    workspaces::WorkspaceMutation,
+    members::MemberMutation,
+    organizations::OrganizationMutation,
+    resources::ResourceMutation,
+);
 
 /// The executable schema.
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

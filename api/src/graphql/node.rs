@@ -3,10 +3,11 @@
 use async_graphql::{Context, ID, Interface, Object, Result};
 
 use super::members::Member;
+use super::organizations::{Organization, load_organization};
 use super::rc;
 use super::users::User;
 use super::workspaces::{Workspace, load_visible};
-use crate::ids::{MemberId, UserId, WorkspaceId};
+use crate::ids::{MemberId, OrganizationId, UserId, WorkspaceId};
 
 /// An object with a globally unique, opaque id.
 #[derive(Interface)]
@@ -18,6 +19,8 @@ pub enum Node {
     Member(Member),
     /// A user.
     User(User),
+    /// An organization.
+    Organization(Organization),
 }
 
 /// The `node` query.
@@ -38,6 +41,9 @@ impl NodeQuery {
                 .await
                 .map_err(|e| rc.err(e))?;
             return Ok(row.map(|r| Node::Member(Member(r))));
+        }
+        if let Some(o) = OrganizationId::decode(&id) {
+            return Ok(load_organization(ctx, o).await?.map(Node::Organization));
         }
         if let Some(u) = UserId::decode(&id) {
             if u != rc.actor.user_id {

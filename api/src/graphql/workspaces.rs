@@ -5,7 +5,9 @@ use async_graphql::{Context, Enum, ID, InputObject, MaybeUndefined, Object, Resu
 
 use super::audit::AuditEvent;
 use super::members::{Member, Role};
+use super::organizations::Organization;
 use super::pagination::{self, complexity};
+use super::resources::Resource;
 use super::{error, rc};
 use crate::db::models::WorkspaceRow;
 use crate::domain::{self, DomainError};
@@ -79,13 +81,14 @@ impl Workspace {
     /// The caller's role here.
     async fn viewer_role(&self, ctx: &Context<'_>) -> Result<Role> {
         let rc = rc(ctx);
-        let role = rc
+        let access = rc
             .loaders
-            .viewer_roles
+            .access
             .load_one(self.0.id)
             .await
             .map_err(|e| rc.err(e))?;
-        role.map(Into::into)
+        access
+            .map(|(_, role)| role.into())
             .ok_or_else(|| rc.err(DomainError::NotFound("workspace")))
     }
 
@@ -123,6 +126,39 @@ impl Workspace {
         ))
     }
 
+    /// Organizations, oldest first (all of them, or only the roots). At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn organizations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        #[graphql(default = false)] roots_only: bool,
+    ) -> Result<Connection<String, Organization>> {
+        let rc = rc(ctx);
+        let page = pagination::page(first, after.as_deref())?;
+        let rows =
+            domain::organizations::page_for_workspace(&rc.services, self.0.id, roots_only, page)
+                .await
+                .map_err(|e| rc.err(e))?;
+        for o in &rows {
+            rc.loaders.organizations.feed_one(o.id, o.clone()).await;
+        }
+        Ok(pagination::connection(rows, page, |o| o.id, Organization))
+    }
+
+    /// Resources organizations can use: the built-ins and the workspace's own.
+    async fn resources(&self, ctx: &Context<'_>) -> Result<Vec<Resource>> {
+        let rc = rc(ctx);
+        let rows = rc
+            .loaders
+            .resources
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(rows.unwrap_or_default().into_iter().map(Resource).collect())
+    }
+
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).
     #[graphql(complexity = "complexity(first, child_complexity)")]
     async fn audit_log(
@@ -132,13 +168,13 @@ impl Workspace {
         after: Option<String>,
     ) -> Result<Option<Connection<String, AuditEvent>>> {
         let rc = rc(ctx);
-        let role = rc
+        let access = rc
             .loaders
-            .viewer_roles
+            .access
             .load_one(self.0.id)
             .await
             .map_err(|e| rc.err(e))?;
-        if !role.is_some_and(domain::Role::is_manager) {
+        if !access.is_some_and(|(_, role)| role.is_manager()) {
             return Err(rc.err(DomainError::Forbidden(
                 "only owners and admins can read the audit log".into(),
             )));
@@ -162,15 +198,13 @@ impl Workspace {
 /// Loads a workspace the caller belongs to; `None` for missing, deleted or foreign ones.
 pub(crate) async fn load_visible(ctx: &Context<'_>, id: WorkspaceId) -> Result<Option<Workspace>> {
     let rc = rc(ctx);
-    let (ws, role) = futures::try_join!(
-        rc.loaders.workspaces.load_one(id.0),
-        rc.loaders.viewer_roles.load_one(id.0)
-    )
-    .map_err(|e| rc.err(e))?;
-    Ok(match (ws, role) {
-        (Some(ws), Some(_)) => Some(Workspace(ws)),
-        _ => None,
-    })
+    let access = rc
+        .loaders
+        .access
+        .load_one(id.0)
+        .await
+        .map_err(|e| rc.err(e))?;
+    Ok(access.map(|(ws, _)| Workspace(ws)))
 }
 
 /// Workspace queries.
@@ -201,10 +235,15 @@ impl WorkspaceQuery {
         let rows = domain::workspaces::page_for(&rc.services, &rc.actor, page)
             .await
             .map_err(|e| rc.err(e))?;
-        for w in &rows {
-            rc.loaders.workspaces.feed_one(w.id, w.clone()).await;
+        for (w, role) in &rows {
+            rc.loaders.access.feed_one(w.id, (w.clone(), *role)).await;
         }
-        Ok(pagination::connection(rows, page, |w| w.id, Workspace))
+        Ok(pagination::connection(
+            rows,
+            page,
+            |(w, _)| w.id,
+            |(w, _)| Workspace(w),
+        ))
     }
 }
 

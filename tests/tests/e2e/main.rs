@@ -6,4 +6,6 @@ mod idempotency;
 mod isolation;
 mod limits;
 mod ops;
+mod organizations;
 mod roles;
+mod usage;

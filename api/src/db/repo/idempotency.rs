@@ -26,14 +26,6 @@ struct Claimed {
     caller_id: Uuid,
 }
 
-/// Makes the next statements of this transaction wait at most `ms` for a row lock.
-pub async fn set_lock_timeout(conn: &mut AsyncPgConnection, ms: u64) -> QueryResult<()> {
-    diesel::sql_query(format!("SET LOCAL lock_timeout = {ms}"))
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
 /// Claims `key` for this transaction. Returns `true` when claimed (new, or expired and
 /// reused). When another transaction holds the key uncommitted, this waits for it.
 pub async fn claim(

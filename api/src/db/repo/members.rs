@@ -26,22 +26,6 @@ pub async fn role_of(
         .optional()
 }
 
-/// The roles of `user` in each of the live workspaces `ws_ids` it belongs to.
-pub async fn roles_of(
-    conn: &mut AsyncPgConnection,
-    user: Uuid,
-    ws_ids: &[Uuid],
-) -> QueryResult<Vec<(Uuid, String)>> {
-    members::table
-        .inner_join(workspaces::table)
-        .filter(members::workspace_id.eq_any(ws_ids))
-        .filter(members::user_id.eq(user))
-        .filter(workspaces::deleted_at.is_null())
-        .select((members::workspace_id, members::role))
-        .load(conn)
-        .await
-}
-
 /// A membership of a live workspace, by id.
 pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<MemberRow>> {
     members::table

@@ -4,6 +4,9 @@
 pub mod audit;
 pub mod idempotency;
 pub mod members;
+pub mod organizations;
+pub mod resources;
+pub mod usage;
 pub mod users;
 pub mod workspaces;
 

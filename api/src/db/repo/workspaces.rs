@@ -30,14 +30,16 @@ pub async fn insert(
         .await
 }
 
-/// Locks a live workspace row for the rest of the transaction (serializes member changes).
-/// Returns `None` when it does not exist or is deleted.
+/// Locks a live workspace row for the rest of the transaction (serializes member and
+/// structural changes). `FOR NO KEY UPDATE`, not `FOR UPDATE`: rows that reference the
+/// workspace (audit events, counters) take `KEY SHARE` on it when inserted, and must not
+/// wait for a structural change. Returns `None` when it does not exist or is deleted.
 pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<WorkspaceRow>> {
     workspaces::table
         .find(id)
         .filter(workspaces::deleted_at.is_null())
         .select(WorkspaceRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(conn)
         .await
         .optional()
@@ -61,12 +63,12 @@ pub async fn page_for_user(
     conn: &mut AsyncPgConnection,
     user: Uuid,
     page: Page,
-) -> QueryResult<Vec<WorkspaceRow>> {
+) -> QueryResult<Vec<(WorkspaceRow, String)>> {
     let mut q = workspaces::table
         .inner_join(members::table)
         .filter(members::user_id.eq(user))
         .filter(workspaces::deleted_at.is_null())
-        .select(WorkspaceRow::as_select())
+        .select((WorkspaceRow::as_select(), members::role))
         .order(workspaces::id.asc())
         .limit(page.limit)
         .into_boxed();
@@ -112,4 +114,20 @@ pub async fn soft_delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<
         .execute(conn)
         .await
         .map(|_| ())
+}
+
+/// The live workspaces among `ids` that `user` belongs to, with the user's role.
+pub async fn with_roles(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    ids: &[Uuid],
+) -> QueryResult<Vec<(WorkspaceRow, String)>> {
+    workspaces::table
+        .inner_join(members::table)
+        .filter(workspaces::id.eq_any(ids))
+        .filter(members::user_id.eq(user))
+        .filter(workspaces::deleted_at.is_null())
+        .select((WorkspaceRow::as_select(), members::role))
+        .load(conn)
+        .await
 }

@@ -1,0 +1,290 @@
+//! Organizations: the tree inside a workspace.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, SmallInt, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::Page;
+use crate::db::models::OrganizationRow;
+use crate::db::schema::organizations;
+
+/// Inserts an organization.
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    workspace: Uuid,
+    parent: Option<Uuid>,
+    name: &str,
+    ancestors: &[Uuid],
+) -> QueryResult<OrganizationRow> {
+    diesel::insert_into(organizations::table)
+        .values((
+            organizations::id.eq(id),
+            organizations::workspace_id.eq(workspace),
+            organizations::parent_id.eq(parent),
+            organizations::name.eq(name),
+            organizations::depth.eq(ancestors.len() as i16),
+            organizations::ancestors.eq(ancestors),
+        ))
+        .returning(OrganizationRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Organizations by id, in any order.
+pub async fn find_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<OrganizationRow>> {
+    organizations::table
+        .filter(organizations::id.eq_any(ids))
+        .select(OrganizationRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Reads an organization and holds it against moves and deletion (`FOR KEY SHARE`) for the
+/// rest of the transaction, so that its ancestor path stays true while usage is applied.
+pub async fn find_key_share(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<OrganizationRow>> {
+    organizations::table
+        .find(id)
+        .select(OrganizationRow::as_select())
+        .for_key_share()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Locks an organization and its whole subtree (`FOR UPDATE`, in id order); returns them.
+pub async fn lock_subtree(
+    conn: &mut AsyncPgConnection,
+    root: Uuid,
+) -> QueryResult<Vec<OrganizationRow>> {
+    diesel::sql_query(
+        "SELECT * FROM organizations WHERE id = $1 OR ancestors @> ARRAY[$1]::uuid[] ORDER BY id FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(root)
+    .load(conn)
+    .await
+}
+
+/// Organizations in a workspace.
+pub async fn count_in_workspace(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryResult<i64> {
+    organizations::table
+        .filter(organizations::workspace_id.eq(ws))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Direct children of an organization.
+pub async fn count_children(conn: &mut AsyncPgConnection, parent: Uuid) -> QueryResult<i64> {
+    organizations::table
+        .filter(organizations::parent_id.eq(parent))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// One page of a workspace's organizations (or only its roots), oldest first.
+pub async fn page_for_workspace(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    roots_only: bool,
+    page: Page,
+) -> QueryResult<Vec<OrganizationRow>> {
+    let mut q = organizations::table
+        .filter(organizations::workspace_id.eq(ws))
+        .select(OrganizationRow::as_select())
+        .order(organizations::id.asc())
+        .limit(page.limit)
+        .into_boxed();
+    if roots_only {
+        q = q.filter(organizations::parent_id.is_null());
+    }
+    if let Some(after) = page.after {
+        q = q.filter(organizations::id.gt(after));
+    }
+    q.load(conn).await
+}
+
+/// Pages of children of several organizations in one statement.
+pub async fn children_pages(
+    conn: &mut AsyncPgConnection,
+    parents: &[Uuid],
+    page: Page,
+) -> QueryResult<Vec<OrganizationRow>> {
+    diesel::sql_query(
+        "SELECT c.* FROM unnest($1::uuid[]) AS p(id)
+         CROSS JOIN LATERAL (
+            SELECT * FROM organizations o
+             WHERE o.parent_id = p.id AND ($2::uuid IS NULL OR o.id > $2)
+             ORDER BY o.id LIMIT $3
+         ) c",
+    )
+    .bind::<Array<SqlUuid>, _>(parents)
+    .bind::<Nullable<SqlUuid>, _>(page.after)
+    .bind::<BigInt, _>(page.limit)
+    .load(conn)
+    .await
+}
+
+/// A descendant row with the ancestor it was fetched for.
+#[derive(QueryableByName)]
+pub struct DescendantRow {
+    /// The organization whose descendants were asked for.
+    #[diesel(sql_type = SqlUuid)]
+    pub of: Uuid,
+    /// The descendant.
+    #[diesel(embed)]
+    pub org: OrganizationRow,
+}
+
+/// Pages of descendants (any depth, in id order) of several organizations in one statement.
+pub async fn descendant_pages(
+    conn: &mut AsyncPgConnection,
+    roots: &[Uuid],
+    page: Page,
+) -> QueryResult<Vec<DescendantRow>> {
+    diesel::sql_query(
+        "SELECT p.id AS of, d.* FROM unnest($1::uuid[]) AS p(id)
+         CROSS JOIN LATERAL (
+            SELECT * FROM organizations o
+             WHERE o.ancestors @> ARRAY[p.id] AND ($2::uuid IS NULL OR o.id > $2)
+             ORDER BY o.id LIMIT $3
+         ) d",
+    )
+    .bind::<Array<SqlUuid>, _>(roots)
+    .bind::<Nullable<SqlUuid>, _>(page.after)
+    .bind::<BigInt, _>(page.limit)
+    .load(conn)
+    .await
+}
+
+/// Renames an organization.
+pub async fn rename(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    name: &str,
+) -> QueryResult<OrganizationRow> {
+    diesel::update(organizations::table.find(id))
+        .set((
+            organizations::name.eq(name),
+            organizations::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(OrganizationRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Re-parents `root`: its path becomes `new_prefix` and every descendant's path is rewritten
+/// (the part below `root` is kept). `old_depth` is the root's depth before the move.
+pub async fn move_subtree(
+    conn: &mut AsyncPgConnection,
+    root: Uuid,
+    new_parent: Option<Uuid>,
+    new_prefix: &[Uuid],
+    old_depth: i16,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE organizations SET
+            parent_id = CASE WHEN id = $1 THEN $2 ELSE parent_id END,
+            ancestors = $3::uuid[] || ancestors[$4 + 1 : cardinality(ancestors)],
+            depth = (cardinality($3::uuid[]) + cardinality(ancestors) - $4)::smallint,
+            updated_at = CASE WHEN id = $1 THEN now() ELSE updated_at END
+          WHERE id = $1 OR ancestors @> ARRAY[$1]::uuid[]",
+    )
+    .bind::<SqlUuid, _>(root)
+    .bind::<Nullable<SqlUuid>, _>(new_parent)
+    .bind::<Array<SqlUuid>, _>(new_prefix)
+    .bind::<SmallInt, _>(old_depth)
+    .execute(conn)
+    .await
+}
+
+/// Deletes an organization (its limits go with it).
+pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+    diesel::delete(organizations::table.find(id))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = Bool)]
+    b: bool,
+}
+
+/// Whether an organization has children.
+pub async fn has_children(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    let r: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM organizations WHERE parent_id = $1) AS b")
+            .bind::<SqlUuid, _>(id)
+            .get_result(conn)
+            .await?;
+    Ok(r.b)
+}
+
+/// An organization with the caller's role in its (live) workspace and, when asked, the
+/// kind of one of the workspace's resources.
+#[derive(QueryableByName)]
+pub struct Access {
+    /// The organization.
+    #[diesel(embed)]
+    pub org: OrganizationRow,
+    /// The caller's role, if a member.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
+    pub role: Option<String>,
+    /// `ALLOCATED` or `METERED`, if the resource exists.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
+    pub resource_kind: Option<String>,
+    /// `DAY` or `MONTH` for a metered resource.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
+    pub resource_reset: Option<String>,
+}
+
+/// How `access` locks the organization row.
+#[derive(Debug, Clone, Copy)]
+pub enum RowLock {
+    /// No lock (the caller locks what it needs next, in the global order).
+    None,
+    /// Holds it against moves and deletion (usage, limits, renames).
+    KeyShare,
+    /// Exclusive (moves, deletion).
+    Update,
+}
+
+/// Reads an organization, the caller's role and a resource's kind in one statement, locking
+/// the organization row for the rest of the transaction.
+pub async fn access(
+    conn: &mut AsyncPgConnection,
+    org: Uuid,
+    user: Uuid,
+    resource: Option<&str>,
+    lock: RowLock,
+) -> QueryResult<Option<Access>> {
+    let lock = match lock {
+        RowLock::None => "",
+        RowLock::KeyShare => "FOR KEY SHARE OF o",
+        RowLock::Update => "FOR UPDATE OF o",
+    };
+    diesel::sql_query(format!(
+        "SELECT o.*, m.role, r.kind AS resource_kind, r.reset_period AS resource_reset
+           FROM organizations o
+           JOIN workspaces w ON w.id = o.workspace_id AND w.deleted_at IS NULL
+           LEFT JOIN members m ON m.workspace_id = o.workspace_id AND m.user_id = $2
+           LEFT JOIN resources r ON r.workspace_id = o.workspace_id AND r.key = $3
+          WHERE o.id = $1 {lock}"
+    ))
+    .bind::<SqlUuid, _>(org)
+    .bind::<SqlUuid, _>(user)
+    .bind::<Nullable<diesel::sql_types::Text>, _>(resource)
+    .get_result(conn)
+    .await
+    .optional()
+}

@@ -1,0 +1,446 @@
+//! Organization trees: create, rename, move and delete, within the structural caps.
+
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{self, Change};
+use super::mutation::{self, Effect};
+use super::usage::{self as usage_domain, windows};
+use super::workspaces::require_role;
+use super::{Actor, DomainError, DomainResult, Role, Services, check_name};
+use crate::db::models::OrganizationRow;
+use crate::db::repo::organizations::{self as orgs, RowLock};
+use crate::db::repo::{self, Page, usage};
+use crate::ids::{OrganizationId, WorkspaceId};
+
+/// Deepest `depth` (0 is a root): ten levels.
+pub const MAX_DEPTH: i16 = 9;
+/// Direct children an organization may have.
+pub const MAX_CHILDREN: i64 = 100;
+/// Organizations a workspace may have.
+pub const MAX_ORGANIZATIONS: i64 = 1000;
+/// Longest organization name.
+pub const NAME_MAX: usize = 50;
+
+fn depth_exceeded() -> DomainError {
+    DomainError::LimitExceeded(format!(
+        "an organization tree has at most {} levels (depth 0 to {MAX_DEPTH})",
+        MAX_DEPTH + 1
+    ))
+}
+
+fn children_exceeded() -> DomainError {
+    DomainError::LimitExceeded(format!(
+        "an organization has at most {MAX_CHILDREN} direct children"
+    ))
+}
+
+/// Organizations by id (the caller checks access).
+pub async fn load_many(services: &Services, ids: &[Uuid]) -> DomainResult<Vec<OrganizationRow>> {
+    let mut conn = services.conn().await?;
+    Ok(orgs::find_many(&mut conn, ids).await?)
+}
+
+/// One page of a workspace's organizations (the caller checks access).
+pub async fn page_for_workspace(
+    services: &Services,
+    ws: Uuid,
+    roots_only: bool,
+    page: Page,
+) -> DomainResult<Vec<OrganizationRow>> {
+    let mut conn = services.conn().await?;
+    Ok(orgs::page_for_workspace(&mut conn, ws, roots_only, page).await?)
+}
+
+/// Pages of children of several organizations.
+pub async fn children_pages(
+    services: &Services,
+    parents: &[Uuid],
+    page: Page,
+) -> DomainResult<Vec<OrganizationRow>> {
+    let mut conn = services.conn().await?;
+    Ok(orgs::children_pages(&mut conn, parents, page).await?)
+}
+
+/// Pages of descendants of several organizations, as (ancestor asked for, descendant).
+pub async fn descendant_pages(
+    services: &Services,
+    roots: &[Uuid],
+    page: Page,
+) -> DomainResult<Vec<(Uuid, OrganizationRow)>> {
+    let mut conn = services.conn().await?;
+    Ok(orgs::descendant_pages(&mut conn, roots, page)
+        .await?
+        .into_iter()
+        .map(|d| (d.of, d.org))
+        .collect())
+}
+
+/// Input of `create`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewOrganization {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// Parent; `None` makes a root.
+    pub parent_id: Option<OrganizationId>,
+    /// Name, 1–50 characters.
+    pub name: String,
+}
+
+/// Creates an organization (owners and admins) within the caps: ten levels, 100 children
+/// per organization, 1,000 organizations per workspace.
+pub async fn create(
+    services: &Services,
+    actor: &Actor,
+    input: NewOrganization,
+    key: Option<&str>,
+) -> DomainResult<OrganizationRow> {
+    let name = check_name("name", &input.name, NAME_MAX)?;
+    let ws = input.workspace_id;
+    mutation::run(
+        services,
+        actor,
+        "createOrganization",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, OrganizationRow> {
+            let (input, name, actor) = (input.clone(), name.clone(), actor.clone());
+            Box::pin(async move {
+                require_role(conn, &actor, ws, Role::is_manager, "create organizations").await?;
+                // Structural changes of one workspace are serialized on its row.
+                repo::workspaces::lock(conn, ws.0)
+                    .await?
+                    .ok_or(DomainError::NotFound("workspace"))?;
+                if orgs::count_in_workspace(conn, ws.0).await? >= MAX_ORGANIZATIONS {
+                    return Err(DomainError::LimitExceeded(format!(
+                        "a workspace has at most {MAX_ORGANIZATIONS} organizations"
+                    )));
+                }
+                let ancestors = match input.parent_id {
+                    None => Vec::new(),
+                    Some(p) => {
+                        let parent = orgs::find_key_share(conn, p.0)
+                            .await?
+                            .filter(|o| o.workspace_id == ws.0)
+                            .ok_or(DomainError::NotFound("parent organization"))?;
+                        if parent.depth >= MAX_DEPTH {
+                            return Err(depth_exceeded());
+                        }
+                        if orgs::count_children(conn, parent.id).await? >= MAX_CHILDREN {
+                            return Err(children_exceeded());
+                        }
+                        parent
+                            .ancestors
+                            .iter()
+                            .copied()
+                            .chain([parent.id])
+                            .collect()
+                    }
+                };
+                let id = OrganizationId::new();
+                let row = orgs::insert(
+                    conn,
+                    id.0,
+                    ws.0,
+                    input.parent_id.map(|p| p.0),
+                    &name,
+                    &ancestors,
+                )
+                .await?;
+                audit::record(
+                conn,
+                Change {
+                    workspace: ws,
+                    action: "organization.create",
+                    target_type: "Organization",
+                    target_id: id.encode(),
+                    summary: json!({"name": name, "parentId": input.parent_id.map(|p| p.encode())}),
+                    actor: &actor,
+                },
+            )
+            .await?;
+                Ok(row)
+            })
+        },
+    )
+    .await
+}
+
+/// Loads an organization for a change by a manager, locking its row as asked.
+async fn managed(
+    conn: &mut diesel_async::AsyncPgConnection,
+    actor: &Actor,
+    id: OrganizationId,
+    lock: RowLock,
+    what: &str,
+) -> DomainResult<OrganizationRow> {
+    let a = orgs::access(conn, id.0, actor.user_id.0, None, lock)
+        .await?
+        .ok_or(DomainError::NotFound("organization"))?;
+    match a.role.as_deref().and_then(Role::parse) {
+        None => Err(DomainError::NotFound("organization")),
+        Some(r) if r.is_manager() => Ok(a.org),
+        Some(r) => Err(DomainError::Forbidden(format!(
+            "your role {} may not {what}",
+            r.as_str()
+        ))),
+    }
+}
+
+/// Input of `rename`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rename {
+    /// Organization.
+    pub organization_id: OrganizationId,
+    /// New name.
+    pub name: String,
+}
+
+/// Renames an organization (owners and admins).
+pub async fn rename(
+    services: &Services,
+    actor: &Actor,
+    input: Rename,
+    key: Option<&str>,
+) -> DomainResult<OrganizationRow> {
+    let name = check_name("name", &input.name, NAME_MAX)?;
+    mutation::run(
+        services,
+        actor,
+        "renameOrganization",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, OrganizationRow> {
+            let (input, name, actor) = (input.clone(), name.clone(), actor.clone());
+            Box::pin(async move {
+                let before = managed(
+                    conn,
+                    &actor,
+                    input.organization_id,
+                    RowLock::KeyShare,
+                    "rename organizations",
+                )
+                .await?;
+                let row = orgs::rename(conn, before.id, &name).await?;
+                audit::record(
+                    conn,
+                    Change {
+                        workspace: WorkspaceId(row.workspace_id),
+                        action: "organization.rename",
+                        target_type: "Organization",
+                        target_id: input.organization_id.encode(),
+                        summary: json!({"before": before.name, "after": name}),
+                        actor: &actor,
+                    },
+                )
+                .await?;
+                Ok(row)
+            })
+        },
+    )
+    .await
+}
+
+/// Input of `move_to`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Move {
+    /// Organization to move (with its subtree).
+    pub organization_id: OrganizationId,
+    /// New parent; `None` makes it a root.
+    pub new_parent_id: Option<OrganizationId>,
+}
+
+/// Moves an organization and its subtree under a new parent (or to the top), carrying its
+/// usage from the old ancestors to the new ones in the same transaction. Refuses cycles,
+/// moves that would push any node past ten levels or a parent past 100 children, and
+/// moves whose usage would break a cap in the new ancestry.
+pub async fn move_to(
+    services: &Services,
+    actor: &Actor,
+    input: Move,
+    key: Option<&str>,
+) -> DomainResult<OrganizationRow> {
+    mutation::run(services, actor, "moveOrganization", key, &input, |conn, _| -> Effect<'_, OrganizationRow> {
+        let (input, actor) = (input.clone(), actor.clone());
+        Box::pin(async move {
+            // Lock order: workspace row, then organization rows, then counters.
+            let root = managed(conn, &actor, input.organization_id, RowLock::None, "move organizations").await?;
+            let ws = root.workspace_id;
+            repo::workspaces::lock(conn, ws).await?.ok_or(DomainError::NotFound("organization"))?;
+            // Every node of the subtree: allocations inside it wait until the move commits.
+            let subtree = orgs::lock_subtree(conn, root.id).await?;
+            let root = subtree
+                .iter()
+                .find(|o| o.id == root.id)
+                .cloned()
+                .ok_or(DomainError::NotFound("organization"))?;
+            let new_prefix: Vec<Uuid> = match input.new_parent_id {
+                None => Vec::new(),
+                Some(p) => {
+                    if subtree.iter().any(|o| o.id == p.0) {
+                        return Err(DomainError::bad_input(
+                            "newParentId",
+                            "an organization cannot move under itself or one of its descendants",
+                        ));
+                    }
+                    let parent = orgs::find_key_share(conn, p.0)
+                        .await?
+                        .filter(|o| o.workspace_id == ws)
+                        .ok_or(DomainError::NotFound("parent organization"))?;
+                    parent.ancestors.iter().copied().chain([parent.id]).collect()
+                }
+            };
+            if root.parent_id == input.new_parent_id.map(|p| p.0) {
+                return Ok(root);
+            }
+            let height = subtree.iter().map(|o| o.depth - root.depth).max().unwrap_or(0);
+            if new_prefix.len() as i16 + height > MAX_DEPTH {
+                return Err(depth_exceeded());
+            }
+            if let Some(p) = input.new_parent_id
+                && orgs::count_children(conn, p.0).await? >= MAX_CHILDREN
+            {
+                return Err(children_exceeded());
+            }
+            carry_usage(conn, ws, &root, &new_prefix).await?;
+            orgs::move_subtree(conn, root.id, input.new_parent_id.map(|p| p.0), &new_prefix, root.depth).await?;
+            let moved = orgs::find_many(conn, &[root.id])
+                .await?
+                .into_iter()
+                .next()
+                .ok_or(DomainError::NotFound("organization"))?;
+            audit::record(
+                conn,
+                Change {
+                    workspace: WorkspaceId(ws),
+                    action: "organization.move",
+                    target_type: "Organization",
+                    target_id: input.organization_id.encode(),
+                    summary: json!({
+                        "fromParentId": root.parent_id.map(|p| OrganizationId(p).encode()),
+                        "toParentId": input.new_parent_id.map(|p| p.encode()),
+                        "subtreeSize": subtree.len(),
+                    }),
+                    actor: &actor,
+                },
+            )
+            .await?;
+            Ok(moved)
+        })
+    })
+    .await
+}
+
+/// Moves the subtree's current usage from the ancestors it leaves to those it joins,
+/// refusing when that would break a cap of a new ancestor.
+async fn carry_usage(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ws: Uuid,
+    root: &OrganizationRow,
+    new_prefix: &[Uuid],
+) -> DomainResult<()> {
+    let resources = repo::resources::for_workspaces(conn, &[ws]).await?;
+    let current = windows(&resources, Utc::now());
+    let rows = usage::current(conn, &[root.id], &current).await?;
+    let leaving: Vec<Uuid> = root
+        .ancestors
+        .iter()
+        .filter(|a| !new_prefix.contains(a))
+        .copied()
+        .collect();
+    let joining: Vec<Uuid> = new_prefix
+        .iter()
+        .filter(|a| !root.ancestors.contains(a))
+        .copied()
+        .collect();
+    let mut moving: Vec<(String, chrono::DateTime<Utc>, i64)> = rows
+        .into_iter()
+        .filter(|r| r.subtree > 0)
+        .filter_map(|r| {
+            let window = current.iter().find(|w| w.1 == r.resource)?.2;
+            Some((r.resource, window, r.subtree))
+        })
+        .collect();
+    // One resource after another, each in organization-id order (the global lock order).
+    moving.sort();
+    for (resource, window, amount) in moving {
+        let mut touched: Vec<Uuid> = leaving.iter().chain(joining.iter()).copied().collect();
+        touched.sort_unstable();
+        let counters = usage::lock_counters(conn, ws, &touched, &resource, window).await?;
+        let numbers: std::collections::HashMap<Uuid, usage_domain::Numbers> = counters
+            .iter()
+            .map(|c| {
+                (
+                    c.organization_id,
+                    usage_domain::Numbers {
+                        direct: c.direct,
+                        subtree: c.subtree,
+                        limit: c.limit,
+                    },
+                )
+            })
+            .collect();
+        for a in &joining {
+            let n = numbers.get(a).copied().unwrap_or_default();
+            if let Some(limit) = n.limit.filter(|l| n.subtree + amount > *l) {
+                return Err(DomainError::LimitBreached {
+                    message: format!(
+                        "moving {} {resource} under organization {} would exceed its limit: {} of {limit} in use",
+                        amount,
+                        OrganizationId(*a),
+                        n.subtree
+                    ),
+                    organization_id: OrganizationId(*a).encode(),
+                    limit,
+                    used: n.subtree,
+                    requested: amount,
+                });
+            }
+        }
+        usage::adjust_subtree(conn, &leaving, &resource, window, -amount).await?;
+        usage::adjust_subtree(conn, &joining, &resource, window, amount).await?;
+    }
+    Ok(())
+}
+
+/// Deletes an organization (owners and admins); refused while it has children or usage.
+pub async fn delete(
+    services: &Services,
+    actor: &Actor,
+    id: OrganizationId,
+    key: Option<&str>,
+) -> DomainResult<OrganizationId> {
+    mutation::run(services, actor, "deleteOrganization", key, &id, |conn, _| -> Effect<'_, OrganizationId> {
+        let actor = actor.clone();
+        Box::pin(async move {
+            let org = managed(conn, &actor, id, RowLock::Update, "delete organizations").await?;
+            if orgs::has_children(conn, org.id).await? {
+                return Err(DomainError::Conflict(
+                    "an organization with children cannot be deleted: move or delete its children first".into(),
+                ));
+            }
+            let resources = repo::resources::for_workspaces(conn, &[org.workspace_id]).await?;
+            if usage::has_usage(conn, org.id, &windows(&resources, Utc::now())).await? {
+                return Err(DomainError::Conflict(
+                    "an organization with usage cannot be deleted: release its usage first".into(),
+                ));
+            }
+            orgs::delete(conn, org.id).await?;
+            audit::record(
+                conn,
+                Change {
+                    workspace: WorkspaceId(org.workspace_id),
+                    action: "organization.delete",
+                    target_type: "Organization",
+                    target_id: id.encode(),
+                    summary: json!({"name": org.name, "parentId": org.parent_id.map(|p| OrganizationId(p).encode())}),
+                    actor: &actor,
+                },
+            )
+            .await?;
+            Ok(id)
+        })
+    })
+    .await
+}

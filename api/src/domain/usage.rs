@@ -1,0 +1,426 @@
+//! Usage and limits: recording usage against the cascading caps of an organization's
+//! path, setting caps, and computing what each organization may still use.
+//!
+//! Rules (see README.md): an allocation of n at X succeeds only if, for X and every
+//! ancestor A with a cap, subtree(A) + n ≤ cap(A); a release never takes X's own usage
+//! below zero; subtree(X) = direct(X) + Σ subtree(children of X) after every commit.
+//! Billing capacity (the workspace's subscription pools) joins the same check later as one
+//! more cap on the path.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::mutation::{self, Effect};
+use super::{Actor, DomainError, DomainResult, Role, Services};
+use crate::db::models::{AuditEventRow, OrganizationRow, ResourceRow};
+use crate::db::repo::organizations::{self as orgs, RowLock};
+use crate::db::repo::{self, usage};
+use crate::ids::OrganizationId;
+
+/// The window an allocated resource's counters live in (it never resets).
+pub fn epoch() -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH
+}
+
+/// Start of the current window of a resource of this kind and reset period.
+pub fn current_period(kind: &str, reset: Option<&str>, now: DateTime<Utc>) -> DateTime<Utc> {
+    match (kind, reset) {
+        ("METERED", Some("DAY")) => Utc
+            .with_ymd_and_hms(now.year(), now.month(), now.day(), 0, 0, 0)
+            .single()
+            .unwrap_or(now),
+        ("METERED", Some("MONTH")) => Utc
+            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+            .single()
+            .unwrap_or(now),
+        _ => epoch(),
+    }
+}
+
+/// The current window of every resource in `resources`.
+pub fn windows(
+    resources: &[ResourceRow],
+    now: DateTime<Utc>,
+) -> Vec<(Uuid, String, DateTime<Utc>)> {
+    resources
+        .iter()
+        .map(|r| {
+            (
+                r.workspace_id,
+                r.key.clone(),
+                current_period(&r.kind, r.reset_period.as_deref(), now),
+            )
+        })
+        .collect()
+}
+
+/// One organization's usage of one resource in its current window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UsageEntry {
+    /// The resource.
+    pub resource: ResourceRow,
+    /// Start of the window (`None` for allocated resources).
+    pub window_start: Option<DateTime<Utc>>,
+    /// The organization's own usage.
+    pub direct: i64,
+    /// Its own plus its descendants'.
+    pub subtree: i64,
+    /// Its own cap.
+    pub limit: Option<i64>,
+    /// The most its subtree could reach now, under the tightest cap on its path.
+    pub effective_limit: Option<i64>,
+    /// How much more can be allocated here now.
+    pub available: Option<i64>,
+    /// Its subtree uses more than its own cap (a cap set below usage).
+    pub over_limit: bool,
+}
+
+/// Current numbers of one (organization, resource).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Numbers {
+    /// Own usage.
+    pub direct: i64,
+    /// Subtree usage.
+    pub subtree: i64,
+    /// Cap.
+    pub limit: Option<i64>,
+}
+
+/// Room a cap leaves on a path: `min(cap(A) − subtree(A))` over the capped nodes.
+pub fn room<'a>(path: impl IntoIterator<Item = &'a Numbers>) -> Option<i64> {
+    path.into_iter()
+        .filter_map(|n| n.limit.map(|l| l - n.subtree))
+        .min()
+}
+
+/// The usage entries of `org` (whose path is its ancestors then itself).
+pub fn entries(
+    org: &OrganizationRow,
+    resources: &[ResourceRow],
+    numbers: &HashMap<(Uuid, String), Numbers>,
+) -> Vec<UsageEntry> {
+    let now = Utc::now();
+    resources
+        .iter()
+        .filter(|r| r.workspace_id == org.workspace_id)
+        .map(|r| {
+            let get = |id: &Uuid| {
+                numbers
+                    .get(&(*id, r.key.clone()))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let own = get(&org.id);
+            let path: Vec<Numbers> = org
+                .ancestors
+                .iter()
+                .chain(std::iter::once(&org.id))
+                .map(get)
+                .collect();
+            let available = room(&path).map(|r| r.max(0));
+            let window = current_period(&r.kind, r.reset_period.as_deref(), now);
+            UsageEntry {
+                resource: r.clone(),
+                window_start: (window != epoch()).then_some(window),
+                direct: own.direct,
+                subtree: own.subtree,
+                limit: own.limit,
+                effective_limit: available.map(|a| own.subtree + a),
+                available,
+                over_limit: own.limit.is_some_and(|l| own.subtree > l),
+            }
+        })
+        .collect()
+}
+
+// Organizations are the usage loader's keys (the loader needs their paths).
+impl Eq for OrganizationRow {}
+
+impl std::hash::Hash for OrganizationRow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+        self.ancestors.hash(state);
+    }
+}
+
+/// Usage entries of several organizations: two statements, whatever their number.
+pub async fn load_entries(
+    services: &Services,
+    orgs: &[OrganizationRow],
+) -> DomainResult<HashMap<Uuid, Vec<UsageEntry>>> {
+    let mut conn = services.conn().await?;
+    let mut ws: Vec<Uuid> = orgs.iter().map(|o| o.workspace_id).collect();
+    ws.sort_unstable();
+    ws.dedup();
+    let resources = repo::resources::for_workspaces(&mut conn, &ws).await?;
+    let mut ids: Vec<Uuid> = orgs
+        .iter()
+        .flat_map(|o| o.ancestors.iter().copied().chain([o.id]))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = usage::current(&mut conn, &ids, &windows(&resources, Utc::now())).await?;
+    let numbers: HashMap<(Uuid, String), Numbers> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.organization_id, r.resource),
+                Numbers {
+                    direct: r.direct,
+                    subtree: r.subtree,
+                    limit: r.limit,
+                },
+            )
+        })
+        .collect();
+    Ok(orgs
+        .iter()
+        .map(|o| (o.id, entries(o, &resources, &numbers)))
+        .collect())
+}
+
+/// Past and current windows of one organization's usage of a resource, newest first.
+pub async fn history(
+    services: &Services,
+    org: Uuid,
+    resource: &str,
+    limit: i64,
+) -> DomainResult<Vec<usage::WindowRow>> {
+    let mut conn = services.conn().await?;
+    Ok(usage::windows(&mut conn, org, resource, limit).await?)
+}
+
+/// Checks the caller may change usage or caps of the organization it reads.
+fn require_manager(access: &orgs::Access, what: &str) -> DomainResult<Role> {
+    match access.role.as_deref().and_then(Role::parse) {
+        None => Err(DomainError::NotFound("organization")),
+        Some(r) if r.is_manager() => Ok(r),
+        Some(r) => Err(DomainError::Forbidden(format!(
+            "your role {} may not {what}",
+            r.as_str()
+        ))),
+    }
+}
+
+/// Checks a resource key's shape.
+pub fn check_resource_key(key: &str) -> DomainResult<()> {
+    let ok = (1..=40).contains(&key.len())
+        && key.starts_with(|c: char| c.is_ascii_lowercase())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::bad_input(
+            "resource",
+            format!(
+                "`{key}` is not a resource key (lower-case letters, digits and _, starting with a letter, at most 40)"
+            ),
+        ))
+    }
+}
+
+fn unknown_resource(key: &str) -> DomainError {
+    DomainError::bad_input(
+        "resource",
+        format!("this workspace has no resource `{key}`"),
+    )
+}
+
+/// Input of `record`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UsageChange {
+    /// Organization.
+    pub organization_id: OrganizationId,
+    /// Resource key.
+    pub resource: String,
+    /// Positive allocates, negative releases.
+    pub delta: i64,
+}
+
+/// Records usage at an organization, all or nothing (owners and admins).
+pub async fn record(
+    services: &Services,
+    actor: &Actor,
+    input: UsageChange,
+    key: Option<&str>,
+) -> DomainResult<OrganizationRow> {
+    check_resource_key(&input.resource)?;
+    if input.delta == 0 {
+        return Err(DomainError::bad_input("delta", "delta must not be zero"));
+    }
+    mutation::run(services, actor, "recordUsage", key, &input, |conn, done| -> Effect<'_, OrganizationRow> {
+        let (input, actor) = (input.clone(), actor.clone());
+        Box::pin(async move {
+            let a = orgs::access(conn, input.organization_id.0, actor.user_id.0, Some(&input.resource), RowLock::KeyShare)
+                .await?
+                .ok_or(DomainError::NotFound("organization"))?;
+            require_manager(&a, "record usage")?;
+            let kind = a.resource_kind.as_deref().ok_or_else(|| unknown_resource(&input.resource))?;
+            let period = current_period(kind, a.resource_reset.as_deref(), Utc::now());
+            let org = a.org;
+            // The result is known now: store it first, so that the statement holding the
+            // hottest locks is the last before COMMIT.
+            done.store(conn, &org).await?;
+            let path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
+            let audit = AuditEventRow {
+                workspace_id: org.workspace_id,
+                id: crate::ids::AuditEventId::new().0,
+                actor_id: Some(actor.user_id.0),
+                action: "usage.record".into(),
+                target_type: "Organization".into(),
+                target_id: OrganizationId(org.id).encode(),
+                summary: json!({"resource": input.resource, "delta": input.delta, "windowStart": (period != epoch()).then_some(period)}),
+                request_id: Some(actor.request_id.clone()),
+                created_at: Utc::now(),
+            };
+            let application = usage::Application {
+                workspace_id: org.workspace_id,
+                organization_id: org.id,
+                path: &path,
+                resource: &input.resource,
+                period,
+                delta: input.delta,
+                event_id: Uuid::now_v7(),
+                audit: &audit,
+            };
+            let applied = usage::check_and_apply(conn, &application).await?;
+            if applied.len() == path.len() {
+                return Ok(org);
+            }
+            Err(refusal(conn, &org, &path, &applied, &input, period).await)
+        })
+    })
+    .await
+}
+
+/// Explains a refused change: the nearest organization on the path whose counter was not
+/// changed, with its numbers.
+async fn refusal(
+    conn: &mut diesel_async::AsyncPgConnection,
+    org: &OrganizationRow,
+    path: &[Uuid],
+    applied: &[Uuid],
+    input: &UsageChange,
+    period: DateTime<Utc>,
+) -> DomainError {
+    let Some(&blocker) = path.iter().rev().find(|id| !applied.contains(id)) else {
+        return DomainError::internal(anyhow::anyhow!("refused change without a blocker"));
+    };
+    let numbers = match usage::counter(conn, blocker, &input.resource, period).await {
+        Ok(n) => n,
+        Err(e) => return e.into(),
+    };
+    let (direct, subtree, limit) = numbers
+        .map(|n| (n.direct, n.subtree, n.limit))
+        .unwrap_or((0, 0, None));
+    if input.delta < 0 {
+        return DomainError::Conflict(format!(
+            "cannot release {} {}: organization {} has only {direct} allocated",
+            -input.delta,
+            input.resource,
+            OrganizationId(org.id)
+        ));
+    }
+    let name = match orgs::find_many(conn, &[blocker]).await {
+        Ok(rows) => rows.into_iter().next().map(|o| o.name).unwrap_or_default(),
+        Err(e) => return e.into(),
+    };
+    DomainError::LimitBreached {
+        message: format!(
+            "allocating {} {} at organization {} would exceed the limit of organization {} (\"{name}\"): {subtree} of {} in use",
+            input.delta,
+            input.resource,
+            OrganizationId(org.id),
+            OrganizationId(blocker),
+            limit.unwrap_or(0)
+        ),
+        organization_id: OrganizationId(blocker).encode(),
+        limit: limit.unwrap_or(0),
+        used: subtree,
+        requested: input.delta,
+    }
+}
+
+/// Input of `set_limit`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LimitChange {
+    /// Organization.
+    pub organization_id: OrganizationId,
+    /// Resource key.
+    pub resource: String,
+    /// New cap; `None` removes it (the organization inherits).
+    pub limit: Option<i64>,
+}
+
+/// Sets or removes an organization's cap on a resource (owners and admins). A positive cap
+/// may not exceed what the organization inherits (the tightest cap of its ancestors); a cap
+/// below current usage is accepted and blocks new allocations until usage falls below it.
+pub async fn set_limit(
+    services: &Services,
+    actor: &Actor,
+    input: LimitChange,
+    key: Option<&str>,
+) -> DomainResult<OrganizationRow> {
+    check_resource_key(&input.resource)?;
+    if input.limit.is_some_and(|l| l < 0) {
+        return Err(DomainError::bad_input(
+            "limit",
+            "limit must be zero or positive (null removes it)",
+        ));
+    }
+    mutation::run(services, actor, "setOrganizationLimit", key, &input, |conn, _| -> Effect<'_, OrganizationRow> {
+        let (input, actor) = (input.clone(), actor.clone());
+        Box::pin(async move {
+            let a = orgs::access(conn, input.organization_id.0, actor.user_id.0, Some(&input.resource), RowLock::KeyShare)
+                .await?
+                .ok_or(DomainError::NotFound("organization"))?;
+            require_manager(&a, "set limits")?;
+            let kind = a.resource_kind.as_deref().ok_or_else(|| unknown_resource(&input.resource))?;
+            let period = current_period(kind, a.resource_reset.as_deref(), Utc::now());
+            let org = a.org;
+            let mut path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
+            path.sort_unstable();
+            // Locks the path's counters: allocations and other cap changes on it wait.
+            let counters = usage::lock_counters(conn, org.workspace_id, &path, &input.resource, period).await?;
+            let before = counters.iter().find(|c| c.organization_id == org.id).and_then(|c| c.limit);
+            if let Some(limit) = input.limit.filter(|l| *l > 0) {
+                let inherited = counters
+                    .iter()
+                    .filter(|c| c.organization_id != org.id)
+                    .filter_map(|c| c.limit.map(|l| (l, c.organization_id)))
+                    .min();
+                if let Some((cap, from)) = inherited.filter(|(cap, _)| limit > *cap) {
+                    return Err(DomainError::bad_input(
+                        "limit",
+                        format!(
+                            "limit {limit} exceeds the capacity of {cap} {} that organization {} inherits from organization {}",
+                            input.resource,
+                            OrganizationId(org.id),
+                            OrganizationId(from)
+                        ),
+                    ));
+                }
+            }
+            usage::set_limit(conn, org.workspace_id, org.id, &input.resource, period, input.limit).await?;
+            super::audit::record(
+                conn,
+                super::audit::Change {
+                    workspace: crate::ids::WorkspaceId(org.workspace_id),
+                    action: "limit.set",
+                    target_type: "Organization",
+                    target_id: OrganizationId(org.id).encode(),
+                    summary: json!({"resource": input.resource, "before": before, "after": input.limit}),
+                    actor: &actor,
+                },
+            )
+            .await?;
+            Ok(org)
+        })
+    })
+    .await
+}

@@ -1,0 +1,556 @@
+//! Organizations: the tree inside a workspace, its usage and its caps.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
+
+use super::pagination::{self, complexity};
+use super::resources::{Resource, ResourceKind};
+use super::workspaces::{Workspace, load_visible};
+use super::{error, rc};
+use crate::db::models::OrganizationRow;
+use crate::domain;
+use crate::ids::{OrganizationId, WorkspaceId};
+
+/// A node of a workspace's organization tree (a department, region or customer).
+#[derive(Clone)]
+pub struct Organization(pub OrganizationRow);
+
+#[Object]
+impl Organization {
+    /// Opaque id (`org_…`).
+    pub async fn id(&self) -> ID {
+        ID(OrganizationId(self.0.id).encode())
+    }
+
+    /// Name, 1–50 characters.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// 0 for a root, at most 9 (ten levels).
+    async fn depth(&self) -> i32 {
+        i32::from(self.0.depth)
+    }
+
+    /// The workspace it belongs to.
+    async fn workspace(&self, ctx: &Context<'_>) -> Result<Option<Workspace>> {
+        load_visible(ctx, WorkspaceId(self.0.workspace_id)).await
+    }
+
+    /// The parent; null for a root.
+    async fn parent(&self, ctx: &Context<'_>) -> Result<Option<Organization>> {
+        let Some(parent) = self.0.parent_id else {
+            return Ok(None);
+        };
+        let rc = rc(ctx);
+        Ok(rc
+            .loaders
+            .organizations
+            .load_one(parent)
+            .await
+            .map_err(|e| rc.err(e))?
+            .map(Organization))
+    }
+
+    /// Direct children, oldest first. At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn children(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Organization>> {
+        let rc = rc(ctx);
+        let page = pagination::page(first, after.as_deref())?;
+        let rows = rc
+            .loaders
+            .children
+            .load_one((self.0.id, page))
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(pagination::connection(
+            rows.unwrap_or_default(),
+            page,
+            |o| o.id,
+            Organization,
+        ))
+    }
+
+    /// Every ancestor, root first (empty for a root).
+    #[graphql(complexity = "10 * child_complexity")]
+    async fn ancestors(&self, ctx: &Context<'_>) -> Result<Vec<Organization>> {
+        let rc = rc(ctx);
+        let found = rc
+            .loaders
+            .organizations
+            .load_many(self.0.ancestors.iter().copied())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(self
+            .0
+            .ancestors
+            .iter()
+            .filter_map(|a| found.get(a).cloned().map(Organization))
+            .collect())
+    }
+
+    /// Every descendant at any depth, in creation order. At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn descendants(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Organization>> {
+        let rc = rc(ctx);
+        let page = pagination::page(first, after.as_deref())?;
+        let rows = rc
+            .loaders
+            .descendants
+            .load_one((self.0.id, page))
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(pagination::connection(
+            rows.unwrap_or_default(),
+            page,
+            |o| o.id,
+            Organization,
+        ))
+    }
+
+    /// Usage of every resource of the workspace in its current window, with caps.
+    #[graphql(complexity = "5 * child_complexity")]
+    async fn usage(&self, ctx: &Context<'_>) -> Result<Vec<OrganizationUsage>> {
+        let rc = rc(ctx);
+        let entries = rc
+            .loaders
+            .usage
+            .load_one(self.0.clone())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(OrganizationUsage)
+            .collect())
+    }
+
+    /// Past and current windows of one resource's usage, newest first (one window for an
+    /// allocated resource).
+    async fn usage_history(
+        &self,
+        ctx: &Context<'_>,
+        resource: String,
+        #[graphql(default = 31)] last: i32,
+    ) -> Result<Vec<UsageWindow>> {
+        if !(1..=366).contains(&last) {
+            return Err(error::bad_input("last", "last must be between 1 and 366"));
+        }
+        let rc = rc(ctx);
+        let rows = domain::usage::history(&rc.services, self.0.id, &resource, i64::from(last))
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|w| UsageWindow {
+                window_start: w.period_start,
+                direct: w.direct,
+                subtree: w.subtree,
+            })
+            .collect())
+    }
+
+    /// When it was created.
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+}
+
+/// One organization's usage of one resource in the current window.
+pub struct OrganizationUsage(pub domain::usage::UsageEntry);
+
+#[Object]
+impl OrganizationUsage {
+    /// Resource key.
+    async fn resource(&self) -> &str {
+        &self.0.resource.key
+    }
+
+    /// Allocated or metered.
+    async fn kind(&self) -> ResourceKind {
+        ResourceKind::from_db(&self.0.resource.kind)
+    }
+
+    /// The resource's definition.
+    async fn definition(&self) -> Resource {
+        Resource(self.0.resource.clone())
+    }
+
+    /// Start of the current window of a metered resource; null for allocated ones.
+    async fn window_start(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.0.window_start
+    }
+
+    /// The organization's own usage.
+    async fn direct(&self) -> i64 {
+        self.0.direct
+    }
+
+    /// Its own usage plus all its descendants'.
+    async fn subtree(&self) -> i64 {
+        self.0.subtree
+    }
+
+    /// Its own cap on the subtree usage; null when it inherits.
+    async fn limit(&self) -> Option<i64> {
+        self.0.limit
+    }
+
+    /// The tightest cap that applies here (its own or an ancestor's), expressed as the most
+    /// this organization's subtree could reach now; null when nothing caps it.
+    async fn effective_limit(&self) -> Option<i64> {
+        self.0.effective_limit
+    }
+
+    /// How much more can be allocated here right now; null when unlimited.
+    async fn available(&self) -> Option<i64> {
+        self.0.available
+    }
+
+    /// True when the subtree uses more than the organization's own cap (a cap set below
+    /// usage): nothing more can be allocated until usage falls below it.
+    async fn over_limit(&self) -> bool {
+        self.0.over_limit
+    }
+}
+
+/// Usage of one resource in one window.
+#[derive(SimpleObject)]
+pub struct UsageWindow {
+    /// Start of the window (the epoch for allocated resources).
+    pub window_start: chrono::DateTime<chrono::Utc>,
+    /// Own usage in the window.
+    pub direct: i64,
+    /// Subtree usage in the window.
+    pub subtree: i64,
+}
+
+/// Organization queries.
+#[derive(Default)]
+pub struct OrganizationQuery;
+
+/// Loads an organization the caller may see.
+pub(crate) async fn load_organization(
+    ctx: &Context<'_>,
+    id: OrganizationId,
+) -> Result<Option<Organization>> {
+    let rc = rc(ctx);
+    let Some(org) = rc
+        .loaders
+        .organizations
+        .load_one(id.0)
+        .await
+        .map_err(|e| rc.err(e))?
+    else {
+        return Ok(None);
+    };
+    let visible = rc
+        .loaders
+        .access
+        .load_one(org.workspace_id)
+        .await
+        .map_err(|e| rc.err(e))?
+        .is_some();
+    Ok(visible.then_some(Organization(org)))
+}
+
+#[Object]
+impl OrganizationQuery {
+    /// An organization of a workspace the caller belongs to; null otherwise.
+    async fn organization(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Organization>> {
+        match OrganizationId::decode(&id) {
+            Some(id) => load_organization(ctx, id).await,
+            None => Ok(None),
+        }
+    }
+}
+
+fn org_id(id: &ID, what: &'static str) -> Result<OrganizationId> {
+    OrganizationId::decode(id).ok_or_else(|| error::not_found(what))
+}
+
+/// Input of `createOrganization`.
+#[derive(InputObject)]
+pub struct CreateOrganizationInput {
+    /// Workspace.
+    pub workspace_id: ID,
+    /// Parent; null creates a root.
+    pub parent_id: Option<ID>,
+    /// Name, 1–50 characters.
+    pub name: String,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `createOrganization`.
+#[derive(SimpleObject)]
+pub struct CreateOrganizationPayload {
+    /// The new organization.
+    pub organization: Organization,
+}
+
+/// Input of `renameOrganization`.
+#[derive(InputObject)]
+pub struct RenameOrganizationInput {
+    /// Organization.
+    pub organization_id: ID,
+    /// New name, 1–50 characters.
+    pub name: String,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `renameOrganization`.
+#[derive(SimpleObject)]
+pub struct RenameOrganizationPayload {
+    /// The renamed organization.
+    pub organization: Organization,
+}
+
+/// Input of `moveOrganization`.
+#[derive(InputObject)]
+pub struct MoveOrganizationInput {
+    /// Organization to move, with its whole subtree.
+    pub organization_id: ID,
+    /// New parent; null makes it a root.
+    pub new_parent_id: Option<ID>,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `moveOrganization`.
+#[derive(SimpleObject)]
+pub struct MoveOrganizationPayload {
+    /// The moved organization.
+    pub organization: Organization,
+}
+
+/// Input of `deleteOrganization`.
+#[derive(InputObject)]
+pub struct DeleteOrganizationInput {
+    /// Organization (without children and usage).
+    pub organization_id: ID,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `deleteOrganization`.
+#[derive(SimpleObject)]
+pub struct DeleteOrganizationPayload {
+    /// Id of the deleted organization.
+    pub deleted_organization_id: ID,
+}
+
+/// Input of `recordUsage`.
+#[derive(InputObject)]
+pub struct RecordUsageInput {
+    /// Organization that consumes.
+    pub organization_id: ID,
+    /// Resource key, e.g. `users`.
+    pub resource: String,
+    /// Positive allocates (refused with `LIMIT_EXCEEDED` when a cap on the path would be
+    /// exceeded); negative releases (refused with `CONFLICT` below zero).
+    pub delta: i64,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `recordUsage`.
+#[derive(SimpleObject)]
+pub struct RecordUsagePayload {
+    /// The organization; its `usage` shows the result.
+    pub organization: Organization,
+}
+
+/// Input of `setOrganizationLimit`.
+#[derive(InputObject)]
+pub struct SetOrganizationLimitInput {
+    /// Organization.
+    pub organization_id: ID,
+    /// Resource key.
+    pub resource: String,
+    /// Cap on the organization's subtree usage: null removes it (inherit), 0 blocks the
+    /// whole subtree, a positive cap may not exceed what the organization inherits.
+    pub limit: Option<i64>,
+    /// Makes the mutation safe to retry.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of `setOrganizationLimit`.
+#[derive(SimpleObject)]
+pub struct SetOrganizationLimitPayload {
+    /// The organization; its `usage` shows the new cap.
+    pub organization: Organization,
+}
+
+/// Organization mutations.
+#[derive(Default)]
+pub struct OrganizationMutation;
+
+#[Object]
+impl OrganizationMutation {
+    /// Creates an organization under a parent, or a root (owners and admins). Caps: ten
+    /// levels, 100 children per organization, 1,000 organizations per workspace.
+    async fn create_organization(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateOrganizationInput,
+    ) -> Result<CreateOrganizationPayload> {
+        let rc = rc(ctx);
+        let new = domain::organizations::NewOrganization {
+            workspace_id: WorkspaceId::decode(&input.workspace_id)
+                .ok_or_else(|| error::not_found("workspace"))?,
+            parent_id: input
+                .parent_id
+                .as_ref()
+                .map(|p| org_id(p, "parent organization"))
+                .transpose()?,
+            name: input.name,
+        };
+        let row = domain::organizations::create(
+            &rc.services,
+            &rc.actor,
+            new,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(CreateOrganizationPayload {
+            organization: Organization(row),
+        })
+    }
+
+    /// Renames an organization (owners and admins).
+    async fn rename_organization(
+        &self,
+        ctx: &Context<'_>,
+        input: RenameOrganizationInput,
+    ) -> Result<RenameOrganizationPayload> {
+        let rc = rc(ctx);
+        let change = domain::organizations::Rename {
+            organization_id: org_id(&input.organization_id, "organization")?,
+            name: input.name,
+        };
+        let row = domain::organizations::rename(
+            &rc.services,
+            &rc.actor,
+            change,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(RenameOrganizationPayload {
+            organization: Organization(row),
+        })
+    }
+
+    /// Moves an organization and its subtree (owners and admins); its usage moves from the
+    /// old ancestors to the new ones.
+    async fn move_organization(
+        &self,
+        ctx: &Context<'_>,
+        input: MoveOrganizationInput,
+    ) -> Result<MoveOrganizationPayload> {
+        let rc = rc(ctx);
+        let change = domain::organizations::Move {
+            organization_id: org_id(&input.organization_id, "organization")?,
+            new_parent_id: input
+                .new_parent_id
+                .as_ref()
+                .map(|p| org_id(p, "parent organization"))
+                .transpose()?,
+        };
+        let row = domain::organizations::move_to(
+            &rc.services,
+            &rc.actor,
+            change,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(MoveOrganizationPayload {
+            organization: Organization(row),
+        })
+    }
+
+    /// Deletes an organization without children and usage (owners and admins).
+    async fn delete_organization(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteOrganizationInput,
+    ) -> Result<DeleteOrganizationPayload> {
+        let rc = rc(ctx);
+        let id = domain::organizations::delete(
+            &rc.services,
+            &rc.actor,
+            org_id(&input.organization_id, "organization")?,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(DeleteOrganizationPayload {
+            deleted_organization_id: ID(id.encode()),
+        })
+    }
+
+    /// Allocates (positive delta) or releases (negative delta) usage at an organization,
+    /// atomically against every cap on its path (owners and admins).
+    async fn record_usage(
+        &self,
+        ctx: &Context<'_>,
+        input: RecordUsageInput,
+    ) -> Result<RecordUsagePayload> {
+        let rc = rc(ctx);
+        let change = domain::usage::UsageChange {
+            organization_id: org_id(&input.organization_id, "organization")?,
+            resource: input.resource,
+            delta: input.delta,
+        };
+        let row = domain::usage::record(
+            &rc.services,
+            &rc.actor,
+            change,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(RecordUsagePayload {
+            organization: Organization(row),
+        })
+    }
+
+    /// Sets or removes an organization's cap on a resource (owners and admins).
+    async fn set_organization_limit(
+        &self,
+        ctx: &Context<'_>,
+        input: SetOrganizationLimitInput,
+    ) -> Result<SetOrganizationLimitPayload> {
+        let rc = rc(ctx);
+        let change = domain::usage::LimitChange {
+            organization_id: org_id(&input.organization_id, "organization")?,
+            resource: input.resource,
+            limit: input.limit,
+        };
+        let row = domain::usage::set_limit(
+            &rc.services,
+            &rc.actor,
+            change,
+            input.idempotency_key.as_deref(),
+        )
+        .await
+        .map_err(|e| rc.err(e))?;
+        Ok(SetOrganizationLimitPayload {
+            organization: Organization(row),
+        })
+    }
+}

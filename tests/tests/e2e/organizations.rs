@@ -1,0 +1,350 @@
+//! Organization trees: structure, caps, moves, deletion.
+
+use serde_json::json;
+use tests::{TestApp, assert_code, assert_ok};
+
+#[tokio::test]
+async fn worked_example_of_the_reference() {
+    let app = TestApp::spawn().await;
+    let t = app.user("hq@example.com");
+    let ws = app.create_workspace(&t, "Company").await;
+    let hq = app.create_org(&t, &ws, None, "Company HQ").await;
+    let eng = app.create_org(&t, &ws, Some(&hq), "Engineering").await;
+    let e1 = app.create_org(&t, &ws, Some(&eng), "Team E1").await;
+    let e2 = app.create_org(&t, &ws, Some(&eng), "Team E2").await;
+    let sales = app.create_org(&t, &ws, Some(&hq), "Sales").await;
+    let s1 = app.create_org(&t, &ws, Some(&sales), "Team S1").await;
+    let s2 = app.create_org(&t, &ws, Some(&sales), "Team S2").await;
+    for (org, n) in [
+        (&hq, 10),
+        (&eng, 5),
+        (&e1, 30),
+        (&e2, 40),
+        (&sales, 10),
+        (&s1, 15),
+        (&s2, 25),
+    ] {
+        assert_ok(&app.record(&t, org, "users", n).await);
+    }
+    let expected = [
+        (&hq, 10, 135),
+        (&eng, 5, 75),
+        (&e1, 30, 30),
+        (&e2, 40, 40),
+        (&sales, 10, 50),
+        (&s1, 15, 15),
+        (&s2, 25, 25),
+    ];
+    for (org, direct, subtree) in expected {
+        assert_eq!(
+            app.numbers(&t, org, "users").await,
+            (direct, subtree),
+            "{org}"
+        );
+    }
+    // Other resources are untouched.
+    assert_eq!(app.numbers(&t, &hq, "locations").await, (0, 0));
+    app.assert_usage_invariant().await;
+
+    // The tree reads back as built.
+    let r = app
+        .gql(
+            &t,
+            "query($o: ID!) { organization(id: $o) { name depth parent { name } ancestors { name } children { edges { node { name } } } descendants { edges { node { name } } } workspace { name } } }",
+            json!({"o": e2}),
+        )
+        .await;
+    let o = &r["data"]["organization"];
+    assert_eq!(o["depth"], 2);
+    assert_eq!(o["parent"]["name"], "Engineering");
+    assert_eq!(
+        o["ancestors"],
+        json!([{"name": "Company HQ"}, {"name": "Engineering"}])
+    );
+    assert_eq!(o["workspace"]["name"], "Company");
+    let r = app
+        .gql(&t, "query($o: ID!) { organization(id: $o) { children { edges { node { name } } } descendants(first: 10) { edges { node { name } } } } }", json!({"o": hq}))
+        .await;
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .map(|e| e["node"]["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&r["data"]["organization"]["children"]),
+        ["Engineering", "Sales"]
+    );
+    assert_eq!(names(&r["data"]["organization"]["descendants"]).len(), 6);
+    let r = app
+        .gql(&t, "query($w: ID!) { workspace(id: $w) { organizations(rootsOnly: true) { edges { node { name } } } all: organizations { edges { node { name } } } } }", json!({"w": ws}))
+        .await;
+    assert_eq!(
+        names(&r["data"]["workspace"]["organizations"]),
+        ["Company HQ"]
+    );
+    assert_eq!(names(&r["data"]["workspace"]["all"]).len(), 7);
+}
+
+#[tokio::test]
+async fn eleventh_level_child_101_and_organization_1001_are_refused() {
+    let app = TestApp::spawn().await;
+    let t = app.user("caps@example.com");
+    let ws = app.create_workspace(&t, "Caps").await;
+    let mut parent: Option<String> = None;
+    for level in 0..10 {
+        let id = app
+            .create_org(&t, &ws, parent.as_deref(), &format!("L{level}"))
+            .await;
+        parent = Some(id);
+    }
+    let r = app.try_create_org(&t, &ws, parent.as_deref(), "L10").await;
+    assert_code(&r, "LIMIT_EXCEEDED");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10 levels"),
+        "{r}"
+    );
+
+    let hub = app.create_org(&t, &ws, None, "Hub").await;
+    for i in 0..100 {
+        app.create_org(&t, &ws, Some(&hub), &format!("C{i}")).await;
+    }
+    let r = app.try_create_org(&t, &ws, Some(&hub), "C100").await;
+    assert_code(&r, "LIMIT_EXCEEDED");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("100 direct children"),
+        "{r}"
+    );
+
+    // 10 + 1 + 100 exist; fill up to 1,000 with roots and siblings (concurrently: the
+    // workspace lock serializes them, and the cap still holds exactly).
+    let existing = app
+        .sql_count("SELECT count(*) AS n FROM organizations")
+        .await;
+    let holders: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..9 {
+            v.push(app.create_org(&t, &ws, None, &format!("R{i}")).await);
+        }
+        v
+    };
+    let remaining = 1000 - existing - holders.len() as i64;
+    let creates = (0..remaining + 5).map(|i| {
+        let (app, t, ws, p) = (&app, &t, &ws, holders[(i % 9) as usize].clone());
+        async move { app.try_create_org(t, ws, Some(&p), &format!("F{i}")).await }
+    });
+    let results = futures::future::join_all(creates).await;
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|r| r.get("errors").is_some())
+        .collect();
+    assert_eq!(refused.len(), 5);
+    for r in refused {
+        assert_code(r, "LIMIT_EXCEEDED");
+        assert!(
+            r["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("1000 organizations"),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM organizations")
+            .await,
+        1000
+    );
+}
+
+#[tokio::test]
+async fn moves_refuse_cycles_and_depth_and_re_aggregate_usage() {
+    let app = TestApp::spawn().await;
+    let t = app.user("mover@example.com");
+    let ws = app.create_workspace(&t, "Moves").await;
+    let a = app.create_org(&t, &ws, None, "A").await;
+    let a1 = app.create_org(&t, &ws, Some(&a), "A1").await;
+    let a11 = app.create_org(&t, &ws, Some(&a1), "A11").await;
+    let b = app.create_org(&t, &ws, None, "B").await;
+    let b1 = app.create_org(&t, &ws, Some(&b), "B1").await;
+    assert_ok(&app.record(&t, &a1, "users", 3).await);
+    assert_ok(&app.record(&t, &a11, "users", 4).await);
+    assert_ok(&app.record(&t, &b1, "users", 5).await);
+    let mv = "mutation($o: ID!, $p: ID) { moveOrganization(input: {organizationId: $o, newParentId: $p}) { organization { id depth parent { id } ancestors { id } } } }";
+
+    // Cycles.
+    for target in [&a, &a1, &a11] {
+        let r = app.gql(&t, mv, json!({"o": a, "p": target})).await;
+        assert_code(&r, "BAD_USER_INPUT");
+    }
+    // A1 (with A11) moves under B1: its 7 users leave A and join B and B1.
+    let r = app.gql(&t, mv, json!({"o": a1, "p": b1})).await;
+    assert_ok(&r);
+    assert_eq!(r["data"]["moveOrganization"]["organization"]["depth"], 2);
+    assert_eq!(app.numbers(&t, &a, "users").await, (0, 0));
+    assert_eq!(app.numbers(&t, &b, "users").await, (0, 12));
+    assert_eq!(app.numbers(&t, &b1, "users").await, (5, 12));
+    assert_eq!(app.numbers(&t, &a1, "users").await, (3, 7));
+    let r = app
+        .gql(
+            &t,
+            "query($o: ID!) { organization(id: $o) { depth ancestors { name } } }",
+            json!({"o": a11}),
+        )
+        .await;
+    assert_eq!(r["data"]["organization"]["depth"], 3);
+    assert_eq!(
+        r["data"]["organization"]["ancestors"],
+        json!([{"name": "B"}, {"name": "B1"}, {"name": "A1"}])
+    );
+    app.assert_usage_invariant().await;
+
+    // A cap in the new ancestry that the moved usage would break refuses the move.
+    assert_ok(&app.set_limit(&t, &a, "users", Some(6)).await);
+    let r = app.gql(&t, mv, json!({"o": a1, "p": a})).await;
+    assert_code(&r, "LIMIT_EXCEEDED");
+    assert_eq!(r["errors"][0]["extensions"]["organizationId"], a.as_str());
+    assert_eq!(app.numbers(&t, &b, "users").await, (0, 12));
+    // Back to the top level: B keeps only B1's own usage.
+    let r = app.gql(&t, mv, json!({"o": a1, "p": null})).await;
+    assert_ok(&r);
+    assert_eq!(r["data"]["moveOrganization"]["organization"]["depth"], 0);
+    assert_eq!(app.numbers(&t, &b, "users").await, (0, 5));
+    assert_eq!(app.numbers(&t, &a1, "users").await, (3, 7));
+    app.assert_usage_invariant().await;
+
+    // Depth: a chain of 9 below C cannot go under a node at depth 1.
+    let c = app.create_org(&t, &ws, None, "C").await;
+    let mut last = c.clone();
+    for i in 0..9 {
+        last = app.create_org(&t, &ws, Some(&last), &format!("C{i}")).await;
+    }
+    let r = app.gql(&t, mv, json!({"o": c, "p": b1})).await;
+    assert_code(&r, "LIMIT_EXCEEDED");
+}
+
+#[tokio::test]
+async fn deletion_needs_no_children_and_no_usage() {
+    let app = TestApp::spawn().await;
+    let t = app.user("del@example.com");
+    let ws = app.create_workspace(&t, "Del").await;
+    let p = app.create_org(&t, &ws, None, "P").await;
+    let c = app.create_org(&t, &ws, Some(&p), "C").await;
+    let del = "mutation($o: ID!) { deleteOrganization(input: {organizationId: $o}) { deletedOrganizationId } }";
+    assert_code(&app.gql(&t, del, json!({"o": p})).await, "CONFLICT");
+    assert_ok(&app.record(&t, &c, "locations", 2).await);
+    assert_code(&app.gql(&t, del, json!({"o": c})).await, "CONFLICT");
+    assert_ok(&app.record(&t, &c, "locations", -2).await);
+    let r = app.gql(&t, del, json!({"o": c})).await;
+    assert_eq!(
+        r["data"]["deleteOrganization"]["deletedOrganizationId"],
+        c.as_str()
+    );
+    assert_ok(&app.gql(&t, del, json!({"o": p})).await);
+    let r = app
+        .gql(
+            &t,
+            "query($o: ID!) { organization(id: $o) { id } }",
+            json!({"o": c}),
+        )
+        .await;
+    assert!(r["data"]["organization"].is_null());
+}
+
+#[tokio::test]
+async fn viewers_read_organizations_but_cannot_change_them() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("o@example.com");
+    let ws = app.create_workspace(&owner, "V").await;
+    let org = app.create_org(&owner, &ws, None, "Root").await;
+    app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
+        .await;
+    app.add_member(&owner, &ws, "admin@example.com", "ADMIN")
+        .await;
+    let viewer = app.user("viewer@example.com");
+    let admin = app.user("admin@example.com");
+    assert_eq!(app.numbers(&viewer, &org, "users").await, (0, 0));
+    assert_code(
+        &app.try_create_org(&viewer, &ws, None, "X").await,
+        "FORBIDDEN",
+    );
+    assert_code(&app.record(&viewer, &org, "users", 1).await, "FORBIDDEN");
+    assert_code(
+        &app.set_limit(&viewer, &org, "users", Some(1)).await,
+        "FORBIDDEN",
+    );
+    let r = app.gql(&viewer, "mutation($o: ID!) { renameOrganization(input: {organizationId: $o, name: \"x\"}) { organization { name } } }", json!({"o": org})).await;
+    assert_code(&r, "FORBIDDEN");
+    // Admins may.
+    assert_ok(&app.try_create_org(&admin, &ws, Some(&org), "Child").await);
+    assert_ok(&app.record(&admin, &org, "users", 1).await);
+    let r = app.gql(&admin, "mutation($o: ID!) { renameOrganization(input: {organizationId: $o, name: \"Renamed\"}) { organization { name } } }", json!({"o": org})).await;
+    assert_eq!(
+        r["data"]["renameOrganization"]["organization"]["name"],
+        "Renamed"
+    );
+}
+
+#[tokio::test]
+async fn foreign_organizations_look_missing() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice@a.example");
+    let bob = app.user("bob@b.example");
+    let ws_a = app.create_workspace(&alice, "A").await;
+    let ws_b = app.create_workspace(&bob, "B").await;
+    let org_b = app.create_org(&bob, &ws_b, None, "B-root").await;
+    let org_a = app.create_org(&alice, &ws_a, None, "A-root").await;
+    let missing = api::ids::OrganizationId::new().encode();
+    let ops = [
+        "query($o: ID!) { organization(id: $o) { id } }",
+        "query($o: ID!) { node(id: $o) { id } }",
+        "mutation($o: ID!) { recordUsage(input: {organizationId: $o, resource: \"users\", delta: 1}) { organization { id } } }",
+        "mutation($o: ID!) { setOrganizationLimit(input: {organizationId: $o, resource: \"users\", limit: 1}) { organization { id } } }",
+        "mutation($o: ID!) { renameOrganization(input: {organizationId: $o, name: \"x\"}) { organization { id } } }",
+        "mutation($o: ID!) { moveOrganization(input: {organizationId: $o, newParentId: null}) { organization { id } } }",
+        "mutation($o: ID!) { deleteOrganization(input: {organizationId: $o}) { deletedOrganizationId } }",
+    ];
+    for q in ops {
+        let foreign = app
+            .gql(&alice, q, json!({"o": org_b}))
+            .await
+            .to_string()
+            .replace(&org_b, "<id>");
+        let absent = app
+            .gql(&alice, q, json!({"o": missing}))
+            .await
+            .to_string()
+            .replace(&missing, "<id>");
+        assert_eq!(foreign, absent, "{q}");
+    }
+    // Nor can a foreign organization be used as a parent.
+    let r = app
+        .try_create_org(&alice, &ws_a, Some(&org_b), "Sneaky")
+        .await;
+    let r2 = app
+        .try_create_org(&alice, &ws_a, Some(&missing), "Sneaky")
+        .await;
+    assert_code(&r, "NOT_FOUND");
+    assert_eq!(
+        r.to_string().replace(&org_b, "<id>"),
+        r2.to_string().replace(&missing, "<id>")
+    );
+    let mv = "mutation($o: ID!, $p: ID) { moveOrganization(input: {organizationId: $o, newParentId: $p}) { organization { id } } }";
+    assert_code(
+        &app.gql(&alice, mv, json!({"o": org_a, "p": org_b})).await,
+        "NOT_FOUND",
+    );
+    assert_eq!(app.numbers(&bob, &org_b, "users").await, (0, 0));
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM organizations")
+            .await,
+        2
+    );
+}
