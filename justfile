@@ -33,6 +33,11 @@ db-reset:
     psql "{{ replace(db_url, '/' + file_name(db_url), '/postgres') }}" -c 'DROP DATABASE IF EXISTS "{{ file_name(db_url) }}" WITH (FORCE)'
     cargo run -q -p api -- migrate
 
+# Benchmark: seeds a workspace, starts the release api, prints one table (BENCH_SECONDS, BENCH_CONCURRENCY).
+bench:
+    cargo build --release -p api -p tests
+    ./target/release/bench
+
 # Print a development token for EMAIL.
 token email:
     cargo run -q -p api -- dev-token --email {{ email }}

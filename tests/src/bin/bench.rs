@@ -1,0 +1,394 @@
+//! `just bench`: seeds a realistic workspace, starts the real `api` (release build) and
+//! drives it over HTTP with many concurrent connections, then measures the physical limit
+//! of one allocation sent straight to PostgreSQL, and prints one table.
+//!
+//! Environment: `BENCH_SECONDS` (per row, default 10), `BENCH_CONCURRENCY` (default 16),
+//! `TEST_DATABASE_SERVER` (default `postgres://postgres@127.0.0.1:5432`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+const DB: &str = "workspaces_bench";
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
+
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn gql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        let r: Value = self
+            .http
+            .post(format!("{}/graphql", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if r.get("errors").is_some() {
+            bail!("GraphQL errors: {r}");
+        }
+        Ok(r)
+    }
+
+    async fn statements(&self) -> anyhow::Result<u64> {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("db_statements_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .context("db_statements_total missing")
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn reset_database(server: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
+    client.batch_execute(&format!("CREATE DATABASE {DB}")).await?;
+    Ok(())
+}
+
+async fn start_server(server_url: &str) -> anyhow::Result<Server> {
+    let exe = std::env::current_exe()?;
+    let api = exe.with_file_name("api");
+    if !api.exists() {
+        bail!("{} not found: build it first (`cargo build --release -p api -p tests`)", api.display());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(&api)
+        .arg("--no-worker")
+        .env("DATABASE_URL", format!("{server_url}/{DB}"))
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("DATABASE_POOL_SIZE", "16")
+        .env("GRAPHQL_MAX_COMPLEXITY", "100000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", api.display()))?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            let claims = json!({
+                "sub": "bench|owner", "email": "owner@bench.example", "name": "Bench", "email_verified": true,
+                "iss": api::auth::DEV_ISSUER, "aud": api::auth::DEV_AUDIENCE,
+                "iat": tests::tokens::now(), "exp": tests::tokens::now() + 86_400,
+            });
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            )?;
+            return Ok(Server { child, base, http, token });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the api did not become ready")
+}
+
+/// A tiny deterministic generator (the seed is the same every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % n
+    }
+}
+
+struct Seeded {
+    ws: String,
+    leaves: Vec<String>,
+}
+
+async fn create_org(s: &Server, ws: &str, parent: Option<&str>, name: &str) -> anyhow::Result<String> {
+    let r = s
+        .gql(
+            "mutation($w: ID!, $p: ID, $n: String!) { createOrganization(input: {workspaceId: $w, parentId: $p, name: $n}) { organization { id } } }",
+            json!({"w": ws, "p": parent, "n": name}),
+        )
+        .await?;
+    Ok(r["data"]["createOrganization"]["organization"]["id"].as_str().context("org id")?.to_string())
+}
+
+/// 1,000 organizations in a ten-level tree with usage on every node and 100 members. The
+/// tree's spine is the allocation chain: nine levels with a cap on every level, ending in
+/// one leaf per worker at the tenth level (each with its own cap too).
+async fn seed(s: &Server, workers: usize) -> anyhow::Result<Seeded> {
+    let r = s
+        .gql("mutation { createWorkspace(input: {name: \"Bench\", billingMode: POOLED}) { workspace { id } } }", json!({}))
+        .await?;
+    let ws = r["data"]["createWorkspace"]["workspace"]["id"].as_str().context("ws id")?.to_string();
+    for i in 1..100 {
+        s.gql(
+            "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: VIEWER}) { member { id } } }",
+            json!({"w": ws, "e": format!("member{i}@bench.example")}),
+        )
+        .await?;
+    }
+    // The spine (the allocation chain), its leaves, then the rest under random parents.
+    let limit = "mutation($o: ID!, $l: Int) { setOrganizationLimit(input: {organizationId: $o, resource: \"locations\", limit: $l}) { organization { id } } }";
+    let mut nodes: Vec<(String, usize, usize)> = Vec::new(); // (id, depth, children)
+    let mut parent: Option<String> = None;
+    for d in 0..9 {
+        let id = create_org(s, &ws, parent.as_deref(), &format!("Chain {d}")).await?;
+        s.gql(limit, json!({"o": id, "l": 1_000_000_000_000i64 - d as i64})).await?;
+        nodes.push((id.clone(), d, 0));
+        parent = Some(id);
+    }
+    let mut leaves = Vec::new();
+    for w in 0..workers {
+        let id = create_org(s, &ws, parent.as_deref(), &format!("Leaf {w}")).await?;
+        s.gql(limit, json!({"o": id, "l": 1_000_000_000i64})).await?;
+        nodes.push((id.clone(), 9, 0));
+        leaves.push(id);
+    }
+    nodes[8].2 = workers;
+    let mut rng = Lcg(42);
+    while nodes.len() < 1000 {
+        let p = rng.next(nodes.len());
+        if nodes[p].1 >= 9 || nodes[p].2 >= 100 || (nodes.len() < 600 && nodes[p].1 > 6) {
+            continue;
+        }
+        let (pid, pdepth) = (nodes[p].0.clone(), nodes[p].1);
+        let id = create_org(s, &ws, Some(&pid), &format!("Org {}", nodes.len())).await?;
+        nodes[p].2 += 1;
+        nodes.push((id, pdepth + 1, 0));
+    }
+    let q = "mutation($o: ID!, $n: Int!) { recordUsage(input: {organizationId: $o, resource: \"users\", delta: $n}) { organization { id } } }";
+    for (i, (id, _, _)) in nodes.iter().enumerate() {
+        s.gql(q, json!({"o": id, "n": 1 + (i % 5) as i64})).await?;
+    }
+    Ok(Seeded { ws, leaves })
+}
+
+struct Row {
+    name: String,
+    unit: &'static str,
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    statements: Option<f64>,
+    errors: u64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `op(worker, iteration)` from `workers` tasks for `seconds`.
+async fn drive<F, Fut>(workers: usize, seconds: u64, op: F) -> (u64, u64, Vec<Duration>, Duration)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (op, errors) = (op.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = op(w, i).await;
+                lat.push(t.elapsed());
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    (all.len() as u64, errors.load(Ordering::Relaxed), all, elapsed)
+}
+
+async fn http_row(s: &Arc<Server>, name: &str, unit: &'static str, workers: usize, seconds: u64, body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync>) -> anyhow::Result<Row> {
+    let before = s.statements().await?;
+    let s2 = s.clone();
+    let (n, errors, lat, elapsed) = drive(workers, seconds, move |w, i| {
+        let (s, body) = (s2.clone(), body.clone());
+        async move {
+            let r = s.http.post(format!("{}/graphql", s.base)).bearer_auth(&s.token).json(&body(w, i)).send().await;
+            // Like a load generator, read the whole body but do not parse it: a GraphQL
+            // error shows as an `"errors"` key.
+            match r {
+                Ok(r) if r.status().is_success() => match r.bytes().await {
+                    Ok(b) => !b.windows(9).any(|w| w == b"\"errors\":"),
+                    Err(_) => false,
+                },
+                _ => false,
+            }
+        }
+    })
+    .await;
+    let after = s.statements().await?;
+    Ok(Row {
+        name: name.into(),
+        unit,
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        statements: Some((after - before) as f64 / n.max(1) as f64),
+        errors,
+    })
+}
+
+/// The minimal transaction for one allocation, prepared, straight to PostgreSQL: insert one
+/// usage event with its idempotency key and update the ten counters of the path with the
+/// cap check, in one transaction.
+async fn physical_row(server_url: &str, workers: usize, seconds: u64) -> anyhow::Result<Row> {
+    let url = format!("{server_url}/{DB}");
+    let (setup, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    setup
+        .batch_execute(
+            "DROP TABLE IF EXISTS physical_events, physical_counters;
+             CREATE TABLE physical_counters (org int PRIMARY KEY, subtree bigint NOT NULL, lim bigint NOT NULL);
+             CREATE TABLE physical_events (key text PRIMARY KEY, org int NOT NULL, delta bigint NOT NULL, at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO physical_counters SELECT g, 0, 1000000000000 FROM generate_series(0, 200) g;",
+        )
+        .await?;
+    let mut clients = Vec::new();
+    for _ in 0..workers {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let insert = c.prepare("INSERT INTO physical_events (key, org, delta) VALUES ($1, $2, $3)").await?;
+        let update = c
+            .prepare(
+                "UPDATE physical_counters c SET subtree = c.subtree + $1
+                   FROM (SELECT org FROM physical_counters WHERE org = ANY($2) ORDER BY org FOR UPDATE) p
+                  WHERE c.org = p.org AND c.subtree + $1 <= c.lim",
+            )
+            .await?;
+        clients.push(Arc::new(tokio::sync::Mutex::new((c, insert, update))));
+    }
+    let clients = Arc::new(clients);
+    let (n, errors, lat, elapsed) = drive(workers, seconds, move |w, i| {
+        let clients = clients.clone();
+        async move {
+            let mut guard = clients[w].lock().await;
+            let (c, insert, update) = &mut *guard;
+            // Nine shared ancestors (0..8) and the worker's own leaf.
+            let path: Vec<i32> = (0..9).chain([100 + w as i32]).collect();
+            let Ok(tx) = c.transaction().await else { return false };
+            let key = format!("w{w}-{i}");
+            if tx.execute(&*insert, &[&key, &(100 + w as i32), &1i64]).await.is_err() {
+                return false;
+            }
+            match tx.execute(&*update, &[&1i64, &path]).await {
+                Ok(10) => tx.commit().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await;
+    setup.batch_execute("DROP TABLE physical_events, physical_counters").await?;
+    Ok(Row {
+        name: "physical limit: one allocation straight to PostgreSQL".into(),
+        unit: "allocations/s",
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        statements: Some(4.0),
+        errors,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let workers: usize = env_or("BENCH_CONCURRENCY", 16);
+    let server_url = tests::server_url();
+    reset_database(&server_url).await?;
+    let server = Arc::new(start_server(&server_url).await?);
+    let t = Instant::now();
+    let seeded = seed(&server, workers).await?;
+    eprintln!("seeded 1,000 organizations, 100 members and usage in {:.1} s", t.elapsed().as_secs_f64());
+
+    let nested = "query Nested($w: ID!) { workspace(id: $w) { name organizations(first: 100) { edges { node { id name depth
+        parent { id name } children(first: 10) { edges { node { id name } } } ancestors { id name }
+        usage { resource direct subtree limit effectiveLimit available } } } } } }";
+    let ws = seeded.ws.clone();
+    // Warm-up (connections, statement caches, identity cache).
+    for _ in 0..20 {
+        server.gql(nested, json!({"w": ws})).await?;
+    }
+    let mut rows = Vec::new();
+    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> =
+        Arc::new(move |_, _| json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}));
+    rows.push(http_row(&server, "nested query: workspace → 100 orgs → parent, children, ancestors, usage", "requests/s", workers, seconds, body).await?);
+    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(|_, _| json!({"query": "{ __typename }"}));
+    rows.push(http_row(&server, "{ __typename }", "requests/s", workers, seconds, body).await?);
+    let leaves = Arc::new(seeded.leaves.clone());
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(move |w, i| {
+        json!({
+            "query": "mutation Alloc($o: ID!, $k: String!) { recordUsage(input: {organizationId: $o, resource: \"locations\", delta: 1, idempotencyKey: $k}) { organization { id } } }",
+            "variables": {"o": leaves[w % leaves.len()], "k": format!("{run}-{w}-{i}")},
+        })
+    });
+    rows.push(http_row(&server, "recordUsage at leaves of a ten-level chain, a cap on every level", "allocations/s", workers, seconds, body).await?);
+    rows.push(physical_row(&server_url, workers, seconds).await?);
+
+    let record = rows[2].rate;
+    let physical = rows[3].rate;
+    println!("\nConcurrency {workers}, {seconds} s per row, release build, 2-core machine.\n");
+    println!("| row | rate | p50 | p99 | SQL statements / request | errors |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} {} | {} | {} | {} | {} |",
+            r.name,
+            r.rate,
+            r.unit,
+            ms(r.p50),
+            ms(r.p99),
+            r.statements.map(|s| format!("{s:.1}")).unwrap_or_default(),
+            r.errors
+        );
+    }
+    println!("\nrecordUsage reaches {:.0}% of the physical limit (target ≥ 50%).", 100.0 * record / physical);
+    Ok(())
+}
