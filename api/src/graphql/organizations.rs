@@ -1,6 +1,10 @@
 //! Organizations: the tree inside a workspace, its usage and its caps.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_graphql::connection::Connection;
+use uuid::Uuid;
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 
 use super::pagination::{self, complexity};
@@ -8,12 +12,113 @@ use super::resources::{Resource, ResourceKind};
 use super::workspaces::{Workspace, load_visible};
 use super::{error, rc};
 use crate::db::models::OrganizationRow;
+use crate::db::repo::Page;
 use crate::domain;
 use crate::ids::{OrganizationId, WorkspaceId};
 
 /// A node of a workspace's organization tree (a department, region or customer).
 #[derive(Clone)]
-pub struct Organization(pub OrganizationRow);
+pub struct Organization(pub OrganizationRow, pub Option<Arc<Prefetch>>);
+
+impl Organization {
+    /// An organization whose nested edges go through the request's DataLoaders.
+    pub fn new(row: OrganizationRow) -> Self {
+        Self(row, None)
+    }
+}
+
+/// Nested edges fetched up front for a whole page of organizations (one statement per
+/// edge, whatever the page size and however busy the server: DataLoader batches are
+/// time-based and split under load, a page's prefetch never does).
+#[derive(Default)]
+pub struct Prefetch {
+    /// Parents and ancestors, by id.
+    pub orgs: HashMap<Uuid, OrganizationRow>,
+    /// Children pages, by parent and page.
+    pub children: Option<(Page, HashMap<Uuid, Vec<OrganizationRow>>)>,
+    /// Usage entries, by organization.
+    pub usage: Option<HashMap<Uuid, Vec<domain::usage::UsageEntry>>>,
+}
+
+/// Fetches what the selection of a page of organizations (`edges { node { … } }`) will ask
+/// for, in one batch per edge.
+pub(crate) async fn prefetch(ctx: &Context<'_>, rows: &[OrganizationRow]) -> Result<Option<Arc<Prefetch>>> {
+    let node = ctx.look_ahead().field("edges").field("node");
+    let wants_orgs = node.field("parent").exists() || node.field("ancestors").exists();
+    let wants_usage = node.field("usage").exists();
+    // One children page for the whole selection (aliases with other arguments use the loader).
+    let children_page = match node.field("children").selection_fields().as_slice() {
+        [only] => {
+            let args = only.arguments()?;
+            let int = |n: &str| {
+                args.iter()
+                    .find(|(k, _)| k.as_str() == n)
+                    .and_then(|(_, v)| if let async_graphql::Value::Number(x) = v { x.as_i64() } else { None })
+            };
+            let text = |n: &str| {
+                args.iter()
+                    .find(|(k, _)| k.as_str() == n)
+                    .and_then(|(_, v)| if let async_graphql::Value::String(s) = v { Some(s.clone()) } else { None })
+            };
+            Some(pagination::page(int("first").map(|n| n as i32), text("after").as_deref())?)
+        }
+        _ => None,
+    };
+    if rows.is_empty() || !(wants_orgs || wants_usage || children_page.is_some()) {
+        return Ok(None);
+    }
+    let rc = rc(ctx);
+    let in_page: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut wanted: Vec<Uuid> = if wants_orgs {
+        rows.iter().flat_map(|r| r.ancestors.iter().copied()).filter(|a| !in_page.contains(a)).collect()
+    } else {
+        Vec::new()
+    };
+    wanted.sort_unstable();
+    wanted.dedup();
+    let services = &rc.services;
+    let (orgs, children, usage) = futures::try_join!(
+        async {
+            if wanted.is_empty() {
+                Ok(Vec::new())
+            } else {
+                domain::organizations::load_many(services, &wanted).await
+            }
+        },
+        async {
+            match children_page {
+                Some(page) => {
+                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                    domain::organizations::children_pages(services, &ids, page).await.map(|c| Some((page, c)))
+                }
+                None => Ok(None),
+            }
+        },
+        async {
+            if wants_usage {
+                domain::usage::load_entries(services, rows).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+    )
+    .map_err(|e| rc.err(e))?;
+    let mut p = Prefetch {
+        orgs: orgs.into_iter().chain(rows.iter().cloned()).map(|o| (o.id, o)).collect(),
+        children: None,
+        usage,
+    };
+    if let Some((page, found)) = children {
+        let mut by_parent: HashMap<Uuid, Vec<OrganizationRow>> = rows.iter().map(|r| (r.id, Vec::new())).collect();
+        for c in found {
+            if let Some(v) = c.parent_id.and_then(|pid| by_parent.get_mut(&pid)) {
+                v.push(c);
+            }
+        }
+        p.children = Some((page, by_parent));
+    }
+    Ok(Some(Arc::new(p)))
+}
 
 #[Object]
 impl Organization {
@@ -49,7 +154,7 @@ impl Organization {
             .load_one(parent)
             .await
             .map_err(|e| rc.err(e))?
-            .map(Organization))
+            .map(Organization::new))
     }
 
     /// Direct children, oldest first. At most 100 per page.
@@ -72,13 +177,18 @@ impl Organization {
             rows.unwrap_or_default(),
             page,
             |o| o.id,
-            Organization,
+            Organization::new,
         ))
     }
 
     /// Every ancestor, root first (empty for a root).
     #[graphql(complexity = "10 * child_complexity")]
     async fn ancestors(&self, ctx: &Context<'_>) -> Result<Vec<Organization>> {
+        if let Some(p) = &self.1
+            && self.0.ancestors.iter().all(|a| p.orgs.contains_key(a))
+        {
+            return Ok(self.0.ancestors.iter().filter_map(|a| p.orgs.get(a).cloned()).map(Organization::new).collect());
+        }
         let rc = rc(ctx);
         let found = rc
             .loaders
@@ -90,7 +200,7 @@ impl Organization {
             .0
             .ancestors
             .iter()
-            .filter_map(|a| found.get(a).cloned().map(Organization))
+            .filter_map(|a| found.get(a).cloned().map(Organization::new))
             .collect())
     }
 
@@ -114,13 +224,16 @@ impl Organization {
             rows.unwrap_or_default(),
             page,
             |o| o.id,
-            Organization,
+            Organization::new,
         ))
     }
 
     /// Usage of every resource of the workspace in its current window, with caps.
     #[graphql(complexity = "5 * child_complexity")]
     async fn usage(&self, ctx: &Context<'_>) -> Result<Vec<OrganizationUsage>> {
+        if let Some(entries) = self.1.as_ref().and_then(|p| p.usage.as_ref()).and_then(|u| u.get(&self.0.id)) {
+            return Ok(entries.iter().cloned().map(OrganizationUsage).collect());
+        }
         let rc = rc(ctx);
         let entries = rc
             .loaders
@@ -261,7 +374,7 @@ pub(crate) async fn load_organization(
         .await
         .map_err(|e| rc.err(e))?
         .is_some();
-    Ok(visible.then_some(Organization(org)))
+    Ok(visible.then_some(Organization::new(org)))
 }
 
 #[Object]
@@ -426,7 +539,7 @@ impl OrganizationMutation {
         .await
         .map_err(|e| rc.err(e))?;
         Ok(CreateOrganizationPayload {
-            organization: Organization(row),
+            organization: Organization::new(row),
         })
     }
 
@@ -450,7 +563,7 @@ impl OrganizationMutation {
         .await
         .map_err(|e| rc.err(e))?;
         Ok(RenameOrganizationPayload {
-            organization: Organization(row),
+            organization: Organization::new(row),
         })
     }
 
@@ -479,7 +592,7 @@ impl OrganizationMutation {
         .await
         .map_err(|e| rc.err(e))?;
         Ok(MoveOrganizationPayload {
-            organization: Organization(row),
+            organization: Organization::new(row),
         })
     }
 
@@ -525,7 +638,7 @@ impl OrganizationMutation {
         .await
         .map_err(|e| rc.err(e))?;
         Ok(RecordUsagePayload {
-            organization: Organization(row),
+            organization: Organization::new(row),
         })
     }
 
@@ -550,7 +663,7 @@ impl OrganizationMutation {
         .await
         .map_err(|e| rc.err(e))?;
         Ok(SetOrganizationLimitPayload {
-            organization: Organization(row),
+            organization: Organization::new(row),
         })
     }
 }

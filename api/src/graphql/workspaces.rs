@@ -141,10 +141,8 @@ impl Workspace {
             domain::organizations::page_for_workspace(&rc.services, self.0.id, roots_only, page)
                 .await
                 .map_err(|e| rc.err(e))?;
-        for o in &rows {
-            rc.loaders.organizations.feed_one(o.id, o.clone()).await;
-        }
-        Ok(pagination::connection(rows, page, |o| o.id, Organization))
+        let fetched = super::organizations::prefetch(ctx, &rows).await?;
+        Ok(pagination::connection(rows, page, |o| o.id, |o| Organization(o, fetched.clone())))
     }
 
     /// Resources organizations can use: the built-ins and the workspace's own.
