@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::connection::Connection;
-use uuid::Uuid;
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
+use uuid::Uuid;
 
 use super::pagination::{self, complexity};
 use super::resources::{Resource, ResourceKind};
@@ -42,7 +42,10 @@ pub struct Prefetch {
 
 /// Fetches what the selection of a page of organizations (`edges { node { … } }`) will ask
 /// for, in one batch per edge.
-pub(crate) async fn prefetch(ctx: &Context<'_>, rows: &[OrganizationRow]) -> Result<Option<Arc<Prefetch>>> {
+pub(crate) async fn prefetch(
+    ctx: &Context<'_>,
+    rows: &[OrganizationRow],
+) -> Result<Option<Arc<Prefetch>>> {
     let node = ctx.look_ahead().field("edges").field("node");
     let wants_orgs = node.field("parent").exists() || node.field("ancestors").exists();
     let wants_usage = node.field("usage").exists();
@@ -53,14 +56,29 @@ pub(crate) async fn prefetch(ctx: &Context<'_>, rows: &[OrganizationRow]) -> Res
             let int = |n: &str| {
                 args.iter()
                     .find(|(k, _)| k.as_str() == n)
-                    .and_then(|(_, v)| if let async_graphql::Value::Number(x) = v { x.as_i64() } else { None })
+                    .and_then(|(_, v)| {
+                        if let async_graphql::Value::Number(x) = v {
+                            x.as_i64()
+                        } else {
+                            None
+                        }
+                    })
             };
             let text = |n: &str| {
                 args.iter()
                     .find(|(k, _)| k.as_str() == n)
-                    .and_then(|(_, v)| if let async_graphql::Value::String(s) = v { Some(s.clone()) } else { None })
+                    .and_then(|(_, v)| {
+                        if let async_graphql::Value::String(s) = v {
+                            Some(s.clone())
+                        } else {
+                            None
+                        }
+                    })
             };
-            Some(pagination::page(int("first").map(|n| n as i32), text("after").as_deref())?)
+            Some(pagination::page(
+                int("first").map(|n| n as i32),
+                text("after").as_deref(),
+            )?)
         }
         _ => None,
     };
@@ -70,7 +88,10 @@ pub(crate) async fn prefetch(ctx: &Context<'_>, rows: &[OrganizationRow]) -> Res
     let rc = rc(ctx);
     let in_page: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
     let mut wanted: Vec<Uuid> = if wants_orgs {
-        rows.iter().flat_map(|r| r.ancestors.iter().copied()).filter(|a| !in_page.contains(a)).collect()
+        rows.iter()
+            .flat_map(|r| r.ancestors.iter().copied())
+            .filter(|a| !in_page.contains(a))
+            .collect()
     } else {
         Vec::new()
     };
@@ -89,7 +110,9 @@ pub(crate) async fn prefetch(ctx: &Context<'_>, rows: &[OrganizationRow]) -> Res
             match children_page {
                 Some(page) => {
                     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-                    domain::organizations::children_pages(services, &ids, page).await.map(|c| Some((page, c)))
+                    domain::organizations::children_pages(services, &ids, page)
+                        .await
+                        .map(|c| Some((page, c)))
                 }
                 None => Ok(None),
             }
@@ -104,12 +127,17 @@ pub(crate) async fn prefetch(ctx: &Context<'_>, rows: &[OrganizationRow]) -> Res
     )
     .map_err(|e| rc.err(e))?;
     let mut p = Prefetch {
-        orgs: orgs.into_iter().chain(rows.iter().cloned()).map(|o| (o.id, o)).collect(),
+        orgs: orgs
+            .into_iter()
+            .chain(rows.iter().cloned())
+            .map(|o| (o.id, o))
+            .collect(),
         children: None,
         usage,
     };
     if let Some((page, found)) = children {
-        let mut by_parent: HashMap<Uuid, Vec<OrganizationRow>> = rows.iter().map(|r| (r.id, Vec::new())).collect();
+        let mut by_parent: HashMap<Uuid, Vec<OrganizationRow>> =
+            rows.iter().map(|r| (r.id, Vec::new())).collect();
         for c in found {
             if let Some(v) = c.parent_id.and_then(|pid| by_parent.get_mut(&pid)) {
                 v.push(c);
@@ -147,6 +175,9 @@ impl Organization {
         let Some(parent) = self.0.parent_id else {
             return Ok(None);
         };
+        if let Some(found) = self.1.as_ref().and_then(|p| p.orgs.get(&parent)) {
+            return Ok(Some(Organization::new(found.clone())));
+        }
         let rc = rc(ctx);
         Ok(rc
             .loaders
@@ -167,6 +198,17 @@ impl Organization {
     ) -> Result<Connection<String, Organization>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
+        if let Some((p, by_parent)) = self.1.as_ref().and_then(|p| p.children.as_ref())
+            && *p == page
+            && let Some(rows) = by_parent.get(&self.0.id)
+        {
+            return Ok(pagination::connection(
+                rows.clone(),
+                page,
+                |o| o.id,
+                Organization::new,
+            ));
+        }
         let rows = rc
             .loaders
             .children
@@ -187,7 +229,13 @@ impl Organization {
         if let Some(p) = &self.1
             && self.0.ancestors.iter().all(|a| p.orgs.contains_key(a))
         {
-            return Ok(self.0.ancestors.iter().filter_map(|a| p.orgs.get(a).cloned()).map(Organization::new).collect());
+            return Ok(self
+                .0
+                .ancestors
+                .iter()
+                .filter_map(|a| p.orgs.get(a).cloned())
+                .map(Organization::new)
+                .collect());
         }
         let rc = rc(ctx);
         let found = rc
@@ -231,7 +279,12 @@ impl Organization {
     /// Usage of every resource of the workspace in its current window, with caps.
     #[graphql(complexity = "5 * child_complexity")]
     async fn usage(&self, ctx: &Context<'_>) -> Result<Vec<OrganizationUsage>> {
-        if let Some(entries) = self.1.as_ref().and_then(|p| p.usage.as_ref()).and_then(|u| u.get(&self.0.id)) {
+        if let Some(entries) = self
+            .1
+            .as_ref()
+            .and_then(|p| p.usage.as_ref())
+            .and_then(|u| u.get(&self.0.id))
+        {
             return Ok(entries.iter().cloned().map(OrganizationUsage).collect());
         }
         let rc = rc(ctx);

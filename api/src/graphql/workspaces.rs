@@ -142,7 +142,12 @@ impl Workspace {
                 .await
                 .map_err(|e| rc.err(e))?;
         let fetched = super::organizations::prefetch(ctx, &rows).await?;
-        Ok(pagination::connection(rows, page, |o| o.id, |o| Organization(o, fetched.clone())))
+        Ok(pagination::connection(
+            rows,
+            page,
+            |o| o.id,
+            |o| Organization(o, fetched.clone()),
+        ))
     }
 
     /// Resources organizations can use: the built-ins and the workspace's own.

@@ -48,7 +48,13 @@ impl Server {
     }
 
     async fn statements(&self) -> anyhow::Result<u64> {
-        let text = self.http.get(format!("{}/metrics", self.base)).send().await?.text().await?;
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?;
         text.lines()
             .find_map(|l| l.strip_prefix("db_statements_total "))
             .and_then(|v| v.trim().parse().ok())
@@ -57,14 +63,22 @@ impl Server {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn reset_database(server: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls).await?;
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    client.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
-    client.batch_execute(&format!("CREATE DATABASE {DB}")).await?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await?;
+    client
+        .batch_execute(&format!("CREATE DATABASE {DB}"))
+        .await?;
     Ok(())
 }
 
@@ -72,9 +86,14 @@ async fn start_server(server_url: &str) -> anyhow::Result<Server> {
     let exe = std::env::current_exe()?;
     let api = exe.with_file_name("api");
     if !api.exists() {
-        bail!("{} not found: build it first (`cargo build --release -p api -p tests`)", api.display());
+        bail!(
+            "{} not found: build it first (`cargo build --release -p api -p tests`)",
+            api.display()
+        );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = Command::new(&api)
         .arg("--no-worker")
         .env("DATABASE_URL", format!("{server_url}/{DB}"))
@@ -87,7 +106,9 @@ async fn start_server(server_url: &str) -> anyhow::Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", api.display()))?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await
@@ -103,7 +124,12 @@ async fn start_server(server_url: &str) -> anyhow::Result<Server> {
                 &claims,
                 &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
             )?;
-            return Ok(Server { child, base, http, token });
+            return Ok(Server {
+                child,
+                base,
+                http,
+                token,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -115,7 +141,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         ((self.0 >> 33) as usize) % n
     }
 }
@@ -125,14 +154,22 @@ struct Seeded {
     leaves: Vec<String>,
 }
 
-async fn create_org(s: &Server, ws: &str, parent: Option<&str>, name: &str) -> anyhow::Result<String> {
+async fn create_org(
+    s: &Server,
+    ws: &str,
+    parent: Option<&str>,
+    name: &str,
+) -> anyhow::Result<String> {
     let r = s
         .gql(
             "mutation($w: ID!, $p: ID, $n: String!) { createOrganization(input: {workspaceId: $w, parentId: $p, name: $n}) { organization { id } } }",
             json!({"w": ws, "p": parent, "n": name}),
         )
         .await?;
-    Ok(r["data"]["createOrganization"]["organization"]["id"].as_str().context("org id")?.to_string())
+    Ok(r["data"]["createOrganization"]["organization"]["id"]
+        .as_str()
+        .context("org id")?
+        .to_string())
 }
 
 /// 1,000 organizations in a ten-level tree with usage on every node and 100 members. The
@@ -142,7 +179,10 @@ async fn seed(s: &Server, workers: usize) -> anyhow::Result<Seeded> {
     let r = s
         .gql("mutation { createWorkspace(input: {name: \"Bench\", billingMode: POOLED}) { workspace { id } } }", json!({}))
         .await?;
-    let ws = r["data"]["createWorkspace"]["workspace"]["id"].as_str().context("ws id")?.to_string();
+    let ws = r["data"]["createWorkspace"]["workspace"]["id"]
+        .as_str()
+        .context("ws id")?
+        .to_string();
     for i in 1..100 {
         s.gql(
             "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: VIEWER}) { member { id } } }",
@@ -156,14 +196,19 @@ async fn seed(s: &Server, workers: usize) -> anyhow::Result<Seeded> {
     let mut parent: Option<String> = None;
     for d in 0..9 {
         let id = create_org(s, &ws, parent.as_deref(), &format!("Chain {d}")).await?;
-        s.gql(limit, json!({"o": id, "l": 1_000_000_000_000i64 - d as i64})).await?;
+        s.gql(
+            limit,
+            json!({"o": id, "l": 1_000_000_000_000i64 - d as i64}),
+        )
+        .await?;
         nodes.push((id.clone(), d, 0));
         parent = Some(id);
     }
     let mut leaves = Vec::new();
     for w in 0..workers {
         let id = create_org(s, &ws, parent.as_deref(), &format!("Leaf {w}")).await?;
-        s.gql(limit, json!({"o": id, "l": 1_000_000_000i64})).await?;
+        s.gql(limit, json!({"o": id, "l": 1_000_000_000i64}))
+            .await?;
         nodes.push((id.clone(), 9, 0));
         leaves.push(id);
     }
@@ -237,16 +282,34 @@ where
     }
     let elapsed = start.elapsed();
     all.sort_unstable();
-    (all.len() as u64, errors.load(Ordering::Relaxed), all, elapsed)
+    (
+        all.len() as u64,
+        errors.load(Ordering::Relaxed),
+        all,
+        elapsed,
+    )
 }
 
-async fn http_row(s: &Arc<Server>, name: &str, unit: &'static str, workers: usize, seconds: u64, body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync>) -> anyhow::Result<Row> {
+async fn http_row(
+    s: &Arc<Server>,
+    name: &str,
+    unit: &'static str,
+    workers: usize,
+    seconds: u64,
+    body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync>,
+) -> anyhow::Result<Row> {
     let before = s.statements().await?;
     let s2 = s.clone();
     let (n, errors, lat, elapsed) = drive(workers, seconds, move |w, i| {
         let (s, body) = (s2.clone(), body.clone());
         async move {
-            let r = s.http.post(format!("{}/graphql", s.base)).bearer_auth(&s.token).json(&body(w, i)).send().await;
+            let r = s
+                .http
+                .post(format!("{}/graphql", s.base))
+                .bearer_auth(&s.token)
+                .json(&body(w, i))
+                .send()
+                .await;
             // Like a load generator, read the whole body but do not parse it: a GraphQL
             // error shows as an `"errors"` key.
             match r {
@@ -290,7 +353,9 @@ async fn physical_row(server_url: &str, workers: usize, seconds: u64) -> anyhow:
     for _ in 0..workers {
         let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        let insert = c.prepare("INSERT INTO physical_events (key, org, delta) VALUES ($1, $2, $3)").await?;
+        let insert = c
+            .prepare("INSERT INTO physical_events (key, org, delta) VALUES ($1, $2, $3)")
+            .await?;
         let update = c
             .prepare(
                 "UPDATE physical_counters c SET subtree = c.subtree + $1
@@ -308,9 +373,15 @@ async fn physical_row(server_url: &str, workers: usize, seconds: u64) -> anyhow:
             let (c, insert, update) = &mut *guard;
             // Nine shared ancestors (0..8) and the worker's own leaf.
             let path: Vec<i32> = (0..9).chain([100 + w as i32]).collect();
-            let Ok(tx) = c.transaction().await else { return false };
+            let Ok(tx) = c.transaction().await else {
+                return false;
+            };
             let key = format!("w{w}-{i}");
-            if tx.execute(&*insert, &[&key, &(100 + w as i32), &1i64]).await.is_err() {
+            if tx
+                .execute(&*insert, &[&key, &(100 + w as i32), &1i64])
+                .await
+                .is_err()
+            {
                 return false;
             }
             match tx.execute(&*update, &[&1i64, &path]).await {
@@ -320,7 +391,9 @@ async fn physical_row(server_url: &str, workers: usize, seconds: u64) -> anyhow:
         }
     })
     .await;
-    setup.batch_execute("DROP TABLE physical_events, physical_counters").await?;
+    setup
+        .batch_execute("DROP TABLE physical_events, physical_counters")
+        .await?;
     Ok(Row {
         name: "physical limit: one allocation straight to PostgreSQL".into(),
         unit: "allocations/s",
@@ -345,7 +418,10 @@ async fn main() -> anyhow::Result<()> {
     let server = Arc::new(start_server(&server_url).await?);
     let t = Instant::now();
     let seeded = seed(&server, workers).await?;
-    eprintln!("seeded 1,000 organizations, 100 members and usage in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "seeded 1,000 organizations, 100 members and usage in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let nested = "query Nested($w: ID!) { workspace(id: $w) { name organizations(first: 100) { edges { node { id name depth
         parent { id name } children(first: 10) { edges { node { id name } } } ancestors { id name }
@@ -356,11 +432,33 @@ async fn main() -> anyhow::Result<()> {
         server.gql(nested, json!({"w": ws})).await?;
     }
     let mut rows = Vec::new();
+    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(
+        move |_, _| json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}),
+    );
+    rows.push(
+        http_row(
+            &server,
+            "nested query: workspace → 100 orgs → parent, children, ancestors, usage",
+            "requests/s",
+            workers,
+            seconds,
+            body,
+        )
+        .await?,
+    );
     let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> =
-        Arc::new(move |_, _| json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}));
-    rows.push(http_row(&server, "nested query: workspace → 100 orgs → parent, children, ancestors, usage", "requests/s", workers, seconds, body).await?);
-    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(|_, _| json!({"query": "{ __typename }"}));
-    rows.push(http_row(&server, "{ __typename }", "requests/s", workers, seconds, body).await?);
+        Arc::new(|_, _| json!({"query": "{ __typename }"}));
+    rows.push(
+        http_row(
+            &server,
+            "{ __typename }",
+            "requests/s",
+            workers,
+            seconds,
+            body,
+        )
+        .await?,
+    );
     let leaves = Arc::new(seeded.leaves.clone());
     let run = uuid::Uuid::new_v4().simple().to_string();
     let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(move |w, i| {
@@ -369,7 +467,17 @@ async fn main() -> anyhow::Result<()> {
             "variables": {"o": leaves[w % leaves.len()], "k": format!("{run}-{w}-{i}")},
         })
     });
-    rows.push(http_row(&server, "recordUsage at leaves of a ten-level chain, a cap on every level", "allocations/s", workers, seconds, body).await?);
+    rows.push(
+        http_row(
+            &server,
+            "recordUsage at leaves of a ten-level chain, a cap on every level",
+            "allocations/s",
+            workers,
+            seconds,
+            body,
+        )
+        .await?,
+    );
     rows.push(physical_row(&server_url, workers, seconds).await?);
 
     let record = rows[2].rate;
@@ -389,6 +497,9 @@ async fn main() -> anyhow::Result<()> {
             r.errors
         );
     }
-    println!("\nrecordUsage reaches {:.0}% of the physical limit (target ≥ 50%).", 100.0 * record / physical);
+    println!(
+        "\nrecordUsage reaches {:.0}% of the physical limit (target ≥ 50%).",
+        100.0 * record / physical
+    );
     Ok(())
 }
