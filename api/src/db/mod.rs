@@ -1,5 +1,6 @@
 //! Database access: the connection pool, migrations and the repositories that hold the SQL.
 
+pub mod cached;
 pub mod models;
 pub mod repo;
 pub mod schema;

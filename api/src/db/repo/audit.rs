@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -36,6 +37,7 @@ pub async fn pages_for_workspaces(
     .bind::<diesel::sql_types::Array<SqlUuid>, _>(workspace_ids)
     .bind::<diesel::sql_types::Nullable<SqlUuid>, _>(page.after)
     .bind::<BigInt, _>(page.limit)
+    .cached()
     .load(conn)
     .await
 }

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -50,6 +51,7 @@ pub async fn claim(
     .bind::<Text, _>(operation)
     .bind::<Text, _>(fingerprint)
     .bind::<BigInt, _>(ttl_secs)
+    .cached()
     .load(conn)
     .await?;
     Ok(!rows.is_empty())
@@ -64,6 +66,7 @@ pub async fn find(
     diesel::sql_query("SELECT operation, fingerprint, response FROM idempotency_keys WHERE caller_id = $1 AND key = $2")
         .bind::<SqlUuid, _>(caller)
         .bind::<Text, _>(key)
+        .cached()
         .get_result(conn)
         .await
         .optional()
@@ -91,6 +94,7 @@ pub async fn complete(
 /// Deletes expired keys; returns how many.
 pub async fn purge_expired(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
     diesel::sql_query("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        .cached()
         .execute(conn)
         .await
 }

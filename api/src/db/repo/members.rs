@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Uuid as SqlUuid};
+use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -135,6 +136,7 @@ pub async fn pages_for_workspaces(
     .bind::<Array<SqlUuid>, _>(ws_ids)
     .bind::<Nullable<SqlUuid>, _>(page.after)
     .bind::<BigInt, _>(page.limit)
+    .cached()
     .load(conn)
     .await
 }

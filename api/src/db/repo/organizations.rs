@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, SmallInt, Uuid as SqlUuid};
+use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -68,6 +69,7 @@ pub async fn lock_subtree(
         "SELECT * FROM organizations WHERE id = $1 OR ancestors @> ARRAY[$1]::uuid[] ORDER BY id FOR UPDATE",
     )
     .bind::<SqlUuid, _>(root)
+    .cached()
     .load(conn)
     .await
 }
@@ -129,6 +131,7 @@ pub async fn children_pages(
     .bind::<Array<SqlUuid>, _>(parents)
     .bind::<Nullable<SqlUuid>, _>(page.after)
     .bind::<BigInt, _>(page.limit)
+    .cached()
     .load(conn)
     .await
 }
@@ -161,6 +164,7 @@ pub async fn descendant_pages(
     .bind::<Array<SqlUuid>, _>(roots)
     .bind::<Nullable<SqlUuid>, _>(page.after)
     .bind::<BigInt, _>(page.limit)
+    .cached()
     .load(conn)
     .await
 }
@@ -202,6 +206,7 @@ pub async fn move_subtree(
     .bind::<Nullable<SqlUuid>, _>(new_parent)
     .bind::<Array<SqlUuid>, _>(new_prefix)
     .bind::<SmallInt, _>(old_depth)
+    .cached()
     .execute(conn)
     .await
 }
@@ -225,6 +230,7 @@ pub async fn has_children(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult
     let r: Exists =
         diesel::sql_query("SELECT EXISTS (SELECT 1 FROM organizations WHERE parent_id = $1) AS b")
             .bind::<SqlUuid, _>(id)
+            .cached()
             .get_result(conn)
             .await?;
     Ok(r.b)
@@ -284,6 +290,7 @@ pub async fn access(
     .bind::<SqlUuid, _>(org)
     .bind::<SqlUuid, _>(user)
     .bind::<Nullable<diesel::sql_types::Text>, _>(resource)
+    .cached()
     .get_result(conn)
     .await
     .optional()

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -49,6 +50,7 @@ pub async fn lock_counters(
     .bind::<Text, _>(resource)
     .bind::<Timestamptz, _>(period)
     .bind::<SqlUuid, _>(ws)
+    .cached()
     .load(conn)
     .await
 }
@@ -132,6 +134,7 @@ pub async fn check_and_apply(
     .bind::<Text, _>(&a.audit.action)
     .bind::<Text, _>(&a.audit.target_id)
     .bind::<Jsonb, _>(&a.audit.summary)
+    .cached()
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| r.organization_id).collect())
@@ -151,6 +154,7 @@ pub async fn counter(
     .bind::<SqlUuid, _>(org)
     .bind::<Text, _>(resource)
     .bind::<Timestamptz, _>(period)
+    .cached()
     .get_result(conn)
     .await
     .optional()
@@ -172,6 +176,7 @@ pub async fn adjust_subtree(
     .bind::<Text, _>(resource)
     .bind::<Timestamptz, _>(period)
     .bind::<BigInt, _>(delta)
+    .cached()
     .execute(conn)
     .await
 }
@@ -193,6 +198,7 @@ pub async fn set_limit(
     .bind::<Text, _>(resource)
     .bind::<Timestamptz, _>(period)
     .bind::<Nullable<BigInt>, _>(limit)
+    .cached()
     .execute(conn)
     .await?;
     match limit {
@@ -204,12 +210,14 @@ pub async fn set_limit(
         .bind::<Text, _>(resource)
         .bind::<SqlUuid, _>(ws)
         .bind::<BigInt, _>(l)
+        .cached()
         .execute(conn)
         .await
         .map(|_| ()),
         None => diesel::sql_query("DELETE FROM organization_limits WHERE organization_id = $1 AND resource = $2")
             .bind::<SqlUuid, _>(org)
             .bind::<Text, _>(resource)
+            .cached()
             .execute(conn)
             .await
             .map(|_| ()),
@@ -272,6 +280,7 @@ pub async fn current(
     .bind::<Array<SqlUuid>, _>(ws)
     .bind::<Array<Text>, _>(keys)
     .bind::<Array<Timestamptz>, _>(periods)
+    .cached()
     .load(conn)
     .await
 }
@@ -304,6 +313,7 @@ pub async fn windows(
     .bind::<SqlUuid, _>(org)
     .bind::<Text, _>(resource)
     .bind::<BigInt, _>(limit)
+    .cached()
     .load(conn)
     .await
 }
@@ -331,6 +341,7 @@ pub async fn has_usage(
     .bind::<Array<SqlUuid>, _>(ws)
     .bind::<Array<Text>, _>(keys)
     .bind::<Array<Timestamptz>, _>(periods)
+    .cached()
     .get_result(conn)
     .await?;
     Ok(r.b)

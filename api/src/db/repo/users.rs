@@ -1,6 +1,7 @@
 //! Users.
 
 use diesel::prelude::*;
+use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -89,6 +90,7 @@ pub async fn insert_signed_in(
         .do_update()
         .set(users::updated_at.eq(diesel::dsl::now))
         .returning(UserRow::as_returning())
+        .cached()
         .get_result(conn)
         .await
 }
@@ -121,6 +123,7 @@ pub async fn merge_pending_into(
     )
     .bind::<diesel::sql_types::Uuid, _>(user)
     .bind::<diesel::sql_types::Uuid, _>(pending)
+    .cached()
     .execute(conn)
     .await?;
     diesel::delete(users::table.find(pending))
@@ -157,6 +160,7 @@ pub async fn find_or_create_invitee(
     )
     .bind::<diesel::sql_types::Uuid, _>(Uuid::now_v7())
     .bind::<diesel::sql_types::Text, _>(email)
+    .cached()
     .get_result(conn)
     .await
 }
