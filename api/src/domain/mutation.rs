@@ -51,6 +51,21 @@ impl Completion {
         Ok(())
     }
 
+    /// For an effect that stores the result in its own last statement: the caller, key and
+    /// serialized `value`, and the result counts as stored (the statement must do it, or the
+    /// effect must fail so that the transaction rolls back).
+    pub fn hand_over<T: Serialize>(
+        &self,
+        value: &T,
+    ) -> DomainResult<Option<(uuid::Uuid, &str, serde_json::Value)>> {
+        let Some((caller, key)) = &self.key else {
+            return Ok(None);
+        };
+        let stored = serde_json::to_value(value).map_err(DomainError::internal)?;
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some((*caller, key.as_str(), stored)))
+    }
+
     fn is_done(&self) -> bool {
         self.done.load(std::sync::atomic::Ordering::Relaxed)
     }

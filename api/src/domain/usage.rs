@@ -263,9 +263,10 @@ pub async fn record(
             let kind = a.resource_kind.as_deref().ok_or_else(|| unknown_resource(&input.resource))?;
             let period = current_period(kind, a.resource_reset.as_deref(), Utc::now());
             let org = a.org;
-            // The result is known now: store it first, so that the statement holding the
-            // hottest locks is the last before COMMIT.
-            done.store(conn, &org).await?;
+            // The result is known now: the statement that applies the change also stores it
+            // under the idempotency key, so that it is the only one holding the path's locks
+            // before COMMIT.
+            let completion = done.hand_over(&org)?;
             let path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
             let audit = AuditEventRow {
                 workspace_id: org.workspace_id,
@@ -287,6 +288,7 @@ pub async fn record(
                 delta: input.delta,
                 event_id: Uuid::now_v7(),
                 audit: &audit,
+                completion: completion.as_ref().map(|(caller, key, value)| (*caller, *key, value)),
             };
             let applied = usage::check_and_apply(conn, &application).await?;
             if applied.len() == path.len() {

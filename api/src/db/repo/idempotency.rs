@@ -1,8 +1,8 @@
 //! Idempotency keys.
 
+use crate::db::cached::CachedExt;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
-use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 

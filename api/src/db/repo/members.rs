@@ -1,8 +1,8 @@
 //! Memberships.
 
+use crate::db::cached::CachedExt;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Uuid as SqlUuid};
-use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 

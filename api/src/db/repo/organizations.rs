@@ -1,8 +1,8 @@
 //! Organizations: the tree inside a workspace.
 
+use crate::db::cached::CachedExt;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, SmallInt, Uuid as SqlUuid};
-use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 

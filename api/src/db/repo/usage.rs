@@ -2,10 +2,10 @@
 //! row locks taken in one global order (organization id), so concurrent allocations on
 //! overlapping paths queue instead of deadlocking.
 
+use crate::db::cached::CachedExt;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -73,6 +73,8 @@ pub struct Application<'a> {
     pub event_id: Uuid,
     /// The audit event of the mutation.
     pub audit: &'a AuditEventRow,
+    /// Caller, idempotency key and result to store with the change, if a key was given.
+    pub completion: Option<(Uuid, &'a str, &'a serde_json::Value)>,
 }
 
 #[derive(QueryableByName)]
@@ -87,8 +89,8 @@ struct Applied {
 /// Checks and applies a change in one statement: every counter of the path is locked in
 /// organization-id order (created if missing, taking its cap from `organization_limits`)
 /// and changed only if, for an allocation, its cap leaves room, and for a release, the
-/// organization's own usage stays non-negative. The ledger entry and the audit event are
-/// written only when every counter changed. Returns the organizations whose counters
+/// organization's own usage stays non-negative. The ledger entry, the audit event and the
+/// result under the idempotency key are written only when every counter changed. Returns the organizations whose counters
 /// changed: fewer than the path means the change was refused (roll back).
 pub async fn check_and_apply(
     conn: &mut AsyncPgConnection,
@@ -118,6 +120,9 @@ pub async fn check_and_apply(
          ), au AS (
             INSERT INTO audit_events (workspace_id, id, actor_id, action, target_type, target_id, summary, request_id)
             SELECT $1, $10, $8, $11, 'Organization', $12, $13, $9 FROM complete WHERE ok
+         ), idem AS (
+            UPDATE idempotency_keys SET response = $16
+             WHERE caller_id = $14 AND key = $15 AND (SELECT ok FROM complete)
          )
          SELECT organization_id FROM applied",
     )
@@ -134,6 +139,9 @@ pub async fn check_and_apply(
     .bind::<Text, _>(&a.audit.action)
     .bind::<Text, _>(&a.audit.target_id)
     .bind::<Jsonb, _>(&a.audit.summary)
+    .bind::<Nullable<SqlUuid>, _>(a.completion.map(|c| c.0))
+    .bind::<Nullable<Text>, _>(a.completion.map(|c| c.1))
+    .bind::<Nullable<Jsonb>, _>(a.completion.map(|c| c.2))
     .cached()
     .load(conn)
     .await?;

@@ -1,7 +1,7 @@
 //! Users.
 
-use diesel::prelude::*;
 use crate::db::cached::CachedExt;
+use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
