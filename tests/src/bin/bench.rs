@@ -314,7 +314,7 @@ async fn http_row(
             // error shows as an `"errors"` key.
             match r {
                 Ok(r) if r.status().is_success() => match r.bytes().await {
-                    Ok(b) => !b.windows(9).any(|w| w == b"\"errors\":"),
+                    Ok(b) => memchr::memmem::find(&b, b"\"errors\":").is_none(),
                     Err(_) => false,
                 },
                 _ => false,
