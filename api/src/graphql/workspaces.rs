@@ -146,7 +146,7 @@ impl Workspace {
             rows,
             page,
             |o| o.id,
-            |o| Organization(o, fetched.clone()),
+            |o| Organization::prefetched(o, fetched.clone()),
         ))
     }
 

@@ -348,3 +348,38 @@ async fn foreign_organizations_look_missing() {
         2
     );
 }
+
+#[tokio::test]
+async fn scalar_only_selections_resolve_like_any_other() {
+    let app = TestApp::spawn().await;
+    let t = app.user("fast@example.com");
+    let ws = app.create_workspace(&t, "Fast").await;
+    let root = app.create_org(&t, &ws, None, "Root").await;
+    let child = app.create_org(&t, &ws, Some(&root), "Child").await;
+    app.create_org(&t, &ws, Some(&child), "Grandchild").await;
+    // The same selection answered by the one-step path (plain scalars) and by the general
+    // path (a directive or a fragment forces it) must be identical, aliases and all.
+    let plain = "query($o: ID!) { organization(id: $o) { parent { a: id __typename name depth b: name createdAt }
+        children { edges { node { id name depth __typename } } } ancestors { x: id name } } }";
+    let general = "query($o: ID!) { organization(id: $o) { parent { a: id __typename name depth @include(if: true) b: name createdAt }
+        children { edges { node { id ... on Organization { name } depth __typename } } } ancestors { x: id name @skip(if: false) } } }";
+    let a = app.gql(&t, plain, json!({"o": child})).await;
+    let b = app.gql(&t, general, json!({"o": child})).await;
+    assert_ok(&a);
+    assert_eq!(a, b);
+    assert_eq!(a["data"]["organization"]["parent"]["a"], root.as_str());
+    assert_eq!(a["data"]["organization"]["parent"]["b"], "Root");
+    assert_eq!(
+        a["data"]["organization"]["children"]["edges"][0]["node"]["__typename"],
+        "Organization"
+    );
+    // Directives that remove a field are honoured.
+    let r = app
+        .gql(
+            &t,
+            "query($o: ID!) { organization(id: $o) { parent { id name @skip(if: true) } } }",
+            json!({"o": child}),
+        )
+        .await;
+    assert_eq!(r["data"]["organization"]["parent"], json!({"id": root}));
+}
