@@ -374,7 +374,11 @@ impl OrganizationObject {
             .and_then(|p| p.usage.as_ref())
             .and_then(|u| u.get(&self.0.id))
         {
-            return Ok(entries.iter().cloned().map(OrganizationUsage).collect());
+            return Ok(entries
+                .iter()
+                .cloned()
+                .map(OrganizationUsage::new)
+                .collect());
         }
         let rc = rc(ctx);
         let entries = rc
@@ -386,7 +390,7 @@ impl OrganizationObject {
         Ok(entries
             .unwrap_or_default()
             .into_iter()
-            .map(OrganizationUsage)
+            .map(OrganizationUsage::new)
             .collect())
     }
 
@@ -421,11 +425,87 @@ impl OrganizationObject {
     }
 }
 
-/// One organization's usage of one resource in the current window.
-pub struct OrganizationUsage(pub domain::usage::UsageEntry);
+/// The fields of a usage entry (the GraphQL object `OrganizationUsage`).
+pub struct OrganizationUsageObject(pub domain::usage::UsageEntry);
 
-#[Object]
+/// One organization's usage of one resource in the current window. Like `Organization`, a
+/// selection of plain scalar fields is answered in one step.
+pub struct OrganizationUsage(pub OrganizationUsageObject);
+
 impl OrganizationUsage {
+    fn new(entry: domain::usage::UsageEntry) -> Self {
+        Self(OrganizationUsageObject(entry))
+    }
+
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value> {
+        use async_graphql::Value;
+        use async_graphql::parser::types::Selection;
+        let e = &self.0.0;
+        let opt = |v: Option<i64>| v.map(Value::from).unwrap_or(Value::Null);
+        let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
+        for item in &ctx.item.node.items {
+            let Selection::Field(f) = &item.node else {
+                return None;
+            };
+            let f = &f.node;
+            if !f.directives.is_empty()
+                || !f.arguments.is_empty()
+                || !f.selection_set.node.items.is_empty()
+            {
+                return None;
+            }
+            let v = match f.name.node.as_str() {
+                "resource" => Value::String(e.resource.key.clone()),
+                "kind" => Value::Enum(async_graphql::Name::new(if e.resource.kind == "METERED" {
+                    "METERED"
+                } else {
+                    "ALLOCATED"
+                })),
+                "windowStart" => e
+                    .window_start
+                    .map(|w| Value::String(w.to_rfc3339()))
+                    .unwrap_or(Value::Null),
+                "direct" => Value::from(e.direct),
+                "subtree" => Value::from(e.subtree),
+                "limit" => opt(e.limit),
+                "effectiveLimit" => opt(e.effective_limit),
+                "available" => opt(e.available),
+                "overLimit" => Value::Boolean(e.over_limit),
+                "__typename" => Value::String("OrganizationUsage".into()),
+                _ => return None,
+            };
+            map.insert(f.response_key().node.clone(), v);
+        }
+        Some(Value::Object(map))
+    }
+}
+
+impl async_graphql::OutputType for OrganizationUsage {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        <OrganizationUsageObject as async_graphql::OutputType>::type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        <OrganizationUsageObject as async_graphql::OutputType>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
+    ) -> async_graphql::ServerResult<async_graphql::Value> {
+        match self.scalars_only(ctx) {
+            Some(v) => Ok(v),
+            None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
+        }
+    }
+}
+
+#[Object(name = "OrganizationUsage")]
+impl OrganizationUsageObject {
     /// Resource key.
     async fn resource(&self) -> &str {
         &self.0.resource.key

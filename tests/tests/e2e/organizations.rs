@@ -359,15 +359,29 @@ async fn scalar_only_selections_resolve_like_any_other() {
     app.create_org(&t, &ws, Some(&child), "Grandchild").await;
     // The same selection answered by the one-step path (plain scalars) and by the general
     // path (a directive or a fragment forces it) must be identical, aliases and all.
-    let plain = "query($o: ID!) { organization(id: $o) { parent { a: id __typename name depth b: name createdAt }
+    assert_ok(&app.set_limit(&t, &root, "users", Some(9)).await);
+    assert_ok(&app.record(&t, &child, "users", 4).await);
+    let plain = "query($o: ID!) { organization(id: $o) { usage { resource kind direct subtree limit effectiveLimit available overLimit windowStart __typename u: subtree }
+        parent { a: id __typename name depth b: name createdAt }
         children { edges { node { id name depth __typename } } } ancestors { x: id name } } }";
-    let general = "query($o: ID!) { organization(id: $o) { parent { a: id __typename name depth @include(if: true) b: name createdAt }
+    let general = "query($o: ID!) { organization(id: $o) { usage { resource kind direct subtree limit effectiveLimit available overLimit windowStart __typename u: subtree @include(if: true) }
+        parent { a: id __typename name depth @include(if: true) b: name createdAt }
         children { edges { node { id ... on Organization { name } depth __typename } } } ancestors { x: id name @skip(if: false) } } }";
     let a = app.gql(&t, plain, json!({"o": child})).await;
     let b = app.gql(&t, general, json!({"o": child})).await;
     assert_ok(&a);
     assert_eq!(a, b);
     assert_eq!(a["data"]["organization"]["parent"]["a"], root.as_str());
+    let users = &a["data"]["organization"]["usage"][0];
+    assert_eq!(
+        (
+            users["resource"].as_str(),
+            users["kind"].as_str(),
+            users["u"].as_i64(),
+            users["available"].as_i64()
+        ),
+        (Some("users"), Some("ALLOCATED"), Some(4), Some(5))
+    );
     assert_eq!(a["data"]["organization"]["parent"]["b"], "Root");
     assert_eq!(
         a["data"]["organization"]["children"]["edges"][0]["node"]["__typename"],

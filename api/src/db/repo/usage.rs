@@ -236,6 +236,9 @@ pub async fn set_limit(
 /// counter in one of `periods` or a cap.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct UsageRow {
+    /// Workspace.
+    #[diesel(sql_type = SqlUuid)]
+    pub workspace_id: Uuid,
     /// Organization.
     #[diesel(sql_type = SqlUuid)]
     pub organization_id: Uuid,
@@ -266,31 +269,56 @@ fn unzip(windows: &Windows) -> (Vec<Uuid>, Vec<&str>, Vec<DateTime<Utc>>) {
     (ws, keys, periods)
 }
 
-/// Current counters and caps of `orgs`, in one statement.
+/// Current counters and caps of `orgs`, in one statement: one row per (organization,
+/// resource) that has a counter in the resource's current window or a cap.
 pub async fn current(
     conn: &mut AsyncPgConnection,
     orgs: &[Uuid],
     windows: &Windows,
 ) -> QueryResult<Vec<UsageRow>> {
-    let (ws, keys, periods) = unzip(windows);
-    diesel::sql_query(
-        "SELECT COALESCE(c.organization_id, l.organization_id) AS organization_id,
-                COALESCE(c.resource, l.resource) AS resource,
-                c.period_start, COALESCE(c.direct, 0) AS direct, COALESCE(c.subtree, 0) AS subtree, l.\"limit\"
-           FROM (SELECT c.* FROM usage_counters c
-                   JOIN unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS w(ws, res, p)
-                     ON c.workspace_id = w.ws AND c.resource = w.res AND c.period_start = w.p
-                  WHERE c.organization_id = ANY($1)) c
-           FULL JOIN (SELECT * FROM organization_limits WHERE organization_id = ANY($1)) l
-             ON l.organization_id = c.organization_id AND l.resource = c.resource",
+    let mut periods: Vec<DateTime<Utc>> = windows.iter().map(|w| w.2).collect();
+    periods.sort_unstable();
+    periods.dedup();
+    // Both halves are primary-key lookups by organization; the window of each resource is
+    // matched here rather than joined in SQL.
+    let rows: Vec<UsageRow> = diesel::sql_query(
+        "SELECT workspace_id, organization_id, resource, period_start, direct, subtree, NULL::int8 AS \"limit\"
+           FROM usage_counters WHERE organization_id = ANY($1) AND period_start = ANY($2)
+         UNION ALL
+         SELECT workspace_id, organization_id, resource, NULL, 0, 0, \"limit\"
+           FROM organization_limits WHERE organization_id = ANY($1)",
     )
     .bind::<Array<SqlUuid>, _>(orgs)
-    .bind::<Array<SqlUuid>, _>(ws)
-    .bind::<Array<Text>, _>(keys)
-    .bind::<Array<Timestamptz>, _>(periods)
+    .bind::<Array<Timestamptz>, _>(&periods)
     .cached()
     .load(conn)
-    .await
+    .await?;
+    let window_of: std::collections::HashMap<(Uuid, &str), DateTime<Utc>> =
+        windows.iter().map(|w| ((w.0, w.1.as_str()), w.2)).collect();
+    let mut merged: std::collections::HashMap<(Uuid, String), UsageRow> =
+        std::collections::HashMap::new();
+    for r in rows {
+        match r.period_start {
+            Some(p) if window_of.get(&(r.workspace_id, r.resource.as_str())) != Some(&p) => {
+                continue;
+            }
+            Some(_) => {
+                let e = merged
+                    .entry((r.organization_id, r.resource.clone()))
+                    .or_insert_with(|| r.clone());
+                e.period_start = r.period_start;
+                e.direct = r.direct;
+                e.subtree = r.subtree;
+            }
+            None => {
+                let e = merged
+                    .entry((r.organization_id, r.resource.clone()))
+                    .or_insert_with(|| r.clone());
+                e.limit = r.limit;
+            }
+        }
+    }
+    Ok(merged.into_values().collect())
 }
 
 /// A past or current window of one organization's usage.
