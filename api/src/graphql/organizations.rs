@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use uuid::Uuid;
 
@@ -284,17 +283,16 @@ impl OrganizationObject {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, Organization>> {
+    ) -> Result<OrganizationConnection> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
         if let Some((p, by_parent)) = self.1.as_ref().and_then(|p| p.children.as_ref())
             && *p == page
             && let Some(rows) = by_parent.get(&self.0.id)
         {
-            return Ok(pagination::connection(
+            return Ok(OrganizationConnection::from_rows(
                 rows.clone(),
                 page,
-                |o| o.id,
                 Organization::new,
             ));
         }
@@ -304,10 +302,9 @@ impl OrganizationObject {
             .load_one((self.0.id, page))
             .await
             .map_err(|e| rc.err(e))?;
-        Ok(pagination::connection(
+        Ok(OrganizationConnection::from_rows(
             rows.unwrap_or_default(),
             page,
-            |o| o.id,
             Organization::new,
         ))
     }
@@ -348,7 +345,7 @@ impl OrganizationObject {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, Organization>> {
+    ) -> Result<OrganizationConnection> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
         let rows = rc
@@ -357,10 +354,9 @@ impl OrganizationObject {
             .load_one((self.0.id, page))
             .await
             .map_err(|e| rc.err(e))?;
-        Ok(pagination::connection(
+        Ok(OrganizationConnection::from_rows(
             rows.unwrap_or_default(),
             page,
-            |o| o.id,
             Organization::new,
         ))
     }
@@ -887,5 +883,141 @@ impl OrganizationMutation {
         Ok(SetOrganizationLimitPayload {
             organization: Organization::new(row),
         })
+    }
+}
+
+/// A page of organizations (Relay connection). Hand-written rather than
+/// `async_graphql::connection::Connection` so that edges whose node selection is plain
+/// scalars resolve in one step: a tree view has a thousand of them per page.
+pub struct OrganizationConnection {
+    edges: Vec<OrganizationEdge>,
+    has_previous_page: bool,
+    has_next_page: bool,
+}
+
+impl OrganizationConnection {
+    /// Builds a page from rows fetched with `page` (which asked one extra row).
+    pub fn from_rows(
+        rows: Vec<OrganizationRow>,
+        page: Page,
+        node: impl Fn(OrganizationRow) -> Organization,
+    ) -> Self {
+        let want = (page.limit - 1).max(0) as usize;
+        let has_next_page = rows.len() > want;
+        let edges = rows
+            .into_iter()
+            .take(want)
+            .map(|r| {
+                OrganizationEdge(OrganizationEdgeObject {
+                    cursor: pagination::encode_cursor(r.id),
+                    node: node(r),
+                })
+            })
+            .collect();
+        Self {
+            edges,
+            has_previous_page: page.after.is_some(),
+            has_next_page,
+        }
+    }
+}
+
+#[Object]
+impl OrganizationConnection {
+    /// Information to aid in pagination.
+    async fn page_info(&self) -> async_graphql::connection::PageInfo {
+        async_graphql::connection::PageInfo {
+            has_previous_page: self.has_previous_page,
+            has_next_page: self.has_next_page,
+            start_cursor: self.edges.first().map(|e| e.0.cursor.clone()),
+            end_cursor: self.edges.last().map(|e| e.0.cursor.clone()),
+        }
+    }
+
+    /// A list of edges.
+    async fn edges(&self) -> &[OrganizationEdge] {
+        &self.edges
+    }
+
+    /// A list of nodes.
+    async fn nodes(&self) -> Vec<&Organization> {
+        self.edges.iter().map(|e| &e.0.node).collect()
+    }
+}
+
+/// The fields of an edge (the GraphQL object `OrganizationEdge`).
+pub struct OrganizationEdgeObject {
+    cursor: String,
+    node: Organization,
+}
+
+/// An edge in a connection.
+#[Object(name = "OrganizationEdge")]
+impl OrganizationEdgeObject {
+    /// The item at the end of the edge
+    async fn node(&self) -> &Organization {
+        &self.node
+    }
+
+    /// A cursor for use in pagination
+    async fn cursor(&self) -> &str {
+        &self.cursor
+    }
+}
+
+/// An edge that resolves `{ cursor node { …scalars… } }` in one step.
+pub struct OrganizationEdge(OrganizationEdgeObject);
+
+impl OrganizationEdge {
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value> {
+        use async_graphql::Value;
+        use async_graphql::parser::types::Selection;
+        let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
+        for item in &ctx.item.node.items {
+            let Selection::Field(f) = &item.node else {
+                return None;
+            };
+            let f = &f.node;
+            if !f.directives.is_empty() || !f.arguments.is_empty() {
+                return None;
+            }
+            let v = match f.name.node.as_str() {
+                "cursor" if f.selection_set.node.items.is_empty() => {
+                    Value::String(self.0.cursor.clone())
+                }
+                "__typename" => Value::String("OrganizationEdge".into()),
+                "node" => self
+                    .0
+                    .node
+                    .scalars_only(&ctx.with_selection_set(&f.selection_set))?,
+                _ => return None,
+            };
+            map.insert(f.response_key().node.clone(), v);
+        }
+        Some(Value::Object(map))
+    }
+}
+
+impl async_graphql::OutputType for OrganizationEdge {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        <OrganizationEdgeObject as async_graphql::OutputType>::type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        <OrganizationEdgeObject as async_graphql::OutputType>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
+    ) -> async_graphql::ServerResult<async_graphql::Value> {
+        match self.scalars_only(ctx) {
+            Some(v) => Ok(v),
+            None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
+        }
     }
 }

@@ -5,7 +5,7 @@ use async_graphql::{Context, Enum, ID, InputObject, MaybeUndefined, Object, Resu
 
 use super::audit::AuditEvent;
 use super::members::{Member, Role};
-use super::organizations::Organization;
+use super::organizations::{Organization, OrganizationConnection};
 use super::pagination::{self, complexity};
 use super::resources::Resource;
 use super::{error, rc};
@@ -134,7 +134,7 @@ impl Workspace {
         first: Option<i32>,
         after: Option<String>,
         #[graphql(default = false)] roots_only: bool,
-    ) -> Result<Connection<String, Organization>> {
+    ) -> Result<OrganizationConnection> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
         let rows =
@@ -142,12 +142,9 @@ impl Workspace {
                 .await
                 .map_err(|e| rc.err(e))?;
         let fetched = super::organizations::prefetch(ctx, &rows).await?;
-        Ok(pagination::connection(
-            rows,
-            page,
-            |o| o.id,
-            |o| Organization::prefetched(o, fetched.clone()),
-        ))
+        Ok(OrganizationConnection::from_rows(rows, page, |o| {
+            Organization::prefetched(o, fetched.clone())
+        }))
     }
 
     /// Resources organizations can use: the built-ins and the workspace's own.

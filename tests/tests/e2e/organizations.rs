@@ -363,10 +363,10 @@ async fn scalar_only_selections_resolve_like_any_other() {
     assert_ok(&app.record(&t, &child, "users", 4).await);
     let plain = "query($o: ID!) { organization(id: $o) { usage { resource kind direct subtree limit effectiveLimit available overLimit windowStart __typename u: subtree }
         parent { a: id __typename name depth b: name createdAt }
-        children { edges { node { id name depth __typename } } } ancestors { x: id name } } }";
+        children { edges { cursor node { id name depth __typename } } pageInfo { hasNextPage endCursor } nodes { id } } ancestors { x: id name } } }";
     let general = "query($o: ID!) { organization(id: $o) { usage { resource kind direct subtree limit effectiveLimit available overLimit windowStart __typename u: subtree @include(if: true) }
         parent { a: id __typename name depth @include(if: true) b: name createdAt }
-        children { edges { node { id ... on Organization { name } depth __typename } } } ancestors { x: id name @skip(if: false) } } }";
+        children { edges { cursor @include(if: true) node { id ... on Organization { name } depth __typename } } pageInfo { hasNextPage endCursor } nodes { id } } ancestors { x: id name @skip(if: false) } } }";
     let a = app.gql(&t, plain, json!({"o": child})).await;
     let b = app.gql(&t, general, json!({"o": child})).await;
     assert_ok(&a);
@@ -383,9 +383,15 @@ async fn scalar_only_selections_resolve_like_any_other() {
         (Some("users"), Some("ALLOCATED"), Some(4), Some(5))
     );
     assert_eq!(a["data"]["organization"]["parent"]["b"], "Root");
+    let children = &a["data"]["organization"]["children"];
+    assert_eq!(children["edges"][0]["node"]["__typename"], "Organization");
     assert_eq!(
-        a["data"]["organization"]["children"]["edges"][0]["node"]["__typename"],
-        "Organization"
+        children["edges"][0]["cursor"],
+        children["pageInfo"]["endCursor"]
+    );
+    assert_eq!(
+        children["nodes"][0]["id"],
+        children["edges"][0]["node"]["id"]
     );
     // Directives that remove a field are honoured.
     let r = app
