@@ -34,6 +34,23 @@ pub type Effect<'c, T> = BoxFuture<'c, DomainResult<T>>;
 pub struct Completion {
     key: Option<(uuid::Uuid, String)>,
     done: std::sync::atomic::AtomicBool,
+    /// For `run_claiming_in_effect`: what the effect needs to claim the key itself.
+    claim: Option<KeyClaim>,
+}
+
+/// An idempotency key to claim in an effect's first statement.
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    /// Caller.
+    pub caller: uuid::Uuid,
+    /// Key.
+    pub key: String,
+    /// Operation name.
+    pub operation: &'static str,
+    /// Fingerprint of operation and input.
+    pub fingerprint: String,
+    /// Lifetime in seconds.
+    pub ttl_secs: i64,
 }
 
 impl Completion {
@@ -64,6 +81,25 @@ impl Completion {
         let stored = serde_json::to_value(value).map_err(DomainError::internal)?;
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Some((*caller, key.as_str(), stored)))
+    }
+
+    /// The key the effect must claim in its first statement (`run_claiming_in_effect`).
+    pub fn key_claim(&self) -> Option<&KeyClaim> {
+        self.claim.as_ref()
+    }
+
+    /// When the effect's claim found the key already used: the stored result of the first
+    /// request, or why it cannot be replayed.
+    pub async fn replay<T: DeserializeOwned>(
+        &self,
+        conn: &mut AsyncPgConnection,
+    ) -> DomainResult<T> {
+        let c = self
+            .claim
+            .as_ref()
+            .ok_or_else(|| DomainError::internal(anyhow::anyhow!("replay without a key")))?;
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        replay_key(conn, c.caller, &c.key, c.operation, &c.fingerprint).await
     }
 
     fn is_done(&self) -> bool {
@@ -107,6 +143,43 @@ where
     I: Serialize + ?Sized,
     F: for<'c> Fn(&'c mut AsyncPgConnection, &'c Completion) -> Effect<'c, T> + Send + Sync,
 {
+    run_inner(services, actor, operation, key, input, false, effect).await
+}
+
+/// Like `run`, but the effect claims the key itself in its first statement (saving a
+/// round trip on hot paths): it reads `Completion::key_claim`, and when the key turns out to
+/// be taken returns `Completion::replay`. Lock timeouts of its claim must map to
+/// `IDEMPOTENCY_KEY_IN_USE` (`map_lock_timeout`).
+pub async fn run_claiming_in_effect<T, I, F>(
+    services: &Services,
+    actor: &Actor,
+    operation: &'static str,
+    key: Option<&str>,
+    input: &I,
+    effect: F,
+) -> DomainResult<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    I: Serialize + ?Sized,
+    F: for<'c> Fn(&'c mut AsyncPgConnection, &'c Completion) -> Effect<'c, T> + Send + Sync,
+{
+    run_inner(services, actor, operation, key, input, true, effect).await
+}
+
+async fn run_inner<T, I, F>(
+    services: &Services,
+    actor: &Actor,
+    operation: &'static str,
+    key: Option<&str>,
+    input: &I,
+    claim_in_effect: bool,
+    effect: F,
+) -> DomainResult<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    I: Serialize + ?Sized,
+    F: for<'c> Fn(&'c mut AsyncPgConnection, &'c Completion) -> Effect<'c, T> + Send + Sync,
+{
     let key = check_key(key)?;
     let fp = fingerprint(operation, &input)?;
     let ttl = services.idempotency_ttl.as_secs().max(1) as i64;
@@ -114,6 +187,13 @@ where
     let completion = Completion {
         key: key.map(|k| (actor.user_id.0, k.to_string())),
         done: std::sync::atomic::AtomicBool::new(false),
+        claim: key.filter(|_| claim_in_effect).map(|k| KeyClaim {
+            caller: actor.user_id.0,
+            key: k.to_string(),
+            operation,
+            fingerprint: fp.clone(),
+            ttl_secs: ttl,
+        }),
     };
     let mut attempt = 0;
     loop {
@@ -125,13 +205,13 @@ where
             .transaction(async |conn| {
                 // Connections wait at most KEY_WAIT_MS for any row lock (set when they are
                 // opened), which bounds how long a repeat waits for the first request.
-                if let Some(key) = key {
+                if let Some(key) = key.filter(|_| !claim_in_effect) {
                     let claimed =
                         idempotency::claim(conn, actor.user_id.0, key, operation, &fp, ttl)
                             .await
                             .map_err(map_lock_timeout)?;
                     if !claimed {
-                        return replay(conn, actor, key, operation, &fp).await;
+                        return replay_key(conn, actor.user_id.0, key, operation, &fp).await;
                     }
                 }
                 let out = effect(conn, &completion).await?;
@@ -156,14 +236,14 @@ where
     }
 }
 
-async fn replay<T: DeserializeOwned>(
+async fn replay_key<T: DeserializeOwned>(
     conn: &mut AsyncPgConnection,
-    actor: &Actor,
+    caller: uuid::Uuid,
     key: &str,
     operation: &str,
     fp: &str,
 ) -> DomainResult<T> {
-    let stored = idempotency::find(conn, actor.user_id.0, key).await?;
+    let stored = idempotency::find(conn, caller, key).await?;
     match stored {
         Some(s) if s.operation != operation || s.fingerprint != fp => {
             Err(DomainError::IdempotencyKeyReused)
@@ -177,7 +257,8 @@ async fn replay<T: DeserializeOwned>(
     }
 }
 
-fn map_lock_timeout(e: diesel::result::Error) -> DomainError {
+/// A lock timeout while claiming a key means another request holds it.
+pub fn map_lock_timeout(e: diesel::result::Error) -> DomainError {
     if e.to_string().contains("lock timeout") {
         DomainError::IdempotencyKeyInUse
     } else {

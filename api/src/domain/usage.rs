@@ -253,12 +253,29 @@ pub async fn record(
     if input.delta == 0 {
         return Err(DomainError::bad_input("delta", "delta must not be zero"));
     }
-    mutation::run(services, actor, "recordUsage", key, &input, |conn, done| -> Effect<'_, OrganizationRow> {
+    // The hot path: the key claim rides on the statement that reads the organization.
+    mutation::run_claiming_in_effect(services, actor, "recordUsage", key, &input, |conn, done| -> Effect<'_, OrganizationRow> {
         let (input, actor) = (input.clone(), actor.clone());
         Box::pin(async move {
-            let a = orgs::access(conn, input.organization_id.0, actor.user_id.0, Some(&input.resource), RowLock::KeyShare)
-                .await?
-                .ok_or(DomainError::NotFound("organization"))?;
+            let claim = done.key_claim().cloned();
+            let found = orgs::access_claiming(conn, input.organization_id.0, actor.user_id.0, &input.resource, claim.as_ref())
+                .await
+                .map_err(mutation::map_lock_timeout)?;
+            let a = match found {
+                Some(f) if f.claimed || claim.is_none() => f.access,
+                // The key was used before: replay the first result (or refuse a reuse).
+                Some(_) => return done.replay(conn).await,
+                // Missing organization: a key that holds a committed result still replays it.
+                None if claim.is_some() => {
+                    return match done.replay::<OrganizationRow>(conn).await {
+                        Err(DomainError::IdempotencyKeyInUse) | Err(DomainError::Internal(_)) => {
+                            Err(DomainError::NotFound("organization"))
+                        }
+                        other => other,
+                    };
+                }
+                None => return Err(DomainError::NotFound("organization")),
+            };
             require_manager(&a, "record usage")?;
             let kind = a.resource_kind.as_deref().ok_or_else(|| unknown_resource(&input.resource))?;
             let period = current_period(kind, a.resource_reset.as_deref(), Utc::now());

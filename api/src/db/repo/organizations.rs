@@ -295,3 +295,55 @@ pub async fn access(
     .await
     .optional()
 }
+
+/// `Access` plus whether the statement claimed the idempotency key.
+#[derive(QueryableByName)]
+pub struct ClaimedAccess {
+    /// The organization, role and resource.
+    #[diesel(embed)]
+    pub access: Access,
+    /// The key was free (or expired) and is now held by this transaction.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub claimed: bool,
+}
+
+/// `access` (with `FOR KEY SHARE`) and, when `claim` is given, the idempotency key claim of
+/// `idempotency::claim`, in one statement.
+pub async fn access_claiming(
+    conn: &mut AsyncPgConnection,
+    org: Uuid,
+    user: Uuid,
+    resource: &str,
+    claim: Option<&crate::domain::mutation::KeyClaim>,
+) -> QueryResult<Option<ClaimedAccess>> {
+    diesel::sql_query(
+        "WITH claim AS (
+            INSERT INTO idempotency_keys (caller_id, key, operation, fingerprint, response, expires_at)
+            SELECT $4, $5, $6, $7, NULL, now() + make_interval(secs => $8) WHERE $5::text IS NOT NULL
+            ON CONFLICT (caller_id, key) DO UPDATE
+               SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint,
+                   response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at
+             WHERE idempotency_keys.expires_at < now()
+            RETURNING 1
+         )
+         SELECT o.*, m.role, r.kind AS resource_kind, r.reset_period AS resource_reset,
+                EXISTS (SELECT 1 FROM claim) AS claimed
+           FROM organizations o
+           JOIN workspaces w ON w.id = o.workspace_id AND w.deleted_at IS NULL
+           LEFT JOIN members m ON m.workspace_id = o.workspace_id AND m.user_id = $2
+           LEFT JOIN resources r ON r.workspace_id = o.workspace_id AND r.key = $3
+          WHERE o.id = $1 FOR KEY SHARE OF o",
+    )
+    .bind::<SqlUuid, _>(org)
+    .bind::<SqlUuid, _>(user)
+    .bind::<diesel::sql_types::Text, _>(resource)
+    .bind::<Nullable<SqlUuid>, _>(claim.map(|c| c.caller))
+    .bind::<Nullable<diesel::sql_types::Text>, _>(claim.map(|c| c.key.as_str()))
+    .bind::<Nullable<diesel::sql_types::Text>, _>(claim.map(|c| c.operation))
+    .bind::<Nullable<diesel::sql_types::Text>, _>(claim.map(|c| c.fingerprint.as_str()))
+    .bind::<Nullable<BigInt>, _>(claim.map(|c| c.ttl_secs))
+    .cached()
+    .get_result(conn)
+    .await
+    .optional()
+}
