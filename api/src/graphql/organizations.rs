@@ -311,7 +311,7 @@ impl OrganizationObject {
 
     /// Every ancestor, root first (empty for a root).
     #[graphql(complexity = "10 * child_complexity")]
-    async fn ancestors(&self, ctx: &Context<'_>) -> Result<Vec<Organization>> {
+    async fn ancestors(&self, ctx: &Context<'_>) -> Result<FastList<Organization>> {
         if let Some(p) = &self.1
             && self.0.ancestors.iter().all(|a| p.orgs.contains_key(a))
         {
@@ -363,7 +363,7 @@ impl OrganizationObject {
 
     /// Usage of every resource of the workspace in its current window, with caps.
     #[graphql(complexity = "5 * child_complexity")]
-    async fn usage(&self, ctx: &Context<'_>) -> Result<Vec<OrganizationUsage>> {
+    async fn usage(&self, ctx: &Context<'_>) -> Result<FastList<OrganizationUsage>> {
         if let Some(entries) = self
             .1
             .as_ref()
@@ -935,8 +935,8 @@ impl OrganizationConnection {
     }
 
     /// A list of edges.
-    async fn edges(&self) -> &[OrganizationEdge] {
-        &self.edges
+    async fn edges(&self) -> FastList<&OrganizationEdge> {
+        FastList(self.edges.iter().collect())
     }
 
     /// A list of nodes.
@@ -1018,6 +1018,96 @@ impl async_graphql::OutputType for OrganizationEdge {
         match self.scalars_only(ctx) {
             Some(v) => Ok(v),
             None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
+        }
+    }
+}
+
+/// Objects that can answer a selection of plain scalars in one step.
+pub trait Scalars {
+    /// The selection as a value, or `None` when it needs the general resolver.
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value>;
+}
+
+impl Scalars for Organization {
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value> {
+        Organization::scalars_only(self, ctx)
+    }
+}
+
+impl Scalars for OrganizationUsage {
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value> {
+        OrganizationUsage::scalars_only(self, ctx)
+    }
+}
+
+impl<T: Scalars> Scalars for &T {
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value> {
+        (**self).scalars_only(ctx)
+    }
+}
+
+impl Scalars for OrganizationEdge {
+    fn scalars_only(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+    ) -> Option<async_graphql::Value> {
+        OrganizationEdge::scalars_only(self, ctx)
+    }
+}
+
+/// A list (`[T!]!`) whose items, when they all take the one-step path, are answered without
+/// a future per item; otherwise it resolves like any list.
+pub struct FastList<T>(pub Vec<T>);
+
+impl<T> FromIterator<T> for FastList<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastList<T> {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        <Vec<T> as async_graphql::OutputType>::type_name()
+    }
+
+    fn qualified_type_name() -> String {
+        <Vec<T> as async_graphql::OutputType>::qualified_type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        <Vec<T> as async_graphql::OutputType>::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
+    ) -> async_graphql::ServerResult<async_graphql::Value> {
+        let fast: Option<Vec<async_graphql::Value>> =
+            self.0.iter().map(|item| item.scalars_only(ctx)).collect();
+        match fast {
+            Some(values) => Ok(async_graphql::Value::List(values)),
+            None => {
+                async_graphql::resolver_utils::resolve_list(
+                    ctx,
+                    field,
+                    self.0.iter(),
+                    Some(self.0.len()),
+                )
+                .await
+            }
         }
     }
 }
