@@ -104,7 +104,7 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     tracing::info!("listening on http://{addr} (GraphiQL at http://{addr}/graphiql)");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async {
-            shutdown_signal().await;
+            api::shutdown_signal().await;
             tracing::info!("shutting down");
         })
         .await?;
@@ -113,25 +113,4 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
         let _ = w.await;
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -5,14 +5,14 @@
 
 use tokio::sync::watch;
 
-/// Runs the worker with configuration from the environment until SIGINT/SIGTERM.
+/// Runs the worker with configuration from the environment until SIGINT or SIGTERM.
 pub async fn run_from_env() -> anyhow::Result<()> {
     let config = api::config::Config::from_env()?;
     api::telemetry::init_tracing(config.log_format);
     let pool = api::prepare_database(&config, Default::default()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(api::jobs::run(pool, stop_rx));
-    tokio::signal::ctrl_c().await?;
+    api::shutdown_signal().await;
     let _ = stop_tx.send(true);
     worker.await?;
     Ok(())
