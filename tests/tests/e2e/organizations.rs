@@ -403,3 +403,51 @@ async fn scalar_only_selections_resolve_like_any_other() {
         .await;
     assert_eq!(r["data"]["organization"]["parent"], json!({"id": root}));
 }
+
+#[tokio::test]
+async fn descendants_page_through_the_whole_subtree_and_node_refetches() {
+    let app = TestApp::spawn().await;
+    let t = app.user("desc@example.com");
+    let ws = app.create_workspace(&t, "Desc").await;
+    let root = app.create_org(&t, &ws, None, "Root").await;
+    let mut expected = Vec::new();
+    let mut parent = root.clone();
+    for i in 0..3 {
+        let a = app
+            .create_org(&t, &ws, Some(&parent), &format!("A{i}"))
+            .await;
+        expected.push(a.clone());
+        expected.push(
+            app.create_org(&t, &ws, Some(&parent), &format!("B{i}"))
+                .await,
+        );
+        parent = a;
+    }
+    let q = "query($o: ID!, $a: String) { organization(id: $o) { descendants(first: 2, after: $a) { edges { node { id } } pageInfo { hasNextPage endCursor } } } }";
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let r = app.gql(&t, q, json!({"o": root, "a": after})).await;
+        assert_ok(&r);
+        let d = &r["data"]["organization"]["descendants"];
+        for e in d["edges"].as_array().expect("edges") {
+            seen.push(e["node"]["id"].as_str().expect("id").to_string());
+        }
+        if d["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = d["pageInfo"]["endCursor"].as_str().map(String::from);
+    }
+    assert_eq!(seen, expected);
+    let r = app
+        .gql(
+            &t,
+            "query($o: ID!) { node(id: $o) { id ... on Organization { name depth } } }",
+            json!({"o": expected[4]}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["node"],
+        json!({"id": expected[4], "name": "A2", "depth": 3})
+    );
+}
