@@ -55,31 +55,18 @@ impl Organization {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        use async_graphql::parser::types::Selection;
         let row = self.row();
-        let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
-        for item in &ctx.item.node.items {
-            let Selection::Field(f) = &item.node else {
-                return None;
-            };
-            let f = &f.node;
-            if !f.directives.is_empty()
-                || !f.arguments.is_empty()
-                || !f.selection_set.node.items.is_empty()
-            {
-                return None;
-            }
-            let v = match f.name.node.as_str() {
+        plain_selection(ctx, |f| {
+            Some(match f.name.node.as_str() {
+                _ if !f.selection_set.node.items.is_empty() => return None,
                 "id" => async_graphql::Value::String(OrganizationId(row.id).encode()),
                 "name" => async_graphql::Value::String(row.name.clone()),
                 "depth" => async_graphql::Value::from(i32::from(row.depth)),
                 "createdAt" => async_graphql::Value::String(row.created_at.to_rfc3339()),
                 "__typename" => async_graphql::Value::String("Organization".into()),
                 _ => return None,
-            };
-            map.insert(f.response_key().node.clone(), v);
-        }
-        Some(async_graphql::Value::Object(map))
+            })
+        })
     }
 }
 
@@ -438,22 +425,11 @@ impl OrganizationUsage {
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
         use async_graphql::Value;
-        use async_graphql::parser::types::Selection;
         let e = &self.0.0;
         let opt = |v: Option<i64>| v.map(Value::from).unwrap_or(Value::Null);
-        let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
-        for item in &ctx.item.node.items {
-            let Selection::Field(f) = &item.node else {
-                return None;
-            };
-            let f = &f.node;
-            if !f.directives.is_empty()
-                || !f.arguments.is_empty()
-                || !f.selection_set.node.items.is_empty()
-            {
-                return None;
-            }
-            let v = match f.name.node.as_str() {
+        plain_selection(ctx, |f| {
+            Some(match f.name.node.as_str() {
+                _ if !f.selection_set.node.items.is_empty() => return None,
                 "resource" => Value::String(e.resource.key.clone()),
                 "kind" => Value::Enum(async_graphql::Name::new(if e.resource.kind == "METERED" {
                     "METERED"
@@ -472,10 +448,8 @@ impl OrganizationUsage {
                 "overLimit" => Value::Boolean(e.over_limit),
                 "__typename" => Value::String("OrganizationUsage".into()),
                 _ => return None,
-            };
-            map.insert(f.response_key().node.clone(), v);
-        }
-        Some(Value::Object(map))
+            })
+        })
     }
 }
 
@@ -974,17 +948,8 @@ impl OrganizationEdge {
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
         use async_graphql::Value;
-        use async_graphql::parser::types::Selection;
-        let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
-        for item in &ctx.item.node.items {
-            let Selection::Field(f) = &item.node else {
-                return None;
-            };
-            let f = &f.node;
-            if !f.directives.is_empty() || !f.arguments.is_empty() {
-                return None;
-            }
-            let v = match f.name.node.as_str() {
+        plain_selection(ctx, |f| {
+            Some(match f.name.node.as_str() {
                 "cursor" if f.selection_set.node.items.is_empty() => {
                     Value::String(self.0.cursor.clone())
                 }
@@ -994,10 +959,8 @@ impl OrganizationEdge {
                     .node
                     .scalars_only(&ctx.with_selection_set(&f.selection_set))?,
                 _ => return None,
-            };
-            map.insert(f.response_key().node.clone(), v);
-        }
-        Some(Value::Object(map))
+            })
+        })
     }
 }
 
@@ -1110,4 +1073,26 @@ impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastL
             }
         }
     }
+}
+
+/// The value of a selection made of plain fields only (no fragments, directives or
+/// arguments), with `value` answering each field; `None` as soon as anything needs the
+/// general resolver (including `value` declining a field).
+fn plain_selection(
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+    mut value: impl FnMut(&async_graphql::parser::types::Field) -> Option<async_graphql::Value>,
+) -> Option<async_graphql::Value> {
+    use async_graphql::parser::types::Selection;
+    let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
+    for item in &ctx.item.node.items {
+        let Selection::Field(f) = &item.node else {
+            return None;
+        };
+        let f = &f.node;
+        if !f.directives.is_empty() || !f.arguments.is_empty() {
+            return None;
+        }
+        map.insert(f.response_key().node.clone(), value(f)?);
+    }
+    Some(async_graphql::Value::Object(map))
 }
