@@ -24,7 +24,12 @@ macro_rules! typed_id {
 
             /// The opaque external form, e.g. `ws_0193…`.
             pub fn encode(&self) -> String {
-                format!("{}_{}", $prefix, self.0.simple())
+                let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
+                let mut s = String::with_capacity($prefix.len() + 1 + hex.len());
+                s.push_str($prefix);
+                s.push('_');
+                s.push_str(self.0.simple().encode_lower(&mut hex));
+                s
             }
 
             /// Parses the external form; `None` for anything else (which callers treat

@@ -1,5 +1,7 @@
 //! Organization trees: create, rename, move and delete, within the structural caps.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
@@ -61,6 +63,30 @@ pub async fn children_pages(
 ) -> DomainResult<Vec<OrganizationRow>> {
     let mut conn = services.conn().await?;
     Ok(orgs::children_pages(&mut conn, parents, page).await?)
+}
+
+/// Pages of children of several organizations given as rows: the children come back
+/// complete while the statement reads only what the parents do not determine.
+pub async fn children_of_rows(
+    services: &Services,
+    parents: &[OrganizationRow],
+    page: Page,
+) -> DomainResult<HashMap<Uuid, Vec<OrganizationRow>>> {
+    let mut conn = services.conn().await?;
+    let ids: Vec<Uuid> = parents.iter().map(|p| p.id).collect();
+    let found = orgs::child_rows(&mut conn, &ids, page).await?;
+    let by_id: HashMap<Uuid, &OrganizationRow> = parents.iter().map(|p| (p.id, p)).collect();
+    let mut out: HashMap<Uuid, Vec<OrganizationRow>> =
+        parents.iter().map(|p| (p.id, Vec::new())).collect();
+    for c in found {
+        if let Some(parent) = by_id.get(&c.parent_id) {
+            let row = c.under(parent);
+            if let Some(v) = out.get_mut(&parent.id) {
+                v.push(row);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Pages of descendants of several organizations, as (ancestor asked for, descendant).
@@ -342,7 +368,10 @@ async fn carry_usage(
 ) -> DomainResult<()> {
     let resources = repo::resources::for_workspaces(conn, &[ws]).await?;
     let current = windows(&resources, Utc::now());
-    let rows = usage::current(conn, &[root.id], &current).await?;
+    let mut periods: Vec<chrono::DateTime<Utc>> = current.iter().map(|w| w.2).collect();
+    periods.sort_unstable();
+    periods.dedup();
+    let rows = usage::current(conn, &[root.id], &periods).await?;
     let leaving: Vec<Uuid> = root
         .ancestors
         .iter()
@@ -359,7 +388,7 @@ async fn carry_usage(
         .filter(|r| r.subtree > 0)
         .filter_map(|r| {
             let window = current.iter().find(|w| w.1 == r.resource)?.2;
-            Some((r.resource, window, r.subtree))
+            (r.period_start == Some(window)).then_some((r.resource, window, r.subtree))
         })
         .collect();
     // One resource after another, each in organization-id order (the global lock order).

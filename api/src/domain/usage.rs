@@ -8,6 +8,7 @@
 //! more cap on the path.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde_json::json;
@@ -58,10 +59,10 @@ pub fn windows(
 }
 
 /// One organization's usage of one resource in its current window.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsageEntry {
-    /// The resource.
-    pub resource: ResourceRow,
+    /// The resource (shared by every entry of a page).
+    pub resource: Arc<ResourceRow>,
     /// Start of the window (`None` for allocated resources).
     pub window_start: Option<DateTime<Utc>>,
     /// The organization's own usage.
@@ -96,44 +97,81 @@ pub fn room<'a>(path: impl IntoIterator<Item = &'a Numbers>) -> Option<i64> {
         .min()
 }
 
-/// The usage entries of `org` (whose path is its ancestors then itself).
-pub fn entries(
-    org: &OrganizationRow,
-    resources: &[ResourceRow],
-    numbers: &HashMap<(Uuid, String), Numbers>,
-) -> Vec<UsageEntry> {
-    let now = Utc::now();
-    resources
-        .iter()
-        .filter(|r| r.workspace_id == org.workspace_id)
-        .map(|r| {
-            let get = |id: &Uuid| {
-                numbers
-                    .get(&(*id, r.key.clone()))
-                    .copied()
-                    .unwrap_or_default()
+/// The resources of the workspaces being read, with their current windows, and the current
+/// numbers of the organizations being read, by (organization, index of the resource).
+pub struct UsageView {
+    resources: Vec<(Arc<ResourceRow>, DateTime<Utc>)>,
+    numbers: HashMap<(Uuid, usize), Numbers>,
+}
+
+impl UsageView {
+    /// Indexes `rows` (counters and caps) by resource position; rows of a past window or an
+    /// unknown resource are left out.
+    pub fn new(
+        resources: Vec<ResourceRow>,
+        now: DateTime<Utc>,
+        rows: Vec<usage::UsageRow>,
+    ) -> Self {
+        let resources: Vec<(Arc<ResourceRow>, DateTime<Utc>)> = resources
+            .into_iter()
+            .map(|r| {
+                let window = current_period(&r.kind, r.reset_period.as_deref(), now);
+                (Arc::new(r), window)
+            })
+            .collect();
+        let index: HashMap<(Uuid, &str), usize> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, (r, _))| ((r.workspace_id, r.key.as_str()), i))
+            .collect();
+        let mut numbers: HashMap<(Uuid, usize), Numbers> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let Some(&i) = index.get(&(r.workspace_id, r.resource.as_str())) else {
+                continue;
             };
-            let own = get(&org.id);
-            let path: Vec<Numbers> = org
-                .ancestors
-                .iter()
-                .chain(std::iter::once(&org.id))
-                .map(get)
-                .collect();
-            let available = room(&path).map(|r| r.max(0));
-            let window = current_period(&r.kind, r.reset_period.as_deref(), now);
-            UsageEntry {
-                resource: r.clone(),
-                window_start: (window != epoch()).then_some(window),
-                direct: own.direct,
-                subtree: own.subtree,
-                limit: own.limit,
-                effective_limit: available.map(|a| own.subtree + a),
-                available,
-                over_limit: own.limit.is_some_and(|l| own.subtree > l),
+            match r.period_start {
+                Some(p) if p != resources[i].1 => {}
+                Some(_) => {
+                    let n = numbers.entry((r.organization_id, i)).or_default();
+                    n.direct = r.direct;
+                    n.subtree = r.subtree;
+                }
+                None => numbers.entry((r.organization_id, i)).or_default().limit = r.limit,
             }
-        })
-        .collect()
+        }
+        Self { resources, numbers }
+    }
+
+    /// The usage entries of `org` (whose path is its ancestors then itself).
+    pub fn entries(&self, org: &OrganizationRow) -> Vec<UsageEntry> {
+        self.resources
+            .iter()
+            .enumerate()
+            .filter(|(_, (r, _))| r.workspace_id == org.workspace_id)
+            .map(|(i, (r, window))| {
+                let get = |id: &Uuid| self.numbers.get(&(*id, i)).copied().unwrap_or_default();
+                let own = get(&org.id);
+                let available = org
+                    .ancestors
+                    .iter()
+                    .map(get)
+                    .chain(std::iter::once(own))
+                    .filter_map(|n| n.limit.map(|l| l - n.subtree))
+                    .min()
+                    .map(|r| r.max(0));
+                UsageEntry {
+                    resource: r.clone(),
+                    window_start: (*window != epoch()).then_some(*window),
+                    direct: own.direct,
+                    subtree: own.subtree,
+                    limit: own.limit,
+                    effective_limit: available.map(|a| own.subtree + a),
+                    available,
+                    over_limit: own.limit.is_some_and(|l| own.subtree > l),
+                }
+            })
+            .collect()
+    }
 }
 
 // Organizations are the usage loader's keys (the loader needs their paths).
@@ -151,6 +189,13 @@ pub async fn load_entries(
     services: &Services,
     orgs: &[OrganizationRow],
 ) -> DomainResult<HashMap<Uuid, Vec<UsageEntry>>> {
+    let view = load_view(services, orgs).await?;
+    Ok(orgs.iter().map(|o| (o.id, view.entries(o))).collect())
+}
+
+/// The resources and current numbers needed for the usage entries of `orgs`: two
+/// statements, whatever their number.
+pub async fn load_view(services: &Services, orgs: &[OrganizationRow]) -> DomainResult<UsageView> {
     let mut conn = services.conn().await?;
     let mut ws: Vec<Uuid> = orgs.iter().map(|o| o.workspace_id).collect();
     ws.sort_unstable();
@@ -162,24 +207,15 @@ pub async fn load_entries(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = usage::current(&mut conn, &ids, &windows(&resources, Utc::now())).await?;
-    let numbers: HashMap<(Uuid, String), Numbers> = rows
-        .into_iter()
-        .map(|r| {
-            (
-                (r.organization_id, r.resource),
-                Numbers {
-                    direct: r.direct,
-                    subtree: r.subtree,
-                    limit: r.limit,
-                },
-            )
-        })
-        .collect();
-    Ok(orgs
+    let now = Utc::now();
+    let mut periods: Vec<DateTime<Utc>> = resources
         .iter()
-        .map(|o| (o.id, entries(o, &resources, &numbers)))
-        .collect())
+        .map(|r| current_period(&r.kind, r.reset_period.as_deref(), now))
+        .collect();
+    periods.sort_unstable();
+    periods.dedup();
+    let rows = usage::current(&mut conn, &ids, &periods).await?;
+    Ok(UsageView::new(resources, now, rows))
 }
 
 /// Past and current windows of one organization's usage of a resource, newest first.

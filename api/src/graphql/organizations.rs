@@ -49,25 +49,173 @@ impl Organization {
         &self.0.0
     }
 
-    /// The selection as a value, when it holds nothing but plain scalar fields (no
-    /// arguments, directives, fragments or sub-selections); otherwise `None`.
+    /// The selection as a value in one step (see `org_value`); `None` when it needs the
+    /// general resolver.
     fn scalars_only(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        let row = self.row();
-        plain_selection(ctx, |f| {
-            Some(match f.name.node.as_str() {
-                _ if !f.selection_set.node.items.is_empty() => return None,
-                "id" => async_graphql::Value::String(OrganizationId(row.id).encode()),
-                "name" => async_graphql::Value::String(row.name.clone()),
-                "depth" => async_graphql::Value::from(i32::from(row.depth)),
-                "createdAt" => async_graphql::Value::String(row.created_at.to_rfc3339()),
-                "__typename" => async_graphql::Value::String("Organization".into()),
-                _ => return None,
-            })
-        })
+        org_value(self.row(), self.0.1.as_deref(), ctx)
     }
+}
+
+/// An organization's selection as a value in one step, when it holds only plain fields
+/// (no fragments or directives) that are either scalars or edges already in `prefetch`
+/// (its page's: parent, ancestors, usage and the prefetched children page); `None` as soon
+/// as anything needs the general resolver. Nested organizations are answered without a
+/// prefetch, so their own edges fall back.
+fn org_value(
+    row: &OrganizationRow,
+    prefetch: Option<&Prefetch>,
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+) -> Option<async_graphql::Value> {
+    use async_graphql::Value;
+    plain_selection(ctx, |field| {
+        let f = &field.node;
+        Some(match f.name.node.as_str() {
+            "id" => Value::String(OrganizationId(row.id).encode()),
+            "name" => Value::String(row.name.clone()),
+            "depth" => Value::from(i32::from(row.depth)),
+            "createdAt" => Value::String(row.created_at.to_rfc3339()),
+            "__typename" => Value::String("Organization".into()),
+            "parent" => {
+                let p = prefetch?;
+                match row.parent_id {
+                    None => Value::Null,
+                    Some(id) => org_value(
+                        p.orgs.get(&id)?,
+                        None,
+                        &ctx.with_selection_set(&f.selection_set),
+                    )?,
+                }
+            }
+            "ancestors" => {
+                let p = prefetch?;
+                let sub = ctx.with_selection_set(&f.selection_set);
+                Value::List(
+                    row.ancestors
+                        .iter()
+                        .map(|a| org_value(p.orgs.get(a)?, None, &sub))
+                        .collect::<Option<_>>()?,
+                )
+            }
+            "usage" => {
+                let entries = prefetch?.usage.as_ref()?.get(&row.id)?;
+                let sub = ctx.with_selection_set(&f.selection_set);
+                Value::List(
+                    entries
+                        .iter()
+                        .map(|e| usage_value(e, &sub))
+                        .collect::<Option<_>>()?,
+                )
+            }
+            "children" => {
+                let (page, by_parent) = prefetch?.children.as_ref()?;
+                let args = ctx.with_field(field);
+                let (_, first) = args.param_value::<Option<i32>>("first", None).ok()?;
+                let (_, after) = args.param_value::<Option<String>>("after", None).ok()?;
+                if pagination::page(first, after.as_deref()).ok()? != *page {
+                    return None;
+                }
+                connection_value(
+                    by_parent.get(&row.id)?,
+                    *page,
+                    &ctx.with_selection_set(&f.selection_set),
+                )?
+            }
+            _ => return None,
+        })
+    })
+}
+
+/// A connection over `rows` (fetched with `page`, one extra row) in one step, when its
+/// selection is plain; its nodes are answered without a prefetch.
+fn connection_value(
+    rows: &[OrganizationRow],
+    page: Page,
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+) -> Option<async_graphql::Value> {
+    use async_graphql::Value;
+    let want = (page.limit - 1).max(0) as usize;
+    let shown = &rows[..rows.len().min(want)];
+    let cursor = |r: Option<&OrganizationRow>| {
+        r.map(|r| Value::String(pagination::encode_cursor(r.id)))
+            .unwrap_or(Value::Null)
+    };
+    plain_selection(ctx, |field| {
+        let f = &field.node;
+        let sub = ctx.with_selection_set(&f.selection_set);
+        Some(match f.name.node.as_str() {
+            "__typename" => Value::String("OrganizationConnection".into()),
+            "edges" => Value::List(
+                shown
+                    .iter()
+                    .map(|r| {
+                        plain_selection(&sub, |e| {
+                            Some(match e.node.name.node.as_str() {
+                                "cursor" => cursor(Some(r)),
+                                "node" => org_value(
+                                    r,
+                                    None,
+                                    &sub.with_selection_set(&e.node.selection_set),
+                                )?,
+                                "__typename" => Value::String("OrganizationEdge".into()),
+                                _ => return None,
+                            })
+                        })
+                    })
+                    .collect::<Option<_>>()?,
+            ),
+            "nodes" => Value::List(
+                shown
+                    .iter()
+                    .map(|r| org_value(r, None, &sub))
+                    .collect::<Option<_>>()?,
+            ),
+            "pageInfo" => plain_selection(&sub, |p| {
+                Some(match p.node.name.node.as_str() {
+                    "hasPreviousPage" => Value::Boolean(page.after.is_some()),
+                    "hasNextPage" => Value::Boolean(rows.len() > want),
+                    "startCursor" => cursor(shown.first()),
+                    "endCursor" => cursor(shown.last()),
+                    "__typename" => Value::String("PageInfo".into()),
+                    _ => return None,
+                })
+            })?,
+            _ => return None,
+        })
+    })
+}
+
+/// A usage entry's selection of plain scalar fields as a value in one step.
+fn usage_value(
+    e: &domain::usage::UsageEntry,
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+) -> Option<async_graphql::Value> {
+    use async_graphql::Value;
+    let opt = |v: Option<i64>| v.map(Value::from).unwrap_or(Value::Null);
+    plain_selection(ctx, |f| {
+        Some(match f.node.name.node.as_str() {
+            "resource" => Value::String(e.resource.key.clone()),
+            "kind" => Value::Enum(async_graphql::Name::new(if e.resource.kind == "METERED" {
+                "METERED"
+            } else {
+                "ALLOCATED"
+            })),
+            "windowStart" => e
+                .window_start
+                .map(|w| Value::String(w.to_rfc3339()))
+                .unwrap_or(Value::Null),
+            "direct" => Value::from(e.direct),
+            "subtree" => Value::from(e.subtree),
+            "limit" => opt(e.limit),
+            "effectiveLimit" => opt(e.effective_limit),
+            "available" => opt(e.available),
+            "overLimit" => Value::Boolean(e.over_limit),
+            "__typename" => Value::String("OrganizationUsage".into()),
+            _ => return None,
+        })
+    })
 }
 
 impl async_graphql::OutputType for Organization {
@@ -183,12 +331,9 @@ pub(crate) async fn prefetch(
         },
         async {
             match children_page {
-                Some(page) => {
-                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-                    domain::organizations::children_pages(services, &ids, page)
-                        .await
-                        .map(|c| Some((page, c)))
-                }
+                Some(page) => domain::organizations::children_of_rows(services, rows, page)
+                    .await
+                    .map(|c| Some((page, c))),
                 None => Ok(None),
             }
         },
@@ -210,16 +355,7 @@ pub(crate) async fn prefetch(
         children: None,
         usage,
     };
-    if let Some((page, found)) = children {
-        let mut by_parent: HashMap<Uuid, Vec<OrganizationRow>> =
-            rows.iter().map(|r| (r.id, Vec::new())).collect();
-        for c in found {
-            if let Some(v) = c.parent_id.and_then(|pid| by_parent.get_mut(&pid)) {
-                v.push(c);
-            }
-        }
-        p.children = Some((page, by_parent));
-    }
+    p.children = children;
     Ok(Some(Arc::new(p)))
 }
 
@@ -424,32 +560,7 @@ impl OrganizationUsage {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        use async_graphql::Value;
-        let e = &self.0.0;
-        let opt = |v: Option<i64>| v.map(Value::from).unwrap_or(Value::Null);
-        plain_selection(ctx, |f| {
-            Some(match f.name.node.as_str() {
-                _ if !f.selection_set.node.items.is_empty() => return None,
-                "resource" => Value::String(e.resource.key.clone()),
-                "kind" => Value::Enum(async_graphql::Name::new(if e.resource.kind == "METERED" {
-                    "METERED"
-                } else {
-                    "ALLOCATED"
-                })),
-                "windowStart" => e
-                    .window_start
-                    .map(|w| Value::String(w.to_rfc3339()))
-                    .unwrap_or(Value::Null),
-                "direct" => Value::from(e.direct),
-                "subtree" => Value::from(e.subtree),
-                "limit" => opt(e.limit),
-                "effectiveLimit" => opt(e.effective_limit),
-                "available" => opt(e.available),
-                "overLimit" => Value::Boolean(e.over_limit),
-                "__typename" => Value::String("OrganizationUsage".into()),
-                _ => return None,
-            })
-        })
+        usage_value(&self.0.0, ctx)
     }
 }
 
@@ -488,7 +599,7 @@ impl OrganizationUsageObject {
 
     /// The resource's definition.
     async fn definition(&self) -> Resource {
-        Resource(self.0.resource.clone())
+        Resource((*self.0.resource).clone())
     }
 
     /// Start of the current window of a metered resource; null for allocated ones.
@@ -949,15 +1060,13 @@ impl OrganizationEdge {
     ) -> Option<async_graphql::Value> {
         use async_graphql::Value;
         plain_selection(ctx, |f| {
-            Some(match f.name.node.as_str() {
-                "cursor" if f.selection_set.node.items.is_empty() => {
-                    Value::String(self.0.cursor.clone())
-                }
+            Some(match f.node.name.node.as_str() {
+                "cursor" => Value::String(self.0.cursor.clone()),
                 "__typename" => Value::String("OrganizationEdge".into()),
                 "node" => self
                     .0
                     .node
-                    .scalars_only(&ctx.with_selection_set(&f.selection_set))?,
+                    .scalars_only(&ctx.with_selection_set(&f.node.selection_set))?,
                 _ => return None,
             })
         })
@@ -1075,12 +1184,17 @@ impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastL
     }
 }
 
-/// The value of a selection made of plain fields only (no fragments, directives or
-/// arguments), with `value` answering each field; `None` as soon as anything needs the
-/// general resolver (including `value` declining a field).
+/// The value of a selection made of plain fields only (no fragments or directives), with
+/// `value` answering each field; `None` as soon as anything needs the general resolver
+/// (including `value` declining a field, or a repeated response key whose selections would
+/// need merging). The query was validated: a field has arguments
+/// or a sub-selection only where the schema declares them, and `value` evaluates those of
+/// the fields it answers.
 fn plain_selection(
     ctx: &async_graphql::ContextSelectionSet<'_>,
-    mut value: impl FnMut(&async_graphql::parser::types::Field) -> Option<async_graphql::Value>,
+    mut value: impl FnMut(
+        &async_graphql::Positioned<async_graphql::parser::types::Field>,
+    ) -> Option<async_graphql::Value>,
 ) -> Option<async_graphql::Value> {
     use async_graphql::parser::types::Selection;
     let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
@@ -1088,11 +1202,14 @@ fn plain_selection(
         let Selection::Field(f) = &item.node else {
             return None;
         };
-        let f = &f.node;
-        if !f.directives.is_empty() || !f.arguments.is_empty() {
+        let key = &f.node.response_key().node;
+        // A repeated key with a sub-selection needs the selections merged: general path.
+        if !f.node.directives.is_empty()
+            || (!f.node.selection_set.node.items.is_empty() && map.contains_key(key))
+        {
             return None;
         }
-        map.insert(f.response_key().node.clone(), value(f)?);
+        map.insert(key.clone(), value(f)?);
     }
     Some(async_graphql::Value::Object(map))
 }

@@ -1,6 +1,6 @@
 //! Organization trees: structure, caps, moves, deletion.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tests::{TestApp, assert_code, assert_ok};
 
 #[tokio::test]
@@ -402,6 +402,123 @@ async fn scalar_only_selections_resolve_like_any_other() {
         )
         .await;
     assert_eq!(r["data"]["organization"]["parent"], json!({"id": root}));
+}
+
+#[tokio::test]
+async fn a_page_with_prefetched_edges_resolves_like_the_general_path() {
+    let app = TestApp::spawn().await;
+    let t = app.user("page@example.com");
+    let ws = app.create_workspace(&t, "Page").await;
+    let root = app.create_org(&t, &ws, None, "Root").await;
+    let mut kids = Vec::new();
+    for i in 0..4 {
+        kids.push(
+            app.create_org(&t, &ws, Some(&root), &format!("Kid {i}"))
+                .await,
+        );
+    }
+    let grandchild = app.create_org(&t, &ws, Some(&kids[1]), "Grandchild").await;
+    assert_ok(&app.set_limit(&t, &root, "users", Some(20)).await);
+    assert_ok(&app.set_limit(&t, &kids[1], "users", Some(8)).await);
+    assert_ok(&app.record(&t, &grandchild, "users", 3).await);
+    assert_ok(&app.record(&t, &kids[0], "users", 2).await);
+    // Page nodes whose nested edges were prefetched with the page are answered in one step;
+    // a directive anywhere in a node forces the general path. Both must agree exactly,
+    // including children pages driven by variables, page info and cursors.
+    let node = |d: &str| {
+        format!(
+            "id name depth __typename parent {{ id name }} ancestors {{ id name{d} }}
+             usage {{ resource direct subtree limit effectiveLimit available overLimit }}
+             children(first: $n, after: $after) {{ edges {{ cursor node {{ id name }} }}
+               nodes {{ id }} pageInfo {{ hasNextPage hasPreviousPage startCursor endCursor }} }}"
+        )
+    };
+    let query = |d: &str| {
+        format!(
+            "query($w: ID!, $n: Int, $after: String) {{ workspace(id: $w) {{ organizations(first: 10) {{
+               edges {{ cursor node {{ {} }} }} }} }} }}",
+            node(d)
+        )
+    };
+    for (n, after) in [
+        (json!(2), json!(null)),
+        (json!(10), json!(null)),
+        (json!(null), json!(null)),
+    ] {
+        let vars = json!({"w": ws, "n": n, "after": after});
+        let fast = app.gql(&t, &query(""), vars.clone()).await;
+        let general = app.gql(&t, &query(" @include(if: true)"), vars).await;
+        assert_ok(&fast);
+        assert_eq!(fast, general);
+    }
+    let vars = json!({"w": ws, "n": 2, "after": null});
+    let r = app.gql(&t, &query(""), vars).await;
+    let edges = r["data"]["workspace"]["organizations"]["edges"]
+        .as_array()
+        .expect("edges")
+        .clone();
+    assert_eq!(edges.len(), 6);
+    let first = &edges[0]["node"];
+    assert_eq!(first["id"], root.as_str());
+    assert_eq!(first["parent"], Value::Null);
+    assert_eq!(
+        first["children"]["edges"].as_array().expect("edges").len(),
+        2,
+        "first: $n is honoured"
+    );
+    assert_eq!(first["children"]["pageInfo"]["hasNextPage"], true);
+    assert_eq!(
+        first["children"]["pageInfo"]["endCursor"],
+        first["children"]["edges"][1]["cursor"]
+    );
+    // The second page of the root's children, through `after`, agrees on both paths.
+    let after = first["children"]["pageInfo"]["endCursor"].clone();
+    let vars = json!({"w": ws, "n": 2, "after": after});
+    let fast = app.gql(&t, &query(""), vars.clone()).await;
+    let general = app.gql(&t, &query(" @include(if: true)"), vars).await;
+    assert_eq!(fast, general);
+    let root_kids = &fast["data"]["workspace"]["organizations"]["edges"][0]["node"]["children"];
+    assert_eq!(
+        root_kids["nodes"],
+        json!([{"id": kids[2]}, {"id": kids[3]}])
+    );
+    assert_eq!(root_kids["pageInfo"]["hasPreviousPage"], true);
+    // The grandchild's usage: its own 3, capped by its parent's 8 (5 left).
+    let gc = edges
+        .iter()
+        .find(|e| e["node"]["id"] == grandchild.as_str())
+        .expect("the grandchild is on the page");
+    let users = &gc["node"]["usage"][0];
+    assert_eq!(
+        (
+            users["direct"].as_i64(),
+            users["available"].as_i64(),
+            users["effectiveLimit"].as_i64()
+        ),
+        (Some(3), Some(5), Some(8))
+    );
+    assert_eq!(
+        gc["node"]["ancestors"],
+        json!([{"id": root, "name": "Root"}, {"id": kids[1], "name": "Kid 1"}])
+    );
+    // Repeated keys with sub-selections are merged, two children pages both answered.
+    let r = app
+        .gql(
+            &t,
+            "query($w: ID!) { workspace(id: $w) { organizations(first: 2) { edges { node {
+               parent { id } parent { name } a: children(first: 1) { nodes { id } } b: children(first: 3) { nodes { id } } } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_ok(&r);
+    let n = &r["data"]["workspace"]["organizations"]["edges"][0]["node"];
+    assert_eq!(n["a"]["nodes"], json!([{"id": kids[0]}]));
+    assert_eq!(
+        n["b"]["nodes"],
+        json!([{"id": kids[0]}, {"id": kids[1]}, {"id": kids[2]}])
+    );
+    let kid = &r["data"]["workspace"]["organizations"]["edges"][1]["node"];
+    assert_eq!(kid["parent"], json!({"id": root, "name": "Root"}));
 }
 
 #[tokio::test]

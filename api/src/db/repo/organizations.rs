@@ -114,19 +114,84 @@ pub async fn page_for_workspace(
     q.load(conn).await
 }
 
-/// Pages of children of several organizations in one statement.
+/// Pages of children of several organizations in one statement: the parents are joined
+/// (not matched with `= ANY`, which a generic plan may turn into a scan comparing every
+/// row with every parent) and their children numbered per parent.
 pub async fn children_pages(
     conn: &mut AsyncPgConnection,
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<OrganizationRow>> {
     diesel::sql_query(
-        "SELECT c.* FROM unnest($1::uuid[]) AS p(id)
-         CROSS JOIN LATERAL (
-            SELECT * FROM organizations o
-             WHERE o.parent_id = p.id AND ($2::uuid IS NULL OR o.id > $2)
-             ORDER BY o.id LIMIT $3
-         ) c",
+        "SELECT id, workspace_id, parent_id, name, depth, ancestors, created_at, updated_at
+           FROM (SELECT o.*, row_number() OVER (PARTITION BY o.parent_id ORDER BY o.id) AS n
+                   FROM unnest($1::uuid[]) AS p(id) JOIN organizations o ON o.parent_id = p.id
+                  WHERE $2::uuid IS NULL OR o.id > $2) c
+          WHERE n <= $3
+          ORDER BY parent_id, id",
+    )
+    .bind::<Array<SqlUuid>, _>(parents)
+    .bind::<Nullable<SqlUuid>, _>(page.after)
+    .bind::<BigInt, _>(page.limit)
+    .cached()
+    .load(conn)
+    .await
+}
+
+/// The columns of a child that its parent does not determine (its workspace, depth and
+/// ancestor path follow from the parent's).
+#[derive(QueryableByName)]
+pub struct ChildRow {
+    /// Primary key.
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// Parent.
+    #[diesel(sql_type = SqlUuid)]
+    pub parent_id: Uuid,
+    /// Name.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub name: String,
+    /// Created.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last changed.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl ChildRow {
+    /// The full row, given its parent's.
+    pub fn under(self, parent: &OrganizationRow) -> OrganizationRow {
+        let mut ancestors = Vec::with_capacity(parent.ancestors.len() + 1);
+        ancestors.extend_from_slice(&parent.ancestors);
+        ancestors.push(parent.id);
+        OrganizationRow {
+            id: self.id,
+            workspace_id: parent.workspace_id,
+            parent_id: Some(self.parent_id),
+            name: self.name,
+            depth: parent.depth + 1,
+            ancestors,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Like `children_pages`, without the columns the parents determine.
+pub async fn child_rows(
+    conn: &mut AsyncPgConnection,
+    parents: &[Uuid],
+    page: Page,
+) -> QueryResult<Vec<ChildRow>> {
+    diesel::sql_query(
+        "SELECT id, parent_id, name, created_at, updated_at
+           FROM (SELECT o.id, o.parent_id, o.name, o.created_at, o.updated_at,
+                        row_number() OVER (PARTITION BY o.parent_id ORDER BY o.id) AS n
+                   FROM unnest($1::uuid[]) AS p(id) JOIN organizations o ON o.parent_id = p.id
+                  WHERE $2::uuid IS NULL OR o.id > $2) c
+          WHERE n <= $3
+          ORDER BY parent_id, id",
     )
     .bind::<Array<SqlUuid>, _>(parents)
     .bind::<Nullable<SqlUuid>, _>(page.after)

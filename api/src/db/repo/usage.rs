@@ -269,19 +269,16 @@ fn unzip(windows: &Windows) -> (Vec<Uuid>, Vec<&str>, Vec<DateTime<Utc>>) {
     (ws, keys, periods)
 }
 
-/// Current counters and caps of `orgs`, in one statement: one row per (organization,
-/// resource) that has a counter in the resource's current window or a cap.
+/// Counters of `orgs` in any of `periods` and their caps, in one statement: a counter row
+/// per (organization, resource, window) and a cap row (with a null window) per
+/// (organization, resource) that has one. Both halves are primary-key lookups by
+/// organization; which window is current for each resource is decided by the caller.
 pub async fn current(
     conn: &mut AsyncPgConnection,
     orgs: &[Uuid],
-    windows: &Windows,
+    periods: &[DateTime<Utc>],
 ) -> QueryResult<Vec<UsageRow>> {
-    let mut periods: Vec<DateTime<Utc>> = windows.iter().map(|w| w.2).collect();
-    periods.sort_unstable();
-    periods.dedup();
-    // Both halves are primary-key lookups by organization; the window of each resource is
-    // matched here rather than joined in SQL.
-    let rows: Vec<UsageRow> = diesel::sql_query(
+    diesel::sql_query(
         "SELECT workspace_id, organization_id, resource, period_start, direct, subtree, NULL::int8 AS \"limit\"
            FROM usage_counters WHERE organization_id = ANY($1) AND period_start = ANY($2)
          UNION ALL
@@ -289,36 +286,10 @@ pub async fn current(
            FROM organization_limits WHERE organization_id = ANY($1)",
     )
     .bind::<Array<SqlUuid>, _>(orgs)
-    .bind::<Array<Timestamptz>, _>(&periods)
+    .bind::<Array<Timestamptz>, _>(periods)
     .cached()
     .load(conn)
-    .await?;
-    let window_of: std::collections::HashMap<(Uuid, &str), DateTime<Utc>> =
-        windows.iter().map(|w| ((w.0, w.1.as_str()), w.2)).collect();
-    let mut merged: std::collections::HashMap<(Uuid, String), UsageRow> =
-        std::collections::HashMap::new();
-    for r in rows {
-        match r.period_start {
-            Some(p) if window_of.get(&(r.workspace_id, r.resource.as_str())) != Some(&p) => {
-                continue;
-            }
-            Some(_) => {
-                let e = merged
-                    .entry((r.organization_id, r.resource.clone()))
-                    .or_insert_with(|| r.clone());
-                e.period_start = r.period_start;
-                e.direct = r.direct;
-                e.subtree = r.subtree;
-            }
-            None => {
-                let e = merged
-                    .entry((r.organization_id, r.resource.clone()))
-                    .or_insert_with(|| r.clone());
-                e.limit = r.limit;
-            }
-        }
-    }
-    Ok(merged.into_values().collect())
+    .await
 }
 
 /// A past or current window of one organization's usage.
