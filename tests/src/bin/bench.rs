@@ -82,6 +82,14 @@ async fn reset_database(server: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn analyze(server: &str) -> anyhow::Result<()> {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{server}/{DB}"), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client.batch_execute("ANALYZE").await?;
+    Ok(())
+}
+
 async fn start_server(server_url: &str) -> anyhow::Result<Server> {
     let exe = std::env::current_exe()?;
     let api = exe.with_file_name("api");
@@ -435,6 +443,9 @@ async fn main() -> anyhow::Result<()> {
     let server = Arc::new(start_server(&server_url).await?);
     let t = Instant::now();
     let seeded = seed(&server, workers).await?;
+    // A database in service has statistics (autovacuum analyzes a table soon after this
+    // much churn; some development machines run with autovacuum off).
+    analyze(&server_url).await?;
     eprintln!(
         "seeded 1,000 organizations, 100 members and usage in {:.1} s",
         t.elapsed().as_secs_f64()
