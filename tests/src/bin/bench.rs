@@ -107,7 +107,6 @@ async fn start_server(server_url: &str) -> anyhow::Result<Server> {
         .env("DATABASE_URL", format!("{server_url}/{DB}"))
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("JWT_HS256_SECRET", SECRET)
-        .env("DATABASE_POOL_SIZE", "16")
         .env("GRAPHQL_MAX_COMPLEXITY", "100000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
