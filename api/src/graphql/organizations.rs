@@ -136,7 +136,7 @@ fn connection_value(
     ctx: &async_graphql::ContextSelectionSet<'_>,
 ) -> Option<async_graphql::Value> {
     use async_graphql::Value;
-    let want = (page.limit - 1).max(0) as usize;
+    let want = page.size();
     let shown = &rows[..rows.len().min(want)];
     let cursor = |r: Option<&OrganizationRow>| {
         r.map(|r| Value::String(pagination::encode_cursor(r.id)))
@@ -151,18 +151,11 @@ fn connection_value(
                 shown
                     .iter()
                     .map(|r| {
-                        plain_selection(&sub, |e| {
-                            Some(match e.node.name.node.as_str() {
-                                "cursor" => cursor(Some(r)),
-                                "node" => org_value(
-                                    r,
-                                    None,
-                                    &sub.with_selection_set(&e.node.selection_set),
-                                )?,
-                                "__typename" => Value::String("OrganizationEdge".into()),
-                                _ => return None,
-                            })
-                        })
+                        edge_value(
+                            &sub,
+                            || pagination::encode_cursor(r.id),
+                            |node| org_value(r, None, node),
+                        )
                     })
                     .collect::<Option<_>>()?,
             ),
@@ -182,6 +175,24 @@ fn connection_value(
                     _ => return None,
                 })
             })?,
+            _ => return None,
+        })
+    })
+}
+
+/// An edge's plain selection (`cursor`, `node`, `__typename`) in one step, `node` answering
+/// the node's selection.
+fn edge_value(
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+    cursor: impl Fn() -> String,
+    node: impl Fn(&async_graphql::ContextSelectionSet<'_>) -> Option<async_graphql::Value>,
+) -> Option<async_graphql::Value> {
+    use async_graphql::Value;
+    plain_selection(ctx, |f| {
+        Some(match f.node.name.node.as_str() {
+            "cursor" => Value::String(cursor()),
+            "node" => node(&ctx.with_selection_set(&f.node.selection_set))?,
+            "__typename" => Value::String("OrganizationEdge".into()),
             _ => return None,
         })
     })
@@ -987,7 +998,7 @@ impl OrganizationConnection {
         page: Page,
         node: impl Fn(OrganizationRow) -> Organization,
     ) -> Self {
-        let want = (page.limit - 1).max(0) as usize;
+        let want = page.size();
         let has_next_page = rows.len() > want;
         let edges = rows
             .into_iter()
@@ -1058,18 +1069,11 @@ impl OrganizationEdge {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        use async_graphql::Value;
-        plain_selection(ctx, |f| {
-            Some(match f.node.name.node.as_str() {
-                "cursor" => Value::String(self.0.cursor.clone()),
-                "__typename" => Value::String("OrganizationEdge".into()),
-                "node" => self
-                    .0
-                    .node
-                    .scalars_only(&ctx.with_selection_set(&f.node.selection_set))?,
-                _ => return None,
-            })
-        })
+        edge_value(
+            ctx,
+            || self.0.cursor.clone(),
+            |node| self.0.node.scalars_only(node),
+        )
     }
 }
 

@@ -56,7 +56,7 @@ pub fn connection<R, N: OutputType>(
     id_of: impl Fn(&R) -> Uuid,
     node: impl Fn(R) -> N,
 ) -> Connection<String, N> {
-    let want = (page.limit - 1).max(0) as usize;
+    let want = page.size();
     let has_next = rows.len() > want;
     let mut c = Connection::new(page.after.is_some(), has_next);
     c.edges.extend(

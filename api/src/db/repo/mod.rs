@@ -18,3 +18,10 @@ pub struct Page {
     /// Exclusive lower bound (or upper, for newest-first lists) on the id.
     pub after: Option<uuid::Uuid>,
 }
+
+impl Page {
+    /// Rows the client asked for (`limit` includes one extra to learn about a next page).
+    pub fn size(&self) -> usize {
+        usize::try_from(self.limit - 1).unwrap_or(0)
+    }
+}

@@ -114,22 +114,31 @@ pub async fn page_for_workspace(
     q.load(conn).await
 }
 
-/// Pages of children of several organizations in one statement: the parents are joined
-/// (not matched with `= ANY`, which a generic plan may turn into a scan comparing every
-/// row with every parent) and their children numbered per parent.
+/// The statement of a children page for several parents, selecting `$cols`: the parents
+/// are joined (not matched with `= ANY`, which a generic plan may turn into a scan comparing
+/// every row with every parent) and their children numbered per parent.
+macro_rules! children_sql {
+    ($cols:literal) => {
+        concat!(
+            "SELECT ", $cols, "
+               FROM (SELECT o.*, row_number() OVER (PARTITION BY o.parent_id ORDER BY o.id) AS n
+                       FROM unnest($1::uuid[]) AS p(id) JOIN organizations o ON o.parent_id = p.id
+                      WHERE $2::uuid IS NULL OR o.id > $2) c
+              WHERE n <= $3
+              ORDER BY parent_id, id"
+        )
+    };
+}
+
+/// Pages of children of several organizations in one statement.
 pub async fn children_pages(
     conn: &mut AsyncPgConnection,
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<OrganizationRow>> {
-    diesel::sql_query(
-        "SELECT id, workspace_id, parent_id, name, depth, ancestors, created_at, updated_at
-           FROM (SELECT o.*, row_number() OVER (PARTITION BY o.parent_id ORDER BY o.id) AS n
-                   FROM unnest($1::uuid[]) AS p(id) JOIN organizations o ON o.parent_id = p.id
-                  WHERE $2::uuid IS NULL OR o.id > $2) c
-          WHERE n <= $3
-          ORDER BY parent_id, id",
-    )
+    diesel::sql_query(children_sql!(
+        "id, workspace_id, parent_id, name, depth, ancestors, created_at, updated_at"
+    ))
     .bind::<Array<SqlUuid>, _>(parents)
     .bind::<Nullable<SqlUuid>, _>(page.after)
     .bind::<BigInt, _>(page.limit)
@@ -184,21 +193,13 @@ pub async fn child_rows(
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<ChildRow>> {
-    diesel::sql_query(
-        "SELECT id, parent_id, name, created_at, updated_at
-           FROM (SELECT o.id, o.parent_id, o.name, o.created_at, o.updated_at,
-                        row_number() OVER (PARTITION BY o.parent_id ORDER BY o.id) AS n
-                   FROM unnest($1::uuid[]) AS p(id) JOIN organizations o ON o.parent_id = p.id
-                  WHERE $2::uuid IS NULL OR o.id > $2) c
-          WHERE n <= $3
-          ORDER BY parent_id, id",
-    )
-    .bind::<Array<SqlUuid>, _>(parents)
-    .bind::<Nullable<SqlUuid>, _>(page.after)
-    .bind::<BigInt, _>(page.limit)
-    .cached()
-    .load(conn)
-    .await
+    diesel::sql_query(children_sql!("id, parent_id, name, created_at, updated_at"))
+        .bind::<Array<SqlUuid>, _>(parents)
+        .bind::<Nullable<SqlUuid>, _>(page.after)
+        .bind::<BigInt, _>(page.limit)
+        .cached()
+        .load(conn)
+        .await
 }
 
 /// A descendant row with the ancestor it was fetched for.
