@@ -114,18 +114,23 @@ pub async fn page_for_workspace(
     q.load(conn).await
 }
 
-/// The statement of a children page for several parents, selecting `$cols`: the parents
-/// are joined (not matched with `= ANY`, which a generic plan may turn into a scan comparing
-/// every row with every parent) and their children numbered per parent.
+/// The statement of a children page for several parents, selecting `$cols`: for each parent
+/// (unnested from `$1`), an index range scan of `(parent_id, id)` that stops after the page.
+/// `COALESCE` keeps the cursor an index bound in the generic plan PostgreSQL settles on
+/// (`$2 IS NULL OR id > $2` would make it a filter over every child).
 macro_rules! children_sql {
     ($cols:literal) => {
         concat!(
-            "SELECT ", $cols, "
-               FROM (SELECT o.*, row_number() OVER (PARTITION BY o.parent_id ORDER BY o.id) AS n
-                       FROM unnest($1::uuid[]) AS p(id) JOIN organizations o ON o.parent_id = p.id
-                      WHERE $2::uuid IS NULL OR o.id > $2) c
-              WHERE n <= $3
-              ORDER BY parent_id, id"
+            "SELECT ",
+            $cols,
+            "
+               FROM unnest($1::uuid[]) AS p(parent)
+              CROSS JOIN LATERAL (
+                    SELECT * FROM organizations o
+                     WHERE o.parent_id = p.parent
+                       AND o.id > COALESCE($2, '00000000-0000-0000-0000-000000000000'::uuid)
+                     ORDER BY o.id LIMIT $3
+              ) c"
         )
     };
 }
