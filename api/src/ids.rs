@@ -6,6 +6,11 @@
 
 use uuid::Uuid;
 
+/// A hash map keyed by ids (or tuples holding them) with a fast hasher. Building a page
+/// looks ids up thousands of times (parents, ancestors, each ancestor's counters), and
+/// SipHash cost more than the lookups themselves; foldhash is randomly seeded per process.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*

@@ -29,6 +29,8 @@ pub struct AppState {
     pub verifier: Arc<auth::Verifier>,
     /// Metrics.
     pub metrics: Arc<telemetry::Metrics>,
+    /// Parsed documents by query text.
+    pub documents: Arc<graphql::documents::DocumentCache>,
 }
 
 impl AppState {
@@ -49,6 +51,9 @@ impl AppState {
             schema: graphql::schema(&config),
             verifier: Arc::new(auth::Verifier::new(&config)),
             metrics: Arc::new(telemetry::Metrics::new(statements)?),
+            documents: Arc::new(graphql::documents::DocumentCache::new(
+                std::num::NonZeroUsize::new(1_000).expect("non-zero"),
+            )),
             services,
             config: Arc::new(config),
         })

@@ -1,7 +1,5 @@
 //! Organization trees: create, rename, move and delete, within the structural caps.
 
-use std::collections::HashMap;
-
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
@@ -14,7 +12,7 @@ use super::{Actor, DomainError, DomainResult, Role, Services, check_name};
 use crate::db::models::OrganizationRow;
 use crate::db::repo::organizations::{self as orgs, RowLock};
 use crate::db::repo::{self, Page, usage};
-use crate::ids::{OrganizationId, WorkspaceId};
+use crate::ids::{IdMap, OrganizationId, WorkspaceId};
 
 /// Deepest `depth` (0 is a root): ten levels.
 pub const MAX_DEPTH: i16 = 9;
@@ -71,12 +69,12 @@ pub async fn children_of_rows(
     services: &Services,
     parents: &[OrganizationRow],
     page: Page,
-) -> DomainResult<HashMap<Uuid, Vec<OrganizationRow>>> {
+) -> DomainResult<IdMap<Uuid, Vec<OrganizationRow>>> {
     let mut conn = services.conn().await?;
     let ids: Vec<Uuid> = parents.iter().map(|p| p.id).collect();
     let found = orgs::child_rows(&mut conn, &ids, page).await?;
-    let by_id: HashMap<Uuid, &OrganizationRow> = parents.iter().map(|p| (p.id, p)).collect();
-    let mut out: HashMap<Uuid, Vec<OrganizationRow>> =
+    let by_id: IdMap<Uuid, &OrganizationRow> = parents.iter().map(|p| (p.id, p)).collect();
+    let mut out: IdMap<Uuid, Vec<OrganizationRow>> =
         parents.iter().map(|p| (p.id, Vec::new())).collect();
     for c in found {
         if let Some(parent) = by_id.get(&c.parent_id) {

@@ -7,7 +7,6 @@
 //! Billing capacity (the workspace's subscription pools) joins the same check later as one
 //! more cap on the path.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -19,7 +18,7 @@ use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::models::{AuditEventRow, OrganizationRow, ResourceRow};
 use crate::db::repo::organizations::{self as orgs, RowLock};
 use crate::db::repo::{self, usage};
-use crate::ids::OrganizationId;
+use crate::ids::{IdMap, OrganizationId};
 
 /// The window an allocated resource's counters live in (it never resets).
 pub fn epoch() -> DateTime<Utc> {
@@ -101,7 +100,7 @@ pub fn room<'a>(path: impl IntoIterator<Item = &'a Numbers>) -> Option<i64> {
 /// numbers of the organizations being read, by (organization, index of the resource).
 pub struct UsageView {
     resources: Vec<(Arc<ResourceRow>, DateTime<Utc>)>,
-    numbers: HashMap<(Uuid, usize), Numbers>,
+    numbers: IdMap<(Uuid, usize), Numbers>,
 }
 
 impl UsageView {
@@ -119,12 +118,13 @@ impl UsageView {
                 (Arc::new(r), window)
             })
             .collect();
-        let index: HashMap<(Uuid, &str), usize> = resources
+        let index: IdMap<(Uuid, &str), usize> = resources
             .iter()
             .enumerate()
             .map(|(i, (r, _))| ((r.workspace_id, r.key.as_str()), i))
             .collect();
-        let mut numbers: HashMap<(Uuid, usize), Numbers> = HashMap::with_capacity(rows.len());
+        let mut numbers: IdMap<(Uuid, usize), Numbers> =
+            IdMap::with_capacity_and_hasher(rows.len(), Default::default());
         for r in rows {
             let Some(&i) = index.get(&(r.workspace_id, r.resource.as_str())) else {
                 continue;
@@ -188,7 +188,7 @@ impl std::hash::Hash for OrganizationRow {
 pub async fn load_entries(
     services: &Services,
     orgs: &[OrganizationRow],
-) -> DomainResult<HashMap<Uuid, Vec<UsageEntry>>> {
+) -> DomainResult<IdMap<Uuid, Vec<UsageEntry>>> {
     let view = load_view(services, orgs).await?;
     Ok(orgs.iter().map(|o| (o.id, view.entries(o))).collect())
 }

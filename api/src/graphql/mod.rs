@@ -2,7 +2,9 @@
 //! domain function and shape the result.
 
 pub mod audit;
+pub mod documents;
 pub mod error;
+pub mod json;
 pub mod loaders;
 pub mod members;
 pub mod node;
@@ -47,6 +49,9 @@ pub struct RequestCtx {
     pub actor: Actor,
     /// Batching loaders of this request.
     pub loaders: Loaders,
+    /// Whether one-step selections may hand their JSON text to the engine as is (the
+    /// document cannot merge values; see `json`).
+    pub raw_json: bool,
 }
 
 impl RequestCtx {
@@ -57,6 +62,7 @@ impl RequestCtx {
             services,
             actor,
             loaders,
+            raw_json: false,
         }
     }
 

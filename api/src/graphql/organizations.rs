@@ -1,11 +1,11 @@
 //! Organizations: the tree inside a workspace, its usage and its caps.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use uuid::Uuid;
 
+use super::json;
 use super::pagination::{self, complexity};
 use super::resources::{Resource, ResourceKind};
 use super::workspaces::{Workspace, load_visible};
@@ -13,7 +13,7 @@ use super::{error, rc};
 use crate::db::models::OrganizationRow;
 use crate::db::repo::Page;
 use crate::domain;
-use crate::ids::{OrganizationId, WorkspaceId};
+use crate::ids::{IdMap, OrganizationId, WorkspaceId};
 
 /// The fields of an organization (the GraphQL object `Organization`).
 #[derive(Clone)]
@@ -49,65 +49,70 @@ impl Organization {
         &self.0.0
     }
 
-    /// The selection as a value in one step (see `org_value`); `None` when it needs the
+    /// The selection as a value in one step (see `org_json`); `None` when it needs the
     /// general resolver.
     fn scalars_only(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        org_value(self.row(), self.0.1.as_deref(), ctx)
+        one_step(ctx, 256, |out| self.write_json(ctx, out))
     }
 }
 
-/// An organization's selection as a value in one step, when it holds only plain fields
-/// (no fragments or directives) that are either scalars or edges already in `prefetch`
-/// (its page's: parent, ancestors, usage and the prefetched children page); `None` as soon
-/// as anything needs the general resolver. Nested organizations are answered without a
+/// The value of a selection answered in one step by `write` (JSON text, see `json`), or
+/// `None` when it needs the general resolver.
+fn one_step(
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+    capacity: usize,
+    write: impl FnOnce(&mut String) -> Option<()>,
+) -> Option<async_graphql::Value> {
+    let mut out = String::with_capacity(capacity);
+    write(&mut out)?;
+    json::into_value(ctx.data_unchecked::<super::RequestCtx>().raw_json, out)
+}
+
+/// Writes an organization's selection in one step, when it holds only plain fields (no
+/// fragments or directives) that are either scalars or edges already in `prefetch` (its
+/// page's: parent, ancestors, usage and the prefetched children page); `None` as soon as
+/// anything needs the general resolver. Nested organizations are answered without a
 /// prefetch, so their own edges fall back.
-fn org_value(
+fn org_json(
     row: &OrganizationRow,
     prefetch: Option<&Prefetch>,
     ctx: &async_graphql::ContextSelectionSet<'_>,
-) -> Option<async_graphql::Value> {
-    use async_graphql::Value;
-    plain_selection(ctx, |field| {
+    out: &mut String,
+) -> Option<()> {
+    json::object(ctx, out, |field, out| {
         let f = &field.node;
-        Some(match f.name.node.as_str() {
-            "id" => Value::String(OrganizationId(row.id).encode()),
-            "name" => Value::String(row.name.clone()),
-            "depth" => Value::from(i32::from(row.depth)),
-            "createdAt" => Value::String(row.created_at.to_rfc3339()),
-            "__typename" => Value::String("Organization".into()),
+        match f.name.node.as_str() {
+            "id" => json::string(out, &OrganizationId(row.id).encode()),
+            "name" => json::string(out, &row.name),
+            "depth" => json::int(out, i64::from(row.depth)),
+            "createdAt" => json::string(out, &row.created_at.to_rfc3339()),
+            "__typename" => json::string(out, "Organization"),
             "parent" => {
                 let p = prefetch?;
                 match row.parent_id {
-                    None => Value::Null,
-                    Some(id) => org_value(
+                    None => out.push_str("null"),
+                    Some(id) => org_json(
                         p.orgs.get(&id)?,
                         None,
                         &ctx.with_selection_set(&f.selection_set),
+                        out,
                     )?,
                 }
             }
             "ancestors" => {
                 let p = prefetch?;
                 let sub = ctx.with_selection_set(&f.selection_set);
-                Value::List(
-                    row.ancestors
-                        .iter()
-                        .map(|a| org_value(p.orgs.get(a)?, None, &sub))
-                        .collect::<Option<_>>()?,
-                )
+                list(out, &row.ancestors, |a, out| {
+                    org_json(p.orgs.get(a)?, None, &sub, out)
+                })?;
             }
             "usage" => {
                 let entries = prefetch?.usage.as_ref()?.get(&row.id)?;
                 let sub = ctx.with_selection_set(&f.selection_set);
-                Value::List(
-                    entries
-                        .iter()
-                        .map(|e| usage_value(e, &sub))
-                        .collect::<Option<_>>()?,
-                )
+                list(out, entries, |e, out| usage_json(e, &sub, out))?;
             }
             "children" => {
                 let (page, by_parent) = prefetch?.children.as_ref()?;
@@ -117,115 +122,131 @@ fn org_value(
                 if pagination::page(first, after.as_deref()).ok()? != *page {
                     return None;
                 }
-                connection_value(
+                connection_json(
                     by_parent.get(&row.id)?,
                     *page,
                     &ctx.with_selection_set(&f.selection_set),
-                )?
+                    out,
+                )?;
             }
             _ => return None,
-        })
+        }
+        Some(())
     })
 }
 
-/// A connection over `rows` (fetched with `page`, one extra row) in one step, when its
-/// selection is plain; its nodes are answered without a prefetch.
-fn connection_value(
+/// Writes a JSON array of `items`.
+fn list<T>(
+    out: &mut String,
+    items: &[T],
+    mut item: impl FnMut(&T, &mut String) -> Option<()>,
+) -> Option<()> {
+    out.push('[');
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        item(x, out)?;
+    }
+    out.push(']');
+    Some(())
+}
+
+/// Writes a connection over `rows` (fetched with `page`, one extra row) in one step, when
+/// its selection is plain; its nodes are answered without a prefetch.
+fn connection_json(
     rows: &[OrganizationRow],
     page: Page,
     ctx: &async_graphql::ContextSelectionSet<'_>,
-) -> Option<async_graphql::Value> {
-    use async_graphql::Value;
+    out: &mut String,
+) -> Option<()> {
     let want = page.size();
     let shown = &rows[..rows.len().min(want)];
-    let cursor = |r: Option<&OrganizationRow>| {
-        r.map(|r| Value::String(pagination::encode_cursor(r.id)))
-            .unwrap_or(Value::Null)
+    let cursor = |r: Option<&OrganizationRow>, out: &mut String| match r {
+        Some(r) => json::string(out, &pagination::encode_cursor(r.id)),
+        None => out.push_str("null"),
     };
-    plain_selection(ctx, |field| {
+    json::object(ctx, out, |field, out| {
         let f = &field.node;
         let sub = ctx.with_selection_set(&f.selection_set);
-        Some(match f.name.node.as_str() {
-            "__typename" => Value::String("OrganizationConnection".into()),
-            "edges" => Value::List(
-                shown
-                    .iter()
-                    .map(|r| {
-                        edge_value(
-                            &sub,
-                            || pagination::encode_cursor(r.id),
-                            |node| org_value(r, None, node),
-                        )
-                    })
-                    .collect::<Option<_>>()?,
-            ),
-            "nodes" => Value::List(
-                shown
-                    .iter()
-                    .map(|r| org_value(r, None, &sub))
-                    .collect::<Option<_>>()?,
-            ),
-            "pageInfo" => plain_selection(&sub, |p| {
-                Some(match p.node.name.node.as_str() {
-                    "hasPreviousPage" => Value::Boolean(page.after.is_some()),
-                    "hasNextPage" => Value::Boolean(rows.len() > want),
-                    "startCursor" => cursor(shown.first()),
-                    "endCursor" => cursor(shown.last()),
-                    "__typename" => Value::String("PageInfo".into()),
+        match f.name.node.as_str() {
+            "__typename" => json::string(out, "OrganizationConnection"),
+            "edges" => list(out, shown, |r, out| {
+                edge_json(
+                    &sub,
+                    out,
+                    |out| json::string(out, &pagination::encode_cursor(r.id)),
+                    |node, out| org_json(r, None, node, out),
+                )
+            })?,
+            "nodes" => list(out, shown, |r, out| org_json(r, None, &sub, out))?,
+            "pageInfo" => json::object(&sub, out, |p, out| {
+                match p.node.name.node.as_str() {
+                    "hasPreviousPage" => json::boolean(out, page.after.is_some()),
+                    "hasNextPage" => json::boolean(out, rows.len() > want),
+                    "startCursor" => cursor(shown.first(), out),
+                    "endCursor" => cursor(shown.last(), out),
+                    "__typename" => json::string(out, "PageInfo"),
                     _ => return None,
-                })
+                }
+                Some(())
             })?,
             _ => return None,
-        })
+        }
+        Some(())
     })
 }
 
-/// An edge's plain selection (`cursor`, `node`, `__typename`) in one step, `node` answering
-/// the node's selection.
-fn edge_value(
+/// Writes an edge's plain selection (`cursor`, `node`, `__typename`) in one step, `node`
+/// answering the node's selection.
+fn edge_json(
     ctx: &async_graphql::ContextSelectionSet<'_>,
-    cursor: impl Fn() -> String,
-    node: impl Fn(&async_graphql::ContextSelectionSet<'_>) -> Option<async_graphql::Value>,
-) -> Option<async_graphql::Value> {
-    use async_graphql::Value;
-    plain_selection(ctx, |f| {
-        Some(match f.node.name.node.as_str() {
-            "cursor" => Value::String(cursor()),
-            "node" => node(&ctx.with_selection_set(&f.node.selection_set))?,
-            "__typename" => Value::String("OrganizationEdge".into()),
+    out: &mut String,
+    cursor: impl Fn(&mut String),
+    node: impl Fn(&async_graphql::ContextSelectionSet<'_>, &mut String) -> Option<()>,
+) -> Option<()> {
+    json::object(ctx, out, |f, out| {
+        match f.node.name.node.as_str() {
+            "cursor" => cursor(out),
+            "node" => node(&ctx.with_selection_set(&f.node.selection_set), out)?,
+            "__typename" => json::string(out, "OrganizationEdge"),
             _ => return None,
-        })
+        }
+        Some(())
     })
 }
 
-/// A usage entry's selection of plain scalar fields as a value in one step.
-fn usage_value(
+/// Writes a usage entry's selection of plain scalar fields in one step.
+fn usage_json(
     e: &domain::usage::UsageEntry,
     ctx: &async_graphql::ContextSelectionSet<'_>,
-) -> Option<async_graphql::Value> {
-    use async_graphql::Value;
-    let opt = |v: Option<i64>| v.map(Value::from).unwrap_or(Value::Null);
-    plain_selection(ctx, |f| {
-        Some(match f.node.name.node.as_str() {
-            "resource" => Value::String(e.resource.key.clone()),
-            "kind" => Value::Enum(async_graphql::Name::new(if e.resource.kind == "METERED" {
-                "METERED"
-            } else {
-                "ALLOCATED"
-            })),
-            "windowStart" => e
-                .window_start
-                .map(|w| Value::String(w.to_rfc3339()))
-                .unwrap_or(Value::Null),
-            "direct" => Value::from(e.direct),
-            "subtree" => Value::from(e.subtree),
-            "limit" => opt(e.limit),
-            "effectiveLimit" => opt(e.effective_limit),
-            "available" => opt(e.available),
-            "overLimit" => Value::Boolean(e.over_limit),
-            "__typename" => Value::String("OrganizationUsage".into()),
+    out: &mut String,
+) -> Option<()> {
+    json::object(ctx, out, |f, out| {
+        match f.node.name.node.as_str() {
+            "resource" => json::string(out, &e.resource.key),
+            "kind" => json::string(
+                out,
+                if e.resource.kind == "METERED" {
+                    "METERED"
+                } else {
+                    "ALLOCATED"
+                },
+            ),
+            "windowStart" => match e.window_start {
+                Some(w) => json::string(out, &w.to_rfc3339()),
+                None => out.push_str("null"),
+            },
+            "direct" => json::int(out, e.direct),
+            "subtree" => json::int(out, e.subtree),
+            "limit" => json::opt_int(out, e.limit),
+            "effectiveLimit" => json::opt_int(out, e.effective_limit),
+            "available" => json::opt_int(out, e.available),
+            "overLimit" => json::boolean(out, e.over_limit),
+            "__typename" => json::string(out, "OrganizationUsage"),
             _ => return None,
-        })
+        }
+        Some(())
     })
 }
 
@@ -267,11 +288,11 @@ impl async_graphql::ObjectType for Organization {}
 #[derive(Default)]
 pub struct Prefetch {
     /// Parents and ancestors, by id.
-    pub orgs: HashMap<Uuid, OrganizationRow>,
+    pub orgs: IdMap<Uuid, OrganizationRow>,
     /// Children pages, by parent and page.
-    pub children: Option<(Page, HashMap<Uuid, Vec<OrganizationRow>>)>,
+    pub children: Option<(Page, IdMap<Uuid, Vec<OrganizationRow>>)>,
     /// Usage entries, by organization.
-    pub usage: Option<HashMap<Uuid, Vec<domain::usage::UsageEntry>>>,
+    pub usage: Option<IdMap<Uuid, Vec<domain::usage::UsageEntry>>>,
 }
 
 /// Fetches what the selection of a page of organizations (`edges { node { … } }`) will ask
@@ -571,7 +592,7 @@ impl OrganizationUsage {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        usage_value(&self.0.0, ctx)
+        one_step(ctx, 256, |out| self.write_json(ctx, out))
     }
 }
 
@@ -1069,11 +1090,7 @@ impl OrganizationEdge {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        edge_value(
-            ctx,
-            || self.0.cursor.clone(),
-            |node| self.0.node.scalars_only(node),
-        )
+        one_step(ctx, 256, |out| self.write_json(ctx, out))
     }
 }
 
@@ -1098,48 +1115,59 @@ impl async_graphql::OutputType for OrganizationEdge {
     }
 }
 
-/// Objects that can answer a selection of plain scalars in one step.
+/// Objects that can answer a plain selection in one step.
 pub trait Scalars {
-    /// The selection as a value, or `None` when it needs the general resolver.
-    fn scalars_only(
+    /// Writes the selection as JSON text (see `json`), or `None` when it needs the
+    /// general resolver.
+    fn write_json(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value>;
+        out: &mut String,
+    ) -> Option<()>;
 }
 
 impl Scalars for Organization {
-    fn scalars_only(
+    fn write_json(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        Organization::scalars_only(self, ctx)
+        out: &mut String,
+    ) -> Option<()> {
+        org_json(self.row(), self.0.1.as_deref(), ctx, out)
     }
 }
 
 impl Scalars for OrganizationUsage {
-    fn scalars_only(
+    fn write_json(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        OrganizationUsage::scalars_only(self, ctx)
+        out: &mut String,
+    ) -> Option<()> {
+        usage_json(&self.0.0, ctx, out)
     }
 }
 
 impl<T: Scalars> Scalars for &T {
-    fn scalars_only(
+    fn write_json(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        (**self).scalars_only(ctx)
+        out: &mut String,
+    ) -> Option<()> {
+        (**self).write_json(ctx, out)
     }
 }
 
 impl Scalars for OrganizationEdge {
-    fn scalars_only(
+    fn write_json(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        OrganizationEdge::scalars_only(self, ctx)
+        out: &mut String,
+    ) -> Option<()> {
+        edge_json(
+            ctx,
+            out,
+            |out| json::string(out, &self.0.cursor),
+            |node, out| self.0.node.write_json(node, out),
+        )
     }
 }
 
@@ -1171,10 +1199,12 @@ impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastL
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        let fast: Option<Vec<async_graphql::Value>> =
-            self.0.iter().map(|item| item.scalars_only(ctx)).collect();
-        match fast {
-            Some(values) => Ok(async_graphql::Value::List(values)),
+        // A tree view's node with its edges is around a kilobyte of JSON.
+        let capacity = (self.0.len() * 1024).min(1 << 20);
+        match one_step(ctx, capacity, |out| {
+            list(out, &self.0, |item, out| item.write_json(ctx, out))
+        }) {
+            Some(value) => Ok(value),
             None => {
                 async_graphql::resolver_utils::resolve_list(
                     ctx,
@@ -1186,34 +1216,4 @@ impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastL
             }
         }
     }
-}
-
-/// The value of a selection made of plain fields only (no fragments or directives), with
-/// `value` answering each field; `None` as soon as anything needs the general resolver
-/// (including `value` declining a field, or a repeated response key whose selections would
-/// need merging). The query was validated: a field has arguments
-/// or a sub-selection only where the schema declares them, and `value` evaluates those of
-/// the fields it answers.
-fn plain_selection(
-    ctx: &async_graphql::ContextSelectionSet<'_>,
-    mut value: impl FnMut(
-        &async_graphql::Positioned<async_graphql::parser::types::Field>,
-    ) -> Option<async_graphql::Value>,
-) -> Option<async_graphql::Value> {
-    use async_graphql::parser::types::Selection;
-    let mut map = async_graphql::indexmap::IndexMap::with_capacity(ctx.item.node.items.len());
-    for item in &ctx.item.node.items {
-        let Selection::Field(f) = &item.node else {
-            return None;
-        };
-        let key = &f.node.response_key().node;
-        // A repeated key with a sub-selection needs the selections merged: general path.
-        if !f.node.directives.is_empty()
-            || (!f.node.selection_set.node.items.is_empty() && map.contains_key(key))
-        {
-            return None;
-        }
-        map.insert(key.clone(), value(f)?);
-    }
-    Some(async_graphql::Value::Object(map))
 }

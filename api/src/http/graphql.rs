@@ -2,11 +2,12 @@
 
 use std::time::Instant;
 
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{
     BatchRequest, BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError,
 };
+use async_graphql_axum::GraphQLBatchRequest;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -103,8 +104,9 @@ pub async fn handle(
         request_id: request_id.clone(),
     };
     let mut responses = Vec::with_capacity(requests.len());
-    for r in requests {
-        if method == Method::GET && is_mutation(&r.query) {
+    for mut r in requests {
+        let parsed = state.documents.parse(&r.query);
+        if method == Method::GET && parsed.as_ref().is_some_and(|p| is_mutation(&p.doc)) {
             responses.push(error_response(
                 code::BAD_USER_INPUT,
                 "mutations must be sent with POST",
@@ -114,9 +116,14 @@ pub async fn handle(
         let name = r
             .operation_name
             .clone()
-            .or_else(|| operation_name(&r.query));
+            .or_else(|| parsed.as_ref().and_then(|p| operation_name(&p.doc)));
+        let mut ctx = RequestCtx::new(state.services.clone(), actor.clone());
+        if let Some(p) = parsed {
+            ctx.raw_json = !p.may_merge;
+            r.set_parsed_query(p.doc);
+        }
         let started = Instant::now();
-        let r = r.data(RequestCtx::new(state.services.clone(), actor.clone()));
+        let r = r.data(ctx);
         let mut resp = state.schema.execute(r).await;
         state.metrics.observe_operation(
             name.as_deref(),
@@ -133,22 +140,69 @@ pub async fn handle(
             BatchResponse::Batch(responses)
         }
     };
-    GraphQLResponse::from(body).into_response()
+    respond(&body)
 }
 
-fn is_mutation(query: &str) -> bool {
-    async_graphql::parser::parse_query(query).is_ok_and(|doc| {
-        doc.operations
-            .iter()
-            .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
-    })
+/// The HTTP response of a (batch) GraphQL response: the headers async-graphql-axum would
+/// set, and a body written by `graphql::json`, which copies the JSON text of one-step
+/// selections as it is (async-graphql's serializer would parse it again to check it).
+fn respond(body: &BatchResponse) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    match body {
+        BatchResponse::Single(r) => write_response(&mut out, r),
+        BatchResponse::Batch(rs) => {
+            out.push('[');
+            for (i, r) in rs.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_response(&mut out, r);
+            }
+            out.push(']');
+        }
+    }
+    let mut resp = Response::new(axum::body::Body::from(out));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/graphql-response+json"),
+    );
+    if body.is_ok()
+        && let Some(cache_control) = body.cache_control().value()
+        && let Ok(value) = header::HeaderValue::from_str(&cache_control)
+    {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+    headers.extend(body.http_headers());
+    resp
+}
+
+/// One response object, with the members in async-graphql's order (`data`, then
+/// `extensions` and `errors` when not empty).
+fn write_response(out: &mut String, r: &GqlResponse) {
+    out.push_str("{\"data\":");
+    crate::graphql::json::value(out, &r.data);
+    if !r.extensions.is_empty() {
+        out.push_str(",\"extensions\":");
+        out.push_str(&serde_json::to_string(&r.extensions).unwrap_or_else(|_| "{}".into()));
+    }
+    if !r.errors.is_empty() {
+        out.push_str(",\"errors\":");
+        out.push_str(&serde_json::to_string(&r.errors).unwrap_or_else(|_| "[]".into()));
+    }
+    out.push('}');
+}
+
+fn is_mutation(doc: &ExecutableDocument) -> bool {
+    doc.operations
+        .iter()
+        .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
 }
 
 /// The name of the only operation of a document (for metrics when the client sent none).
-fn operation_name(query: &str) -> Option<String> {
-    let doc = async_graphql::parser::parse_query(query).ok()?;
-    match doc.operations {
-        async_graphql::parser::types::DocumentOperations::Multiple(ops) if ops.len() == 1 => {
+fn operation_name(doc: &ExecutableDocument) -> Option<String> {
+    match &doc.operations {
+        DocumentOperations::Multiple(ops) if ops.len() == 1 => {
             ops.keys().next().map(|n| n.to_string())
         }
         _ => None,

@@ -519,6 +519,61 @@ async fn a_page_with_prefetched_edges_resolves_like_the_general_path() {
     );
     let kid = &r["data"]["workspace"]["organizations"]["edges"][1]["node"];
     assert_eq!(kid["parent"], json!({"id": root, "name": "Root"}));
+    // The same page asked for by two fragments: the engine merges both answers field by
+    // field, exactly as if it had been asked once.
+    let merged = app
+        .gql(
+            &t,
+            "query($w: ID!) { workspace(id: $w) { ...A ...B } }
+             fragment A on Workspace { organizations(first: 10) { edges { node { id usage { resource direct } } } } }
+             fragment B on Workspace { organizations(first: 10) { edges { node { name usage { resource subtree } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    let once = app
+        .gql(
+            &t,
+            "query($w: ID!) { workspace(id: $w) { organizations(first: 10) { edges { node {
+               id usage { resource direct subtree } name } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_ok(&once);
+    assert_eq!(merged, once);
+    assert_eq!(
+        once["data"]["workspace"]["organizations"]["edges"][0]["node"]["usage"][0],
+        json!({"resource": "users", "direct": 0, "subtree": 5})
+    );
+    // Names needing JSON escapes come back as they were written, on both paths.
+    let odd_name = "Q\"uote \\ back — é ✓ 😀";
+    let odd = app.create_org(&t, &ws, Some(&kids[3]), odd_name).await;
+    let names = |d: &str| {
+        format!(
+            "query($w: ID!) {{ workspace(id: $w) {{ organizations(first: 10) {{ edges {{ node {{
+               id name{d} parent {{ name }} children(first: 5) {{ nodes {{ name }} }} id }} }} }} }} }}"
+        )
+    };
+    let fast = app.gql(&t, &names(""), json!({"w": ws})).await;
+    let general = app
+        .gql(&t, &names(" @include(if: true)"), json!({"w": ws}))
+        .await;
+    assert_ok(&fast);
+    assert_eq!(fast, general);
+    let edges = fast["data"]["workspace"]["organizations"]["edges"]
+        .as_array()
+        .expect("edges");
+    let node = edges
+        .iter()
+        .map(|e| &e["node"])
+        .find(|n| n["id"] == odd.as_str())
+        .expect("the new organization is on the page");
+    assert_eq!(node["name"], odd_name);
+    let parent = edges
+        .iter()
+        .map(|e| &e["node"])
+        .find(|n| n["id"] == kids[3].as_str())
+        .expect("its parent is on the page");
+    assert_eq!(parent["children"]["nodes"], json!([{"name": odd_name}]));
 }
 
 #[tokio::test]

@@ -1,0 +1,349 @@
+//! Response JSON written directly for selections answered in one step.
+//!
+//! A tree view's response is over a thousand small objects. Building each as an
+//! `async_graphql::Value` (an `IndexMap` per object), serializing the tree and dropping it
+//! cost several times more than writing the JSON text itself, so the one-step paths write
+//! text and hand it to the engine as a raw JSON value (async-graphql's `raw_value`
+//! feature), which the response serializer copies as is.
+//!
+//! The engine merges the values of two fields with the same response key (a field repeated
+//! directly or through fragments) by merging their objects key by key, which it cannot do
+//! with text. Documents where that can happen are recognized when parsed
+//! ([`may_merge`]); for them the text is turned back into a `Value`.
+
+use std::sync::LazyLock;
+
+use async_graphql::parser::types::{ExecutableDocument, Field, Selection, SelectionSet};
+use async_graphql::{ContextSelectionSet, Name, Positioned, Value};
+
+/// Bytes a JSON string cannot hold as they are: control characters, `"` and `\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Appends `s` as a JSON string.
+pub fn string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    while let Some(n) = bytes[start..]
+        .iter()
+        .position(|&b| NEEDS_ESCAPE[usize::from(b)])
+    {
+        let i = start + n;
+        // Only ASCII bytes are escaped, so `i` is always a character boundary.
+        out.push_str(&s[start..i]);
+        match bytes[i] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            b => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends an integer.
+pub fn int(out: &mut String, v: i64) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// Appends an optional integer (`null` for none).
+pub fn opt_int(out: &mut String, v: Option<i64>) {
+    match v {
+        Some(v) => int(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// Appends a boolean.
+pub fn boolean(out: &mut String, v: bool) {
+    out.push_str(if v { "true" } else { "false" });
+}
+
+/// Appends the object of a selection made of plain fields only (no fragments or
+/// directives), `value` appending each field's value; `None` as soon as anything needs the
+/// general resolver (including `value` declining a field, or a repeated response key with a
+/// sub-selection, whose selections would need merging). A repeated scalar key is written
+/// once (validation guarantees both occurrences are the same field with the same
+/// arguments). On `None`, `out` holds a partial object: the caller discards it.
+pub fn object(
+    ctx: &ContextSelectionSet<'_>,
+    out: &mut String,
+    mut value: impl FnMut(&Positioned<Field>, &mut String) -> Option<()>,
+) -> Option<()> {
+    let items = &ctx.item.node.items;
+    out.push('{');
+    let mut first = true;
+    // A bit per key (from its length and end bytes): the earlier keys are compared only when
+    // the bit was already set, so distinct keys, the usual case, cost no comparisons.
+    let mut seen = 0u64;
+    for (i, item) in items.iter().enumerate() {
+        let f = plain_field(item)?;
+        let key = &f.node.response_key().node;
+        let k = key.as_bytes();
+        let bit = 1u64
+            << ((k.len()
+                + usize::from(k.first().copied().unwrap_or(0))
+                + usize::from(k.last().copied().unwrap_or(0)))
+                % 64);
+        let repeated = seen & bit != 0
+            && items[..i]
+                .iter()
+                .any(|p| plain_field(p).is_some_and(|p| p.node.response_key().node == *key));
+        seen |= bit;
+        if repeated {
+            if f.node.selection_set.node.items.is_empty() {
+                continue;
+            }
+            return None;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        // GraphQL names are `[_A-Za-z][_0-9A-Za-z]*`: nothing to escape.
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        value(f, out)?;
+    }
+    out.push('}');
+    Some(())
+}
+
+fn plain_field(item: &Positioned<Selection>) -> Option<&Positioned<Field>> {
+    match &item.node {
+        Selection::Field(f) if f.node.directives.is_empty() => Some(f),
+        _ => None,
+    }
+}
+
+static RAW_VALUE: LazyLock<Name> =
+    LazyLock::new(|| Name::new(async_graphql_value::RAW_VALUE_TOKEN));
+
+/// The value to hand to the engine for JSON text written by this module: the text itself
+/// when the document cannot merge values (see the module documentation), else the text
+/// parsed back.
+pub fn into_value(raw: bool, json: String) -> Option<Value> {
+    if raw {
+        let mut map = async_graphql::indexmap::IndexMap::with_capacity(1);
+        map.insert(RAW_VALUE.clone(), Value::String(json));
+        Some(Value::Object(map))
+    } else {
+        serde_json::from_str(&json).ok()
+    }
+}
+
+/// Selections bigger than this (fields and fragments, with fragments inlined) are not
+/// examined and count as possibly merging.
+const MAX_EXAMINED_ITEMS: usize = 512;
+/// Fragment and selection nesting examined before giving up (counts as possibly merging).
+const MAX_EXAMINED_DEPTH: usize = 64;
+
+/// Whether executing `doc` may merge two values under one response key: some selection
+/// set (after inlining its fragments, whatever their type conditions) holds a response key
+/// twice, one of them with a sub-selection. Runs before validation, so it must not trust the
+/// document: unknown fragments are ignored and deep or huge ones count as merging.
+pub fn may_merge(doc: &ExecutableDocument) -> bool {
+    doc.operations
+        .iter()
+        .map(|(_, op)| &op.node.selection_set.node)
+        .chain(doc.fragments.values().map(|f| &f.node.selection_set.node))
+        .any(|set| set_may_merge(doc, set, 0))
+}
+
+fn set_may_merge(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> bool {
+    if depth > MAX_EXAMINED_DEPTH {
+        return true;
+    }
+    let mut keys: Vec<(&Name, bool)> = Vec::new();
+    let mut budget = MAX_EXAMINED_ITEMS;
+    if !flatten(doc, set, &mut keys, &mut budget, depth) {
+        return true;
+    }
+    for (i, (key, nested)) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|(k, n)| k == key && (*n || *nested)) {
+            return true;
+        }
+    }
+    set.items.iter().any(|item| match &item.node {
+        Selection::Field(f) => set_may_merge(doc, &f.node.selection_set.node, depth + 1),
+        Selection::InlineFragment(i) => set_may_merge(doc, &i.node.selection_set.node, depth + 1),
+        // Fragment definitions are examined on their own.
+        Selection::FragmentSpread(_) => false,
+    })
+}
+
+/// Collects the response keys of `set` with its fragments inlined; `false` when too big or
+/// too deep to examine.
+fn flatten<'a>(
+    doc: &'a ExecutableDocument,
+    set: &'a SelectionSet,
+    keys: &mut Vec<(&'a Name, bool)>,
+    budget: &mut usize,
+    depth: usize,
+) -> bool {
+    if depth > MAX_EXAMINED_DEPTH {
+        return false;
+    }
+    for item in &set.items {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match &item.node {
+            Selection::Field(f) => {
+                keys.push((
+                    &f.node.response_key().node,
+                    !f.node.selection_set.node.items.is_empty(),
+                ));
+            }
+            Selection::InlineFragment(i) => {
+                if !flatten(doc, &i.node.selection_set.node, keys, budget, depth + 1) {
+                    return false;
+                }
+            }
+            Selection::FragmentSpread(s) => {
+                if let Some(f) = doc.fragments.get(&s.node.fragment_name.node)
+                    && !flatten(doc, &f.node.selection_set.node, keys, budget, depth + 1)
+                {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Appends a value as JSON, copying raw JSON text (see [`into_value`]) as it is.
+pub fn value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Boolean(b) => boolean(out, *b),
+        Value::String(s) => string(out, s),
+        Value::Enum(e) => string(out, e),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => int(out, i),
+            None => out.push_str(&n.to_string()),
+        },
+        Value::List(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            if map.len() == 1
+                && let Some(Value::String(raw)) = map.get(&*RAW_VALUE)
+            {
+                out.push_str(raw);
+                return;
+            }
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                string(out, k);
+                out.push(':');
+                value(out, item);
+            }
+            out.push('}');
+        }
+        Value::Binary(_) => match serde_json::to_string(v) {
+            Ok(s) => out.push_str(&s),
+            Err(_) => out.push_str("null"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_values_are_written_as_serde_json_writes_them() {
+        for s in [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "controls \n \r \t \u{8} \u{c} \u{0} \u{1f} \u{7f}",
+            "unicode é ✓ 😀 \u{2028}",
+        ] {
+            let mut out = String::new();
+            string(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).expect("serializes"), "{s:?}");
+        }
+        let v: Value = serde_json::from_str(
+            r#"{"a": [1, -2, 9007199254740993, 1.5, true, null, "x\"y"], "b": {"c": {}}, "d": []}"#,
+        )
+        .expect("parses");
+        let mut out = String::new();
+        value(&mut out, &v);
+        assert_eq!(out, serde_json::to_string(&v).expect("serializes"));
+        // Raw text is copied, and parsed back when it may need merging.
+        let raw = into_value(true, r#"{"x":[1,"2"]}"#.into()).expect("raw");
+        let mut out = String::new();
+        value(&mut out, &Value::List(vec![raw.clone(), Value::Null]));
+        assert_eq!(out, r#"[{"x":[1,"2"]},null]"#);
+        assert_eq!(
+            serde_json::to_string(&raw).expect("serializes"),
+            r#"{"x":[1,"2"]}"#
+        );
+        let parsed = into_value(false, r#"{"x":[1,"2"]}"#.into()).expect("parsed");
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<Value>(r#"{"x":[1,"2"]}"#).expect("parses")
+        );
+    }
+
+    fn merges(q: &str) -> bool {
+        may_merge(&async_graphql::parser::parse_query(q).expect("parses"))
+    }
+
+    #[test]
+    fn documents_that_may_merge_values_are_recognized() {
+        assert!(!merges("{ a { b c } d { b } }"));
+        assert!(
+            !merges("{ a { id id name } }"),
+            "repeated scalars are not merged"
+        );
+        assert!(merges("{ a { b } a { c } }"));
+        assert!(merges("{ x { a { b } y: a { c } y { d } } }"));
+        assert!(merges("{ ...F a { b } } fragment F on Query { a { c } }"));
+        assert!(merges("{ ... on Query { a { b } } a { c } }"));
+        assert!(merges(
+            "{ a { ...F } } fragment F on A { b { c } ...G } fragment G on A { b { d } }"
+        ));
+        assert!(!merges("{ a { ...F } } fragment F on A { b { c } }"));
+        // Fragment cycles (refused later by validation) are not followed forever.
+        assert!(merges(
+            "{ ...F } fragment F on Query { ...G } fragment G on Query { ...F }"
+        ));
+    }
+}
