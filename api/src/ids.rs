@@ -11,6 +11,17 @@ use uuid::Uuid;
 /// SipHash cost more than the lookups themselves; foldhash is randomly seeded per process.
 pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A hash set of ids with the fast hasher of [`IdMap`].
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// The distinct ids of `ids`, in first-seen order (cheaper than sorting and deduplicating
+/// the hundreds of ancestor ids of a page).
+pub fn distinct<K: std::hash::Hash + Eq + Copy>(ids: impl IntoIterator<Item = K>) -> Vec<K> {
+    let ids = ids.into_iter();
+    let mut seen = IdSet::with_capacity_and_hasher(ids.size_hint().0, Default::default());
+    ids.filter(|id| seen.insert(*id)).collect()
+}
+
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -35,6 +46,14 @@ macro_rules! typed_id {
                 s.push('_');
                 s.push_str(self.0.simple().encode_lower(&mut hex));
                 s
+            }
+
+            /// Appends the external form as a JSON string (nothing in it needs escaping).
+            pub fn write_json(&self, out: &mut String) {
+                let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
+                out.push_str(concat!("\"", $prefix, "_"));
+                out.push_str(self.0.simple().encode_lower(&mut hex));
+                out.push('"');
             }
 
             /// Parses the external form; `None` for anything else (which callers treat

@@ -155,8 +155,6 @@ pub struct OrganizationRow {
     pub ancestors: Vec<Uuid>,
     /// Created.
     pub created_at: DateTime<Utc>,
-    /// Last changed.
-    pub updated_at: DateTime<Utc>,
 }
 
 /// A row of `resources`.

@@ -201,12 +201,10 @@ pub async fn load_view(services: &Services, orgs: &[OrganizationRow]) -> DomainR
     ws.sort_unstable();
     ws.dedup();
     let resources = repo::resources::for_workspaces(&mut conn, &ws).await?;
-    let mut ids: Vec<Uuid> = orgs
-        .iter()
-        .flat_map(|o| o.ancestors.iter().copied().chain([o.id]))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = crate::ids::distinct(
+        orgs.iter()
+            .flat_map(|o| o.ancestors.iter().copied().chain([o.id])),
+    );
     let now = Utc::now();
     let mut periods: Vec<DateTime<Utc>> = resources
         .iter()

@@ -29,10 +29,35 @@ static NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
+/// Whether any byte of `s` is a control character, `"` or `\`, eight bytes at a time
+/// (names are short and almost never need escaping).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Nonzero exactly when some byte of `w` is below `n` (n ≤ 0x80).
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS;
+    let zero = |w: u64| below(w, 1);
+    let (words, tail) = s.as_chunks::<8>();
+    words.iter().any(|w| {
+        let w = u64::from_ne_bytes(*w);
+        below(w, 0x20) | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
+            != 0
+    }) || tail.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)])
+}
+
 /// Appends `s` as a JSON string.
 pub fn string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
+    if needs_escape(s.as_bytes()) {
+        escaped(out, s);
+    } else {
+        out.push_str(s);
+    }
+    out.push('"');
+}
+
+fn escaped(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     while let Some(n) = bytes[start..]
@@ -60,7 +85,6 @@ pub fn string(out: &mut String, s: &str) {
         start = i + 1;
     }
     out.push_str(&s[start..]);
-    out.push('"');
 }
 
 /// Appends an integer.
@@ -81,55 +105,60 @@ pub fn boolean(out: &mut String, v: bool) {
     out.push_str(if v { "true" } else { "false" });
 }
 
-/// Appends the object of a selection made of plain fields only (no fragments or
-/// directives), `value` appending each field's value; `None` as soon as anything needs the
-/// general resolver (including `value` declining a field, or a repeated response key with a
-/// sub-selection, whose selections would need merging). A repeated scalar key is written
-/// once (validation guarantees both occurrences are the same field with the same
-/// arguments). On `None`, `out` holds a partial object: the caller discards it.
-pub fn object(
-    ctx: &ContextSelectionSet<'_>,
-    out: &mut String,
-    mut value: impl FnMut(&Positioned<Field>, &mut String) -> Option<()>,
-) -> Option<()> {
-    let items = &ctx.item.node.items;
-    out.push('{');
-    let mut first = true;
-    // A bit per key (from its length and end bytes): the earlier keys are compared only when
-    // the bit was already set, so distinct keys, the usual case, cost no comparisons.
-    let mut seen = 0u64;
-    for (i, item) in items.iter().enumerate() {
-        let f = plain_field(item)?;
-        let key = &f.node.response_key().node;
-        let k = key.as_bytes();
-        let bit = 1u64
-            << ((k.len()
-                + usize::from(k.first().copied().unwrap_or(0))
-                + usize::from(k.last().copied().unwrap_or(0)))
-                % 64);
-        let repeated = seen & bit != 0
-            && items[..i]
-                .iter()
-                .any(|p| plain_field(p).is_some_and(|p| p.node.response_key().node == *key));
-        seen |= bit;
-        if repeated {
-            if f.node.selection_set.node.items.is_empty() {
-                continue;
+/// A selection made of plain fields only (no fragments or directives), compiled once and
+/// written for each object of a list: every field's key with its separator, and what the
+/// caller writes for it. A repeated scalar key is written once (validation guarantees both
+/// occurrences are the same field with the same arguments).
+pub struct Plan<F> {
+    fields: Vec<(Box<str>, F)>,
+}
+
+impl<F> Plan<F> {
+    /// Compiles the selection of `ctx`, `field` telling what each field writes; `None` as
+    /// soon as anything needs the general resolver (including `field` declining, or a repeated
+    /// response key with a sub-selection, whose selections would need merging).
+    pub fn new(
+        ctx: &ContextSelectionSet<'_>,
+        mut field: impl FnMut(&Positioned<Field>) -> Option<F>,
+    ) -> Option<Self> {
+        let items = &ctx.item.node.items;
+        let mut fields: Vec<(Box<str>, F)> = Vec::with_capacity(items.len());
+        let mut keys: Vec<&str> = Vec::with_capacity(items.len());
+        for item in items {
+            let f = plain_field(item)?;
+            let key = f.node.response_key().node.as_str();
+            if keys.contains(&key) {
+                if f.node.selection_set.node.items.is_empty() {
+                    continue;
+                }
+                return None;
             }
-            return None;
+            keys.push(key);
+            // GraphQL names are `[_A-Za-z][_0-9A-Za-z]*`: nothing to escape.
+            let separator = if fields.is_empty() { '{' } else { ',' };
+            fields.push((format!("{separator}\"{key}\":").into(), field(f)?));
         }
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        // GraphQL names are `[_A-Za-z][_0-9A-Za-z]*`: nothing to escape.
-        out.push('"');
-        out.push_str(key);
-        out.push_str("\":");
-        value(f, out)?;
+        Some(Self { fields })
     }
-    out.push('}');
-    Some(())
+
+    /// Appends one object, `value` appending each field's value; `None` when `value`
+    /// declines a field, `out` then holding a partial object that the caller discards.
+    pub fn write(
+        &self,
+        out: &mut String,
+        mut value: impl FnMut(&F, &mut String) -> Option<()>,
+    ) -> Option<()> {
+        if self.fields.is_empty() {
+            out.push_str("{}");
+            return Some(());
+        }
+        for (key, f) in &self.fields {
+            out.push_str(key);
+            value(f, out)?;
+        }
+        out.push('}');
+        Some(())
+    }
 }
 
 fn plain_field(item: &Positioned<Selection>) -> Option<&Positioned<Field>> {
@@ -236,6 +265,29 @@ fn flatten<'a>(
     true
 }
 
+/// About how many bytes [`value`] writes for `v` (exact for raw JSON text, which is
+/// nearly all of a big response), to size the buffer once.
+pub fn size_hint(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Boolean(_) | Value::Number(_) => 24,
+        Value::String(s) => s.len() + 2,
+        Value::Enum(e) => e.len() + 2,
+        Value::Binary(b) => b.len() * 4 + 2,
+        Value::List(items) => 2 + items.iter().map(|i| size_hint(i) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            if map.len() == 1
+                && let Some(Value::String(raw)) = map.get(&*RAW_VALUE)
+            {
+                return raw.len();
+            }
+            2 + map
+                .iter()
+                .map(|(k, item)| k.len() + 4 + size_hint(item))
+                .sum::<usize>()
+        }
+    }
+}
+
 /// Appends a value as JSON, copying raw JSON text (see [`into_value`]) as it is.
 pub fn value(out: &mut String, v: &Value) {
     match v {
@@ -298,6 +350,19 @@ mod tests {
             let mut out = String::new();
             string(&mut out, s);
             assert_eq!(out, serde_json::to_string(s).expect("serializes"), "{s:?}");
+        }
+        // Every position of a character to escape (or not) within and after 8-byte words.
+        for c in [
+            '"', '\\', '\n', '\u{0}', '\u{1f}', ' ', '\u{7f}', 'é', '😀', '~',
+        ] {
+            for before in 0..20 {
+                for after in [0, 1, 7, 8, 9] {
+                    let s = format!("{}{c}{}", "a".repeat(before), "b".repeat(after));
+                    let mut out = String::new();
+                    string(&mut out, &s);
+                    assert_eq!(out, serde_json::to_string(&s).expect("serializes"), "{s:?}");
+                }
+            }
         }
         let v: Value = serde_json::from_str(
             r#"{"a": [1, -2, 9007199254740993, 1.5, true, null, "x\"y"], "b": {"c": {}}, "d": []}"#,

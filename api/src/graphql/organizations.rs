@@ -49,13 +49,14 @@ impl Organization {
         &self.0.0
     }
 
-    /// The selection as a value in one step (see `org_json`); `None` when it needs the
+    /// The selection as a value in one step (see `write_org`); `None` when it needs the
     /// general resolver.
     fn scalars_only(
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        one_step(ctx, 256, |out| self.write_json(ctx, out))
+        let plan = Self::plan(ctx)?;
+        one_step(ctx, 256, |out| self.write_json(&plan, out))
     }
 }
 
@@ -71,65 +72,92 @@ fn one_step(
     json::into_value(ctx.data_unchecked::<super::RequestCtx>().raw_json, out)
 }
 
-/// Writes an organization's selection in one step, when it holds only plain fields (no
-/// fragments or directives) that are either scalars or edges already in `prefetch` (its
-/// page's: parent, ancestors, usage and the prefetched children page); `None` as soon as
-/// anything needs the general resolver. Nested organizations are answered without a
-/// prefetch, so their own edges fall back.
-fn org_json(
-    row: &OrganizationRow,
-    prefetch: Option<&Prefetch>,
+/// What a one-step organization selection writes for each field.
+pub enum OrgField {
+    Id,
+    Name,
+    Depth,
+    CreatedAt,
+    Typename,
+    Parent(json::Plan<OrgField>),
+    Ancestors(json::Plan<OrgField>),
+    Usage(json::Plan<UsageField>),
+    /// The children page asked for (answered only when it is the prefetched one).
+    Children(Page, json::Plan<ConnectionField>),
+}
+
+/// Compiles an organization's selection for one-step writing (see `write_org`): plain
+/// fields that are scalars or, unless `nested`, edges a page prefetches (parent, ancestors,
+/// usage, children). Organizations inside those edges are answered without a prefetch, so
+/// their own edges need the general resolver.
+fn org_plan(
     ctx: &async_graphql::ContextSelectionSet<'_>,
-    out: &mut String,
-) -> Option<()> {
-    json::object(ctx, out, |field, out| {
+    nested: bool,
+) -> Option<json::Plan<OrgField>> {
+    json::Plan::new(ctx, |field| {
         let f = &field.node;
-        match f.name.node.as_str() {
-            "id" => json::string(out, &OrganizationId(row.id).encode()),
-            "name" => json::string(out, &row.name),
-            "depth" => json::int(out, i64::from(row.depth)),
-            "createdAt" => json::string(out, &row.created_at.to_rfc3339()),
-            "__typename" => json::string(out, "Organization"),
-            "parent" => {
-                let p = prefetch?;
-                match row.parent_id {
-                    None => out.push_str("null"),
-                    Some(id) => org_json(
-                        p.orgs.get(&id)?,
-                        None,
-                        &ctx.with_selection_set(&f.selection_set),
-                        out,
-                    )?,
-                }
-            }
-            "ancestors" => {
-                let p = prefetch?;
-                let sub = ctx.with_selection_set(&f.selection_set);
-                list(out, &row.ancestors, |a, out| {
-                    org_json(p.orgs.get(a)?, None, &sub, out)
-                })?;
-            }
-            "usage" => {
-                let entries = prefetch?.usage.as_ref()?.get(&row.id)?;
-                let sub = ctx.with_selection_set(&f.selection_set);
-                list(out, entries, |e, out| usage_json(e, &sub, out))?;
-            }
+        let sub = || ctx.with_selection_set(&f.selection_set);
+        Some(match f.name.node.as_str() {
+            "id" => OrgField::Id,
+            "name" => OrgField::Name,
+            "depth" => OrgField::Depth,
+            "createdAt" => OrgField::CreatedAt,
+            "__typename" => OrgField::Typename,
+            _ if nested => return None,
+            "parent" => OrgField::Parent(org_plan(&sub(), true)?),
+            "ancestors" => OrgField::Ancestors(org_plan(&sub(), true)?),
+            "usage" => OrgField::Usage(usage_plan(&sub())?),
             "children" => {
-                let (page, by_parent) = prefetch?.children.as_ref()?;
                 let args = ctx.with_field(field);
                 let (_, first) = args.param_value::<Option<i32>>("first", None).ok()?;
                 let (_, after) = args.param_value::<Option<String>>("after", None).ok()?;
-                if pagination::page(first, after.as_deref()).ok()? != *page {
-                    return None;
-                }
-                connection_json(
-                    by_parent.get(&row.id)?,
-                    *page,
-                    &ctx.with_selection_set(&f.selection_set),
-                    out,
-                )?;
+                let page = pagination::page(first, after.as_deref()).ok()?;
+                OrgField::Children(page, connection_plan(&sub())?)
             }
             _ => return None,
+        })
+    })
+}
+
+/// Writes an organization with a compiled selection (see `org_plan`); `None` when an edge
+/// is not in `prefetch` (its page's parents, ancestors, usage and children page).
+fn write_org(
+    row: &OrganizationRow,
+    prefetch: Option<&Prefetch>,
+    plan: &json::Plan<OrgField>,
+    out: &mut String,
+) -> Option<()> {
+    plan.write(out, |f, out| {
+        match f {
+            OrgField::Id => OrganizationId(row.id).write_json(out),
+            OrgField::Name => json::string(out, &row.name),
+            OrgField::Depth => json::int(out, i64::from(row.depth)),
+            OrgField::CreatedAt => json::string(out, &row.created_at.to_rfc3339()),
+            OrgField::Typename => out.push_str("\"Organization\""),
+            OrgField::Parent(plan) => {
+                let p = prefetch?;
+                match row.parent_id {
+                    None => out.push_str("null"),
+                    Some(id) => write_org(p.orgs.get(&id)?, None, plan, out)?,
+                }
+            }
+            OrgField::Ancestors(plan) => {
+                let p = prefetch?;
+                list(out, &row.ancestors, |a, out| {
+                    write_org(p.orgs.get(a)?, None, plan, out)
+                })?;
+            }
+            OrgField::Usage(plan) => {
+                let entries = prefetch?.usage.as_ref()?.get(&row.id)?;
+                list(out, entries, |e, out| write_usage(e, plan, out))?;
+            }
+            OrgField::Children(page, plan) => {
+                let (prefetched, by_parent) = prefetch?.children.as_ref()?;
+                if page != prefetched {
+                    return None;
+                }
+                write_connection(by_parent.get(&row.id)?, *page, plan, out)?;
+            }
         }
         Some(())
     })
@@ -152,12 +180,54 @@ fn list<T>(
     Some(())
 }
 
-/// Writes a connection over `rows` (fetched with `page`, one extra row) in one step, when
-/// its selection is plain; its nodes are answered without a prefetch.
-fn connection_json(
+/// What a one-step connection selection writes for each field.
+pub enum ConnectionField {
+    Typename,
+    Edges(json::Plan<EdgeField>),
+    Nodes(json::Plan<OrgField>),
+    PageInfo(json::Plan<PageInfoField>),
+}
+
+/// What a one-step `PageInfo` selection writes for each field.
+pub enum PageInfoField {
+    HasPreviousPage,
+    HasNextPage,
+    StartCursor,
+    EndCursor,
+    Typename,
+}
+
+/// Compiles a (children) connection's selection; its nodes are answered without a prefetch.
+fn connection_plan(
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+) -> Option<json::Plan<ConnectionField>> {
+    json::Plan::new(ctx, |field| {
+        let f = &field.node;
+        let sub = ctx.with_selection_set(&f.selection_set);
+        Some(match f.name.node.as_str() {
+            "__typename" => ConnectionField::Typename,
+            "edges" => ConnectionField::Edges(edge_plan(&sub, true)?),
+            "nodes" => ConnectionField::Nodes(org_plan(&sub, true)?),
+            "pageInfo" => ConnectionField::PageInfo(json::Plan::new(&sub, |p| {
+                Some(match p.node.name.node.as_str() {
+                    "hasPreviousPage" => PageInfoField::HasPreviousPage,
+                    "hasNextPage" => PageInfoField::HasNextPage,
+                    "startCursor" => PageInfoField::StartCursor,
+                    "endCursor" => PageInfoField::EndCursor,
+                    "__typename" => PageInfoField::Typename,
+                    _ => return None,
+                })
+            })?),
+            _ => return None,
+        })
+    })
+}
+
+/// Writes a connection over `rows` (fetched with `page`, one extra row) in one step.
+fn write_connection(
     rows: &[OrganizationRow],
     page: Page,
-    ctx: &async_graphql::ContextSelectionSet<'_>,
+    plan: &json::Plan<ConnectionField>,
     out: &mut String,
 ) -> Option<()> {
     let want = page.size();
@@ -166,85 +236,135 @@ fn connection_json(
         Some(r) => json::string(out, &pagination::encode_cursor(r.id)),
         None => out.push_str("null"),
     };
-    json::object(ctx, out, |field, out| {
-        let f = &field.node;
-        let sub = ctx.with_selection_set(&f.selection_set);
-        match f.name.node.as_str() {
-            "__typename" => json::string(out, "OrganizationConnection"),
-            "edges" => list(out, shown, |r, out| {
-                edge_json(
-                    &sub,
+    plan.write(out, |f, out| {
+        match f {
+            ConnectionField::Typename => out.push_str("\"OrganizationConnection\""),
+            ConnectionField::Edges(plan) => list(out, shown, |r, out| {
+                write_edge(
+                    plan,
                     out,
                     |out| json::string(out, &pagination::encode_cursor(r.id)),
-                    |node, out| org_json(r, None, node, out),
+                    |node, out| write_org(r, None, node, out),
                 )
             })?,
-            "nodes" => list(out, shown, |r, out| org_json(r, None, &sub, out))?,
-            "pageInfo" => json::object(&sub, out, |p, out| {
-                match p.node.name.node.as_str() {
-                    "hasPreviousPage" => json::boolean(out, page.after.is_some()),
-                    "hasNextPage" => json::boolean(out, rows.len() > want),
-                    "startCursor" => cursor(shown.first(), out),
-                    "endCursor" => cursor(shown.last(), out),
-                    "__typename" => json::string(out, "PageInfo"),
-                    _ => return None,
+            ConnectionField::Nodes(plan) => {
+                list(out, shown, |r, out| write_org(r, None, plan, out))?
+            }
+            ConnectionField::PageInfo(plan) => plan.write(out, |p, out| {
+                match p {
+                    PageInfoField::HasPreviousPage => json::boolean(out, page.after.is_some()),
+                    PageInfoField::HasNextPage => json::boolean(out, rows.len() > want),
+                    PageInfoField::StartCursor => cursor(shown.first(), out),
+                    PageInfoField::EndCursor => cursor(shown.last(), out),
+                    PageInfoField::Typename => out.push_str("\"PageInfo\""),
                 }
                 Some(())
             })?,
-            _ => return None,
         }
         Some(())
     })
 }
 
-/// Writes an edge's plain selection (`cursor`, `node`, `__typename`) in one step, `node`
-/// answering the node's selection.
-fn edge_json(
+/// What a one-step edge selection writes for each field.
+pub enum EdgeField {
+    Cursor,
+    Node(json::Plan<OrgField>),
+    Typename,
+}
+
+/// Compiles an edge's selection (`cursor`, `node`, `__typename`).
+fn edge_plan(
     ctx: &async_graphql::ContextSelectionSet<'_>,
+    nested: bool,
+) -> Option<json::Plan<EdgeField>> {
+    json::Plan::new(ctx, |f| {
+        Some(match f.node.name.node.as_str() {
+            "cursor" => EdgeField::Cursor,
+            "node" => EdgeField::Node(org_plan(
+                &ctx.with_selection_set(&f.node.selection_set),
+                nested,
+            )?),
+            "__typename" => EdgeField::Typename,
+            _ => return None,
+        })
+    })
+}
+
+/// Writes an edge in one step, `node` writing the node with its compiled selection.
+fn write_edge(
+    plan: &json::Plan<EdgeField>,
     out: &mut String,
     cursor: impl Fn(&mut String),
-    node: impl Fn(&async_graphql::ContextSelectionSet<'_>, &mut String) -> Option<()>,
+    node: impl Fn(&json::Plan<OrgField>, &mut String) -> Option<()>,
 ) -> Option<()> {
-    json::object(ctx, out, |f, out| {
-        match f.node.name.node.as_str() {
-            "cursor" => cursor(out),
-            "node" => node(&ctx.with_selection_set(&f.node.selection_set), out)?,
-            "__typename" => json::string(out, "OrganizationEdge"),
-            _ => return None,
+    plan.write(out, |f, out| {
+        match f {
+            EdgeField::Cursor => cursor(out),
+            EdgeField::Node(plan) => node(plan, out)?,
+            EdgeField::Typename => out.push_str("\"OrganizationEdge\""),
         }
         Some(())
     })
 }
 
-/// Writes a usage entry's selection of plain scalar fields in one step.
-fn usage_json(
+/// What a one-step usage entry selection writes for each field.
+pub enum UsageField {
+    Resource,
+    Kind,
+    WindowStart,
+    Direct,
+    Subtree,
+    Limit,
+    EffectiveLimit,
+    Available,
+    OverLimit,
+    Typename,
+}
+
+/// Compiles a usage entry's selection of plain scalar fields.
+fn usage_plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<json::Plan<UsageField>> {
+    json::Plan::new(ctx, |f| {
+        Some(match f.node.name.node.as_str() {
+            "resource" => UsageField::Resource,
+            "kind" => UsageField::Kind,
+            "windowStart" => UsageField::WindowStart,
+            "direct" => UsageField::Direct,
+            "subtree" => UsageField::Subtree,
+            "limit" => UsageField::Limit,
+            "effectiveLimit" => UsageField::EffectiveLimit,
+            "available" => UsageField::Available,
+            "overLimit" => UsageField::OverLimit,
+            "__typename" => UsageField::Typename,
+            _ => return None,
+        })
+    })
+}
+
+/// Writes a usage entry with a compiled selection.
+fn write_usage(
     e: &domain::usage::UsageEntry,
-    ctx: &async_graphql::ContextSelectionSet<'_>,
+    plan: &json::Plan<UsageField>,
     out: &mut String,
 ) -> Option<()> {
-    json::object(ctx, out, |f, out| {
-        match f.node.name.node.as_str() {
-            "resource" => json::string(out, &e.resource.key),
-            "kind" => json::string(
-                out,
-                if e.resource.kind == "METERED" {
-                    "METERED"
-                } else {
-                    "ALLOCATED"
-                },
-            ),
-            "windowStart" => match e.window_start {
+    plan.write(out, |f, out| {
+        match f {
+            UsageField::Resource => json::string(out, &e.resource.key),
+            UsageField::Kind => out.push_str(if e.resource.kind == "METERED" {
+                "\"METERED\""
+            } else {
+                "\"ALLOCATED\""
+            }),
+            UsageField::WindowStart => match e.window_start {
                 Some(w) => json::string(out, &w.to_rfc3339()),
                 None => out.push_str("null"),
             },
-            "direct" => json::int(out, e.direct),
-            "subtree" => json::int(out, e.subtree),
-            "limit" => json::opt_int(out, e.limit),
-            "effectiveLimit" => json::opt_int(out, e.effective_limit),
-            "available" => json::opt_int(out, e.available),
-            "overLimit" => json::boolean(out, e.over_limit),
-            "__typename" => json::string(out, "OrganizationUsage"),
-            _ => return None,
+            UsageField::Direct => json::int(out, e.direct),
+            UsageField::Subtree => json::int(out, e.subtree),
+            UsageField::Limit => json::opt_int(out, e.limit),
+            UsageField::EffectiveLimit => json::opt_int(out, e.effective_limit),
+            UsageField::Available => json::opt_int(out, e.available),
+            UsageField::OverLimit => json::boolean(out, e.over_limit),
+            UsageField::Typename => out.push_str("\"OrganizationUsage\""),
         }
         Some(())
     })
@@ -341,17 +461,16 @@ pub(crate) async fn prefetch(
         return Ok(None);
     }
     let rc = rc(ctx);
-    let in_page: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut wanted: Vec<Uuid> = if wants_orgs {
-        rows.iter()
-            .flat_map(|r| r.ancestors.iter().copied())
-            .filter(|a| !in_page.contains(a))
-            .collect()
+    let wanted: Vec<Uuid> = if wants_orgs {
+        let in_page: crate::ids::IdSet<Uuid> = rows.iter().map(|r| r.id).collect();
+        crate::ids::distinct(
+            rows.iter()
+                .flat_map(|r| r.ancestors.iter().copied())
+                .filter(|a| !in_page.contains(a)),
+        )
     } else {
         Vec::new()
     };
-    wanted.sort_unstable();
-    wanted.dedup();
     let services = &rc.services;
     let (orgs, children, usage) = futures::try_join!(
         async {
@@ -592,7 +711,8 @@ impl OrganizationUsage {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        one_step(ctx, 256, |out| self.write_json(ctx, out))
+        let plan = Self::plan(ctx)?;
+        one_step(ctx, 256, |out| self.write_json(&plan, out))
     }
 }
 
@@ -1024,12 +1144,7 @@ impl OrganizationConnection {
         let edges = rows
             .into_iter()
             .take(want)
-            .map(|r| {
-                OrganizationEdge(OrganizationEdgeObject {
-                    cursor: pagination::encode_cursor(r.id),
-                    node: node(r),
-                })
-            })
+            .map(|r| OrganizationEdge(OrganizationEdgeObject { node: node(r) }))
             .collect();
         Self {
             edges,
@@ -1046,8 +1161,8 @@ impl OrganizationConnection {
         async_graphql::connection::PageInfo {
             has_previous_page: self.has_previous_page,
             has_next_page: self.has_next_page,
-            start_cursor: self.edges.first().map(|e| e.0.cursor.clone()),
-            end_cursor: self.edges.last().map(|e| e.0.cursor.clone()),
+            start_cursor: self.edges.first().map(|e| e.0.encoded_cursor()),
+            end_cursor: self.edges.last().map(|e| e.0.encoded_cursor()),
         }
     }
 
@@ -1064,8 +1179,14 @@ impl OrganizationConnection {
 
 /// The fields of an edge (the GraphQL object `OrganizationEdge`).
 pub struct OrganizationEdgeObject {
-    cursor: String,
     node: Organization,
+}
+
+impl OrganizationEdgeObject {
+    /// The node's cursor (computed when asked: tree views seldom ask for it).
+    fn encoded_cursor(&self) -> String {
+        pagination::encode_cursor(self.node.row().id)
+    }
 }
 
 /// An edge in a connection.
@@ -1077,8 +1198,8 @@ impl OrganizationEdgeObject {
     }
 
     /// A cursor for use in pagination
-    async fn cursor(&self) -> &str {
-        &self.cursor
+    async fn cursor(&self) -> String {
+        self.encoded_cursor()
     }
 }
 
@@ -1090,7 +1211,8 @@ impl OrganizationEdge {
         &self,
         ctx: &async_graphql::ContextSelectionSet<'_>,
     ) -> Option<async_graphql::Value> {
-        one_step(ctx, 256, |out| self.write_json(ctx, out))
+        let plan = Self::plan(ctx)?;
+        one_step(ctx, 256, |out| self.write_json(&plan, out))
     }
 }
 
@@ -1117,55 +1239,65 @@ impl async_graphql::OutputType for OrganizationEdge {
 
 /// Objects that can answer a plain selection in one step.
 pub trait Scalars {
-    /// Writes the selection as JSON text (see `json`), or `None` when it needs the
-    /// general resolver.
-    fn write_json(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        out: &mut String,
-    ) -> Option<()>;
+    /// The selection compiled for writing (see `json::Plan`).
+    type Plan;
+
+    /// Compiles the selection, or `None` when it needs the general resolver.
+    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan>;
+
+    /// Writes the object with a compiled selection as JSON text (see `json`), or `None`
+    /// when it needs the general resolver after all.
+    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()>;
 }
 
 impl Scalars for Organization {
-    fn write_json(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        out: &mut String,
-    ) -> Option<()> {
-        org_json(self.row(), self.0.1.as_deref(), ctx, out)
+    type Plan = json::Plan<OrgField>;
+
+    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
+        org_plan(ctx, false)
+    }
+
+    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
+        write_org(self.row(), self.0.1.as_deref(), plan, out)
     }
 }
 
 impl Scalars for OrganizationUsage {
-    fn write_json(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        out: &mut String,
-    ) -> Option<()> {
-        usage_json(&self.0.0, ctx, out)
+    type Plan = json::Plan<UsageField>;
+
+    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
+        usage_plan(ctx)
+    }
+
+    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
+        write_usage(&self.0.0, plan, out)
     }
 }
 
 impl<T: Scalars> Scalars for &T {
-    fn write_json(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        out: &mut String,
-    ) -> Option<()> {
-        (**self).write_json(ctx, out)
+    type Plan = T::Plan;
+
+    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
+        T::plan(ctx)
+    }
+
+    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
+        (**self).write_json(plan, out)
     }
 }
 
 impl Scalars for OrganizationEdge {
-    fn write_json(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        out: &mut String,
-    ) -> Option<()> {
-        edge_json(
-            ctx,
+    type Plan = json::Plan<EdgeField>;
+
+    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
+        edge_plan(ctx, false)
+    }
+
+    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
+        write_edge(
+            plan,
             out,
-            |out| json::string(out, &self.0.cursor),
+            |out| json::string(out, &self.0.encoded_cursor()),
             |node, out| self.0.node.write_json(node, out),
         )
     }
@@ -1199,11 +1331,15 @@ impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastL
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        // A tree view's node with its edges is around a kilobyte of JSON.
-        let capacity = (self.0.len() * 1024).min(1 << 20);
-        match one_step(ctx, capacity, |out| {
-            list(out, &self.0, |item, out| item.write_json(ctx, out))
-        }) {
+        // A tree view's node with its edges is around a kilobyte of JSON (growing the buffer
+        // copies it: better too big than too small).
+        let capacity = (self.0.len() * 2048).min(1 << 21);
+        let written = T::plan(ctx).and_then(|plan| {
+            one_step(ctx, capacity, |out| {
+                list(out, &self.0, |item, out| item.write_json(&plan, out))
+            })
+        });
+        match written {
             Some(value) => Ok(value),
             None => {
                 async_graphql::resolver_utils::resolve_list(

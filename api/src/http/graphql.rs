@@ -147,7 +147,15 @@ pub async fn handle(
 /// set, and a body written by `graphql::json`, which copies the JSON text of one-step
 /// selections as it is (async-graphql's serializer would parse it again to check it).
 fn respond(body: &BatchResponse) -> Response {
-    let mut out = String::with_capacity(16 * 1024);
+    // The data is nearly all raw JSON text of known length: one allocation, one copy.
+    let size = match body {
+        BatchResponse::Single(r) => crate::graphql::json::size_hint(&r.data),
+        BatchResponse::Batch(rs) => rs
+            .iter()
+            .map(|r| crate::graphql::json::size_hint(&r.data) + 1)
+            .sum(),
+    };
+    let mut out = String::with_capacity(size + 1024);
     match body {
         BatchResponse::Single(r) => write_response(&mut out, r),
         BatchResponse::Batch(rs) => {

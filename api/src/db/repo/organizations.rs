@@ -142,7 +142,7 @@ pub async fn children_pages(
     page: Page,
 ) -> QueryResult<Vec<OrganizationRow>> {
     diesel::sql_query(children_sql!(
-        "id, workspace_id, parent_id, name, depth, ancestors, created_at, updated_at"
+        "id, workspace_id, parent_id, name, depth, ancestors, created_at"
     ))
     .bind::<Array<SqlUuid>, _>(parents)
     .bind::<Nullable<SqlUuid>, _>(page.after)
@@ -168,9 +168,6 @@ pub struct ChildRow {
     /// Created.
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Last changed.
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
-    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl ChildRow {
@@ -187,7 +184,6 @@ impl ChildRow {
             depth: parent.depth + 1,
             ancestors,
             created_at: self.created_at,
-            updated_at: self.updated_at,
         }
     }
 }
@@ -198,7 +194,7 @@ pub async fn child_rows(
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<ChildRow>> {
-    diesel::sql_query(children_sql!("id, parent_id, name, created_at, updated_at"))
+    diesel::sql_query(children_sql!("id, parent_id, name, created_at"))
         .bind::<Array<SqlUuid>, _>(parents)
         .bind::<Nullable<SqlUuid>, _>(page.after)
         .bind::<BigInt, _>(page.limit)
