@@ -3,6 +3,7 @@
 pub mod cached;
 pub mod models;
 pub mod repo;
+pub mod row;
 pub mod schema;
 
 use std::time::Duration;

@@ -154,7 +154,7 @@ pub struct OrganizationRow {
     /// Root-first ancestor ids (without itself).
     pub ancestors: Vec<Uuid>,
     /// Created.
-    pub created_at: DateTime<Utc>,
+    pub created_at: super::row::Timestamp,
 }
 
 /// A row of `resources`.

@@ -132,7 +132,7 @@ fn write_org(
             OrgField::Id => OrganizationId(row.id).write_json(out),
             OrgField::Name => json::string(out, &row.name),
             OrgField::Depth => json::int(out, i64::from(row.depth)),
-            OrgField::CreatedAt => json::string(out, &row.created_at.to_rfc3339()),
+            OrgField::CreatedAt => json::string(out, &row.created_at.to_datetime().to_rfc3339()),
             OrgField::Typename => out.push_str("\"Organization\""),
             OrgField::Parent(plan) => {
                 let p = prefetch?;
@@ -691,7 +691,7 @@ impl OrganizationObject {
 
     /// When it was created.
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
-        self.0.created_at
+        self.0.created_at.to_datetime()
     }
 }
 

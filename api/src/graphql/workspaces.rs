@@ -141,7 +141,9 @@ impl Workspace {
             domain::organizations::page_for_workspace(&rc.services, self.0.id, roots_only, page)
                 .await
                 .map_err(|e| rc.err(e))?;
-        let fetched = super::organizations::prefetch(ctx, &rows).await?;
+        // The extra row only tells whether there is a next page: nothing of it is shown.
+        let shown = &rows[..rows.len().min(page.size())];
+        let fetched = super::organizations::prefetch(ctx, shown).await?;
         Ok(OrganizationConnection::from_rows(rows, page, |o| {
             Organization::prefetched(o, fetched.clone())
         }))

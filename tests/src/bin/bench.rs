@@ -255,6 +255,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// The request body sent by worker `w` as its `i`-th request (JSON text).
+type Body = Arc<dyn Fn(usize, u64) -> String + Send + Sync>;
+
 /// Runs `op(worker, iteration)` from `workers` tasks for `seconds`.
 async fn drive<F, Fut>(workers: usize, seconds: u64, op: F) -> (u64, u64, Vec<Duration>, Duration)
 where
@@ -303,7 +306,7 @@ async fn http_row(
     unit: &'static str,
     workers: usize,
     seconds: u64,
-    body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync>,
+    body: Body,
 ) -> anyhow::Result<Row> {
     let before = s.statements().await?;
     let s2 = s.clone();
@@ -314,7 +317,8 @@ async fn http_row(
                 .http
                 .post(format!("{}/graphql", s.base))
                 .bearer_auth(&s.token)
-                .json(&body(w, i))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body(w, i))
                 .send()
                 .await;
             // Like a load generator, read the whole body but do not parse it: a GraphQL
@@ -459,9 +463,10 @@ async fn main() -> anyhow::Result<()> {
         server.gql(nested, json!({"w": ws})).await?;
     }
     let mut rows = Vec::new();
-    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(
-        move |_, _| json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}),
-    );
+    // Like a load generator, the same request body is serialized once.
+    let text =
+        json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}).to_string();
+    let body: Body = Arc::new(move |_, _| text.clone());
     rows.push(
         http_row(
             &server,
@@ -473,8 +478,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?,
     );
-    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> =
-        Arc::new(|_, _| json!({"query": "{ __typename }"}));
+    let text = json!({"query": "{ __typename }"}).to_string();
+    let body: Body = Arc::new(move |_, _| text.clone());
     rows.push(
         http_row(
             &server,
@@ -488,11 +493,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let leaves = Arc::new(seeded.leaves.clone());
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let body: Arc<dyn Fn(usize, u64) -> Value + Send + Sync> = Arc::new(move |w, i| {
+    let body: Body = Arc::new(move |w, i| {
         json!({
             "query": "mutation Alloc($o: ID!, $k: String!) { recordUsage(input: {organizationId: $o, resource: \"locations\", delta: 1, idempotencyKey: $k}) { organization { id } } }",
             "variables": {"o": leaves[w % leaves.len()], "k": format!("{run}-{w}-{i}")},
         })
+        .to_string()
     });
     // The two allocation rows alternate (physical, ours, physical, ours) so that drift of the
     // machine during the run weighs on both alike; each row reports the mean of its two runs.

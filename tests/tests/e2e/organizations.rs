@@ -383,6 +383,18 @@ async fn scalar_only_selections_resolve_like_any_other() {
         (Some("users"), Some("ALLOCATED"), Some(4), Some(5))
     );
     assert_eq!(a["data"]["organization"]["parent"]["b"], "Root");
+    // The creation time is the stored one, to the microsecond.
+    let created = a["data"]["organization"]["parent"]["createdAt"]
+        .as_str()
+        .expect("createdAt");
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM organizations WHERE name = 'Root' AND created_at = '{created}'::timestamptz"
+        ))
+        .await,
+        1,
+        "{created}"
+    );
     let children = &a["data"]["organization"]["children"];
     assert_eq!(children["edges"][0]["node"]["__typename"], "Organization");
     assert_eq!(

@@ -1,8 +1,14 @@
 //! Organizations: the tree inside a workspace.
 
 use crate::db::cached::CachedExt;
+use crate::db::row::{Timestamp, col};
+use diesel::deserialize;
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, SmallInt, Uuid as SqlUuid};
+use diesel::row::NamedRow;
+use diesel::sql_types::{
+    Array, BigInt, Bool, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -153,21 +159,28 @@ pub async fn children_pages(
 }
 
 /// The columns of a child that its parent does not determine (its workspace, depth and
-/// ancestor path follow from the parent's).
-#[derive(QueryableByName)]
+/// ancestor path follow from the parent's), decoded by position: the select list of
+/// `child_rows`.
 pub struct ChildRow {
     /// Primary key.
-    #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
     /// Parent.
-    #[diesel(sql_type = SqlUuid)]
     pub parent_id: Uuid,
     /// Name.
-    #[diesel(sql_type = diesel::sql_types::Text)]
     pub name: String,
     /// Created.
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub created_at: Timestamp,
+}
+
+impl QueryableByName<Pg> for ChildRow {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        Ok(Self {
+            id: col::<SqlUuid, _>(row, 0)?,
+            parent_id: col::<SqlUuid, _>(row, 1)?,
+            name: col::<Text, _>(row, 2)?,
+            created_at: col::<Timestamptz, _>(row, 3)?,
+        })
+    }
 }
 
 impl ChildRow {

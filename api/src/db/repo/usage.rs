@@ -3,8 +3,12 @@
 //! overlapping paths queue instead of deadlocking.
 
 use crate::db::cached::CachedExt;
+use crate::db::row::col;
 use chrono::{DateTime, Utc};
+use diesel::deserialize;
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::row::NamedRow;
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -233,30 +237,37 @@ pub async fn set_limit(
 }
 
 /// Current usage and caps of organizations: one row per (organization, resource) that has a
-/// counter in one of `periods` or a cap.
-#[derive(Debug, Clone, QueryableByName)]
+/// counter in one of `periods` or a cap. Decoded by position: the select list of `current`.
+#[derive(Debug, Clone)]
 pub struct UsageRow {
     /// Workspace.
-    #[diesel(sql_type = SqlUuid)]
     pub workspace_id: Uuid,
     /// Organization.
-    #[diesel(sql_type = SqlUuid)]
     pub organization_id: Uuid,
     /// Resource key.
-    #[diesel(sql_type = Text)]
     pub resource: String,
     /// Window of the counter, if there is one.
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub period_start: Option<DateTime<Utc>>,
     /// Own usage.
-    #[diesel(sql_type = BigInt)]
     pub direct: i64,
     /// Subtree usage.
-    #[diesel(sql_type = BigInt)]
     pub subtree: i64,
     /// Cap.
-    #[diesel(sql_type = Nullable<BigInt>)]
     pub limit: Option<i64>,
+}
+
+impl QueryableByName<Pg> for UsageRow {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        Ok(Self {
+            workspace_id: col::<SqlUuid, _>(row, 0)?,
+            organization_id: col::<SqlUuid, _>(row, 1)?,
+            resource: col::<Text, _>(row, 2)?,
+            period_start: col::<Nullable<Timestamptz>, _>(row, 3)?,
+            direct: col::<BigInt, _>(row, 4)?,
+            subtree: col::<BigInt, _>(row, 5)?,
+            limit: col::<Nullable<BigInt>, _>(row, 6)?,
+        })
+    }
 }
 
 /// The current window of each resource: (workspace, resource key, window start).
