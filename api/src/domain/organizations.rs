@@ -1,6 +1,7 @@
 //! Organization trees: create, rename, move and delete, within the structural caps.
 
 use chrono::Utc;
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -70,9 +71,72 @@ pub async fn children_of_rows(
     parents: &[OrganizationRow],
     page: Page,
 ) -> DomainResult<IdMap<Uuid, Vec<OrganizationRow>>> {
-    let mut conn = services.conn().await?;
+    let conn = services.conn().await?;
+    children_of_rows_on(&conn, parents, page).await
+}
+
+/// What a page of organizations shows besides its rows, for `PageEdges::load`.
+#[derive(Default)]
+pub struct PageEdges {
+    /// Organizations asked for by id (ancestors outside the page).
+    pub orgs: Vec<OrganizationRow>,
+    /// Each row's children page, by parent.
+    pub children: Option<IdMap<Uuid, Vec<OrganizationRow>>>,
+    /// Each row's usage entries.
+    pub usage: Option<IdMap<Uuid, Vec<usage_domain::UsageEntry>>>,
+}
+
+impl PageEdges {
+    /// Fetches the edges a page's selection asks for (organizations `wanted` by id, a
+    /// `children` page of every row, every row's `usage`) on one connection, one statement
+    /// each, pipelined: none waits for another.
+    pub async fn load(
+        services: &Services,
+        rows: &[OrganizationRow],
+        wanted: &[Uuid],
+        children: Option<Page>,
+        usage: bool,
+    ) -> DomainResult<Self> {
+        let conn = services.conn().await?;
+        let conn: &AsyncPgConnection = &conn;
+        let (orgs, children, usage) = futures::try_join!(
+            async {
+                if wanted.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    Ok(orgs::find_many(conn, wanted).await?)
+                }
+            },
+            async {
+                match children {
+                    Some(page) => children_of_rows_on(conn, rows, page).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            async {
+                if usage {
+                    usage_domain::load_entries_on(conn, rows).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        )?;
+        Ok(Self {
+            orgs,
+            children,
+            usage,
+        })
+    }
+}
+
+/// `children_of_rows` on a connection the caller may be pipelining other statements on.
+pub async fn children_of_rows_on(
+    conn: &AsyncPgConnection,
+    parents: &[OrganizationRow],
+    page: Page,
+) -> DomainResult<IdMap<Uuid, Vec<OrganizationRow>>> {
     let ids: Vec<Uuid> = parents.iter().map(|p| p.id).collect();
-    let found = orgs::child_rows(&mut conn, &ids, page).await?;
+    let found = orgs::child_rows(conn, &ids, page).await?;
     let by_id: IdMap<Uuid, &OrganizationRow> = parents.iter().map(|p| (p.id, p)).collect();
     let mut out: IdMap<Uuid, Vec<OrganizationRow>> =
         parents.iter().map(|p| (p.id, Vec::new())).collect();

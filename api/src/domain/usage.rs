@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -38,6 +39,15 @@ pub fn current_period(kind: &str, reset: Option<&str>, now: DateTime<Utc>) -> Da
             .unwrap_or(now),
         _ => epoch(),
     }
+}
+
+/// Every value `current_period` can take at `now`, whatever the resource.
+pub fn current_periods(now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    crate::ids::distinct([
+        current_period("ALLOCATED", None, now),
+        current_period("METERED", Some("DAY"), now),
+        current_period("METERED", Some("MONTH"), now),
+    ])
 }
 
 /// The current window of every resource in `resources`.
@@ -189,30 +199,44 @@ pub async fn load_entries(
     services: &Services,
     orgs: &[OrganizationRow],
 ) -> DomainResult<IdMap<Uuid, Vec<UsageEntry>>> {
-    let view = load_view(services, orgs).await?;
+    let conn = services.conn().await?;
+    load_entries_on(&conn, orgs).await
+}
+
+/// `load_entries` on a connection the caller may be pipelining other statements on.
+pub async fn load_entries_on(
+    conn: &AsyncPgConnection,
+    orgs: &[OrganizationRow],
+) -> DomainResult<IdMap<Uuid, Vec<UsageEntry>>> {
+    let view = load_view_on(conn, orgs).await?;
     Ok(orgs.iter().map(|o| (o.id, view.entries(o))).collect())
 }
 
 /// The resources and current numbers needed for the usage entries of `orgs`: two
 /// statements, whatever their number.
 pub async fn load_view(services: &Services, orgs: &[OrganizationRow]) -> DomainResult<UsageView> {
-    let mut conn = services.conn().await?;
-    let mut ws: Vec<Uuid> = orgs.iter().map(|o| o.workspace_id).collect();
-    ws.sort_unstable();
-    ws.dedup();
-    let resources = repo::resources::for_workspaces(&mut conn, &ws).await?;
+    let conn = services.conn().await?;
+    load_view_on(&conn, orgs).await
+}
+
+/// `load_view` on a given connection. The two statements do not wait for each other (they
+/// are pipelined): the counters are read for every window a resource can be in now, and
+/// the view keeps each resource's own.
+pub async fn load_view_on(
+    conn: &AsyncPgConnection,
+    orgs: &[OrganizationRow],
+) -> DomainResult<UsageView> {
+    let ws = crate::ids::distinct(orgs.iter().map(|o| o.workspace_id));
     let ids = crate::ids::distinct(
         orgs.iter()
             .flat_map(|o| o.ancestors.iter().copied().chain([o.id])),
     );
     let now = Utc::now();
-    let mut periods: Vec<DateTime<Utc>> = resources
-        .iter()
-        .map(|r| current_period(&r.kind, r.reset_period.as_deref(), now))
-        .collect();
-    periods.sort_unstable();
-    periods.dedup();
-    let rows = usage::current(&mut conn, &ids, &periods).await?;
+    let periods = current_periods(now);
+    let (resources, rows) = futures::try_join!(
+        repo::resources::for_workspaces(conn, &ws),
+        usage::current(conn, &ids, &periods),
+    )?;
     Ok(UsageView::new(resources, now, rows))
 }
 

@@ -471,43 +471,25 @@ pub(crate) async fn prefetch(
     } else {
         Vec::new()
     };
-    let services = &rc.services;
-    let (orgs, children, usage) = futures::try_join!(
-        async {
-            if wanted.is_empty() {
-                Ok(Vec::new())
-            } else {
-                domain::organizations::load_many(services, &wanted).await
-            }
-        },
-        async {
-            match children_page {
-                Some(page) => domain::organizations::children_of_rows(services, rows, page)
-                    .await
-                    .map(|c| Some((page, c))),
-                None => Ok(None),
-            }
-        },
-        async {
-            if wants_usage {
-                domain::usage::load_entries(services, rows).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        },
+    let edges = domain::organizations::PageEdges::load(
+        &rc.services,
+        rows,
+        &wanted,
+        children_page,
+        wants_usage,
     )
+    .await
     .map_err(|e| rc.err(e))?;
-    let mut p = Prefetch {
-        orgs: orgs
+    Ok(Some(Arc::new(Prefetch {
+        orgs: edges
+            .orgs
             .into_iter()
             .chain(rows.iter().cloned())
             .map(|o| (o.id, o))
             .collect(),
-        children: None,
-        usage,
-    };
-    p.children = children;
-    Ok(Some(Arc::new(p)))
+        children: children_page.zip(edges.children),
+        usage: edges.usage,
+    })))
 }
 
 #[Object(name = "Organization")]

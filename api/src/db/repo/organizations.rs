@@ -41,13 +41,13 @@ pub async fn insert(
 
 /// Organizations by id, in any order.
 pub async fn find_many(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     ids: &[Uuid],
 ) -> QueryResult<Vec<OrganizationRow>> {
     organizations::table
         .filter(organizations::id.eq_any(ids))
         .select(OrganizationRow::as_select())
-        .load(conn)
+        .load(&mut { conn })
         .await
 }
 
@@ -203,7 +203,7 @@ impl ChildRow {
 
 /// Like `children_pages`, without the columns the parents determine.
 pub async fn child_rows(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<ChildRow>> {
@@ -212,7 +212,7 @@ pub async fn child_rows(
         .bind::<Nullable<SqlUuid>, _>(page.after)
         .bind::<BigInt, _>(page.limit)
         .cached()
-        .load(conn)
+        .load(&mut { conn })
         .await
 }
 

@@ -82,7 +82,7 @@ pub async fn find(
 /// ones by creation). Constant SQL, kept prepared: a DSL query with a raw `ORDER BY`
 /// fragment would be parsed and planned again on every execution.
 pub async fn for_workspaces(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     ws: &[Uuid],
 ) -> QueryResult<Vec<ResourceRow>> {
     diesel::sql_query(
@@ -95,6 +95,6 @@ pub async fn for_workspaces(
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ws)
     .cached()
-    .load(conn)
+    .load(&mut { conn })
     .await
 }

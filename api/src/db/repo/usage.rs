@@ -285,7 +285,7 @@ fn unzip(windows: &Windows) -> (Vec<Uuid>, Vec<&str>, Vec<DateTime<Utc>>) {
 /// (organization, resource) that has one. Both halves are primary-key lookups by
 /// organization; which window is current for each resource is decided by the caller.
 pub async fn current(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     orgs: &[Uuid],
     periods: &[DateTime<Utc>],
 ) -> QueryResult<Vec<UsageRow>> {
@@ -299,7 +299,7 @@ pub async fn current(
     .bind::<Array<SqlUuid>, _>(orgs)
     .bind::<Array<Timestamptz>, _>(periods)
     .cached()
-    .load(conn)
+    .load(&mut { conn })
     .await
 }
 
