@@ -39,8 +39,8 @@ fn children_exceeded() -> DomainError {
 
 /// Organizations by id (the caller checks access).
 pub async fn load_many(services: &Services, ids: &[Uuid]) -> DomainResult<Vec<OrganizationRow>> {
-    let mut conn = services.conn().await?;
-    Ok(orgs::find_many(&mut conn, ids).await?)
+    let conn = services.conn().await?;
+    Ok(orgs::find_many(&conn, ids).await?)
 }
 
 /// One page of a workspace's organizations (the caller checks access).

@@ -106,6 +106,6 @@ pub async fn define(
 
 /// Resources of several workspaces (the caller checks membership).
 pub async fn load_many(services: &Services, ws: &[uuid::Uuid]) -> DomainResult<Vec<ResourceRow>> {
-    let mut conn = services.conn().await?;
-    Ok(resources::for_workspaces(&mut conn, ws).await?)
+    let conn = services.conn().await?;
+    Ok(resources::for_workspaces(&conn, ws).await?)
 }
