@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 
 use async_graphql::parser::types::{ExecutableDocument, Field, Selection, SelectionSet};
 use async_graphql::{ContextSelectionSet, Name, Positioned, Value};
+use bytes::Bytes;
 
 /// Bytes a JSON string cannot hold as they are: control characters, `"` and `\`.
 static NEEDS_ESCAPE: [bool; 256] = {
@@ -265,71 +266,80 @@ fn flatten<'a>(
     true
 }
 
-/// About how many bytes [`value`] writes for `v` (exact for raw JSON text, which is
-/// nearly all of a big response), to size the buffer once.
-pub fn size_hint(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Boolean(_) | Value::Number(_) => 24,
-        Value::String(s) => s.len() + 2,
-        Value::Enum(e) => e.len() + 2,
-        Value::Binary(b) => b.len() * 4 + 2,
-        Value::List(items) => 2 + items.iter().map(|i| size_hint(i) + 1).sum::<usize>(),
-        Value::Object(map) => {
-            if map.len() == 1
-                && let Some(Value::String(raw)) = map.get(&*RAW_VALUE)
-            {
-                return raw.len();
-            }
-            2 + map
-                .iter()
-                .map(|(k, item)| k.len() + 4 + size_hint(item))
-                .sum::<usize>()
+/// JSON text written in pieces: raw JSON text (see [`into_value`]) is moved in as a piece of
+/// its own instead of being copied, so a response of a hundred kilobytes of one-step text is
+/// never copied whole again (the pieces are written with one vectored write).
+#[derive(Default)]
+pub struct Pieces {
+    done: Vec<Bytes>,
+    text: String,
+}
+
+impl Pieces {
+    /// The text being written (after the pieces so far).
+    pub fn text(&mut self) -> &mut String {
+        &mut self.text
+    }
+
+    fn raw(&mut self, raw: String) {
+        if !self.text.is_empty() {
+            self.done.push(Bytes::from(std::mem::take(&mut self.text)));
         }
+        self.done.push(Bytes::from(raw));
+    }
+
+    /// The pieces, in order.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        if !self.text.is_empty() {
+            self.done.push(Bytes::from(self.text));
+        }
+        self.done
     }
 }
 
-/// Appends a value as JSON, copying raw JSON text (see [`into_value`]) as it is.
-pub fn value(out: &mut String, v: &Value) {
+/// Appends a value as JSON, moving raw JSON text (see [`into_value`]) in as it is.
+pub fn value(out: &mut Pieces, v: Value) {
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Boolean(b) => boolean(out, *b),
-        Value::String(s) => string(out, s),
-        Value::Enum(e) => string(out, e),
+        Value::Null => out.text().push_str("null"),
+        Value::Boolean(b) => boolean(out.text(), b),
+        Value::String(s) => string(out.text(), &s),
+        Value::Enum(e) => string(out.text(), &e),
         Value::Number(n) => match n.as_i64() {
-            Some(i) => int(out, i),
-            None => out.push_str(&n.to_string()),
+            Some(i) => int(out.text(), i),
+            None => out.text().push_str(&n.to_string()),
         },
         Value::List(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
+            out.text().push('[');
+            for (i, item) in items.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.text().push(',');
                 }
                 value(out, item);
             }
-            out.push(']');
+            out.text().push(']');
         }
-        Value::Object(map) => {
+        Value::Object(mut map) => {
             if map.len() == 1
-                && let Some(Value::String(raw)) = map.get(&*RAW_VALUE)
+                && matches!(map.get(&*RAW_VALUE), Some(Value::String(_)))
+                && let Some(Value::String(raw)) = map.swap_remove(&*RAW_VALUE)
             {
-                out.push_str(raw);
+                out.raw(raw);
                 return;
             }
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
+            out.text().push('{');
+            for (i, (k, item)) in map.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.text().push(',');
                 }
-                string(out, k);
-                out.push(':');
+                string(out.text(), &k);
+                out.text().push(':');
                 value(out, item);
             }
-            out.push('}');
+            out.text().push('}');
         }
-        Value::Binary(_) => match serde_json::to_string(v) {
-            Ok(s) => out.push_str(&s),
-            Err(_) => out.push_str("null"),
+        Value::Binary(_) => match serde_json::to_string(&v) {
+            Ok(s) => out.text().push_str(&s),
+            Err(_) => out.text().push_str("null"),
         },
     }
 }
@@ -368,14 +378,17 @@ mod tests {
             r#"{"a": [1, -2, 9007199254740993, 1.5, true, null, "x\"y"], "b": {"c": {}}, "d": []}"#,
         )
         .expect("parses");
-        let mut out = String::new();
-        value(&mut out, &v);
-        assert_eq!(out, serde_json::to_string(&v).expect("serializes"));
-        // Raw text is copied, and parsed back when it may need merging.
+        assert_eq!(
+            write(v.clone()).concat(),
+            serde_json::to_string(&v).expect("serializes")
+        );
+        // Raw text is moved in as a piece of its own, and parsed back when it may need
+        // merging.
         let raw = into_value(true, r#"{"x":[1,"2"]}"#.into()).expect("raw");
-        let mut out = String::new();
-        value(&mut out, &Value::List(vec![raw.clone(), Value::Null]));
-        assert_eq!(out, r#"[{"x":[1,"2"]},null]"#);
+        assert_eq!(
+            write(Value::List(vec![raw.clone(), Value::Null])),
+            ["[", r#"{"x":[1,"2"]}"#, ",null]"]
+        );
         assert_eq!(
             serde_json::to_string(&raw).expect("serializes"),
             r#"{"x":[1,"2"]}"#
@@ -385,6 +398,15 @@ mod tests {
             parsed,
             serde_json::from_str::<Value>(r#"{"x":[1,"2"]}"#).expect("parses")
         );
+    }
+
+    fn write(v: Value) -> Vec<String> {
+        let mut out = Pieces::default();
+        value(&mut out, v);
+        out.finish()
+            .into_iter()
+            .map(|b| String::from_utf8(b.to_vec()).expect("utf-8"))
+            .collect()
     }
 
     fn merges(q: &str) -> bool {

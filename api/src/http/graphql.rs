@@ -12,13 +12,14 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::json;
 
 use super::RequestId;
 use crate::AppState;
 use crate::domain::{Actor, users};
-use crate::graphql::RequestCtx;
 use crate::graphql::error::code;
+use crate::graphql::{RequestCtx, json};
 
 /// A refusal of the whole request, as a GraphQL-shaped JSON body.
 fn refuse(status: StatusCode, c: &str, message: &str) -> Response {
@@ -140,37 +141,14 @@ pub async fn handle(
             BatchResponse::Batch(responses)
         }
     };
-    respond(&body)
+    respond(body)
 }
 
 /// The HTTP response of a (batch) GraphQL response: the headers async-graphql-axum would
-/// set, and a body written by `graphql::json`, which copies the JSON text of one-step
-/// selections as it is (async-graphql's serializer would parse it again to check it).
-fn respond(body: &BatchResponse) -> Response {
-    // The data is nearly all raw JSON text of known length: one allocation, one copy.
-    let size = match body {
-        BatchResponse::Single(r) => crate::graphql::json::size_hint(&r.data),
-        BatchResponse::Batch(rs) => rs
-            .iter()
-            .map(|r| crate::graphql::json::size_hint(&r.data) + 1)
-            .sum(),
-    };
-    let mut out = String::with_capacity(size + 1024);
-    match body {
-        BatchResponse::Single(r) => write_response(&mut out, r),
-        BatchResponse::Batch(rs) => {
-            out.push('[');
-            for (i, r) in rs.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_response(&mut out, r);
-            }
-            out.push(']');
-        }
-    }
-    let mut resp = Response::new(axum::body::Body::from(out));
-    let headers = resp.headers_mut();
+/// set, and a body written by `graphql::json`, which moves the JSON text of one-step
+/// selections in as it is (async-graphql's serializer would parse it again to check it).
+fn respond(body: BatchResponse) -> Response {
+    let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/graphql-response+json"),
@@ -182,23 +160,81 @@ fn respond(body: &BatchResponse) -> Response {
         headers.insert(header::CACHE_CONTROL, value);
     }
     headers.extend(body.http_headers());
+    let mut out = json::Pieces::default();
+    match body {
+        BatchResponse::Single(r) => write_response(&mut out, r),
+        BatchResponse::Batch(rs) => {
+            out.text().push('[');
+            for (i, r) in rs.into_iter().enumerate() {
+                if i > 0 {
+                    out.text().push(',');
+                }
+                write_response(&mut out, r);
+            }
+            out.text().push(']');
+        }
+    }
+    let mut resp = Response::new(axum::body::Body::new(PiecesBody::new(out.finish())));
+    *resp.headers_mut() = headers;
     resp
+}
+
+/// A body of pieces known up front (its length is exact, so it goes out with a
+/// `Content-Length`, written with vectored writes).
+struct PiecesBody {
+    pieces: std::collections::VecDeque<Bytes>,
+    len: u64,
+}
+
+impl PiecesBody {
+    fn new(pieces: Vec<Bytes>) -> Self {
+        let len = pieces.iter().map(|p| p.len() as u64).sum();
+        Self {
+            pieces: pieces.into_iter().filter(|p| !p.is_empty()).collect(),
+            len,
+        }
+    }
+}
+
+impl http_body::Body for PiecesBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.pieces.pop_front().map(|p| {
+            self.len -= p.len() as u64;
+            Ok(http_body::Frame::data(p))
+        });
+        std::task::Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
 }
 
 /// One response object, with the members in async-graphql's order (`data`, then
 /// `extensions` and `errors` when not empty).
-fn write_response(out: &mut String, r: &GqlResponse) {
-    out.push_str("{\"data\":");
-    crate::graphql::json::value(out, &r.data);
+fn write_response(out: &mut json::Pieces, r: GqlResponse) {
+    out.text().push_str("{\"data\":");
+    json::value(out, r.data);
+    let text = out.text();
     if !r.extensions.is_empty() {
-        out.push_str(",\"extensions\":");
-        out.push_str(&serde_json::to_string(&r.extensions).unwrap_or_else(|_| "{}".into()));
+        text.push_str(",\"extensions\":");
+        text.push_str(&serde_json::to_string(&r.extensions).unwrap_or_else(|_| "{}".into()));
     }
     if !r.errors.is_empty() {
-        out.push_str(",\"errors\":");
-        out.push_str(&serde_json::to_string(&r.errors).unwrap_or_else(|_| "[]".into()));
+        text.push_str(",\"errors\":");
+        text.push_str(&serde_json::to_string(&r.errors).unwrap_or_else(|_| "[]".into()));
     }
-    out.push('}');
+    text.push('}');
 }
 
 fn is_mutation(doc: &ExecutableDocument) -> bool {
