@@ -64,17 +64,6 @@ pub async fn children_pages(
     Ok(orgs::children_pages(&mut conn, parents, page).await?)
 }
 
-/// Pages of children of several organizations given as rows: the children come back
-/// complete while the statement reads only what the parents do not determine.
-pub async fn children_of_rows(
-    services: &Services,
-    parents: &[OrganizationRow],
-    page: Page,
-) -> DomainResult<IdMap<Uuid, Vec<OrganizationRow>>> {
-    let conn = services.conn().await?;
-    children_of_rows_on(&conn, parents, page).await
-}
-
 /// What a page of organizations shows besides its rows, for `PageEdges::load`.
 #[derive(Default)]
 pub struct PageEdges {
@@ -109,7 +98,7 @@ impl PageEdges {
             },
             async {
                 match children {
-                    Some(page) => children_of_rows_on(conn, rows, page).await.map(Some),
+                    Some(page) => children_of_rows(conn, rows, page).await.map(Some),
                     None => Ok(None),
                 }
             },
@@ -129,8 +118,10 @@ impl PageEdges {
     }
 }
 
-/// `children_of_rows` on a connection the caller may be pipelining other statements on.
-pub async fn children_of_rows_on(
+/// Pages of children of several organizations given as rows, by parent: the children come
+/// back complete while the statement reads only what the parents do not determine (on a
+/// connection the caller may be pipelining other statements on).
+pub async fn children_of_rows(
     conn: &AsyncPgConnection,
     parents: &[OrganizationRow],
     page: Page,

@@ -208,21 +208,15 @@ pub async fn load_entries_on(
     conn: &AsyncPgConnection,
     orgs: &[OrganizationRow],
 ) -> DomainResult<IdMap<Uuid, Vec<UsageEntry>>> {
-    let view = load_view_on(conn, orgs).await?;
+    let view = load_view(conn, orgs).await?;
     Ok(orgs.iter().map(|o| (o.id, view.entries(o))).collect())
 }
 
-/// The resources and current numbers needed for the usage entries of `orgs`: two
-/// statements, whatever their number.
-pub async fn load_view(services: &Services, orgs: &[OrganizationRow]) -> DomainResult<UsageView> {
-    let conn = services.conn().await?;
-    load_view_on(&conn, orgs).await
-}
-
-/// `load_view` on a given connection. The two statements do not wait for each other (they
+/// The resources and current numbers needed for the usage entries of `orgs`, on a given
+/// connection: two statements, whatever their number. They do not wait for each other (they
 /// are pipelined): the counters are read for every window a resource can be in now, and
 /// the view keeps each resource's own.
-pub async fn load_view_on(
+pub async fn load_view(
     conn: &AsyncPgConnection,
     orgs: &[OrganizationRow],
 ) -> DomainResult<UsageView> {
