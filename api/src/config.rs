@@ -51,6 +51,19 @@ pub struct Config {
     pub max_query_complexity: usize,
     /// Maximum operations in one batched request.
     pub max_batch_size: usize,
+    /// Maximum fields of one operation once its fragments are expanded.
+    pub max_fields: usize,
+    /// Maximum aliased fields of one operation once its fragments are expanded.
+    pub max_aliases: usize,
+    /// Largest request body accepted on `/graphql`.
+    pub max_body_bytes: usize,
+    /// Largest total size of a request's headers.
+    pub max_header_bytes: usize,
+    /// How long one request (reading its body and executing it) may take before its work
+    /// is dropped.
+    pub request_timeout: Duration,
+    /// How long a stopping process waits for requests in flight before it exits anyway.
+    pub shutdown_timeout: Duration,
     /// How long an idempotency key and its stored result are kept.
     pub idempotency_ttl: Duration,
     /// How long a DataLoader collects keys before it sends one batched statement.
@@ -143,6 +156,44 @@ impl Config {
         let max_query_complexity =
             parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
         let max_batch_size = parse(&var, "GRAPHQL_MAX_BATCH", "10", "a whole number")?;
+        let max_fields = parse(&var, "GRAPHQL_MAX_FIELDS", "10000", "a whole number")?;
+        let max_aliases = parse(&var, "GRAPHQL_MAX_ALIASES", "30", "a whole number")?;
+        let max_body_bytes: usize = parse(
+            &var,
+            "GRAPHQL_MAX_BODY_BYTES",
+            "1048576",
+            "a whole number of bytes",
+        )?;
+        if max_body_bytes < 1024 {
+            return Err(err("GRAPHQL_MAX_BODY_BYTES", "must be at least 1024"));
+        }
+        let max_header_bytes: usize = parse(
+            &var,
+            "HTTP_MAX_HEADER_BYTES",
+            "32768",
+            "a whole number of bytes",
+        )?;
+        if !(4096..=MAX_HEADER_BUFFER / 2).contains(&max_header_bytes) {
+            return Err(err(
+                "HTTP_MAX_HEADER_BYTES",
+                format!("must be between 4096 and {}", MAX_HEADER_BUFFER / 2),
+            ));
+        }
+        let timeout_ms: u64 = parse(
+            &var,
+            "GRAPHQL_TIMEOUT_MS",
+            "30000",
+            "a whole number of milliseconds",
+        )?;
+        if timeout_ms == 0 {
+            return Err(err("GRAPHQL_TIMEOUT_MS", "must be at least 1"));
+        }
+        let shutdown_secs: u64 = parse(
+            &var,
+            "SHUTDOWN_TIMEOUT_SECS",
+            "20",
+            "a whole number of seconds",
+        )?;
         let ttl_hours: u64 = parse(
             &var,
             "IDEMPOTENCY_TTL_HOURS",
@@ -177,6 +228,12 @@ impl Config {
             max_query_depth,
             max_query_complexity,
             max_batch_size,
+            max_fields,
+            max_aliases,
+            max_body_bytes,
+            max_header_bytes,
+            request_timeout: Duration::from_millis(timeout_ms),
+            shutdown_timeout: Duration::from_secs(shutdown_secs),
             idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
             loader_delay: Duration::from_millis(loader_delay_ms),
             cors_origins,
@@ -242,6 +299,11 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// The HTTP layer's own buffer for a request head: heads larger than
+/// `HTTP_MAX_HEADER_BYTES` but within this get our JSON `431`; only heads past this get the
+/// HTTP library's bare one.
+pub const MAX_HEADER_BUFFER: usize = 1024 * 1024;
 
 /// Default pool wait before a request gives up on a connection.
 pub const POOL_WAIT: Duration = Duration::from_secs(5);

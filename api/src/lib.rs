@@ -53,6 +53,10 @@ impl AppState {
             metrics: Arc::new(telemetry::Metrics::new(statements)?),
             documents: Arc::new(graphql::documents::DocumentCache::new(
                 std::num::NonZeroUsize::new(1_000).expect("non-zero"),
+                graphql::limits::Limits {
+                    max_fields: config.max_fields,
+                    max_aliases: config.max_aliases,
+                },
             )),
             services,
             config: Arc::new(config),

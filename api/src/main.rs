@@ -96,19 +96,39 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let pool = api::prepare_database(&config, statements.clone()).await?;
     let addr = config.bind_addr;
     let state = api::AppState::new(config, pool.clone(), statements)?;
+    let grace = state.config.shutdown_timeout;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = with_worker.then(|| tokio::spawn(api::jobs::run(pool, stop_rx)));
+    let worker = with_worker.then(|| tokio::spawn(api::jobs::run(pool, stop_rx.clone())));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (BIND_ADDR): {e}"))?;
     tracing::info!("listening on http://{addr} (GraphiQL at http://{addr}/graphiql)");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async {
-            api::shutdown_signal().await;
-            tracing::info!("shutting down");
-        })
-        .await?;
-    let _ = stop_tx.send(true);
+    // On SIGINT/SIGTERM: stop accepting, give work in flight `grace`, then exit regardless
+    // (a stuck request or job must not keep a stopping process alive).
+    tokio::spawn(async move {
+        api::shutdown_signal().await;
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(grace + std::time::Duration::from_secs(1)).await;
+        tracing::error!("shutdown deadline passed; exiting with work still running");
+        std::process::exit(1);
+    });
+    let mut stopping = stop_rx;
+    let stopped = api::http::server::serve(
+        listener,
+        api::router(state),
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        },
+        grace,
+    )
+    .await;
+    if let api::http::server::Stopped::DeadlinePassed(open) = stopped {
+        tracing::warn!(
+            connections = open,
+            "closed connections still open at the shutdown deadline"
+        );
+    }
     if let Some(w) = worker {
         let _ = w.await;
     }

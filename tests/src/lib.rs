@@ -237,9 +237,13 @@ impl TestApp {
             .await
             .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, api::router(state)).await;
-        });
+        let grace = state.config.shutdown_timeout;
+        tokio::spawn(api::http::server::serve(
+            listener,
+            api::router(state),
+            std::future::pending(),
+            grace,
+        ));
         Self {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),

@@ -20,10 +20,54 @@ pub const DEV_AUDIENCE: &str = "workspaces-api";
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 
-/// Why a token was refused (the message is safe to show).
+/// Why a token was refused. The reason goes to the log; clients see [`AuthError::public`],
+/// which never describes the server's key configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthError(pub String);
+
+/// Reasons a client may be told as they are (they describe the token, not the server).
+const PUBLIC_REASONS: &[&str] = &["malformed token", "token expired", "token not yet valid"];
+
+impl AuthError {
+    /// The message for the client.
+    pub fn public(&self) -> &str {
+        PUBLIC_REASONS
+            .iter()
+            .find(|r| **r == self.0)
+            .copied()
+            .unwrap_or("invalid bearer token")
+    }
+}
+
+/// Refuses a token whose header names critical parameters (RFC 7515 §4.1.11: a recipient
+/// must refuse `crit` extensions it does not understand, and this server understands none).
+fn refuse_critical_header(token: &str) -> Result<(), AuthError> {
+    use base64::Engine as _;
+    let malformed = || AuthError("malformed token".into());
+    let segment = token.split('.').next().ok_or_else(malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .map_err(|_| malformed())?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if header.contains_key("crit") {
+        return Err(AuthError(
+            "token header lists critical parameters (crit), which are not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Identity claims become stored names and e-mail addresses: no control characters.
+fn refuse_control_characters(claim: &'static str, value: &str) -> Result<(), AuthError> {
+    if value.chars().any(char::is_control) {
+        return Err(AuthError(format!(
+            "token claim {claim} contains control characters"
+        )));
+    }
+    Ok(())
+}
 
 /// The claims we read. `exp` and `nbf` must be JSON numbers: a string fails here.
 #[derive(Debug, Deserialize, Serialize)]
@@ -88,6 +132,7 @@ impl Verifier {
 
     /// Verifies `token` and returns the identity claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        refuse_critical_header(token)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError("malformed token".into()))?;
         let data = match header.alg {
@@ -128,6 +173,11 @@ impl Verifier {
             .unwrap_or(true);
         if c.sub.trim().is_empty() {
             return Err(AuthError("token has an empty sub".into()));
+        }
+        refuse_control_characters("sub", &c.sub)?;
+        refuse_control_characters("email", &email)?;
+        if let Some(n) = &name {
+            refuse_control_characters("name", n)?;
         }
         let _ = (c.exp, c.nbf);
         Ok(Claims {

@@ -140,6 +140,9 @@ pub enum DomainError {
     /// Too many requests.
     #[error("too many requests; retry later")]
     RateLimited,
+    /// The database cannot be reached (a connection could not be had or was lost).
+    #[error("service unavailable")]
+    Unavailable(std::sync::Arc<anyhow::Error>),
     /// Something broke on our side. The detail is logged, never shown.
     #[error("internal error")]
     Internal(std::sync::Arc<anyhow::Error>),
@@ -162,7 +165,14 @@ impl DomainError {
 
 impl From<diesel::result::Error> for DomainError {
     fn from(e: diesel::result::Error) -> Self {
-        DomainError::internal(e)
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match e {
+            E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)
+            | E::BrokenTransactionManager => {
+                DomainError::Unavailable(std::sync::Arc::new(e.into()))
+            }
+            e => DomainError::internal(e),
+        }
     }
 }
 
@@ -208,8 +218,11 @@ pub struct Services {
 }
 
 impl Services {
-    /// A pooled connection; failure to get one is an internal error.
+    /// A pooled connection; failure to get one means the database is unavailable.
     pub async fn conn(&self) -> DomainResult<crate::db::DbConn> {
-        self.pool.get().await.map_err(DomainError::internal)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DomainError::Unavailable(std::sync::Arc::new(e.into())))
     }
 }

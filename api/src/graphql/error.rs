@@ -26,6 +26,10 @@ pub mod code {
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
     /// Our fault; details are in the logs under the request id.
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
+    /// The database cannot be reached right now (HTTP 503 with `Retry-After`).
+    pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
+    /// The request ran past `GRAPHQL_TIMEOUT_MS` and was stopped (HTTP 504).
+    pub const TIMEOUT: &str = "TIMEOUT";
 }
 
 /// Turns a domain error into a GraphQL error. Internal errors are logged here, once, with
@@ -60,6 +64,16 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
         DomainError::IdempotencyKeyReused => (code::IDEMPOTENCY_KEY_REUSED, e.to_string(), None),
         DomainError::IdempotencyKeyInUse => (code::IDEMPOTENCY_KEY_IN_USE, e.to_string(), None),
         DomainError::RateLimited => (code::RATE_LIMITED, e.to_string(), None),
+        DomainError::Unavailable(cause) => {
+            tracing::warn!(request.id = %request_id, error = %cause, "database unavailable");
+            (
+                code::SERVICE_UNAVAILABLE,
+                format!(
+                    "the service is temporarily unavailable; retry shortly (request id {request_id})"
+                ),
+                None,
+            )
+        }
         DomainError::Internal(cause) => {
             tracing::error!(request.id = %request_id, error = ?cause, "internal error");
             (
@@ -74,7 +88,7 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
         if let Some(f) = field {
             ext.set("field", f);
         }
-        if c == code::INTERNAL_SERVER_ERROR {
+        if c == code::INTERNAL_SERVER_ERROR || c == code::SERVICE_UNAVAILABLE {
             ext.set("requestId", request_id);
         }
     })

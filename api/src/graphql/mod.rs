@@ -5,6 +5,7 @@ pub mod audit;
 pub mod documents;
 pub mod error;
 pub mod json;
+pub mod limits;
 pub mod loaders;
 pub mod members;
 pub mod node;

@@ -3,111 +3,134 @@
 use std::time::Instant;
 
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
-use async_graphql::{
-    BatchRequest, BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError,
-};
-use async_graphql_axum::GraphQLBatchRequest;
-use async_graphql_axum::rejection::GraphQLRejection;
+use async_graphql::{BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use serde_json::json;
 
-use super::RequestId;
+use super::{RequestId, refuse, request};
 use crate::AppState;
-use crate::domain::{Actor, users};
+use crate::domain::{Actor, DomainError, users};
 use crate::graphql::error::code;
 use crate::graphql::{RequestCtx, json};
 
-/// A refusal of the whole request, as a GraphQL-shaped JSON body.
-fn refuse(status: StatusCode, c: &str, message: &str) -> Response {
-    let body = json!({"errors": [{"message": message, "extensions": {"code": c}}]});
-    let mut resp = (status, axum::Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    resp
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+/// The bearer token of the only `Authorization` header, or why there is none.
+fn bearer(headers: &HeaderMap) -> Result<&str, request::Refusal> {
+    let missing = || request::Refusal {
+        status: StatusCode::UNAUTHORIZED,
+        code: code::UNAUTHENTICATED,
+        message: "missing bearer token in the Authorization header".into(),
+    };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(if headers.contains_key(header::AUTHORIZATION) {
+            request::Refusal {
+                status: StatusCode::BAD_REQUEST,
+                code: code::BAD_USER_INPUT,
+                message: "send exactly one Authorization header".into(),
+            }
+        } else {
+            missing()
+        });
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
+        .ok_or_else(missing)
 }
 
-/// Executes a (possibly batched) GraphQL request for an authenticated caller.
+/// Executes a (possibly batched) GraphQL request for an authenticated caller. The token is
+/// checked before the body is read; reading and executing share one deadline
+/// (`GRAPHQL_TIMEOUT_MS`) past which the work is dropped.
 pub async fn handle(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    method: Method,
-    headers: HeaderMap,
-    request: Result<GraphQLBatchRequest, GraphQLRejection>,
+    req: axum::extract::Request,
 ) -> Response {
-    let Some(token) = bearer(&headers) else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            code::UNAUTHENTICATED,
-            "missing bearer token in the Authorization header",
-        );
+    let (parts, body) = req.into_parts();
+    let token = match bearer(&parts.headers) {
+        Ok(t) => t,
+        Err(r) => return refuse(r.status, r.code, &r.message),
     };
     let claims = match state.verifier.verify(token).await {
         Ok(c) => c,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &e.0),
+        Err(e) => {
+            tracing::info!(reason = %e.0, "bearer token refused");
+            return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, e.public());
+        }
     };
     let user = match users::provision(&state.services, &claims).await {
         Ok(u) => u,
         Err(e) => {
+            let unavailable = matches!(e, DomainError::Unavailable(_));
             let err = crate::graphql::error::to_graphql(e, &request_id);
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                code::INTERNAL_SERVER_ERROR,
+                if unavailable {
+                    code::SERVICE_UNAVAILABLE
+                } else {
+                    code::INTERNAL_SERVER_ERROR
+                },
                 &err.message,
             );
         }
     };
-    let batch = match request {
-        Ok(r) => r.into_inner(),
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                code::BAD_USER_INPUT,
-                &format!("invalid GraphQL request: {}", e.0),
-            );
-        }
-    };
-    let (requests, is_batch) = match batch {
-        BatchRequest::Single(r) => (vec![r], false),
-        BatchRequest::Batch(rs) => {
-            if rs.len() > state.config.max_batch_size {
-                let msg = format!(
-                    "a batch may hold at most {} operations (got {})",
-                    state.config.max_batch_size,
-                    rs.len()
-                );
-                return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, &msg);
-            }
-            if rs.is_empty() {
-                return refuse(StatusCode::BAD_REQUEST, code::BAD_USER_INPUT, "empty batch");
-            }
-            (rs, true)
-        }
-    };
     let actor = Actor {
         user_id: crate::ids::UserId(user.id),
-        request_id: request_id.clone(),
+        request_id,
     };
-    let mut responses = Vec::with_capacity(requests.len());
-    for mut r in requests {
-        let parsed = state.documents.parse(&r.query);
-        if method == Method::GET && parsed.as_ref().is_some_and(|p| is_mutation(&p.doc)) {
+    let deadline = state.config.request_timeout;
+    match tokio::time::timeout(deadline, execute(&state, &parts, body, actor)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = deadline.as_millis() as u64,
+                "request stopped at its deadline"
+            );
+            refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                code::TIMEOUT,
+                &format!(
+                    "the request took longer than {} ms and was stopped (GRAPHQL_TIMEOUT_MS)",
+                    deadline.as_millis()
+                ),
+            )
+        }
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+    actor: Actor,
+) -> Response {
+    let limits = request::ReadLimits {
+        max_body_bytes: state.config.max_body_bytes,
+        max_batch: state.config.max_batch_size,
+    };
+    let operations = match request::read(parts, body, limits).await {
+        Ok(o) => o,
+        Err(r) => return refuse(r.status, r.code, &r.message),
+    };
+    let mut responses = Vec::with_capacity(operations.requests.len());
+    for mut r in operations.requests {
+        let parsed = match state.documents.parse(&r.query) {
+            Ok(p) => p,
+            Err(e) => {
+                let mut resp = GqlResponse::from_errors(vec![e]);
+                label_errors(&mut resp.errors);
+                responses.push(resp);
+                continue;
+            }
+        };
+        if parts.method == Method::GET && is_mutation(&parsed.doc) {
             responses.push(error_response(
                 code::BAD_USER_INPUT,
                 "mutations must be sent with POST",
@@ -117,12 +140,10 @@ pub async fn handle(
         let name = r
             .operation_name
             .clone()
-            .or_else(|| parsed.as_ref().and_then(|p| operation_name(&p.doc)));
+            .or_else(|| operation_name(&parsed.doc));
         let mut ctx = RequestCtx::new(state.services.clone(), actor.clone());
-        if let Some(p) = parsed {
-            ctx.raw_json = !p.may_merge;
-            r.set_parsed_query(p.doc);
-        }
+        ctx.raw_json = !parsed.may_merge;
+        r.set_parsed_query(parsed.doc);
         let started = Instant::now();
         let r = r.data(ctx);
         let mut resp = state.schema.execute(r).await;
@@ -134,14 +155,26 @@ pub async fn handle(
         label_errors(&mut resp.errors);
         responses.push(resp);
     }
-    let body = match (is_batch, responses.pop()) {
+    let unavailable = responses.iter().flat_map(|r| &r.errors).any(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|c| *c == async_graphql::Value::from(code::SERVICE_UNAVAILABLE))
+    });
+    let body = match (operations.is_batch, responses.pop()) {
         (false, Some(one)) => BatchResponse::Single(one),
         (_, last) => {
             responses.extend(last);
             BatchResponse::Batch(responses)
         }
     };
-    respond(body)
+    let mut resp = respond(body);
+    if unavailable {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// The HTTP response of a (batch) GraphQL response: the headers async-graphql-axum would

@@ -3,10 +3,14 @@
 mod graphiql;
 mod graphql;
 mod health;
+mod limits;
+pub mod request;
 mod request_id;
+pub mod server;
 
 use axum::Router;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -24,6 +28,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::headers,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_id::observe,
@@ -47,4 +55,22 @@ fn cors(origins: &[String]) -> CorsLayer {
         let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
         layer.allow_origin(AllowOrigin::list(list))
     }
+}
+
+/// A refusal of the whole request, as a GraphQL-shaped JSON body (`401` asks for a bearer
+/// token, `503` to retry in a second).
+pub(crate) fn refuse(status: StatusCode, c: &str, message: &str) -> Response {
+    let body = serde_json::json!({"errors": [{"message": message, "extensions": {"code": c}}]});
+    let mut resp = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
 }

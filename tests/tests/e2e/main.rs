@@ -2,6 +2,7 @@
 
 mod auth;
 mod graphiql;
+mod hostile;
 mod idempotency;
 mod isolation;
 mod limits;

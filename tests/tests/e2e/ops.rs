@@ -1,7 +1,7 @@
 //! Operations: schema snapshot, health, readiness, metrics, request ids, configuration.
 
 use serde_json::json;
-use tests::{TestApp, assert_code};
+use tests::{TestApp, assert_code, assert_ok};
 
 #[test]
 fn schema_graphql_is_up_to_date() {
@@ -41,21 +41,33 @@ async fn health_readiness_and_metrics() {
     }
 
     // The database goes away: readiness fails, liveness does not, and errors do not leak.
+    // A caller signed in before (whose identity is cached) and a new one both get 503 with
+    // Retry-After and SERVICE_UNAVAILABLE, not 200 with an internal error.
+    let known = app.user("known@example.com");
+    assert_ok(&app.gql(&known, "{ viewer { email } }", json!({})).await);
     app.db.drop_now().await;
     let r = get("/readyz").await.expect("readyz");
     assert_eq!(r.status(), 503);
     assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
-    let (status, body) = app
-        .gql_raw(
-            Some(&app.user("late@example.com")),
-            json!({"query": "{ viewer { email } }"}),
-        )
-        .await;
-    assert_eq!(status, 503);
-    assert_code(&body, "INTERNAL_SERVER_ERROR");
-    let text = body.to_string().to_lowercase();
-    for leak in ["sql", "wst_", "postgres", "database", "connection", ".rs"] {
-        assert!(!text.contains(leak), "error leaks {leak}: {body}");
+    for token in [app.user("late@example.com"), known] {
+        let r = app
+            .http
+            .post(format!("{}/graphql", app.base))
+            .bearer_auth(&token)
+            .json(&json!({"query": "{ viewer { email } workspaces { edges { node { id } } } }"}))
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        let retry = r.headers().get("retry-after").cloned();
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(retry.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+        assert_code(&body, "SERVICE_UNAVAILABLE");
+        let text = body.to_string().to_lowercase();
+        for leak in ["sql", "wst_", "postgres", "database", "connection", ".rs"] {
+            assert!(!text.contains(leak), "error leaks {leak}: {body}");
+        }
     }
 }
 

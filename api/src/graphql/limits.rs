@@ -1,0 +1,270 @@
+//! Abuse limits checked before a document reaches the engine.
+//!
+//! Everything here costs time linear in the document. That matters because the engine's
+//! own analyses (recursion depth, complexity, validation) walk fragments by expanding
+//! them: a 1.6 KB document whose fragments each spread the next one twice expands to 2^40
+//! fields and would pin a thread for hours. So the text is scanned for nesting before it
+//! is parsed (the parser recurses), and the parsed document's expanded size is computed
+//! with one memoized pass per fragment, refusing fragment cycles and documents over the
+//! caps before anything walks the expansion.
+
+use std::collections::HashMap;
+
+use async_graphql::Name;
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+
+/// The caps (from configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Fields an operation may select once its fragments are expanded.
+    pub max_fields: usize,
+    /// Aliased fields an operation may select once its fragments are expanded.
+    pub max_aliases: usize,
+}
+
+/// Deepest nesting of `{`, `[` and `(` the text may have; the parser refuses selection
+/// sets deeper than this as well.
+pub const MAX_TEXT_NESTING: usize = 64;
+
+/// Why a document is refused (the message names the limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// Refuses text nested deeper than [`MAX_TEXT_NESTING`] before it is parsed: one pass over
+/// the bytes that skips strings, block strings and comments.
+pub fn scan_text(query: &str) -> Result<(), Refusal> {
+    let b = query.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if b[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < b.len() && !b[i..].starts_with(b"\"\"\"") {
+                    // `\"""` is an escaped triple quote inside a block string.
+                    i += if b[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > MAX_TEXT_NESTING {
+                    return Err(Refusal(format!(
+                        "the document is nested more than {MAX_TEXT_NESTING} levels deep"
+                    )));
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// What a selection set amounts to once its fragments are expanded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
+    /// Fields, nested ones included.
+    pub fields: u64,
+    /// Fields with an alias.
+    pub aliases: u64,
+}
+
+impl Size {
+    fn add(&mut self, other: Size) {
+        self.fields = self.fields.saturating_add(other.fields);
+        self.aliases = self.aliases.saturating_add(other.aliases);
+    }
+}
+
+enum Memo {
+    InProgress,
+    Done(Size),
+}
+
+/// Refuses fragment cycles and operations whose expanded selection exceeds `limits`;
+/// returns the largest operation's size. Each selection set of the document is visited
+/// once: a fragment's size is computed the first time it is spread and reused after.
+pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, Refusal> {
+    let mut sizer = Sizer {
+        doc,
+        memo: HashMap::with_capacity(doc.fragments.len()),
+    };
+    let mut largest = Size::default();
+    for (_, op) in doc.operations.iter() {
+        let size = sizer.set(&op.node.selection_set.node)?;
+        if size.fields > limits.max_fields as u64 {
+            return Err(Refusal(format!(
+                "the operation selects {} fields once its fragments are expanded; the limit is {}",
+                display(size.fields),
+                limits.max_fields
+            )));
+        }
+        if size.aliases > limits.max_aliases as u64 {
+            return Err(Refusal(format!(
+                "the operation uses {} aliases once its fragments are expanded; the limit is {}",
+                display(size.aliases),
+                limits.max_aliases
+            )));
+        }
+        largest = largest.max_by_fields(size);
+    }
+    Ok(largest)
+}
+
+impl Size {
+    fn max_by_fields(self, other: Size) -> Size {
+        if other.fields > self.fields {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+fn display(n: u64) -> String {
+    if n == u64::MAX {
+        "more than 18 quintillion".into()
+    } else {
+        n.to_string()
+    }
+}
+
+struct Sizer<'a> {
+    doc: &'a ExecutableDocument,
+    memo: HashMap<&'a Name, Memo>,
+}
+
+impl<'a> Sizer<'a> {
+    fn set(&mut self, set: &'a SelectionSet) -> Result<Size, Refusal> {
+        let mut size = Size::default();
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(f) => {
+                    size.add(Size {
+                        fields: 1,
+                        aliases: u64::from(f.node.alias.is_some()),
+                    });
+                    if !f.node.selection_set.node.items.is_empty() {
+                        size.add(self.set(&f.node.selection_set.node)?);
+                    }
+                }
+                Selection::InlineFragment(i) => size.add(self.set(&i.node.selection_set.node)?),
+                Selection::FragmentSpread(s) => {
+                    size.add(self.fragment(&s.node.fragment_name.node)?)
+                }
+            }
+        }
+        Ok(size)
+    }
+
+    fn fragment(&mut self, name: &'a Name) -> Result<Size, Refusal> {
+        match self.memo.get(name) {
+            Some(Memo::Done(size)) => return Ok(*size),
+            Some(Memo::InProgress) => {
+                return Err(Refusal(format!(
+                    "fragment \"{name}\" spreads itself (directly or through other fragments)"
+                )));
+            }
+            None => {}
+        }
+        // An unknown fragment is the validator's to report; it selects nothing here.
+        let Some(def) = self.doc.fragments.get(name) else {
+            return Ok(Size::default());
+        };
+        self.memo.insert(name, Memo::InProgress);
+        let size = self.set(&def.node.selection_set.node)?;
+        self.memo.insert(name, Memo::Done(size));
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_fields: 10_000,
+        max_aliases: 30,
+    };
+
+    fn check(q: &str) -> Result<Size, Refusal> {
+        scan_text(q)?;
+        let doc = async_graphql::parser::parse_query(q).expect("parses");
+        check_document(&doc, LIMITS)
+    }
+
+    /// `{...W0} fragment W0 on Query {viewer{id} ...W1 ...W1} … fragment Wn on Query {viewer{id}}`
+    fn doubling(n: usize) -> String {
+        let mut q = String::from("{...W0}");
+        for i in 0..n {
+            q.push_str(&format!(
+                " fragment W{i} on Query {{viewer{{id}} ...W{} ...W{}}}",
+                i + 1,
+                i + 1
+            ));
+        }
+        q.push_str(&format!(" fragment W{n} on Query {{viewer{{id}}}}"));
+        q
+    }
+
+    #[test]
+    fn counts_expanded_fields_once_per_fragment() {
+        // Each Wi selects viewer{id} (2 fields) plus twice W(i+1): 2^(n+2) - 2 fields.
+        assert_eq!(check(&doubling(5)).map(|s| s.fields), Ok((1 << 7) - 2));
+        let e = check(&doubling(40)).expect_err("refused");
+        assert!(e.0.contains("limit is 10000"), "{e:?}");
+        // Far past u64: saturates instead of overflowing.
+        let e = check(&doubling(80)).expect_err("refused");
+        assert!(e.0.contains("more than"), "{e:?}");
+    }
+
+    #[test]
+    fn refuses_fragment_cycles() {
+        let e = check("{...A} fragment A on Query {...B ...B} fragment B on Query {...A}")
+            .expect_err("cycle");
+        assert!(e.0.contains("spreads itself"), "{e:?}");
+        assert!(check("{...A} fragment A on Query {...A ...A}").is_err());
+    }
+
+    #[test]
+    fn counts_aliases_through_fragments() {
+        let ten: String = (0..10).map(|i| format!("a{i}: __typename ")).collect();
+        let q = format!("{{...F ...F ...F}} fragment F on Query {{ {ten} }}");
+        assert_eq!(check(&q).map(|s| s.aliases), Ok(30));
+        let q =
+            format!("{{...F ...F ...F __typename x: __typename}} fragment F on Query {{ {ten} }}");
+        assert!(check(&q).is_err());
+    }
+
+    #[test]
+    fn text_nesting_skips_strings_and_comments() {
+        let deep = format!("{}{}", "{a".repeat(65), "}".repeat(65));
+        assert!(scan_text(&deep).is_err());
+        let fine = format!("{}{}", "{a".repeat(64), "}".repeat(64));
+        assert!(scan_text(&fine).is_ok());
+        let quoted = format!(
+            "{{a(s: \"{}\") # {}\n b(s: \"\"\"{}\\\"\"\"\"\"\")}}",
+            "{".repeat(100),
+            "[".repeat(100),
+            "(".repeat(100)
+        );
+        assert_eq!(scan_text(&quoted), Ok(()));
+        assert!(scan_text(&"[".repeat(100_000)).is_err());
+    }
+}

@@ -1,0 +1,440 @@
+//! The API as a hostile client uses it. Every finding of a review (or of our own) becomes a
+//! test here: it failed on the code before the fix and must keep passing.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use tests::tokens::Tokens;
+use tests::{Options, TestApp, assert_code, assert_ok};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `{...W0} fragment W0 on Query {viewer{id} ...W1 ...W1} … fragment Wn on Query {viewer{id}}`:
+/// 2^(n+1) fields once expanded from a document of a few hundred bytes.
+fn doubling_fragments(n: usize) -> String {
+    let mut q = String::from("{...W0}");
+    for i in 0..n {
+        q.push_str(&format!(
+            " fragment W{i} on Query {{viewer{{id}} ...W{} ...W{}}}",
+            i + 1,
+            i + 1
+        ));
+    }
+    q.push_str(&format!(" fragment W{n} on Query {{viewer{{id}}}}"));
+    q
+}
+
+fn message(body: &Value) -> &str {
+    body["errors"][0]["message"].as_str().unwrap_or_default()
+}
+
+/// Sends raw bytes on a new connection and returns the status line and whatever the server
+/// answered before closing or `wait` passing.
+async fn raw_exchange(app: &TestApp, head: &str, body: &[u8], wait: Duration) -> String {
+    let addr = app.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    // The server may answer (and close) before taking the whole body: ignore write errors.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    // A complete response with Content-Length: stop reading.
+                    let text = String::from_utf8_lossy(&out);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n")
+                        && let Some(len) = head.lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        && body.len() >= len
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_body_of(raw: &str) -> Value {
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON body in response: {raw:?}"))
+}
+
+#[tokio::test]
+async fn exponential_fragment_expansion_is_refused_before_it_is_walked() {
+    let app = TestApp::spawn().await;
+    let t = app.user("frag@example.com");
+    // Small fan-outs still work.
+    let ok = app.gql(&t, &doubling_fragments(3), json!({})).await;
+    assert_ok(&ok);
+    // n = 24 took ~7 s and n = 40 minutes of every runtime thread; both are refused now,
+    // while the server keeps answering everyone else.
+    let bombs: Vec<_> = [24, 40, 40, 200]
+        .into_iter()
+        .map(|n| {
+            let app = &app;
+            let t = t.clone();
+            async move { app.gql(&t, &doubling_fragments(n), json!({})).await }
+        })
+        .collect();
+    let health = async {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.http.get(format!("{}/healthz", app.base)).send(),
+        )
+        .await;
+        r.is_ok_and(|r| r.is_ok_and(|r| r.status() == 200))
+    };
+    let (results, healthy) = tokio::join!(futures::future::join_all(bombs), health);
+    assert!(healthy, "/healthz must keep answering");
+    for r in results {
+        assert_code(&r, "BAD_USER_INPUT");
+        assert!(
+            message(&r).contains("fields once its fragments are expanded"),
+            "{r}"
+        );
+        assert!(r["data"].is_null(), "{r}");
+    }
+    // Fragment cycles never reach the engine (whose depth check would recurse 2^64 times).
+    let r = app
+        .gql(&t, "{...A} fragment A on Query {...A ...A}", json!({}))
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert!(message(&r).contains("spreads itself"), "{r}");
+    // The cap is configurable and counts every expanded field.
+    let app = TestApp::with(Options {
+        env: [("GRAPHQL_MAX_FIELDS".to_string(), "5".to_string())].into(),
+    })
+    .await;
+    let t = app.user("frag@example.com");
+    let at_cap = "{ viewer { id email name } a: __typename }";
+    assert_ok(&app.gql(&t, at_cap, json!({})).await);
+    let over = "{ viewer { id email name } a: __typename b: __typename }";
+    assert_code(&app.gql(&t, over, json!({})).await, "BAD_USER_INPUT");
+}
+
+#[tokio::test]
+async fn deeply_nested_text_is_refused_before_parsing() {
+    let app = TestApp::spawn().await;
+    let t = app.user("deep@example.com");
+    // The parser recurses on lists and objects: 100,000 `[` would overflow its stack.
+    let q = format!("{{ workspace(id: {}) {{ id }} }}", "[".repeat(100_000));
+    let r = app.gql(&t, &q, json!({})).await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert!(message(&r).contains("nested more than"), "{r}");
+}
+
+#[tokio::test]
+async fn a_body_is_not_read_before_the_token_is_checked() {
+    let app = TestApp::spawn().await;
+    // Announce 500 MB and send a few bytes: a server that reads the body first would wait
+    // for the rest; this one answers 401 at once.
+    let head = "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500000000\r\n\r\n";
+    let raw = raw_exchange(&app, head, b"{\"query\":", Duration::from_secs(10)).await;
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw:?}");
+    assert_code(&json_body_of(&raw), "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn bodies_are_capped_and_answered_with_413() {
+    let app = TestApp::with(Options {
+        env: [("GRAPHQL_MAX_BODY_BYTES".to_string(), "65536".to_string())].into(),
+    })
+    .await;
+    let t = app.user("big@example.com");
+    // Declared too large: refused before a byte of it is read.
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 500000000\r\n\r\n"
+    );
+    let raw = raw_exchange(&app, &head, b"{", Duration::from_secs(10)).await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw:?}");
+    let body = json_body_of(&raw);
+    assert_code(&body, "BAD_USER_INPUT");
+    assert!(message(&body).contains("GRAPHQL_MAX_BODY_BYTES"), "{body}");
+    // Chunked without a length: refused once the cap is passed.
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let chunk = format!("{:x}\r\n{}\r\n", 16_384, " ".repeat(16_384));
+    let raw = raw_exchange(
+        &app,
+        &head,
+        chunk.repeat(8).as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw:?}");
+    // At the cap is fine.
+    let query = format!("{{ viewer {{ email }} }}{}", " ".repeat(60_000));
+    let (status, body) = app.gql_raw(Some(&t), json!({"query": query})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ok(&body);
+}
+
+#[tokio::test]
+async fn batches_and_variables_are_bounded_while_parsing() {
+    let app = TestApp::spawn().await;
+    let t = app.user("batch@example.com");
+    // A million empty objects would take gigabytes as values: refused at the 11th.
+    let many = format!("[{}]", vec!["{}"; 300_000].join(","));
+    let (status, body) = app
+        .gql_raw(Some(&t), serde_json::from_str(&many).expect("json"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("at most 10 operations"), "{body}");
+    // Eleven real operations: refused; ten: answered.
+    let op = json!({"query": "{ viewer { email } }"});
+    let (status, _) = app
+        .gql_raw(Some(&t), Value::Array(vec![op.clone(); 11]))
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = app
+        .gql_raw(Some(&t), Value::Array(vec![op.clone(); 10]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(10));
+    // Variables nested past 64 levels.
+    let mut deep = json!(1);
+    for _ in 0..70 {
+        deep = json!([deep]);
+    }
+    let (status, body) = app
+        .gql_raw(
+            Some(&t),
+            json!({"query": "{ viewer { email } }", "variables": {"x": deep}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("nested more than 64"), "{body}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_messages_without_internal_names() {
+    let app = TestApp::spawn().await;
+    let t = app.user("shape@example.com");
+    for (body, expect) in [
+        (json!({"query": null}), "`query` must be a string"),
+        (json!({}), "`query` must be a string"),
+        (json!({"query": 5}), "`query` must be a string"),
+        (json!([]), "empty batch"),
+        (json!("{ viewer { id } }"), "JSON object"),
+        (
+            json!({"query": "{ viewer { id } }", "variables": "x"}),
+            "`variables` must be an object",
+        ),
+    ] {
+        let (status, r) = app.gql_raw(Some(&t), body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {r}");
+        assert_code(&r, "BAD_USER_INPUT");
+        assert!(message(&r).contains(expect), "{body} -> {r}");
+        let text = r.to_string();
+        for internal in ["untagged", "BatchRequest", "enum", "serde"] {
+            assert!(!text.contains(internal), "{body} leaks {internal}: {r}");
+        }
+    }
+    // A syntax error in a 400 KB document is described in a few words, not echoed back.
+    let huge = format!("{{ viewer {{ id {} ", "email ".repeat(70_000));
+    let (status, r) = app.gql_raw(Some(&t), json!({"query": huge})).await;
+    assert_eq!(status, 200);
+    assert_code(&r, "BAD_USER_INPUT");
+    assert!(message(&r).starts_with("syntax error"), "{}", message(&r));
+    assert!(
+        r.to_string().len() < 1_000,
+        "error of {} bytes",
+        r.to_string().len()
+    );
+    assert!(r["errors"][0]["locations"][0]["line"].is_number(), "{r}");
+}
+
+#[tokio::test]
+async fn headers_are_bounded_with_a_json_answer() {
+    let app = TestApp::spawn().await;
+    let t = app.user("hdr@example.com");
+    // Two Authorization headers: which one wins is a guess, so neither does.
+    let other = app.user("other@example.com");
+    let r = app
+        .http
+        .post(format!("{}/graphql", app.base))
+        .header("authorization", format!("Bearer {t}"))
+        .header("authorization", format!("Bearer {other}"))
+        .json(&json!({"query": "{ viewer { email } }"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert_code(&body, "BAD_USER_INPUT");
+    // An oversized header gets the usual JSON error and code, not an empty 431.
+    for size in [40_000, 300_000] {
+        let r = app
+            .http
+            .post(format!("{}/graphql", app.base))
+            .bearer_auth(&t)
+            .header("x-padding", "a".repeat(size))
+            .json(&json!({"query": "{ viewer { email } }"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 431);
+        let body: Value = r.json().await.expect("JSON body with a 431");
+        assert_code(&body, "BAD_USER_INPUT");
+        assert!(message(&body).contains("HTTP_MAX_HEADER_BYTES"), "{body}");
+    }
+}
+
+fn sign_with_header(header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).expect("header")),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims"))
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(tests::HS256_SECRET.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("{input}.{sig}")
+}
+
+#[tokio::test]
+async fn tokens_with_critical_headers_or_control_characters_are_refused() {
+    let app = TestApp::spawn().await;
+    let claims = Tokens::claims("auth0|crit", "crit@example.com", true);
+    // The same header without `crit` is accepted: the signature is fine.
+    let plain = sign_with_header(&json!({"alg": "HS256", "typ": "JWT"}), &claims);
+    let (status, body) = app
+        .gql_raw(Some(&plain), json!({"query": "{ viewer { email } }"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for crit in [json!(["x-unknown"]), json!(["exp"]), json!([])] {
+        let token = sign_with_header(
+            &json!({"alg": "HS256", "typ": "JWT", "crit": crit, "x-unknown": 1}),
+            &claims,
+        );
+        let (status, body) = app
+            .gql_raw(Some(&token), json!({"query": "{ viewer { email } }"}))
+            .await;
+        assert_eq!(status, 401, "crit {crit}: {body}");
+        assert_code(&body, "UNAUTHENTICATED");
+    }
+    // NUL or other control characters in identity claims: 401, and the user's other
+    // requests keep working.
+    for (claim, value) in [
+        ("name", "Eve\u{0}"),
+        ("email", "e\u{0}ve@example.com"),
+        ("sub", "auth0|e\u{0}"),
+        ("name", "Eve\u{1b}[31m"),
+    ] {
+        let mut c = Tokens::claims("auth0|eve", "eve@example.com", true);
+        c[claim] = json!(value);
+        let (status, body) = app
+            .gql_raw(
+                Some(&app.tokens.hs256_claims(&c)),
+                json!({"query": "{ viewer { email } }"}),
+            )
+            .await;
+        assert_eq!(status, 401, "{claim}: {body}");
+    }
+    let good = app.tokens.hs256("auth0|eve", "eve@example.com", true);
+    assert_ok(&app.gql(&good, "{ viewer { email } }", json!({})).await);
+}
+
+#[tokio::test]
+async fn token_errors_do_not_describe_the_key_configuration() {
+    let app = TestApp::spawn().await;
+    let claims = Tokens::claims("auth0|cfg", "cfg@example.com", true);
+    let header = |alg: &str| {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json!({"alg": alg, "kid": "k"})).expect("h"))
+    };
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("c"));
+    for alg in ["ES256", "PS512", "RS384", "HS512"] {
+        let token = format!("{}.{payload}.c2ln", header(alg));
+        let (status, body) = app
+            .gql_raw(Some(&token), json!({"query": "{ viewer { email } }"}))
+            .await;
+        assert_eq!(status, 401);
+        let text = body.to_string();
+        for hint in ["accepted by this server", "RS256", "HS256", "kid", "key"] {
+            assert!(
+                !text.contains(hint),
+                "{alg}: message reveals {hint}: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_stopped() {
+    let app = TestApp::with(Options {
+        env: [("GRAPHQL_TIMEOUT_MS".to_string(), "300".to_string())].into(),
+    })
+    .await;
+    let t = app.user("slow@example.com");
+    // A body that never arrives: the deadline covers reading it too.
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    let raw = raw_exchange(&app, &head, b"{\"query\":", Duration::from_secs(15)).await;
+    assert!(raw.starts_with("HTTP/1.1 504"), "{raw:?}");
+    let body = json_body_of(&raw);
+    assert_code(&body, "TIMEOUT");
+    assert!(message(&body).contains("GRAPHQL_TIMEOUT_MS"), "{body}");
+    // Requests within the deadline are unaffected.
+    assert_ok(&app.gql(&t, "{ viewer { email } }", json!({})).await);
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_stuck_connections_at_its_deadline() {
+    let app = TestApp::spawn().await;
+    let config = api::config::Config::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(app.db.url.clone()),
+        "JWT_HS256_SECRET" => Some(tests::HS256_SECRET.into()),
+        "JWT_ISSUER" => Some(tests::ISSUER.into()),
+        "JWT_AUDIENCE" => Some(tests::AUDIENCE.into()),
+        _ => None,
+    })
+    .expect("config");
+    let state = api::AppState::new(config, app.pool.clone(), Default::default()).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::http::server::serve(
+        listener,
+        api::router(state),
+        async move {
+            let _ = stop_rx.await;
+        },
+        Duration::from_millis(500),
+    ));
+    // A request whose body never comes holds its connection open.
+    let t = app.user("stuck@example.com");
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stuck.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_tx.send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops at its shutdown deadline")
+        .expect("server task");
+    assert_eq!(stopped, api::http::server::Stopped::DeadlinePassed(1));
+    drop(stuck);
+}
