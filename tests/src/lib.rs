@@ -492,3 +492,114 @@ impl TestApp {
             .expect("db_statements_total in /metrics")
     }
 }
+
+/// JSON read with its object keys in the order they were sent (serde_json's `Value` sorts
+/// them), for tests of the response's key order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ordered {
+    /// Anything but an object or array, as serde_json reads it.
+    Scalar(Value),
+    /// An array.
+    List(Vec<Ordered>),
+    /// An object, keys in order.
+    Object(Vec<(String, Ordered)>),
+}
+
+impl Ordered {
+    /// Parses JSON text.
+    pub fn parse(text: &str) -> Self {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// The value at `path` (object keys, or array indices written as numbers).
+    pub fn at(&self, path: &[&str]) -> &Ordered {
+        path.iter().fold(self, |v, p| match v {
+            Ordered::Object(kv) => kv
+                .iter()
+                .find(|(k, _)| k == p)
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("no key {p} in {v:?}")),
+            Ordered::List(items) => p
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .unwrap_or_else(|| panic!("no index {p} in {v:?}")),
+            Ordered::Scalar(_) => panic!("cannot index {v:?} with {p}"),
+        })
+    }
+
+    /// The keys of the object at `path`, in order.
+    pub fn keys(&self, path: &[&str]) -> Vec<String> {
+        match self.at(path) {
+            Ordered::Object(kv) => kv.iter().map(|(k, _)| k.clone()).collect(),
+            other => panic!("not an object: {other:?}"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(json!(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(json!(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(json!(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(Value::String(v.into())))
+            }
+            fn visit_unit<E>(self) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = a.next_element()? {
+                    items.push(v);
+                }
+                Ok(Ordered::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut kv = Vec::new();
+                while let Some((k, v)) = a.next_entry::<String, Ordered>()? {
+                    kv.push((k, v));
+                }
+                Ok(Ordered::Object(kv))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TestApp {
+    /// Sends a GraphQL operation as `token` and returns the body as text.
+    pub async fn gql_text(&self, token: &str, query: &str, variables: Value) -> String {
+        self.http
+            .post(format!("{}/graphql", self.base))
+            .bearer_auth(token)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    }
+}

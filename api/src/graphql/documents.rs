@@ -19,8 +19,8 @@ const MAX_CACHED_QUERY_BYTES: usize = 64 * 1024;
 /// A parsed document and what execution needs to know about it.
 #[derive(Clone)]
 pub struct Parsed {
-    /// The document.
-    pub doc: ExecutableDocument,
+    /// The document (the engine takes a copy of its own).
+    pub doc: Arc<ExecutableDocument>,
     /// Whether executing it may merge values under one response key (see
     /// [`super::json::may_merge`]).
     pub may_merge: bool,
@@ -62,7 +62,7 @@ impl DocumentCache {
         limits::check_document(&doc, self.limits).map_err(|r| ServerError::new(r.0, None))?;
         let parsed = Parsed {
             may_merge: super::json::may_merge(&doc),
-            doc,
+            doc: Arc::new(doc),
         };
         if query.len() <= MAX_CACHED_QUERY_BYTES
             && let Ok(mut cache) = self.documents.lock()

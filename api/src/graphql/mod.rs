@@ -12,6 +12,7 @@ pub mod node;
 pub mod organizations;
 pub mod pagination;
 pub mod resources;
+pub mod shape;
 pub mod users;
 pub mod workspaces;
 
@@ -53,17 +54,20 @@ pub struct RequestCtx {
     /// Whether one-step selections may hand their JSON text to the engine as is (the
     /// document cannot merge values; see `json`).
     pub raw_json: bool,
+    /// Order, nulls and errors of the response (see `shape`).
+    pub shape: std::sync::Arc<shape::Shape>,
 }
 
 impl RequestCtx {
     /// Builds the per-request data.
-    pub fn new(services: Services, actor: Actor) -> Self {
+    pub fn new(services: Services, actor: Actor, shape: std::sync::Arc<shape::Shape>) -> Self {
         let loaders = Loaders::new(&services, &actor);
         Self {
             services,
             actor,
             loaders,
             raw_json: false,
+            shape,
         }
     }
 
@@ -88,7 +92,8 @@ pub fn schema(config: &Config) -> AppSchema {
         .limit_depth(config.max_query_depth)
         .limit_complexity(config.max_query_complexity)
         .limit_recursive_depth(64)
-        .limit_directives(16);
+        .limit_directives(16)
+        .extension(shape::ShapeExtension);
     if !config.introspection {
         b = b.disable_introspection();
     }

@@ -141,9 +141,10 @@ async fn execute(
             .operation_name
             .clone()
             .or_else(|| operation_name(&parsed.doc));
-        let mut ctx = RequestCtx::new(state.services.clone(), actor.clone());
+        let shape = crate::graphql::shape::Shape::new(parsed.doc.clone(), r.variables.clone());
+        let mut ctx = RequestCtx::new(state.services.clone(), actor.clone(), shape.into());
         ctx.raw_json = !parsed.may_merge;
-        r.set_parsed_query(parsed.doc);
+        r.set_parsed_query((*parsed.doc).clone());
         let started = Instant::now();
         let r = r.data(ctx);
         let mut resp = state.schema.execute(r).await;

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tests::tokens::Tokens;
-use tests::{Options, TestApp, assert_code, assert_ok};
+use tests::{Options, Ordered, TestApp, assert_code, assert_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `{...W0} fragment W0 on Query {viewer{id} ...W1 ...W1} … fragment Wn on Query {viewer{id}}`:
@@ -437,4 +437,153 @@ async fn shutdown_gives_up_on_stuck_connections_at_its_deadline() {
         .expect("server task");
     assert_eq!(stopped, api::http::server::Stopped::DeadlinePassed(1));
     drop(stuck);
+}
+
+/// An owner with a workspace, a root and a child organization with usage, and an outsider
+/// with an organization of their own.
+async fn two_tenants(app: &TestApp) -> (String, String, String, String) {
+    let owner = app.user("order-owner@example.com");
+    let ws = app.create_workspace(&owner, "Ordered").await;
+    let root = app.create_org(&owner, &ws, None, "Root").await;
+    let child = app.create_org(&owner, &ws, Some(&root), "Child").await;
+    assert_ok(&app.record(&owner, &child, "users", 3).await);
+    let outsider = app.user("order-outsider@example.com");
+    let their_ws = app.create_workspace(&outsider, "Theirs").await;
+    let theirs = app.create_org(&outsider, &their_ws, None, "Secret").await;
+    (owner, child, theirs, ws)
+}
+
+#[tokio::test]
+async fn response_keys_follow_the_selection_and_never_tell_foreign_from_missing() {
+    let app = TestApp::spawn().await;
+    let (owner, own, foreign, _) = two_tenants(&app).await;
+    let missing = api::ids::OrganizationId(uuid::Uuid::now_v7()).encode();
+    let q = "query($own: ID!, $x: ID!) { mine: organization(id: $own) { id } theirs: organization(id: $x) { id } }";
+    let swapped = "query($own: ID!, $x: ID!) { theirs: organization(id: $x) { id } mine: organization(id: $own) { id } }";
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        for x in [&missing, &foreign] {
+            let text = app.gql_text(&owner, q, json!({"own": own, "x": x})).await;
+            assert_eq!(
+                Ordered::parse(&text).keys(&["data"]),
+                ["mine", "theirs"],
+                "{text}"
+            );
+            bodies.push(text);
+            let text = app
+                .gql_text(&owner, swapped, json!({"own": own, "x": x}))
+                .await;
+            assert_eq!(
+                Ordered::parse(&text).keys(&["data"]),
+                ["theirs", "mine"],
+                "{text}"
+            );
+        }
+    }
+    // A foreign id and a missing one read exactly alike.
+    assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn nested_keys_follow_the_selection_whatever_finishes_first() {
+    let app = TestApp::spawn().await;
+    let (owner, child, _, ws) = two_tenants(&app).await;
+    let q = "query($o: ID!) { organization(id: $o) { usage { resource } parent { id name } name
+        h3: usageHistory(resource: \"users\") { subtree } ancestors { id } h1: usageHistory(resource: \"locations\") { subtree }
+        depth workspace { name id } children { edges { node { id } } } h2: usageHistory(resource: \"sso_connections\") { direct } id } }";
+    let expected = [
+        "usage",
+        "parent",
+        "name",
+        "h3",
+        "ancestors",
+        "h1",
+        "depth",
+        "workspace",
+        "children",
+        "h2",
+        "id",
+    ];
+    for _ in 0..20 {
+        let text = app.gql_text(&owner, q, json!({"o": child})).await;
+        let body = Ordered::parse(&text);
+        assert_eq!(body.keys(&["data", "organization"]), expected, "{text}");
+        assert_eq!(
+            body.keys(&["data", "organization", "workspace"]),
+            ["name", "id"]
+        );
+        assert_eq!(
+            body.keys(&["data", "organization", "parent"]),
+            ["id", "name"]
+        );
+    }
+    // Fragments apply in place, by their type condition, through an interface too.
+    let doc = "query($o: ID!, $w: ID!) { node(id: $o) { ... on Workspace { name } id ...F __typename } w: node(id: $w) { ...F ... on Workspace { id name } __typename } } fragment F on Organization { depth name }";
+    for _ in 0..5 {
+        let text = app
+            .gql_text(&owner, doc, json!({"o": child, "w": ws}))
+            .await;
+        let body = Ordered::parse(&text);
+        assert_eq!(
+            body.keys(&["data", "node"]),
+            ["id", "depth", "name", "__typename"],
+            "{text}"
+        );
+        assert_eq!(
+            body.keys(&["data", "w"]),
+            ["id", "name", "__typename"],
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_field_is_null_with_its_error_and_non_null_errors_propagate() {
+    let app = TestApp::spawn().await;
+    let (owner, child, _, ws) = two_tenants(&app).await;
+    let viewer = app.user("order-viewer@example.com");
+    app.add_member(&owner, &ws, "order-viewer@example.com", "VIEWER")
+        .await;
+    // A nullable field refused to a viewer keeps its key, as null, with the error's path.
+    let q = "query($w: ID!) { workspace(id: $w) { name auditLog { edges { node { id } } } id } }";
+    let text = app.gql_text(&viewer, q, json!({"w": ws})).await;
+    let ordered = Ordered::parse(&text);
+    assert_eq!(
+        ordered.keys(&["data", "workspace"]),
+        ["name", "auditLog", "id"],
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert!(body["data"]["workspace"]["auditLog"].is_null(), "{body}");
+    assert_code(&body, "FORBIDDEN");
+    assert_eq!(body["errors"][0]["path"], json!(["workspace", "auditLog"]));
+    // A non-null field that fails makes its parent null, up to the nearest nullable one.
+    let q = "query($o: ID!) { organization(id: $o) { id usageHistory(resource: \"users\", last: 0) { direct } } other: organization(id: $o) { id } }";
+    let text = app.gql_text(&owner, q, json!({"o": child})).await;
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert!(body["data"]["organization"].is_null(), "{body}");
+    assert_eq!(body["data"]["other"]["id"], json!(child), "{body}");
+    assert_eq!(
+        body["errors"][0]["path"],
+        json!(["organization", "usageHistory"])
+    );
+    assert_eq!(
+        Ordered::parse(&text).keys(&["data"]),
+        ["organization", "other"]
+    );
+    // Errors are listed in document order, the same on every run.
+    let q = "query($o: ID!) { b: organization(id: $o) { usageHistory(resource: \"users\", last: 0) { direct } } a: organization(id: $o) { usageHistory(resource: \"users\", last: 400) { direct } } }";
+    let first = app.gql_text(&owner, q, json!({"o": child})).await;
+    for _ in 0..10 {
+        let body: Value = serde_json::from_str(&app.gql_text(&owner, q, json!({"o": child})).await)
+            .expect("json");
+        assert_eq!(body["errors"][0]["path"][0], "b", "{body}");
+        assert_eq!(body["errors"][1]["path"][0], "a", "{body}");
+        assert_eq!(
+            body.to_string(),
+            serde_json::from_str::<Value>(&first)
+                .expect("j")
+                .to_string()
+        );
+    }
 }
