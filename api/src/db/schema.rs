@@ -23,6 +23,8 @@ diesel::table! {
         response -> Nullable<Jsonb>,
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
+        rendered -> Nullable<Text>,
+        rendered_at -> Nullable<Timestamptz>,
     }
 }
 

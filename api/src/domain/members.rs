@@ -90,8 +90,8 @@ pub async fn add(
     services: &Services,
     actor: &Actor,
     input: NewMember,
-    key: Option<&str>,
-) -> DomainResult<MemberRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<MemberRow>> {
     let email = check_email(&input.email)?;
     let (ws, role) = (input.workspace_id, input.role);
     mutation::run(services, actor, "addMember", key, &input, |conn, _| -> Effect<'_, MemberRow> {
@@ -181,8 +181,8 @@ pub async fn update_role(
     services: &Services,
     actor: &Actor,
     input: RoleChange,
-    key: Option<&str>,
-) -> DomainResult<MemberRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<MemberRow>> {
     let (id, role) = (input.member_id, input.role);
     mutation::run(services, actor, "updateMemberRole", key, &input, |conn, _| -> Effect<'_, MemberRow> {
         let actor = actor.clone();
@@ -232,8 +232,8 @@ pub async fn remove(
     services: &Services,
     actor: &Actor,
     id: MemberId,
-    key: Option<&str>,
-) -> DomainResult<Removed> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<Removed>> {
     mutation::run(
         services,
         actor,

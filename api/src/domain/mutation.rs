@@ -8,6 +8,14 @@
 //! waits for it on the key's row lock and then replays (or, after `KEY_WAIT_MS`, is refused
 //! with `IDEMPOTENCY_KEY_IN_USE`). Only successful results are stored: a request that fails
 //! leaves no trace, so it can be corrected and retried with the same key.
+//!
+//! A replay returns what the first request *returned*: the fingerprint covers the operation,
+//! its input and the response selection the caller asked for ([`Key::selection`]), and the
+//! first response's rendering of the mutation field is stored with the key as soon as it
+//! exists ([`Keyed::First`]). A repeat finds it ([`Keyed::Replay`]) and sends it back as it
+//! was; it waits for it while the first request is still rendering, and only when the first
+//! request never stored one (it died, or its response held errors) is the payload resolved
+//! afresh, with every access rule of a fresh read.
 
 use std::time::Duration;
 
@@ -25,6 +33,61 @@ pub const KEY_WAIT_MS: u64 = 10_000;
 /// Attempts for a transaction that hits a serialization failure or deadlock.
 const MAX_ATTEMPTS: u32 = 8;
 
+/// How long a repeat waits for the first request to store its rendering.
+const RENDER_WAIT: Duration = Duration::from_millis(KEY_WAIT_MS);
+/// How often a waiting repeat looks again.
+const RENDER_POLL: Duration = Duration::from_millis(10);
+
+/// An idempotency key sent with a mutation, and what the caller asked to see of its result.
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// The client's key (1–255 characters).
+    pub key: String,
+    /// Fingerprint of the response selection: part of the request's fingerprint, so that a
+    /// repeat asking for more than the first request saw is a reuse, not a replay.
+    pub selection: String,
+}
+
+/// What a mutation run under [`run`] did.
+#[derive(Debug)]
+pub struct Done<T> {
+    /// The effect's result (for a replay: the first request's).
+    pub value: T,
+    /// What the idempotency key says about it.
+    pub keyed: Keyed,
+}
+
+/// The idempotency side of a mutation's outcome.
+#[derive(Debug, Clone)]
+pub enum Keyed {
+    /// No key was sent.
+    None,
+    /// This request did the effect: its rendering is to be settled under the key
+    /// (`idempotency::settle_rendering`).
+    First {
+        /// The caller.
+        caller: uuid::Uuid,
+        /// The key.
+        key: String,
+    },
+    /// A repeat: the first response's rendering, or `None` when it has none (the payload
+    /// must then be resolved afresh with the access rules of a fresh read).
+    Replay {
+        /// JSON text of the first response's mutation field.
+        rendered: Option<String>,
+    },
+}
+
+impl<T> Done<T> {
+    /// The same outcome with `f` applied to the value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Done<U> {
+        Done {
+            value: f(self.value),
+            keyed: self.keyed,
+        }
+    }
+}
+
 /// The effect of a mutation, run inside its transaction. It may run more than once if
 /// the transaction is retried, so it must not touch anything outside the database.
 pub type Effect<'c, T> = BoxFuture<'c, DomainResult<T>>;
@@ -36,6 +99,8 @@ pub struct Completion {
     done: std::sync::atomic::AtomicBool,
     /// For `run_claiming_in_effect`: what the effect needs to claim the key itself.
     claim: Option<KeyClaim>,
+    /// The key was found used: the result is the first request's.
+    replayed: std::sync::atomic::AtomicBool,
 }
 
 /// An idempotency key to claim in an effect's first statement.
@@ -99,6 +164,8 @@ impl Completion {
             .as_ref()
             .ok_or_else(|| DomainError::internal(anyhow::anyhow!("replay without a key")))?;
         self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.replayed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         replay_key(conn, c.caller, &c.key, c.operation, &c.fingerprint).await
     }
 
@@ -119,13 +186,19 @@ pub fn check_key(key: Option<&str>) -> DomainResult<Option<&str>> {
     }
 }
 
-/// Fingerprint of an operation and its input (without the key).
-pub fn fingerprint(operation: &str, input: &impl Serialize) -> DomainResult<String> {
+/// Fingerprint of an operation, its input and the response selection (without the key).
+pub fn fingerprint(
+    operation: &str,
+    input: &impl Serialize,
+    selection: &str,
+) -> DomainResult<String> {
     let body = serde_json::to_vec(input).map_err(DomainError::internal)?;
     let mut h = Sha256::new();
     h.update(operation.as_bytes());
     h.update([0]);
     h.update(&body);
+    h.update([0]);
+    h.update(selection.as_bytes());
     Ok(hex::encode(h.finalize()))
 }
 
@@ -134,10 +207,10 @@ pub async fn run<T, I, F>(
     services: &Services,
     actor: &Actor,
     operation: &'static str,
-    key: Option<&str>,
+    key: Option<&Key>,
     input: &I,
     effect: F,
-) -> DomainResult<T>
+) -> DomainResult<Done<T>>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
     I: Serialize + ?Sized,
@@ -154,10 +227,10 @@ pub async fn run_claiming_in_effect<T, I, F>(
     services: &Services,
     actor: &Actor,
     operation: &'static str,
-    key: Option<&str>,
+    key: Option<&Key>,
     input: &I,
     effect: F,
-) -> DomainResult<T>
+) -> DomainResult<Done<T>>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
     I: Serialize + ?Sized,
@@ -170,18 +243,19 @@ async fn run_inner<T, I, F>(
     services: &Services,
     actor: &Actor,
     operation: &'static str,
-    key: Option<&str>,
+    key: Option<&Key>,
     input: &I,
     claim_in_effect: bool,
     effect: F,
-) -> DomainResult<T>
+) -> DomainResult<Done<T>>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
     I: Serialize + ?Sized,
     F: for<'c> Fn(&'c mut AsyncPgConnection, &'c Completion) -> Effect<'c, T> + Send + Sync,
 {
-    let key = check_key(key)?;
-    let fp = fingerprint(operation, &input)?;
+    let selection = key.map_or("", |k| k.selection.as_str());
+    let key = check_key(key.map(|k| k.key.as_str()))?;
+    let fp = fingerprint(operation, &input, selection)?;
     let ttl = services.idempotency_ttl.as_secs().max(1) as i64;
     let mut conn = services.conn().await?;
     let completion = Completion {
@@ -194,12 +268,16 @@ where
             fingerprint: fp.clone(),
             ttl_secs: ttl,
         }),
+        replayed: std::sync::atomic::AtomicBool::new(false),
     };
     let mut attempt = 0;
     loop {
         attempt += 1;
         completion
             .done
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        completion
+            .replayed
             .store(false, std::sync::atomic::Ordering::Relaxed);
         let result = conn
             .transaction(async |conn| {
@@ -211,6 +289,9 @@ where
                             .await
                             .map_err(map_lock_timeout)?;
                     if !claimed {
+                        completion
+                            .replayed
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                         return replay_key(conn, actor.user_id.0, key, operation, &fp).await;
                     }
                 }
@@ -231,7 +312,63 @@ where
                 let backoff = 2u64.pow(attempt.min(6)) + u64::from(rand_jitter());
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
-            other => return other,
+            Err(e) => return Err(e),
+            Ok(value) => {
+                let replayed = completion
+                    .replayed
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let keyed = match key {
+                    None => Keyed::None,
+                    Some(k) if replayed => {
+                        // The first request needs connections to render: hold none while waiting.
+                        drop(conn);
+                        Keyed::Replay {
+                            rendered: wait_for_rendering(services, actor.user_id.0, k).await?,
+                        }
+                    }
+                    Some(k) => Keyed::First {
+                        caller: actor.user_id.0,
+                        key: k.to_string(),
+                    },
+                };
+                return Ok(Done { value, keyed });
+            }
+        }
+    }
+}
+
+/// Settles the rendering of a key whose effect this request did (see [`Keyed::First`]):
+/// the mutation field's JSON text as the response shows it, or `None` when the response
+/// is not to be replayed as is.
+pub async fn settle_rendering(
+    services: &Services,
+    caller: uuid::Uuid,
+    key: &str,
+    rendered: Option<&str>,
+) -> DomainResult<()> {
+    let mut conn = services.conn().await?;
+    Ok(idempotency::settle_rendering(&mut conn, caller, key, rendered).await?)
+}
+
+/// The first response's rendering of a replayed key: waits (outside any transaction, so as
+/// not to hold the key's row) while the first request has committed its effect but not yet
+/// settled its rendering, up to [`RENDER_WAIT`], holding a connection only to look.
+async fn wait_for_rendering(
+    services: &Services,
+    caller: uuid::Uuid,
+    key: &str,
+) -> DomainResult<Option<String>> {
+    let deadline = tokio::time::Instant::now() + RENDER_WAIT;
+    let mut pause = RENDER_POLL;
+    loop {
+        let found = idempotency::find(&mut *services.conn().await?, caller, key).await?;
+        match found {
+            Some(k) if k.rendered_at.is_some() => return Ok(k.rendered),
+            Some(_) if tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RENDER_POLL * 8);
+            }
+            _ => return Ok(None),
         }
     }
 }

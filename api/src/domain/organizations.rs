@@ -173,8 +173,8 @@ pub async fn create(
     services: &Services,
     actor: &Actor,
     input: NewOrganization,
-    key: Option<&str>,
-) -> DomainResult<OrganizationRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<OrganizationRow>> {
     let name = check_name("name", &input.name, NAME_MAX)?;
     let ws = input.workspace_id;
     mutation::run(
@@ -281,8 +281,8 @@ pub async fn rename(
     services: &Services,
     actor: &Actor,
     input: Rename,
-    key: Option<&str>,
-) -> DomainResult<OrganizationRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<OrganizationRow>> {
     let name = check_name("name", &input.name, NAME_MAX)?;
     mutation::run(
         services,
@@ -338,8 +338,8 @@ pub async fn move_to(
     services: &Services,
     actor: &Actor,
     input: Move,
-    key: Option<&str>,
-) -> DomainResult<OrganizationRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<OrganizationRow>> {
     mutation::run(services, actor, "moveOrganization", key, &input, |conn, _| -> Effect<'_, OrganizationRow> {
         let (input, actor) = (input.clone(), actor.clone());
         Box::pin(async move {
@@ -491,8 +491,8 @@ pub async fn delete(
     services: &Services,
     actor: &Actor,
     id: OrganizationId,
-    key: Option<&str>,
-) -> DomainResult<OrganizationId> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<OrganizationId>> {
     mutation::run(services, actor, "deleteOrganization", key, &id, |conn, _| -> Effect<'_, OrganizationId> {
         let actor = actor.clone();
         Box::pin(async move {

@@ -51,8 +51,8 @@ pub async fn define(
     services: &Services,
     actor: &Actor,
     input: NewResource,
-    key: Option<&str>,
-) -> DomainResult<ResourceRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<ResourceRow>> {
     check_resource_key(&input.key).map_err(|_| {
         DomainError::bad_input(
             "key",

@@ -299,8 +299,8 @@ pub async fn record(
     services: &Services,
     actor: &Actor,
     input: UsageChange,
-    key: Option<&str>,
-) -> DomainResult<OrganizationRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<OrganizationRow>> {
     check_resource_key(&input.resource)?;
     if input.delta == 0 {
         return Err(DomainError::bad_input("delta", "delta must not be zero"));
@@ -435,8 +435,8 @@ pub async fn set_limit(
     services: &Services,
     actor: &Actor,
     input: LimitChange,
-    key: Option<&str>,
-) -> DomainResult<OrganizationRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<OrganizationRow>> {
     check_resource_key(&input.resource)?;
     if input.limit.is_some_and(|l| l < 0) {
         return Err(DomainError::bad_input(

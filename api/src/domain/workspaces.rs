@@ -64,8 +64,8 @@ pub async fn create(
     services: &Services,
     actor: &Actor,
     input: NewWorkspace,
-    key: Option<&str>,
-) -> DomainResult<WorkspaceRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<WorkspaceRow>> {
     let name = check_name("name", &input.name, NAME_MAX)?;
     let description = check_description(input.description.as_deref())?;
     let mode = input.billing_mode;
@@ -108,8 +108,8 @@ pub async fn update(
     services: &Services,
     actor: &Actor,
     input: WorkspaceUpdate,
-    key: Option<&str>,
-) -> DomainResult<WorkspaceRow> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<WorkspaceRow>> {
     let name = input
         .name
         .as_deref()
@@ -173,8 +173,8 @@ pub async fn delete(
     services: &Services,
     actor: &Actor,
     ws: WorkspaceId,
-    key: Option<&str>,
-) -> DomainResult<WorkspaceId> {
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<WorkspaceId>> {
     mutation::run(
         services,
         actor,

@@ -185,6 +185,19 @@ pub fn into_value(raw: bool, json: String) -> Option<Value> {
     }
 }
 
+/// `v` as JSON text, written exactly as the response body writes it.
+pub fn to_text(v: Value) -> String {
+    let mut out = Pieces::default();
+    value(&mut out, v);
+    let pieces = out.finish();
+    let mut text = Vec::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for p in pieces {
+        text.extend_from_slice(&p);
+    }
+    // Every piece is text this module wrote or was handed as a `String`.
+    String::from_utf8(text).unwrap_or_default()
+}
+
 /// Selections bigger than this (fields and fragments, with fragments inlined) are not
 /// examined and count as possibly merging.
 const MAX_EXAMINED_ITEMS: usize = 512;

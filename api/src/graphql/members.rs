@@ -2,6 +2,7 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
+use super::replay::{self, Replayable, replayable};
 use super::users::User;
 use super::workspaces::{Workspace, member_id};
 use super::{error, rc};
@@ -166,8 +167,9 @@ impl MemberMutation {
         &self,
         ctx: &Context<'_>,
         input: AddMemberInput,
-    ) -> Result<AddMemberPayload> {
+    ) -> Result<Replayable<AddMemberPayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let ws = WorkspaceId::decode(&input.workspace_id)
             .ok_or_else(|| error::not_found("workspace"))?;
         let new = domain::members::NewMember {
@@ -175,17 +177,16 @@ impl MemberMutation {
             email: input.email,
             role: input.role.into(),
         };
-        let row = domain::members::add(
-            &rc.services,
-            &rc.actor,
-            new,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(AddMemberPayload {
-            member: Member(row),
-        })
+        let done = domain::members::add(&rc.services, &rc.actor, new, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |m| Some(m.workspace_id),
+            |row| AddMemberPayload {
+                member: Member(row),
+            },
+        ))
     }
 
     /// Changes a member's role. Only owners make or change owners; the last owner cannot
@@ -194,23 +195,23 @@ impl MemberMutation {
         &self,
         ctx: &Context<'_>,
         input: UpdateMemberRoleInput,
-    ) -> Result<UpdateMemberRolePayload> {
+    ) -> Result<Replayable<UpdateMemberRolePayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::members::RoleChange {
             member_id: member_id(&input.member_id)?,
             role: input.role.into(),
         };
-        let row = domain::members::update_role(
-            &rc.services,
-            &rc.actor,
-            change,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(UpdateMemberRolePayload {
-            member: Member(row),
-        })
+        let done = domain::members::update_role(&rc.services, &rc.actor, change, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |m| Some(m.workspace_id),
+            |row| UpdateMemberRolePayload {
+                member: Member(row),
+            },
+        ))
     }
 
     /// Removes a member, or leaves the workspace when it is your own membership. The last
@@ -219,19 +220,21 @@ impl MemberMutation {
         &self,
         ctx: &Context<'_>,
         input: RemoveMemberInput,
-    ) -> Result<RemoveMemberPayload> {
+    ) -> Result<Replayable<RemoveMemberPayload>> {
         let rc = rc(ctx);
-        let removed = domain::members::remove(
-            &rc.services,
-            &rc.actor,
-            member_id(&input.member_id)?,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(RemoveMemberPayload {
-            deleted_member_id: ID(removed.member_id.encode()),
-            workspace_id: ID(removed.workspace_id.encode()),
-        })
+        let key = replay::key(ctx, input.idempotency_key);
+        let id = member_id(&input.member_id)?;
+        let done = domain::members::remove(&rc.services, &rc.actor, id, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        // The workspace id is not in the input: shown only to who can still see it.
+        Ok(replayable(
+            done,
+            |r| Some(r.workspace_id.0),
+            |removed| RemoveMemberPayload {
+                deleted_member_id: ID(removed.member_id.encode()),
+                workspace_id: ID(removed.workspace_id.encode()),
+            },
+        ))
     }
 }

@@ -11,6 +11,7 @@ pub mod members;
 pub mod node;
 pub mod organizations;
 pub mod pagination;
+pub mod replay;
 pub mod resources;
 pub mod shape;
 pub mod users;

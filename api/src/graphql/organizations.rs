@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::json;
 use super::pagination::{self, complexity};
+use super::replay::{self, Replayable, replayable};
 use super::resources::{Resource, ResourceKind};
 use super::workspaces::{Workspace, load_visible};
 use super::{error, rc};
@@ -955,8 +956,9 @@ impl OrganizationMutation {
         &self,
         ctx: &Context<'_>,
         input: CreateOrganizationInput,
-    ) -> Result<CreateOrganizationPayload> {
+    ) -> Result<Replayable<CreateOrganizationPayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let new = domain::organizations::NewOrganization {
             workspace_id: WorkspaceId::decode(&input.workspace_id)
                 .ok_or_else(|| error::not_found("workspace"))?,
@@ -967,17 +969,16 @@ impl OrganizationMutation {
                 .transpose()?,
             name: input.name,
         };
-        let row = domain::organizations::create(
-            &rc.services,
-            &rc.actor,
-            new,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(CreateOrganizationPayload {
-            organization: Organization::new(row),
-        })
+        let done = domain::organizations::create(&rc.services, &rc.actor, new, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |o| Some(o.workspace_id),
+            |row| CreateOrganizationPayload {
+                organization: Organization::new(row),
+            },
+        ))
     }
 
     /// Renames an organization (owners and admins).
@@ -985,23 +986,23 @@ impl OrganizationMutation {
         &self,
         ctx: &Context<'_>,
         input: RenameOrganizationInput,
-    ) -> Result<RenameOrganizationPayload> {
+    ) -> Result<Replayable<RenameOrganizationPayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::organizations::Rename {
             organization_id: org_id(&input.organization_id, "organization")?,
             name: input.name,
         };
-        let row = domain::organizations::rename(
-            &rc.services,
-            &rc.actor,
-            change,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(RenameOrganizationPayload {
-            organization: Organization::new(row),
-        })
+        let done = domain::organizations::rename(&rc.services, &rc.actor, change, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |o| Some(o.workspace_id),
+            |row| RenameOrganizationPayload {
+                organization: Organization::new(row),
+            },
+        ))
     }
 
     /// Moves an organization and its subtree (owners and admins); its usage moves from the
@@ -1010,8 +1011,9 @@ impl OrganizationMutation {
         &self,
         ctx: &Context<'_>,
         input: MoveOrganizationInput,
-    ) -> Result<MoveOrganizationPayload> {
+    ) -> Result<Replayable<MoveOrganizationPayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::organizations::Move {
             organization_id: org_id(&input.organization_id, "organization")?,
             new_parent_id: input
@@ -1020,17 +1022,16 @@ impl OrganizationMutation {
                 .map(|p| org_id(p, "parent organization"))
                 .transpose()?,
         };
-        let row = domain::organizations::move_to(
-            &rc.services,
-            &rc.actor,
-            change,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(MoveOrganizationPayload {
-            organization: Organization::new(row),
-        })
+        let done = domain::organizations::move_to(&rc.services, &rc.actor, change, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |o| Some(o.workspace_id),
+            |row| MoveOrganizationPayload {
+                organization: Organization::new(row),
+            },
+        ))
     }
 
     /// Deletes an organization without children and usage (owners and admins).
@@ -1038,19 +1039,21 @@ impl OrganizationMutation {
         &self,
         ctx: &Context<'_>,
         input: DeleteOrganizationInput,
-    ) -> Result<DeleteOrganizationPayload> {
+    ) -> Result<Replayable<DeleteOrganizationPayload>> {
         let rc = rc(ctx);
-        let id = domain::organizations::delete(
-            &rc.services,
-            &rc.actor,
-            org_id(&input.organization_id, "organization")?,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(DeleteOrganizationPayload {
-            deleted_organization_id: ID(id.encode()),
-        })
+        let key = replay::key(ctx, input.idempotency_key);
+        let id = org_id(&input.organization_id, "organization")?;
+        let done = domain::organizations::delete(&rc.services, &rc.actor, id, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        // Shows only the id the input held.
+        Ok(replayable(
+            done,
+            |_| None,
+            |id| DeleteOrganizationPayload {
+                deleted_organization_id: ID(id.encode()),
+            },
+        ))
     }
 
     /// Allocates (positive delta) or releases (negative delta) usage at an organization,
@@ -1059,24 +1062,24 @@ impl OrganizationMutation {
         &self,
         ctx: &Context<'_>,
         input: RecordUsageInput,
-    ) -> Result<RecordUsagePayload> {
+    ) -> Result<Replayable<RecordUsagePayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::usage::UsageChange {
             organization_id: org_id(&input.organization_id, "organization")?,
             resource: input.resource,
             delta: input.delta,
         };
-        let row = domain::usage::record(
-            &rc.services,
-            &rc.actor,
-            change,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(RecordUsagePayload {
-            organization: Organization::new(row),
-        })
+        let done = domain::usage::record(&rc.services, &rc.actor, change, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |o| Some(o.workspace_id),
+            |row| RecordUsagePayload {
+                organization: Organization::new(row),
+            },
+        ))
     }
 
     /// Sets or removes an organization's cap on a resource (owners and admins).
@@ -1084,24 +1087,24 @@ impl OrganizationMutation {
         &self,
         ctx: &Context<'_>,
         input: SetOrganizationLimitInput,
-    ) -> Result<SetOrganizationLimitPayload> {
+    ) -> Result<Replayable<SetOrganizationLimitPayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::usage::LimitChange {
             organization_id: org_id(&input.organization_id, "organization")?,
             resource: input.resource,
             limit: input.limit,
         };
-        let row = domain::usage::set_limit(
-            &rc.services,
-            &rc.actor,
-            change,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(SetOrganizationLimitPayload {
-            organization: Organization::new(row),
-        })
+        let done = domain::usage::set_limit(&rc.services, &rc.actor, change, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |o| Some(o.workspace_id),
+            |row| SetOrganizationLimitPayload {
+                organization: Organization::new(row),
+            },
+        ))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
+use super::replay::{self, Replayable, replayable};
 use super::{error, rc};
 use crate::db::models::ResourceRow;
 use crate::domain;
@@ -113,8 +114,9 @@ impl ResourceMutation {
         &self,
         ctx: &Context<'_>,
         input: DefineResourceInput,
-    ) -> Result<DefineResourcePayload> {
+    ) -> Result<Replayable<DefineResourcePayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let new = domain::resources::NewResource {
             workspace_id: WorkspaceId::decode(&input.workspace_id)
                 .ok_or_else(|| error::not_found("workspace"))?,
@@ -130,16 +132,15 @@ impl ResourceMutation {
                 ResetPeriod::Month => domain::resources::ResetPeriod::Month,
             }),
         };
-        let row = domain::resources::define(
-            &rc.services,
-            &rc.actor,
-            new,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(DefineResourcePayload {
-            resource: Resource(row),
-        })
+        let done = domain::resources::define(&rc.services, &rc.actor, new, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |r| Some(r.workspace_id),
+            |row| DefineResourcePayload {
+                resource: Resource(row),
+            },
+        ))
     }
 }

@@ -162,6 +162,37 @@ impl Shape {
         Value::Object(self.reorder(registry, &field.selection_set.node, &concrete, map))
     }
 
+    /// `value` (an object of type `concrete` selected by `set`) with its keys in selection
+    /// order, as the field's own hook will leave it.
+    pub fn order_object(
+        &self,
+        registry: &Registry,
+        set: &SelectionSet,
+        concrete: &str,
+        value: Value,
+    ) -> Value {
+        match value {
+            Value::Object(map) if !map.contains_key(async_graphql_value::RAW_VALUE_TOKEN) => {
+                Value::Object(self.reorder(registry, set, concrete, map))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether an error was recorded at `path` or below it.
+    pub fn errors_under(&self, path: Option<&QueryPathNode<'_>>) -> bool {
+        let prefix: Vec<String> = path.map(|p| p.to_string_vec()).unwrap_or_default();
+        self.with_state(|s| {
+            s.errors.iter().any(|e| {
+                e.path.len() >= prefix.len()
+                    && e.path.iter().zip(&prefix).all(|(seg, p)| match seg {
+                        PathSegment::Field(f) => f == p,
+                        PathSegment::Index(i) => i.to_string() == *p,
+                    })
+            })
+        })
+    }
+
     /// `map` with its keys in the order `set` selects them on an object of type `concrete`.
     fn reorder(
         &self,

@@ -7,6 +7,7 @@ use super::audit::AuditEvent;
 use super::members::{Member, Role};
 use super::organizations::{Organization, OrganizationConnection};
 use super::pagination::{self, complexity};
+use super::replay::{self, Replayable, replayable};
 use super::resources::Resource;
 use super::{error, rc};
 use crate::db::models::WorkspaceRow;
@@ -338,24 +339,24 @@ impl WorkspaceMutation {
         &self,
         ctx: &Context<'_>,
         input: CreateWorkspaceInput,
-    ) -> Result<CreateWorkspacePayload> {
+    ) -> Result<Replayable<CreateWorkspacePayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let new = domain::workspaces::NewWorkspace {
             name: input.name,
             description: input.description,
             billing_mode: input.billing_mode.into(),
         };
-        let row = domain::workspaces::create(
-            &rc.services,
-            &rc.actor,
-            new,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(CreateWorkspacePayload {
-            workspace: Workspace(row),
-        })
+        let done = domain::workspaces::create(&rc.services, &rc.actor, new, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |w| Some(w.id),
+            |row| CreateWorkspacePayload {
+                workspace: Workspace(row),
+            },
+        ))
     }
 
     /// Renames a workspace (owners and admins).
@@ -363,24 +364,24 @@ impl WorkspaceMutation {
         &self,
         ctx: &Context<'_>,
         input: RenameWorkspaceInput,
-    ) -> Result<RenameWorkspacePayload> {
+    ) -> Result<Replayable<RenameWorkspacePayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let update = domain::workspaces::WorkspaceUpdate {
             workspace_id: ws_id(&input.workspace_id)?,
             name: Some(input.name),
             description: None,
         };
-        let row = domain::workspaces::update(
-            &rc.services,
-            &rc.actor,
-            update,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(RenameWorkspacePayload {
-            workspace: Workspace(row),
-        })
+        let done = domain::workspaces::update(&rc.services, &rc.actor, update, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |w| Some(w.id),
+            |row| RenameWorkspacePayload {
+                workspace: Workspace(row),
+            },
+        ))
     }
 
     /// Changes name and/or description (owners and admins). The billing mode cannot change.
@@ -388,8 +389,9 @@ impl WorkspaceMutation {
         &self,
         ctx: &Context<'_>,
         input: UpdateWorkspaceInput,
-    ) -> Result<UpdateWorkspacePayload> {
+    ) -> Result<Replayable<UpdateWorkspacePayload>> {
         let rc = rc(ctx);
+        let key = replay::key(ctx, input.idempotency_key);
         let description = match input.description {
             MaybeUndefined::Undefined => None,
             MaybeUndefined::Null => Some(None),
@@ -400,17 +402,16 @@ impl WorkspaceMutation {
             name: input.name,
             description,
         };
-        let row = domain::workspaces::update(
-            &rc.services,
-            &rc.actor,
-            update,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(UpdateWorkspacePayload {
-            workspace: Workspace(row),
-        })
+        let done = domain::workspaces::update(&rc.services, &rc.actor, update, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        Ok(replayable(
+            done,
+            |w| Some(w.id),
+            |row| UpdateWorkspacePayload {
+                workspace: Workspace(row),
+            },
+        ))
     }
 
     /// Deletes a workspace (owners only).
@@ -418,19 +419,21 @@ impl WorkspaceMutation {
         &self,
         ctx: &Context<'_>,
         input: DeleteWorkspaceInput,
-    ) -> Result<DeleteWorkspacePayload> {
+    ) -> Result<Replayable<DeleteWorkspacePayload>> {
         let rc = rc(ctx);
-        let id = domain::workspaces::delete(
-            &rc.services,
-            &rc.actor,
-            ws_id(&input.workspace_id)?,
-            input.idempotency_key.as_deref(),
-        )
-        .await
-        .map_err(|e| rc.err(e))?;
-        Ok(DeleteWorkspacePayload {
-            deleted_workspace_id: ID(id.encode()),
-        })
+        let key = replay::key(ctx, input.idempotency_key);
+        let id = ws_id(&input.workspace_id)?;
+        let done = domain::workspaces::delete(&rc.services, &rc.actor, id, key.as_ref())
+            .await
+            .map_err(|e| rc.err(e))?;
+        // Shows only the id the input held.
+        Ok(replayable(
+            done,
+            |_| None,
+            |id| DeleteWorkspacePayload {
+                deleted_workspace_id: ID(id.encode()),
+            },
+        ))
     }
 }
 

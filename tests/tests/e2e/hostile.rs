@@ -587,3 +587,145 @@ async fn a_refused_field_is_null_with_its_error_and_non_null_errors_propagate() 
         );
     }
 }
+
+const RENAME_SEEING_MEMBERS: &str = "mutation($w: ID!, $k: String) { renameWorkspace(input: {workspaceId: $w, name: \"Named by M\", idempotencyKey: $k}) { workspace { id name viewerRole members(first: 100) { edges { node { role user { email } } } } } } }";
+
+async fn remove(app: &TestApp, token: &str, member: &str) {
+    let r = app
+        .gql(
+            token,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": member}),
+        )
+        .await;
+    assert_ok(&r);
+}
+
+#[tokio::test]
+async fn a_replay_returns_what_the_first_request_returned_and_nothing_newer() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("replay-owner@example.com");
+    let ws = app.create_workspace(&owner, "Replayed").await;
+    let m = app.user("replay-m@example.com");
+    let m_id = app
+        .add_member(&owner, &ws, "replay-m@example.com", "ADMIN")
+        .await;
+    let vars = json!({"w": ws, "k": "rename-1"});
+    let first = app.gql_text(&m, RENAME_SEEING_MEMBERS, vars.clone()).await;
+    assert_ok(&serde_json::from_str(&first).expect("json"));
+    // M is removed; afterwards someone joins and the workspace is renamed.
+    remove(&app, &owner, &m_id).await;
+    app.add_member(&owner, &ws, "joined-later@example.com", "VIEWER")
+        .await;
+    let r = app
+        .gql(
+            &owner,
+            "mutation($w: ID!) { renameWorkspace(input: {workspaceId: $w, name: \"Renamed later\"}) { workspace { id } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_ok(&r);
+    // The replay is the first response, byte for byte: nothing created or changed since.
+    let replay = app.gql_text(&m, RENAME_SEEING_MEMBERS, vars.clone()).await;
+    assert_eq!(replay, first);
+    assert!(!replay.contains("joined-later") && !replay.contains("Renamed later"));
+    // A richer selection under the same key is a reuse, not a way to read more.
+    let richer = RENAME_SEEING_MEMBERS.replace(
+        "viewerRole",
+        "viewerRole description auditLog { edges { node { action } } }",
+    );
+    let r = app.gql(&m, &richer, vars.clone()).await;
+    assert_code(&r, "IDEMPOTENCY_KEY_REUSED");
+    // So is the same selection with other aliases or arguments.
+    let other_page = RENAME_SEEING_MEMBERS.replace("members(first: 100)", "members(first: 1)");
+    assert_code(
+        &app.gql(&m, &other_page, vars.clone()).await,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+    // A named fragment and the same inline fragment are the same selection.
+    let named = "mutation($w: ID!, $k: String) { renameWorkspace(input: {workspaceId: $w, name: \"Named again\", idempotencyKey: $k}) { ...P } } fragment P on RenameWorkspacePayload { workspace { id name } }";
+    let inline = "mutation($w: ID!, $k: String) { renameWorkspace(input: {workspaceId: $w, name: \"Named again\", idempotencyKey: $k}) { ... on RenameWorkspacePayload { workspace { id name } } } }";
+    let first = app
+        .gql_text(&owner, named, json!({"w": ws, "k": "frag"}))
+        .await;
+    assert_ok(&serde_json::from_str(&first).expect("json"));
+    assert_eq!(
+        app.gql_text(&owner, inline, json!({"w": ws, "k": "frag"}))
+            .await,
+        first
+    );
+}
+
+#[tokio::test]
+async fn a_replay_without_a_stored_rendering_reads_with_todays_access() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("fallback-owner@example.com");
+    let ws = app.create_workspace(&owner, "Fallback").await;
+    let m = app.user("fallback-m@example.com");
+    let m_id = app
+        .add_member(&owner, &ws, "fallback-m@example.com", "ADMIN")
+        .await;
+    let stays = app.user("fallback-stays@example.com");
+    app.add_member(&owner, &ws, "fallback-stays@example.com", "ADMIN")
+        .await;
+    for (token, key) in [(&m, "k-m"), (&stays, "k-stays")] {
+        let r = app
+            .gql(token, RENAME_SEEING_MEMBERS, json!({"w": ws, "k": key}))
+            .await;
+        assert_ok(&r);
+    }
+    // As if the first responses had held errors (or their process had died after COMMIT
+    // and the wait had passed): no rendering to send back.
+    let changed = app
+        .sql_count("WITH u AS (UPDATE idempotency_keys SET rendered = NULL WHERE key IN ('k-m', 'k-stays') RETURNING 1) SELECT count(*) AS n FROM u")
+        .await;
+    assert_eq!(changed, 2);
+    remove(&app, &owner, &m_id).await;
+    app.add_member(&owner, &ws, "fallback-later@example.com", "VIEWER")
+        .await;
+    // The removed member's replay shows nothing: the workspace is not theirs to read now.
+    let r = app
+        .gql(&m, RENAME_SEEING_MEMBERS, json!({"w": ws, "k": "k-m"}))
+        .await;
+    assert_code(&r, "NOT_FOUND");
+    assert!(r["data"].is_null(), "{r}");
+    assert!(!r.to_string().contains("fallback-later"), "{r}");
+    // A member who still belongs reads today's data, as a fresh query would show it.
+    let r = app
+        .gql(
+            &stays,
+            RENAME_SEEING_MEMBERS,
+            json!({"w": ws, "k": "k-stays"}),
+        )
+        .await;
+    assert_ok(&r);
+    assert!(r.to_string().contains("fallback-later"), "{r}");
+    // Still one effect per key.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM audit_events WHERE action = 'workspace.update'")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn concurrent_repeats_wait_for_the_first_and_return_its_exact_body() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("burst-owner@example.com");
+    let ws = app.create_workspace(&owner, "Burst").await;
+    let root = app.create_org(&owner, &ws, None, "Root").await;
+    let q = "mutation($o: ID!, $k: String) { recordUsage(input: {organizationId: $o, resource: \"users\", delta: 2, idempotencyKey: $k}) { organization { id name usage { resource direct subtree } parent { id } } } }";
+    let sends = (0..12).map(|_| app.gql_text(&owner, q, json!({"o": root, "k": "burst-1"})));
+    let bodies = futures::future::join_all(sends).await;
+    assert_ok(&serde_json::from_str(&bodies[0]).expect("json"));
+    for b in &bodies {
+        assert_eq!(b, &bodies[0]);
+    }
+    assert_eq!(app.numbers(&owner, &root, "users").await, (2, 2));
+    // Later repeats too, whatever happened since.
+    assert_ok(&app.record(&owner, &root, "users", 5).await);
+    let again = app
+        .gql_text(&owner, q, json!({"o": root, "k": "burst-1"}))
+        .await;
+    assert_eq!(again, bodies[0]);
+}

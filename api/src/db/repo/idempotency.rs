@@ -2,7 +2,7 @@
 
 use crate::db::cached::CachedExt;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -18,6 +18,12 @@ pub struct StoredKey {
     /// Stored result (always set once the first request committed).
     #[diesel(sql_type = Nullable<Jsonb>)]
     pub response: Option<serde_json::Value>,
+    /// The first response's rendering of the mutation field (JSON text).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub rendered: Option<String>,
+    /// When the rendering was settled (stored, or found unfit to store).
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub rendered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(QueryableByName)]
@@ -42,7 +48,8 @@ pub async fn claim(
          VALUES ($1, $2, $3, $4, NULL, now() + make_interval(secs => $5))
          ON CONFLICT (caller_id, key) DO UPDATE
             SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint,
-                response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at
+                response = NULL, rendered = NULL, rendered_at = NULL,
+                   created_at = now(), expires_at = EXCLUDED.expires_at
           WHERE idempotency_keys.expires_at < now()
          RETURNING caller_id",
     )
@@ -63,7 +70,7 @@ pub async fn find(
     caller: Uuid,
     key: &str,
 ) -> QueryResult<Option<StoredKey>> {
-    diesel::sql_query("SELECT operation, fingerprint, response FROM idempotency_keys WHERE caller_id = $1 AND key = $2")
+    diesel::sql_query("SELECT operation, fingerprint, response, rendered, rendered_at FROM idempotency_keys WHERE caller_id = $1 AND key = $2")
         .bind::<SqlUuid, _>(caller)
         .bind::<Text, _>(key)
         .cached()
@@ -86,6 +93,27 @@ pub async fn complete(
             .filter(k::key.eq(key)),
     )
     .set(k::response.eq(Some(response)))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Settles the rendering of a completed key: the first response's JSON text, or `None`
+/// when it is not to be replayed as is. Only the first settlement counts.
+pub async fn settle_rendering(
+    conn: &mut AsyncPgConnection,
+    caller: Uuid,
+    key: &str,
+    rendered: Option<&str>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE idempotency_keys SET rendered = $3, rendered_at = now()
+          WHERE caller_id = $1 AND key = $2 AND rendered_at IS NULL AND response IS NOT NULL",
+    )
+    .bind::<SqlUuid, _>(caller)
+    .bind::<Text, _>(key)
+    .bind::<Nullable<Text>, _>(rendered)
+    .cached()
     .execute(conn)
     .await
     .map(|_| ())

@@ -402,7 +402,8 @@ pub async fn access_claiming(
             SELECT $4, $5, $6, $7, NULL, now() + make_interval(secs => $8) WHERE $5::text IS NOT NULL
             ON CONFLICT (caller_id, key) DO UPDATE
                SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint,
-                   response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at
+                   response = NULL, rendered = NULL, rendered_at = NULL,
+                   created_at = now(), expires_at = EXCLUDED.expires_at
              WHERE idempotency_keys.expires_at < now()
             RETURNING 1
          )
