@@ -3,7 +3,7 @@
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 
-use super::{Actor, DomainResult, Role, Services, members};
+use super::{Actor, DomainResult, Services};
 use crate::db::models::AuditEventRow;
 use crate::db::repo::{Page, audit};
 use crate::ids::{AuditEventId, WorkspaceId};
@@ -41,11 +41,15 @@ pub async fn record(conn: &mut AsyncPgConnection, change: Change<'_>) -> DomainR
     Ok(())
 }
 
-/// Whether the viewer may read the workspace's audit log (owners and admins).
-pub async fn may_read(services: &Services, actor: &Actor, ws: WorkspaceId) -> DomainResult<bool> {
-    Ok(members::viewer_role(services, actor, ws)
-        .await?
-        .is_some_and(Role::is_manager))
+/// An audit event by id, when `actor` may read its workspace's log (owners and admins);
+/// `None` alike for missing events, other workspaces' and a viewer's.
+pub async fn find_visible(
+    services: &Services,
+    actor: &Actor,
+    id: AuditEventId,
+) -> DomainResult<Option<AuditEventRow>> {
+    let mut conn = services.conn().await?;
+    Ok(audit::find_visible(&mut conn, id.0, actor.user_id.0).await?)
 }
 
 /// Newest-first pages of audit events for several workspaces (the caller has checked access).

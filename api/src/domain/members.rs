@@ -42,13 +42,7 @@ pub async fn find_visible(
     id: MemberId,
 ) -> DomainResult<Option<MemberRow>> {
     let mut conn = services.conn().await?;
-    let Some(m) = members::find(&mut conn, id.0).await? else {
-        return Ok(None);
-    };
-    let visible = members::role_of(&mut conn, m.workspace_id, actor.user_id.0)
-        .await?
-        .is_some();
-    Ok(visible.then_some(m))
+    Ok(members::find_visible(&mut conn, id.0, actor.user_id.0).await?)
 }
 
 /// Input of `add`.

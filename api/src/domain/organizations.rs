@@ -43,6 +43,16 @@ pub async fn load_many(services: &Services, ids: &[Uuid]) -> DomainResult<Vec<Or
     Ok(orgs::find_many(&conn, ids).await?)
 }
 
+/// Organizations by id that `actor` may see (missing and foreign ids alike are absent).
+pub async fn load_visible(
+    services: &Services,
+    actor: &Actor,
+    ids: &[Uuid],
+) -> DomainResult<Vec<OrganizationRow>> {
+    let conn = services.conn().await?;
+    Ok(orgs::find_visible(&conn, ids, actor.user_id.0).await?)
+}
+
 /// One page of a workspace's organizations (the caller checks access).
 pub async fn page_for_workspace(
     services: &Services,

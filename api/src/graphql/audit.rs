@@ -13,7 +13,7 @@ pub struct AuditEvent(pub AuditEventRow);
 #[Object]
 impl AuditEvent {
     /// Opaque id (`aud_…`).
-    async fn id(&self) -> ID {
+    pub async fn id(&self) -> ID {
         ID(AuditEventId(self.0.id).encode())
     }
 

@@ -25,6 +25,8 @@ pub struct Loaders {
     pub audit_pages: DataLoader<AuditPageLoader>,
     /// Organizations by id (parents and ancestors).
     pub organizations: DataLoader<OrganizationLoader>,
+    /// Organizations by id that the caller may see (lookups by id from the client).
+    pub visible_organizations: DataLoader<VisibleOrganizationLoader>,
     /// Children pages per organization.
     pub children: DataLoader<ChildrenPageLoader>,
     /// Descendant pages per organization.
@@ -49,6 +51,11 @@ impl Loaders {
                 .delay(services.loader_delay),
             organizations: DataLoader::new(OrganizationLoader(s()), tokio::spawn)
                 .delay(services.loader_delay),
+            visible_organizations: DataLoader::new(
+                VisibleOrganizationLoader(s(), actor.clone()),
+                tokio::spawn,
+            )
+            .delay(services.loader_delay),
             children: DataLoader::new(ChildrenPageLoader(s()), tokio::spawn)
                 .delay(services.loader_delay),
             descendants: DataLoader::new(DescendantPageLoader(s()), tokio::spawn)
@@ -170,6 +177,23 @@ impl Loader<Uuid> for OrganizationLoader {
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, OrganizationRow>, DomainError> {
         Ok(domain::organizations::load_many(&self.0, keys)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect())
+    }
+}
+
+/// Organizations by id that the caller may see: one statement answers both "may I see
+/// it" and "what is it", so that a foreign id costs exactly what a missing one costs.
+pub struct VisibleOrganizationLoader(Services, Actor);
+
+impl Loader<Uuid> for VisibleOrganizationLoader {
+    type Value = OrganizationRow;
+    type Error = DomainError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, OrganizationRow>, DomainError> {
+        Ok(domain::organizations::load_visible(&self.0, &self.1, keys)
             .await?
             .into_iter()
             .map(|o| (o.id, o))

@@ -2,13 +2,14 @@
 
 use async_graphql::{Context, ID, Interface, Object, Result};
 
+use super::audit::AuditEvent;
 use super::members::Member;
 use super::organizations::{Organization, load_organization};
 use super::rc;
 use super::shape::Typed;
 use super::users::User;
 use super::workspaces::{Workspace, load_visible};
-use crate::ids::{MemberId, OrganizationId, UserId, WorkspaceId};
+use crate::ids::{AuditEventId, MemberId, OrganizationId, UserId, WorkspaceId};
 
 /// An object with a globally unique, opaque id.
 #[derive(Interface)]
@@ -22,6 +23,8 @@ pub enum Node {
     User(User),
     /// An organization.
     Organization(Organization),
+    /// An audit event (owners and admins of its workspace).
+    AuditEvent(AuditEvent),
 }
 
 /// The `node` query.
@@ -30,8 +33,9 @@ pub struct NodeQuery;
 
 #[Object]
 impl NodeQuery {
-    /// Any object the caller may see, by id; null when missing or not visible. Users are
-    /// visible as themselves only (others appear through `Member.user`).
+    /// Any object the caller may see, by id; null when missing or not visible (the two cost
+    /// the same statements). Users are visible as themselves only (others appear through
+    /// `Member.user`); audit events to owners and admins of their workspace.
     async fn node(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Typed<Node>>> {
         Ok(find(ctx, id).await?.map(Typed))
     }
@@ -50,6 +54,12 @@ async fn find(ctx: &Context<'_>, id: ID) -> Result<Option<Node>> {
     }
     if let Some(o) = OrganizationId::decode(&id) {
         return Ok(load_organization(ctx, o).await?.map(Node::Organization));
+    }
+    if let Some(e) = AuditEventId::decode(&id) {
+        let row = crate::domain::audit::find_visible(&rc.services, &rc.actor, e)
+            .await
+            .map_err(|e| rc.err(e))?;
+        return Ok(row.map(|r| Node::AuditEvent(AuditEvent(r))));
     }
     if let Some(u) = UserId::decode(&id) {
         if u != rc.actor.user_id {

@@ -796,23 +796,13 @@ pub(crate) async fn load_organization(
     id: OrganizationId,
 ) -> Result<Option<Organization>> {
     let rc = rc(ctx);
-    let Some(org) = rc
+    let org = rc
         .loaders
-        .organizations
+        .visible_organizations
         .load_one(id.0)
         .await
-        .map_err(|e| rc.err(e))?
-    else {
-        return Ok(None);
-    };
-    let visible = rc
-        .loaders
-        .access
-        .load_one(org.workspace_id)
-        .await
-        .map_err(|e| rc.err(e))?
-        .is_some();
-    Ok(visible.then_some(Organization::new(org)))
+        .map_err(|e| rc.err(e))?;
+    Ok(org.map(Organization::new))
 }
 
 #[Object]

@@ -729,3 +729,87 @@ async fn concurrent_repeats_wait_for_the_first_and_return_its_exact_body() {
         .await;
     assert_eq!(again, bodies[0]);
 }
+
+/// SQL statements a request costs, and its body.
+async fn cost(app: &TestApp, token: &str, query: &str, variables: Value) -> (u64, String) {
+    let before = app.statements().await;
+    let text = app.gql_text(token, query, variables).await;
+    (app.statements().await - before, text)
+}
+
+#[tokio::test]
+async fn a_foreign_id_costs_exactly_what_a_missing_one_costs() {
+    let app = TestApp::spawn().await;
+    let (owner, _, foreign_org, _) = two_tenants(&app).await;
+    let outsider = app.user("order-outsider@example.com");
+    let r = app
+        .gql(
+            &outsider,
+            "{ workspaces { edges { node { id members { edges { node { id } } } auditLog(first: 1) { edges { node { id } } } } } } }",
+            json!({}),
+        )
+        .await;
+    let theirs = &r["data"]["workspaces"]["edges"][0]["node"];
+    let foreign_ws = theirs["id"].as_str().expect("ws").to_string();
+    let foreign_member = theirs["members"]["edges"][0]["node"]["id"]
+        .as_str()
+        .expect("member")
+        .to_string();
+    let foreign_audit = theirs["auditLog"]["edges"][0]["node"]["id"]
+        .as_str()
+        .expect("audit")
+        .to_string();
+    let fresh = uuid::Uuid::now_v7;
+    let cases = [
+        (
+            foreign_org.clone(),
+            api::ids::OrganizationId(fresh()).encode(),
+        ),
+        (foreign_ws, api::ids::WorkspaceId(fresh()).encode()),
+        (foreign_member, api::ids::MemberId(fresh()).encode()),
+        (foreign_audit, api::ids::AuditEventId(fresh()).encode()),
+    ];
+    // Warm up: the caller's identity is cached after the first request.
+    assert_ok(&app.gql(&owner, "{ viewer { id } }", json!({})).await);
+    for (foreign, missing) in &cases {
+        let q = "query($id: ID!) { node(id: $id) { id } }";
+        let (f_cost, f_body) = cost(&app, &owner, q, json!({"id": foreign})).await;
+        let (m_cost, m_body) = cost(&app, &owner, q, json!({"id": missing})).await;
+        assert_eq!(f_cost, m_cost, "node({foreign}) vs node({missing})");
+        assert_eq!(f_body, m_body);
+        assert!(f_cost >= 1, "the lookup reaches the database");
+    }
+    let q = "query($id: ID!) { organization(id: $id) { id name } }";
+    let (f_cost, f_body) = cost(&app, &owner, q, json!({"id": foreign_org})).await;
+    let (m_cost, m_body) = cost(&app, &owner, q, json!({"id": cases[0].1})).await;
+    assert_eq!((f_cost, f_body), (m_cost, m_body));
+}
+
+#[tokio::test]
+async fn audit_events_refetch_by_id_for_owners_and_admins_only() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("aud-owner@example.com");
+    let ws = app.create_workspace(&owner, "Audited").await;
+    let viewer = app.user("aud-viewer@example.com");
+    app.add_member(&owner, &ws, "aud-viewer@example.com", "VIEWER")
+        .await;
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { auditLog(first: 1) { edges { node { id action } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    let event = &r["data"]["workspace"]["auditLog"]["edges"][0]["node"];
+    let id = event["id"].as_str().expect("audit id");
+    let q = "query($id: ID!) { node(id: $id) { __typename id ... on AuditEvent { action } } }";
+    let r = app.gql(&owner, q, json!({"id": id})).await;
+    assert_ok(&r);
+    assert_eq!(r["data"]["node"]["__typename"], "AuditEvent");
+    assert_eq!(r["data"]["node"]["id"], json!(id));
+    assert_eq!(r["data"]["node"]["action"], event["action"]);
+    // A viewer may not read the log: the event is as absent as a missing one.
+    let r = app.gql(&viewer, q, json!({"id": id})).await;
+    assert_ok(&r);
+    assert!(r["data"]["node"].is_null(), "{r}");
+}

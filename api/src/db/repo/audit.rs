@@ -41,3 +41,26 @@ pub async fn pages_for_workspaces(
     .load(conn)
     .await
 }
+
+/// An event that `user` may read (an owner or admin of its live workspace), by id: one
+/// statement, so that another workspace's event, or one a viewer may not read, costs
+/// exactly what a missing one costs.
+pub async fn find_visible(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    user: Uuid,
+) -> QueryResult<Option<AuditEventRow>> {
+    diesel::sql_query(
+        "SELECT e.* FROM audit_events e
+           JOIN workspaces w ON w.id = e.workspace_id AND w.deleted_at IS NULL
+           JOIN members me ON me.workspace_id = e.workspace_id AND me.user_id = $2
+                          AND me.role IN ('OWNER', 'ADMIN')
+          WHERE e.id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(user)
+    .cached()
+    .get_result(conn)
+    .await
+    .optional()
+}

@@ -39,6 +39,27 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
+/// A membership of a live workspace that `user` belongs to: one statement, so that a
+/// membership of another workspace costs exactly what a missing one costs.
+pub async fn find_visible(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    user: Uuid,
+) -> QueryResult<Option<MemberRow>> {
+    diesel::sql_query(
+        "SELECT m.* FROM members m
+           JOIN workspaces w ON w.id = m.workspace_id AND w.deleted_at IS NULL
+           JOIN members me ON me.workspace_id = m.workspace_id AND me.user_id = $2
+          WHERE m.id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<diesel::sql_types::Uuid, _>(user)
+    .cached()
+    .get_result(conn)
+    .await
+    .optional()
+}
+
 /// The membership of `user` in `ws`.
 pub async fn find_by_user(
     conn: &mut AsyncPgConnection,

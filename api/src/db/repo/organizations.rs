@@ -51,6 +51,27 @@ pub async fn find_many(
         .await
 }
 
+/// Organizations by id that `user` may see (a member of their live workspace), in any
+/// order. One statement answers "may I see it" and "what is it" together, so that an id of
+/// another workspace costs exactly what a missing id costs.
+pub async fn find_visible(
+    conn: &AsyncPgConnection,
+    ids: &[Uuid],
+    user: Uuid,
+) -> QueryResult<Vec<OrganizationRow>> {
+    diesel::sql_query(
+        "SELECT o.* FROM organizations o
+           JOIN workspaces w ON w.id = o.workspace_id AND w.deleted_at IS NULL
+           JOIN members m ON m.workspace_id = o.workspace_id AND m.user_id = $2
+          WHERE o.id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
+    .bind::<SqlUuid, _>(user)
+    .cached()
+    .load(&mut { conn })
+    .await
+}
+
 /// Reads an organization and holds it against moves and deletion (`FOR KEY SHARE`) for the
 /// rest of the transaction, so that its ancestor path stays true while usage is applied.
 pub async fn find_key_share(
