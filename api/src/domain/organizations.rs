@@ -475,7 +475,11 @@ async fn carry_usage(
             .collect();
         for a in &joining {
             let n = numbers.get(a).copied().unwrap_or_default();
-            if let Some(limit) = n.limit.filter(|l| n.subtree + amount > *l) {
+            let limit = n
+                .limit
+                .unwrap_or(usage_domain::MAX_COUNT)
+                .min(usage_domain::MAX_COUNT);
+            if n.subtree + amount > limit {
                 return Err(DomainError::LimitBreached {
                     message: format!(
                         "moving {} {resource} under organization {} would exceed its limit: {} of {limit} in use",

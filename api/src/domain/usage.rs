@@ -283,6 +283,10 @@ fn unknown_resource(key: &str) -> DomainError {
     )
 }
 
+/// The largest count a usage counter holds: GraphQL's `Int` is 32 bits, and every count is
+/// shown as one. An allocation that would pass it is refused like one over a cap.
+pub const MAX_COUNT: i64 = i32::MAX as i64;
+
 /// Input of `record`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UsageChange {
@@ -401,17 +405,18 @@ async fn refusal(
         Ok(rows) => rows.into_iter().next().map(|o| o.name).unwrap_or_default(),
         Err(e) => return e.into(),
     };
+    // Without a cap, what binds is the largest count a counter holds.
+    let limit = limit.unwrap_or(MAX_COUNT).min(MAX_COUNT);
     DomainError::LimitBreached {
         message: format!(
-            "allocating {} {} at organization {} would exceed the limit of organization {} (\"{name}\"): {subtree} of {} in use",
+            "allocating {} {} at organization {} would exceed the limit of organization {} (\"{name}\"): {subtree} of {limit} in use",
             input.delta,
             input.resource,
             OrganizationId(org.id),
             OrganizationId(blocker),
-            limit.unwrap_or(0)
         ),
         organization_id: OrganizationId(blocker).encode(),
-        limit: limit.unwrap_or(0),
+        limit,
         used: subtree,
         requested: input.delta,
     }

@@ -194,6 +194,112 @@ impl<'a> Sizer<'a> {
     }
 }
 
+/// A string input holding a control character other than tab, line feed and carriage
+/// return (NUL above all, which PostgreSQL cannot store): the input field it was given for,
+/// and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadString {
+    /// The argument or input-object field (or variable) holding it.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn allowed(c: char) -> bool {
+    !c.is_control() || matches!(c, '\t' | '\n' | '\r')
+}
+
+fn check_str(field: &str, s: &str) -> Result<(), BadString> {
+    match s.chars().find(|c| !allowed(*c)) {
+        None => Ok(()),
+        Some(c) => Err(BadString {
+            field: field.to_string(),
+            message: format!(
+                "`{field}` contains the control character U+{:04X}; text inputs may hold tab, line feed and carriage return only",
+                u32::from(c)
+            ),
+        }),
+    }
+}
+
+/// Refuses control characters in every string the request hands to resolvers: the
+/// arguments written in the document (each selection set visited once, fragments on their
+/// own) and the variables they use (each once, named after the input field it is given
+/// for). Linear in the document and the variables.
+pub fn check_strings(
+    doc: &ExecutableDocument,
+    variables: &async_graphql::Variables,
+) -> Result<(), BadString> {
+    let mut walk = Strings {
+        variables,
+        checked: std::collections::HashSet::new(),
+    };
+    let sets = doc
+        .operations
+        .iter()
+        .map(|(_, op)| &op.node.selection_set.node)
+        .chain(doc.fragments.values().map(|f| &f.node.selection_set.node));
+    for set in sets {
+        walk.set(set)?;
+    }
+    Ok(())
+}
+
+struct Strings<'a> {
+    variables: &'a async_graphql::Variables,
+    checked: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> Strings<'a> {
+    fn set(&mut self, set: &'a SelectionSet) -> Result<(), BadString> {
+        for item in &set.items {
+            for d in item.node.directives() {
+                for (name, value) in &d.node.arguments {
+                    self.value(name.node.as_str(), &value.node)?;
+                }
+            }
+            match &item.node {
+                Selection::Field(f) => {
+                    for (name, value) in &f.node.arguments {
+                        self.value(name.node.as_str(), &value.node)?;
+                    }
+                    self.set(&f.node.selection_set.node)?;
+                }
+                Selection::InlineFragment(i) => self.set(&i.node.selection_set.node)?,
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, field: &str, v: &'a async_graphql_value::Value) -> Result<(), BadString> {
+        use async_graphql_value::Value as V;
+        match v {
+            V::String(s) => check_str(field, s),
+            V::List(items) => items.iter().try_for_each(|i| self.value(field, i)),
+            V::Object(map) => map.iter().try_for_each(|(k, v)| self.value(k.as_str(), v)),
+            V::Variable(name) if self.checked.insert(name.as_str()) => {
+                match self.variables.get(name) {
+                    Some(value) => const_strings(field, value),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn const_strings(field: &str, v: &async_graphql::Value) -> Result<(), BadString> {
+    match v {
+        async_graphql::Value::String(s) => check_str(field, s),
+        async_graphql::Value::List(items) => items.iter().try_for_each(|i| const_strings(field, i)),
+        async_graphql::Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| const_strings(k.as_str(), v)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +356,29 @@ mod tests {
         let q =
             format!("{{...F ...F ...F __typename x: __typename}} fragment F on Query {{ {ten} }}");
         assert!(check(&q).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_refused_wherever_a_string_is_given() {
+        let vars = |v: serde_json::Value| async_graphql::Variables::from_json(v);
+        let doc = |q: &str| async_graphql::parser::parse_query(q).expect("parses");
+        let plain = doc("mutation($i: X) { a(input: $i) { id } }");
+        let e = check_strings(
+            &plain,
+            &vars(serde_json::json!({"i": {"description": "a\u{0}b"}})),
+        )
+        .expect_err("NUL in a variable");
+        assert_eq!(e.field, "description");
+        assert!(e.message.contains("U+0000"), "{}", e.message);
+        let ok = vars(serde_json::json!({"i": {"description": "two\nlines\tand\r"}}));
+        assert_eq!(check_strings(&plain, &ok), Ok(()));
+        let literal = doc("{ a(s: \"x\\u001b[31m\") { b(t: [\"ok\", {k: \"\\u0000\"}]) } }");
+        assert_eq!(
+            check_strings(&literal, &vars(serde_json::json!({}))).map_err(|e| e.field),
+            Err("s".to_string())
+        );
+        let in_fragment = doc("{ ...F } fragment F on Q { b(k: \"\\u007f\") }");
+        assert!(check_strings(&in_fragment, &vars(serde_json::json!({}))).is_err());
     }
 
     #[test]

@@ -900,8 +900,9 @@ pub struct RecordUsageInput {
     /// Resource key, e.g. `users`.
     pub resource: String,
     /// Positive allocates (refused with `LIMIT_EXCEEDED` when a cap on the path would be
-    /// exceeded); negative releases (refused with `CONFLICT` below zero).
-    pub delta: i64,
+    /// exceeded, or a counter would pass 2,147,483,647, the largest `Int`); negative
+    /// releases (refused with `CONFLICT` below zero). A 32-bit `Int`, as GraphQL defines it.
+    pub delta: i32,
     /// Makes the mutation safe to retry.
     pub idempotency_key: Option<String>,
 }
@@ -922,7 +923,7 @@ pub struct SetOrganizationLimitInput {
     pub resource: String,
     /// Cap on the organization's subtree usage: null removes it (inherit), 0 blocks the
     /// whole subtree, a positive cap may not exceed what the organization inherits.
-    pub limit: Option<i64>,
+    pub limit: Option<i32>,
     /// Makes the mutation safe to retry.
     pub idempotency_key: Option<String>,
 }
@@ -1058,7 +1059,7 @@ impl OrganizationMutation {
         let change = domain::usage::UsageChange {
             organization_id: org_id(&input.organization_id, "organization")?,
             resource: input.resource,
-            delta: input.delta,
+            delta: i64::from(input.delta),
         };
         let done = domain::usage::record(&rc.services, &rc.actor, change, key.as_ref())
             .await
@@ -1083,7 +1084,7 @@ impl OrganizationMutation {
         let change = domain::usage::LimitChange {
             organization_id: org_id(&input.organization_id, "organization")?,
             resource: input.resource,
-            limit: input.limit,
+            limit: input.limit.map(i64::from),
         };
         let done = domain::usage::set_limit(&rc.services, &rc.actor, change, key.as_ref())
             .await

@@ -130,6 +130,15 @@ async fn execute(
                 continue;
             }
         };
+        if let Err(bad) = crate::graphql::limits::check_strings(&parsed.doc, &r.variables) {
+            let mut e = ServerError::new(bad.message, None);
+            let mut ext = ErrorExtensionValues::default();
+            ext.set("code", code::BAD_USER_INPUT);
+            ext.set("field", bad.field);
+            e.extensions = Some(ext);
+            responses.push(GqlResponse::from_errors(vec![e]));
+            continue;
+        }
         if parts.method == Method::GET && is_mutation(&parsed.doc) {
             responses.push(error_response(
                 code::BAD_USER_INPUT,

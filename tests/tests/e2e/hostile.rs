@@ -813,3 +813,96 @@ async fn audit_events_refetch_by_id_for_owners_and_admins_only() {
     assert_ok(&r);
     assert!(r["data"]["node"].is_null(), "{r}");
 }
+
+#[tokio::test]
+async fn control_characters_in_any_string_input_are_bad_input_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("nul@example.com");
+    let ws = app.create_workspace(&owner, "Clean").await;
+    let org = app.create_org(&owner, &ws, None, "Root").await;
+    let update = "mutation($w: ID!, $d: String, $k: String) { updateWorkspace(input: {workspaceId: $w, description: $d, idempotencyKey: $k}) { workspace { description } } }";
+    for (vars, field) in [
+        (json!({"w": ws, "d": "a\u{0}b"}), "description"),
+        (json!({"w": ws, "d": "bell\u{7}"}), "description"),
+        (
+            json!({"w": ws, "d": "ok", "k": "key\u{0}"}),
+            "idempotencyKey",
+        ),
+        (json!({"w": ws, "d": "c1\u{85}"}), "description"),
+    ] {
+        let r = app.gql(&owner, update, vars.clone()).await;
+        assert_code(&r, "BAD_USER_INPUT");
+        assert_eq!(
+            r["errors"][0]["extensions"]["field"], field,
+            "{vars} -> {r}"
+        );
+    }
+    // Written in the document instead of a variable: the same.
+    let r = app
+        .gql(
+            &owner,
+            "query($o: ID!) { organization(id: $o) { usageHistory(resource: \"us\\u0000ers\") { direct } } }",
+            json!({"o": org}),
+        )
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert_eq!(r["errors"][0]["extensions"]["field"], "resource");
+    // Tabs and line breaks are text; nothing was changed by the refused requests.
+    let r = app
+        .gql(&owner, update, json!({"w": ws, "d": "two\nlines\tok"}))
+        .await;
+    assert_ok(&r);
+    assert_eq!(
+        r["data"]["updateWorkspace"]["workspace"]["description"],
+        "two\nlines\tok"
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM audit_events WHERE action = 'workspace.update'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn numbers_are_32_bit_ints_and_counters_never_pass_the_largest() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("int@example.com");
+    let ws = app.create_workspace(&owner, "Counted").await;
+    let root = app.create_org(&owner, &ws, None, "Root").await;
+    let leaf = app.create_org(&owner, &ws, Some(&root), "Leaf").await;
+    for delta in [
+        json!(9_223_372_036_854_775_807i64),
+        json!(-9_223_372_036_854_775_807i64 - 1),
+        json!(2_147_483_648i64),
+        json!(1.5),
+    ] {
+        let r = app
+            .gql(
+                &owner,
+                "mutation($o: ID!, $d: Int!) { recordUsage(input: {organizationId: $o, resource: \"users\", delta: $d}) { organization { id } } }",
+                json!({"o": leaf, "d": delta}),
+            )
+            .await;
+        assert_code(&r, "BAD_USER_INPUT");
+    }
+    let r = app
+        .set_limit(&owner, &root, "users", Some(2_147_483_648))
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    // The largest Int fits once; one more would pass what any counter can show.
+    assert_ok(&app.record(&owner, &leaf, "users", 2_147_483_647).await);
+    let r = app.record(&owner, &root, "users", 1).await;
+    assert_code(&r, "LIMIT_EXCEEDED");
+    assert_eq!(
+        r["errors"][0]["extensions"]["limit"], 2_147_483_647i64,
+        "{r}"
+    );
+    assert_eq!(
+        app.numbers(&owner, &root, "users").await,
+        (0, 2_147_483_647)
+    );
+    // Releases still work, and the numbers stay exact.
+    assert_ok(&app.record(&owner, &leaf, "users", -2_147_483_647).await);
+    assert_eq!(app.numbers(&owner, &root, "users").await, (0, 0));
+    app.assert_usage_invariant().await;
+}

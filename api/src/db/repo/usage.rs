@@ -112,7 +112,7 @@ pub async fn check_and_apply(
             ON CONFLICT (organization_id, resource, period_start) DO UPDATE
                SET subtree = c.subtree + $5,
                    direct = c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
-             WHERE ($5 < 0 OR c.\"limit\" IS NULL OR c.subtree + $5 <= c.\"limit\")
+             WHERE ($5 < 0 OR ((c.\"limit\" IS NULL OR c.subtree + $5 <= c.\"limit\") AND c.subtree + $5 <= 2147483647))
                AND (c.organization_id <> $2 OR c.direct + $5 >= 0)
                AND c.subtree + $5 >= c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
             RETURNING c.organization_id
