@@ -234,15 +234,28 @@ pub async fn load_view(
     Ok(UsageView::new(resources, now, rows))
 }
 
-/// Past and current windows of one organization's usage of a resource, newest first.
-pub async fn history(
+/// One history asked for: an organization, a resource, how many windows.
+pub type HistoryKey = (Uuid, String, i64);
+
+/// Past and current windows of several organizations' usage of resources, newest first,
+/// by key, in one statement.
+pub async fn histories(
     services: &Services,
-    org: Uuid,
-    resource: &str,
-    limit: i64,
-) -> DomainResult<Vec<usage::WindowRow>> {
+    keys: &[HistoryKey],
+) -> DomainResult<Vec<(HistoryKey, Vec<usage::WindowRow>)>> {
     let mut conn = services.conn().await?;
-    Ok(usage::windows(&mut conn, org, resource, limit).await?)
+    let orgs: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let resources: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let limits: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    let rows = usage::windows_many(&mut conn, &orgs, &resources, &limits).await?;
+    let mut out: Vec<(HistoryKey, Vec<usage::WindowRow>)> =
+        keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+    for row in rows {
+        if let Some((_, windows)) = usize::try_from(row.key).ok().and_then(|i| out.get_mut(i)) {
+            windows.push(row.window);
+        }
+    }
+    Ok(out)
 }
 
 /// Checks the caller may change usage or caps of the organization it reads.

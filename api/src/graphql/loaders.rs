@@ -35,6 +35,8 @@ pub struct Loaders {
     pub usage: DataLoader<UsageLoader>,
     /// Resources per workspace.
     pub resources: DataLoader<ResourceLoader>,
+    /// Usage histories per (organization, resource, windows).
+    pub histories: DataLoader<HistoryLoader>,
 }
 
 impl Loaders {
@@ -62,6 +64,8 @@ impl Loaders {
                 .delay(services.loader_delay),
             usage: DataLoader::new(UsageLoader(s()), tokio::spawn).delay(services.loader_delay),
             resources: DataLoader::new(ResourceLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            histories: DataLoader::new(HistoryLoader(s()), tokio::spawn)
                 .delay(services.loader_delay),
         }
     }
@@ -280,5 +284,24 @@ impl Loader<Uuid> for ResourceLoader {
             out.entry(r.workspace_id).or_default().push(r);
         }
         Ok(out)
+    }
+}
+
+/// Usage histories: every `usageHistory` field of a request in one statement, however many
+/// aliases ask for one.
+pub struct HistoryLoader(Services);
+
+impl Loader<domain::usage::HistoryKey> for HistoryLoader {
+    type Value = Vec<crate::db::repo::usage::WindowRow>;
+    type Error = DomainError;
+
+    async fn load(
+        &self,
+        keys: &[domain::usage::HistoryKey],
+    ) -> Result<HashMap<domain::usage::HistoryKey, Self::Value>, DomainError> {
+        Ok(domain::usage::histories(&self.0, keys)
+            .await?
+            .into_iter()
+            .collect())
     }
 }

@@ -659,10 +659,14 @@ impl OrganizationObject {
             return Err(error::bad_input("last", "last must be between 1 and 366"));
         }
         let rc = rc(ctx);
-        let rows = domain::usage::history(&rc.services, self.0.id, &resource, i64::from(last))
+        let rows = rc
+            .loaders
+            .histories
+            .load_one((self.0.id, resource, i64::from(last)))
             .await
             .map_err(|e| rc.err(e))?;
         Ok(rows
+            .unwrap_or_default()
             .into_iter()
             .map(|w| UsageWindow {
                 window_start: w.period_start,

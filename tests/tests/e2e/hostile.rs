@@ -906,3 +906,44 @@ async fn numbers_are_32_bit_ints_and_counters_never_pass_the_largest() {
     assert_eq!(app.numbers(&owner, &root, "users").await, (0, 0));
     app.assert_usage_invariant().await;
 }
+
+#[tokio::test]
+async fn aliases_cannot_multiply_statements() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("alias@example.com");
+    let ws = app.create_workspace(&owner, "Aliased").await;
+    let org = app.create_org(&owner, &ws, None, "Root").await;
+    assert_ok(&app.record(&owner, &org, "users", 4).await);
+    let history = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| {
+                format!(
+                    " h{i}: usageHistory(resource: \"users\", last: {}) {{ subtree }}",
+                    1 + i % 3
+                )
+            })
+            .collect();
+        format!("query($o: ID!) {{ organization(id: $o) {{{fields} }} }}")
+    };
+    assert_ok(&app.gql(&owner, "{ viewer { id } }", json!({})).await);
+    // One alias and thirty (the cap) cost the same statements: the histories are batched.
+    let (one, body) = cost(&app, &owner, &history(1), json!({"o": org})).await;
+    assert_ok(&serde_json::from_str(&body).expect("json"));
+    let (thirty, body) = cost(&app, &owner, &history(30), json!({"o": org})).await;
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_ok(&body);
+    assert_eq!(one, thirty, "statements for 1 vs 30 aliases");
+    assert_eq!(body["data"]["organization"]["h29"][0]["subtree"], 4);
+    // A batch multiplies by its length at most (each operation batches its own).
+    let before = app.statements().await;
+    let batch: Vec<Value> = (0..10)
+        .map(|_| json!({"query": history(30), "variables": {"o": org}}))
+        .collect();
+    let (status, _) = app.gql_raw(Some(&owner), Value::Array(batch)).await;
+    assert_eq!(status, 200);
+    assert!(app.statements().await - before <= 10 * thirty);
+    // The 31st alias is refused before anything runs.
+    let r = app.gql(&owner, &history(31), json!({"o": org})).await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert!(message(&r).contains("aliases"), "{r}");
+}

@@ -317,20 +317,38 @@ pub struct WindowRow {
     pub subtree: i64,
 }
 
-/// The newest `limit` windows of one organization's usage of a resource.
-pub async fn windows(
+/// A window of one of several histories asked for at once (`windows_many`).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct KeyedWindowRow {
+    /// Position of the (organization, resource, limit) it answers, from 0.
+    #[diesel(sql_type = BigInt)]
+    pub key: i64,
+    /// The window.
+    #[diesel(embed)]
+    pub window: WindowRow,
+}
+
+/// The newest `limit` windows of several (organization, resource, limit) histories in one
+/// statement: one index range scan each, newest first within each.
+pub async fn windows_many(
     conn: &mut AsyncPgConnection,
-    org: Uuid,
-    resource: &str,
-    limit: i64,
-) -> QueryResult<Vec<WindowRow>> {
+    orgs: &[Uuid],
+    resources: &[&str],
+    limits: &[i64],
+) -> QueryResult<Vec<KeyedWindowRow>> {
     diesel::sql_query(
-        "SELECT period_start, direct, subtree FROM usage_counters
-          WHERE organization_id = $1 AND resource = $2 ORDER BY period_start DESC LIMIT $3",
+        "SELECT k.n - 1 AS key, c.period_start, c.direct, c.subtree
+           FROM unnest($1::uuid[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(org, resource, lim, n)
+          CROSS JOIN LATERAL (
+                SELECT period_start, direct, subtree FROM usage_counters
+                 WHERE organization_id = k.org AND resource = k.resource
+                 ORDER BY period_start DESC LIMIT k.lim
+          ) c
+          ORDER BY k.n, c.period_start DESC",
     )
-    .bind::<SqlUuid, _>(org)
-    .bind::<Text, _>(resource)
-    .bind::<BigInt, _>(limit)
+    .bind::<Array<SqlUuid>, _>(orgs)
+    .bind::<Array<Text>, _>(resources)
+    .bind::<Array<BigInt>, _>(limits)
     .cached()
     .load(conn)
     .await
