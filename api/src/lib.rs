@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<telemetry::Metrics>,
     /// Parsed documents by query text.
     pub documents: Arc<graphql::documents::DocumentCache>,
+    /// Large documents run on the blocking pool, this many at a time (the cores).
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -57,6 +59,9 @@ impl AppState {
                     max_fields: config.max_fields,
                     max_aliases: config.max_aliases,
                 },
+            )),
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             services,
             config: Arc::new(config),

@@ -120,49 +120,30 @@ async fn execute(
         Err(r) => return refuse(r.status, r.code, &r.message),
     };
     let mut responses = Vec::with_capacity(operations.requests.len());
-    for mut r in operations.requests {
-        let parsed = match state.documents.parse(&r.query) {
-            Ok(p) => p,
-            Err(e) => {
-                let mut resp = GqlResponse::from_errors(vec![e]);
-                label_errors(&mut resp.errors);
-                responses.push(resp);
-                continue;
+    for r in operations.requests {
+        let is_get = parts.method == Method::GET;
+        let resp = if r.query.len() > HEAVY_DOCUMENT_BYTES {
+            // Parsing, validating and executing a large document takes CPU in long
+            // stretches: it runs on the blocking pool, a few at a time, so that the runtime
+            // threads keep serving everyone else (`/healthz` included).
+            let permit = state.heavy.clone().acquire_owned().await.ok();
+            let (state, mine) = (state.clone(), actor.clone());
+            let runtime = tokio::runtime::Handle::current();
+            let heavy = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                runtime.block_on(operation(&state, r, is_get, mine))
+            });
+            match heavy.await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let e = DomainError::internal(anyhow::anyhow!("operation task failed: {e}"));
+                    let e = crate::graphql::error::to_graphql(e, &actor.request_id);
+                    GqlResponse::from_errors(vec![e.into_server_error(Default::default())])
+                }
             }
+        } else {
+            operation(state, r, is_get, actor.clone()).await
         };
-        if let Err(bad) = crate::graphql::limits::check_strings(&parsed.doc, &r.variables) {
-            let mut e = ServerError::new(bad.message, None);
-            let mut ext = ErrorExtensionValues::default();
-            ext.set("code", code::BAD_USER_INPUT);
-            ext.set("field", bad.field);
-            e.extensions = Some(ext);
-            responses.push(GqlResponse::from_errors(vec![e]));
-            continue;
-        }
-        if parts.method == Method::GET && is_mutation(&parsed.doc) {
-            responses.push(error_response(
-                code::BAD_USER_INPUT,
-                "mutations must be sent with POST",
-            ));
-            continue;
-        }
-        let name = r
-            .operation_name
-            .clone()
-            .or_else(|| operation_name(&parsed.doc));
-        let shape = crate::graphql::shape::Shape::new(parsed.doc.clone(), r.variables.clone());
-        let mut ctx = RequestCtx::new(state.services.clone(), actor.clone(), shape.into());
-        ctx.raw_json = !parsed.may_merge;
-        r.set_parsed_query((*parsed.doc).clone());
-        let started = Instant::now();
-        let r = r.data(ctx);
-        let mut resp = state.schema.execute(r).await;
-        state.metrics.observe_operation(
-            name.as_deref(),
-            resp.errors.is_empty(),
-            started.elapsed().as_secs_f64(),
-        );
-        label_errors(&mut resp.errors);
         responses.push(resp);
     }
     let unavailable = responses.iter().flat_map(|r| &r.errors).any(|e| {
@@ -184,6 +165,55 @@ async fn execute(
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
+    resp
+}
+
+/// Documents longer than this run on the blocking pool (see `execute`).
+pub const HEAVY_DOCUMENT_BYTES: usize = 16 * 1024;
+
+/// Parses, checks and executes one operation.
+async fn operation(
+    state: &AppState,
+    mut r: async_graphql::Request,
+    is_get: bool,
+    actor: Actor,
+) -> GqlResponse {
+    let parsed = match state.documents.parse(&r.query) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut resp = GqlResponse::from_errors(vec![e]);
+            label_errors(&mut resp.errors);
+            return resp;
+        }
+    };
+    if let Err(bad) = crate::graphql::limits::check_strings(&parsed.doc, &r.variables) {
+        let mut e = ServerError::new(bad.message, None);
+        let mut ext = ErrorExtensionValues::default();
+        ext.set("code", code::BAD_USER_INPUT);
+        ext.set("field", bad.field);
+        e.extensions = Some(ext);
+        return GqlResponse::from_errors(vec![e]);
+    }
+    if is_get && is_mutation(&parsed.doc) {
+        return error_response(code::BAD_USER_INPUT, "mutations must be sent with POST");
+    }
+    let name = r
+        .operation_name
+        .clone()
+        .or_else(|| operation_name(&parsed.doc));
+    let shape = crate::graphql::shape::Shape::new(parsed.doc.clone(), r.variables.clone());
+    let mut ctx = RequestCtx::new(state.services.clone(), actor, shape.into());
+    ctx.raw_json = !parsed.may_merge;
+    r.set_parsed_query((*parsed.doc).clone());
+    let started = Instant::now();
+    let r = r.data(ctx);
+    let mut resp = state.schema.execute(r).await;
+    state.metrics.observe_operation(
+        name.as_deref(),
+        resp.errors.is_empty(),
+        started.elapsed().as_secs_f64(),
+    );
+    label_errors(&mut resp.errors);
     resp
 }
 

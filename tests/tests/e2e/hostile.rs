@@ -947,3 +947,34 @@ async fn aliases_cannot_multiply_statements() {
     assert_code(&r, "BAD_USER_INPUT");
     assert!(message(&r).contains("aliases"), "{r}");
 }
+
+#[tokio::test]
+async fn large_documents_run_beside_the_runtime_and_answer_correctly() {
+    let app = TestApp::spawn().await;
+    let (owner, child, _, ws) = two_tenants(&app).await;
+    // 800 KB of comments around a real query: parsed, checked and run on
+    // the blocking pool, a few at a time, while /healthz keeps answering.
+    let padding = format!("# {}\n", "x".repeat(200)).repeat(2_000);
+    let q = format!(
+        "{padding}query($o: ID!, $w: ID!) {{ organization(id: $o) {{ name parent {{ name }} }} workspace(id: $w) {{ name }} }}{padding}"
+    );
+    let sends: Vec<_> = (0..6)
+        .map(|_| app.gql(&owner, &q, json!({"o": child, "w": ws})))
+        .collect();
+    let health = async {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.http.get(format!("{}/healthz", app.base)).send(),
+        )
+        .await;
+        r.is_ok_and(|r| r.is_ok_and(|r| r.status() == 200))
+    };
+    let (results, healthy) = tokio::join!(futures::future::join_all(sends), health);
+    assert!(healthy);
+    for r in results {
+        assert_ok(&r);
+        assert_eq!(r["data"]["organization"]["name"], "Child");
+        assert_eq!(r["data"]["organization"]["parent"]["name"], "Root");
+        assert_eq!(r["data"]["workspace"]["name"], "Ordered");
+    }
+}
