@@ -205,7 +205,7 @@ async fn seed(s: &Server, workers: usize) -> anyhow::Result<Seeded> {
         let id = create_org(s, &ws, parent.as_deref(), &format!("Chain {d}")).await?;
         s.gql(
             limit,
-            json!({"o": id, "l": 1_000_000_000_000i64 - d as i64}),
+            json!({"o": id, "l": 2_000_000_000i64 - d as i64}),
         )
         .await?;
         nodes.push((id.clone(), d, 0));
