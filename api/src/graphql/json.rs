@@ -225,9 +225,16 @@ fn set_may_merge(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> 
     if !flatten(doc, set, &mut keys, &mut budget, depth) {
         return true;
     }
-    for (i, (key, nested)) in keys.iter().enumerate() {
-        if keys[..i].iter().any(|(k, n)| k == key && (*n || *nested)) {
-            return true;
+    // Linear: whether each key was seen before, and whether any occurrence had a
+    // sub-selection (a repeated key merges when either occurrence has one).
+    let mut seen: foldhash::HashMap<&Name, bool> = foldhash::HashMap::default();
+    for (key, nested) in &keys {
+        match seen.get_mut(*key) {
+            Some(any_nested) if *any_nested || *nested => return true,
+            Some(_) => {}
+            None => {
+                seen.insert(key, *nested);
+            }
         }
     }
     set.items.iter().any(|item| match &item.node {

@@ -106,6 +106,7 @@ pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, 
         memo: HashMap::with_capacity(doc.fragments.len()),
     };
     let mut largest = Size::default();
+    let mut operations = 0u64;
     for (_, op) in doc.operations.iter() {
         let size = sizer.set(&op.node.selection_set.node)?;
         if size.fields > limits.max_fields as u64 {
@@ -122,7 +123,27 @@ pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, 
                 limits.max_aliases
             )));
         }
+        operations = operations.saturating_add(size.fields);
         largest = largest.max_by_fields(size);
+    }
+    if operations > limits.max_fields as u64 {
+        return Err(Refusal(format!(
+            "the document's operations select {} fields together once their fragments are expanded; the limit is {}",
+            display(operations),
+            limits.max_fields
+        )));
+    }
+    // Validation walks every fragment definition on its own, spreads expanded, used or not.
+    let mut fragments = 0u64;
+    for name in doc.fragments.keys() {
+        fragments = fragments.saturating_add(sizer.fragment(name)?.fields);
+    }
+    if fragments > limits.max_fields as u64 {
+        return Err(Refusal(format!(
+            "the document's fragment definitions select {} fields once expanded; the limit is {}",
+            display(fragments),
+            limits.max_fields
+        )));
     }
     Ok(largest)
 }
@@ -338,6 +359,25 @@ mod tests {
         // Far past u64: saturates instead of overflowing.
         let e = check(&doubling(80)).expect_err("refused");
         assert!(e.0.contains("more than"), "{e:?}");
+    }
+
+    #[test]
+    fn counts_unused_fragments_and_every_operation() {
+        let wide: String = (0..500).map(|i| format!(" a{i}: __typename")).collect();
+        let mut q = format!("{{ __typename }} fragment G on Query {{{wide} }}");
+        for i in 0..19 {
+            q.push_str(&format!(" fragment F{i} on Query {{...G}}"));
+        }
+        // 20 fragments of 500 fields each: validation would walk 10,000.
+        assert!(check(&q).is_ok());
+        q.push_str(" fragment F19 on Query {...G}");
+        let e = check(&q).expect_err("refused");
+        assert!(e.0.contains("fragment definitions"), "{e:?}");
+        let ops: String = (0..3)
+            .map(|i| format!(" query Q{i} {{ {} }}", "__typename ".repeat(4_000)))
+            .collect();
+        let e = check(&ops).expect_err("refused");
+        assert!(e.0.contains("operations select 12000"), "{e:?}");
     }
 
     #[test]

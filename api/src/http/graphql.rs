@@ -86,7 +86,8 @@ pub async fn handle(
         request_id,
     };
     let deadline = state.config.request_timeout;
-    match tokio::time::timeout(deadline, execute(&state, &parts, body, actor)).await {
+    let until = tokio::time::Instant::now() + deadline;
+    match tokio::time::timeout_at(until, execute(&state, &parts, body, actor, until)).await {
         Ok(resp) => resp,
         Err(_) => {
             tracing::warn!(
@@ -110,6 +111,7 @@ async fn execute(
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
     actor: Actor,
+    deadline: tokio::time::Instant,
 ) -> Response {
     let limits = request::ReadLimits {
         max_body_bytes: state.config.max_body_bytes,
@@ -129,12 +131,17 @@ async fn execute(
             let permit = state.heavy.clone().acquire_owned().await.ok();
             let (state, mine) = (state.clone(), actor.clone());
             let runtime = tokio::runtime::Handle::current();
+            // A blocking task cannot be cancelled from outside: the deadline is kept inside.
             let heavy = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                runtime.block_on(operation(&state, r, is_get, mine))
+                runtime.block_on(tokio::time::timeout_at(
+                    deadline,
+                    operation(&state, r, is_get, mine),
+                ))
             });
             match heavy.await {
-                Ok(resp) => resp,
+                Ok(Ok(resp)) => resp,
+                Ok(Err(_)) => error_response(code::TIMEOUT, "the operation ran past its deadline"),
                 Err(e) => {
                     let e = DomainError::internal(anyhow::anyhow!("operation task failed: {e}"));
                     let e = crate::graphql::error::to_graphql(e, &actor.request_id);

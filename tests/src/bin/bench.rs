@@ -203,11 +203,8 @@ async fn seed(s: &Server, workers: usize) -> anyhow::Result<Seeded> {
     let mut parent: Option<String> = None;
     for d in 0..9 {
         let id = create_org(s, &ws, parent.as_deref(), &format!("Chain {d}")).await?;
-        s.gql(
-            limit,
-            json!({"o": id, "l": 2_000_000_000i64 - d as i64}),
-        )
-        .await?;
+        s.gql(limit, json!({"o": id, "l": 2_000_000_000i64 - d as i64}))
+            .await?;
         nodes.push((id.clone(), d, 0));
         parent = Some(id);
     }

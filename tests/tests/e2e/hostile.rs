@@ -978,3 +978,22 @@ async fn large_documents_run_beside_the_runtime_and_answer_correctly() {
         assert_eq!(r["data"]["workspace"]["name"], "Ordered");
     }
 }
+
+#[tokio::test]
+async fn many_unused_fragments_over_a_wide_one_cost_linear_time() {
+    let app = TestApp::spawn().await;
+    let t = app.user("wide@example.com");
+    // 25,000 fragments that each spread one of 500 fields: the document analysis that
+    // looks for keys to merge compared every key with every other (500² per fragment).
+    let wide: String = (0..500).map(|i| format!(" a{i}: __typename")).collect();
+    let mut q = format!("{{ viewer {{ id }} }} fragment G on Query {{{wide} }}");
+    for i in 0..25_000 {
+        q.push_str(&format!(" fragment F{i} on Query {{...G}}"));
+    }
+    let r = tokio::time::timeout(Duration::from_secs(60), app.gql(&t, &q, json!({})))
+        .await
+        .expect("answered in linear time");
+    // Validation would walk each definition with its spreads expanded: 12.5 million fields.
+    assert_code(&r, "BAD_USER_INPUT");
+    assert!(message(&r).contains("fragment definitions select"), "{r}");
+}
