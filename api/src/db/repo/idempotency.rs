@@ -99,15 +99,21 @@ pub async fn complete(
 }
 
 /// Settles the rendering of a completed key: the first response's JSON text, or `None`
-/// when it is not to be replayed as is. Only the first settlement counts.
+/// when it is not to be replayed as is. Only the first settlement counts. Committed
+/// without waiting for the WAL flush.
 pub async fn settle_rendering(
     conn: &mut AsyncPgConnection,
     caller: Uuid,
     key: &str,
     rendered: Option<&str>,
 ) -> QueryResult<()> {
+    // A rendering lost in a crash only sends a repeat down the fresh-read path, so its
+    // commit need not wait for the WAL flush (`synchronous_commit` off for this statement's
+    // own transaction only).
     diesel::sql_query(
-        "UPDATE idempotency_keys SET rendered = $3, rendered_at = now()
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE idempotency_keys SET rendered = $3, rendered_at = now()
+           FROM relaxed
           WHERE caller_id = $1 AND key = $2 AND rendered_at IS NULL AND response IS NOT NULL",
     )
     .bind::<SqlUuid, _>(caller)
