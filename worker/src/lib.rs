@@ -14,6 +14,10 @@ pub async fn run_from_env() -> anyhow::Result<()> {
     let worker = tokio::spawn(api::jobs::run(pool, stop_rx));
     api::shutdown_signal().await;
     let _ = stop_tx.send(true);
-    worker.await?;
+    // Work in flight gets SHUTDOWN_TIMEOUT_SECS; a stuck job must not keep the process alive.
+    match tokio::time::timeout(config.shutdown_timeout, worker).await {
+        Ok(joined) => joined?,
+        Err(_) => tracing::warn!("shutdown deadline passed; exiting with work still running"),
+    }
     Ok(())
 }
