@@ -55,6 +55,16 @@ pub struct Config {
     pub max_fields: usize,
     /// Maximum aliased fields of one operation once its fragments are expanded.
     pub max_aliases: usize,
+    /// Maximum lexical tokens of a document.
+    pub max_tokens: usize,
+    /// Maximum directives of one operation once its fragments are expanded.
+    pub max_directives: usize,
+    /// Maximum root fields of one operation.
+    pub max_root_fields: usize,
+    /// Maximum fragment definitions of a document.
+    pub max_fragments: usize,
+    /// Maximum fragment spreads written in a document.
+    pub max_spreads: usize,
     /// Largest request body accepted on `/graphql`.
     pub max_body_bytes: usize,
     /// Largest total size of a request's headers.
@@ -158,6 +168,11 @@ impl Config {
         let max_batch_size = parse(&var, "GRAPHQL_MAX_BATCH", "10", "a whole number")?;
         let max_fields = parse(&var, "GRAPHQL_MAX_FIELDS", "10000", "a whole number")?;
         let max_aliases = parse(&var, "GRAPHQL_MAX_ALIASES", "30", "a whole number")?;
+        let max_tokens = parse(&var, "GRAPHQL_MAX_TOKENS", "5000", "a whole number")?;
+        let max_directives = parse(&var, "GRAPHQL_MAX_DIRECTIVES", "50", "a whole number")?;
+        let max_root_fields = parse(&var, "GRAPHQL_MAX_ROOT_FIELDS", "100", "a whole number")?;
+        let max_fragments = parse(&var, "GRAPHQL_MAX_FRAGMENTS", "100", "a whole number")?;
+        let max_spreads = parse(&var, "GRAPHQL_MAX_SPREADS", "500", "a whole number")?;
         let max_body_bytes: usize = parse(
             &var,
             "GRAPHQL_MAX_BODY_BYTES",
@@ -230,6 +245,11 @@ impl Config {
             max_batch_size,
             max_fields,
             max_aliases,
+            max_tokens,
+            max_directives,
+            max_root_fields,
+            max_fragments,
+            max_spreads,
             max_body_bytes,
             max_header_bytes,
             request_timeout: Duration::from_millis(timeout_ms),
@@ -242,6 +262,19 @@ impl Config {
 }
 
 impl Config {
+    /// The caps every document is checked against before it reaches the engine.
+    pub fn document_limits(&self) -> crate::graphql::limits::Limits {
+        crate::graphql::limits::Limits {
+            max_fields: self.max_fields,
+            max_aliases: self.max_aliases,
+            max_tokens: self.max_tokens,
+            max_directives: self.max_directives,
+            max_root_fields: self.max_root_fields,
+            max_fragments: self.max_fragments,
+            max_spreads: self.max_spreads,
+        }
+    }
+
     /// The API must be able to verify tokens one way or the other.
     pub fn require_token_verification(&self) -> Result<(), ConfigError> {
         if self.jwt_hs256_secret.is_none() && self.jwt_jwks_url.is_none() {

@@ -57,7 +57,7 @@ impl DocumentCache {
         {
             return Ok((*parsed).clone());
         }
-        limits::scan_text(query).map_err(|r| ServerError::new(r.0, None))?;
+        limits::scan_text(query, &self.limits).map_err(|r| ServerError::new(r.0, None))?;
         let doc = async_graphql::parser::parse_query(query).map_err(syntax_error)?;
         limits::check_document(&doc, self.limits).map_err(|r| ServerError::new(r.0, None))?;
         let parsed = Parsed {

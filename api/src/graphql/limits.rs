@@ -13,13 +13,41 @@ use std::collections::HashMap;
 use async_graphql::Name;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 
-/// The caps (from configuration).
+/// The caps (from configuration). Defaults follow what GraphQL Armor and the OWASP GraphQL
+/// cheat sheet recommend and GitHub and Shopify enforce.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Fields an operation may select once its fragments are expanded.
+    /// Fields an operation may select once its fragments are expanded
+    /// (`GRAPHQL_MAX_FIELDS`).
     pub max_fields: usize,
-    /// Aliased fields an operation may select once its fragments are expanded.
+    /// Aliased fields an operation may select once its fragments are expanded
+    /// (`GRAPHQL_MAX_ALIASES`).
     pub max_aliases: usize,
+    /// Lexical tokens of the document, counted before it is parsed (`GRAPHQL_MAX_TOKENS`).
+    pub max_tokens: usize,
+    /// Directives an operation uses once its fragments are expanded
+    /// (`GRAPHQL_MAX_DIRECTIVES`).
+    pub max_directives: usize,
+    /// Fields at an operation's root, fragments inlined (`GRAPHQL_MAX_ROOT_FIELDS`).
+    pub max_root_fields: usize,
+    /// Fragment definitions in the document (`GRAPHQL_MAX_FRAGMENTS`).
+    pub max_fragments: usize,
+    /// Fragment spreads written in the document (`GRAPHQL_MAX_SPREADS`).
+    pub max_spreads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_fields: 10_000,
+            max_aliases: 30,
+            max_tokens: 5_000,
+            max_directives: 50,
+            max_root_fields: 100,
+            max_fragments: 100,
+            max_spreads: 500,
+        }
+    }
 }
 
 /// Deepest nesting of `{`, `[` and `(` the text may have; the parser refuses selection
@@ -30,18 +58,41 @@ pub const MAX_TEXT_NESTING: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
-/// Refuses text nested deeper than [`MAX_TEXT_NESTING`] before it is parsed: one pass over
-/// the bytes that skips strings, block strings and comments.
-pub fn scan_text(query: &str) -> Result<(), Refusal> {
+/// Refuses, before the text is parsed, nesting deeper than [`MAX_TEXT_NESTING`] (the parser
+/// recurses), more than `limits.max_tokens` lexical tokens and more than
+/// `limits.max_spreads` fragment spreads: one pass over the bytes. Strings and block
+/// strings are one token each; comments, white space and commas are none.
+pub fn scan_text(query: &str, limits: &Limits) -> Result<(), Refusal> {
     let b = query.as_bytes();
-    let (mut i, mut depth) = (0, 0usize);
+    let (mut i, mut depth, mut tokens, mut spreads) = (0, 0usize, 0usize, 0usize);
+    // The previous token was `...`: a name other than `on` after it makes a spread.
+    let mut after_ellipsis = false;
     while i < b.len() {
-        match b[i] {
-            b'#' => {
-                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
-                    i += 1;
-                }
+        let c = b[i];
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                i += 1;
             }
+            continue;
+        }
+        if c.is_ascii_whitespace() || c == b',' {
+            i += 1;
+            continue;
+        }
+        if b[i..].starts_with("\u{feff}".as_bytes()) {
+            // The byte order mark, which the parser ignores as well.
+            i += 3;
+            continue;
+        }
+        tokens += 1;
+        if tokens > limits.max_tokens {
+            return Err(Refusal(format!(
+                "the document has more than {} tokens (GRAPHQL_MAX_TOKENS)",
+                limits.max_tokens
+            )));
+        }
+        let was_ellipsis = std::mem::take(&mut after_ellipsis);
+        match c {
             b'"' if b[i..].starts_with(b"\"\"\"") => {
                 i += 3;
                 while i < b.len() && !b[i..].starts_with(b"\"\"\"") {
@@ -52,13 +103,18 @@ pub fn scan_text(query: &str) -> Result<(), Refusal> {
                         1
                     };
                 }
-                i += 2;
+                i += 3;
             }
             b'"' => {
                 i += 1;
                 while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
+                i += 1;
+            }
+            b'.' if b[i..].starts_with(b"...") => {
+                after_ellipsis = true;
+                i += 3;
             }
             b'{' | b'[' | b'(' => {
                 depth += 1;
@@ -67,11 +123,37 @@ pub fn scan_text(query: &str) -> Result<(), Refusal> {
                         "the document is nested more than {MAX_TEXT_NESTING} levels deep"
                     )));
                 }
+                i += 1;
             }
-            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
-            _ => {}
+            b'}' | b']' | b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            c if c == b'_' || c.is_ascii_alphabetic() => {
+                let start = i;
+                while i < b.len() && (b[i] == b'_' || b[i].is_ascii_alphanumeric()) {
+                    i += 1;
+                }
+                if was_ellipsis && &b[start..i] != b"on" {
+                    spreads += 1;
+                    if spreads > limits.max_spreads {
+                        return Err(Refusal(format!(
+                            "the document has more than {} fragment spreads (GRAPHQL_MAX_SPREADS)",
+                            limits.max_spreads
+                        )));
+                    }
+                }
+            }
+            c if c == b'-' || c.is_ascii_digit() => {
+                i += 1;
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'.' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
         }
-        i += 1;
     }
     Ok(())
 }
@@ -83,12 +165,24 @@ pub struct Size {
     pub fields: u64,
     /// Fields with an alias.
     pub aliases: u64,
+    /// Directives, on fields, spreads and inline fragments.
+    pub directives: u64,
+    /// Fields at this level (through fragments, not inside fields).
+    pub width: u64,
 }
 
 impl Size {
-    fn add(&mut self, other: Size) {
+    /// Adds a nested selection (inside a field): everything but the width.
+    fn add_nested(&mut self, other: Size) {
         self.fields = self.fields.saturating_add(other.fields);
         self.aliases = self.aliases.saturating_add(other.aliases);
+        self.directives = self.directives.saturating_add(other.directives);
+    }
+
+    /// Adds a selection at the same level (a fragment's).
+    fn add(&mut self, other: Size) {
+        self.add_nested(other);
+        self.width = self.width.saturating_add(other.width);
     }
 }
 
@@ -101,6 +195,13 @@ enum Memo {
 /// returns the largest operation's size. Each selection set of the document is visited
 /// once: a fragment's size is computed the first time it is spread and reused after.
 pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, Refusal> {
+    if doc.fragments.len() > limits.max_fragments {
+        return Err(Refusal(format!(
+            "the document defines {} fragments; the limit is {} (GRAPHQL_MAX_FRAGMENTS)",
+            doc.fragments.len(),
+            limits.max_fragments
+        )));
+    }
     let mut sizer = Sizer {
         doc,
         memo: HashMap::with_capacity(doc.fragments.len()),
@@ -111,16 +212,33 @@ pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, 
         let size = sizer.set(&op.node.selection_set.node)?;
         if size.fields > limits.max_fields as u64 {
             return Err(Refusal(format!(
-                "the operation selects {} fields once its fragments are expanded; the limit is {}",
+                "the operation selects {} fields once its fragments are expanded; the limit is {} (GRAPHQL_MAX_FIELDS)",
                 display(size.fields),
                 limits.max_fields
             )));
         }
         if size.aliases > limits.max_aliases as u64 {
             return Err(Refusal(format!(
-                "the operation uses {} aliases once its fragments are expanded; the limit is {}",
+                "the operation uses {} aliases once its fragments are expanded; the limit is {} (GRAPHQL_MAX_ALIASES)",
                 display(size.aliases),
                 limits.max_aliases
+            )));
+        }
+        let directives = size
+            .directives
+            .saturating_add(op.node.directives.len() as u64);
+        if directives > limits.max_directives as u64 {
+            return Err(Refusal(format!(
+                "the operation uses {} directives once its fragments are expanded; the limit is {} (GRAPHQL_MAX_DIRECTIVES)",
+                display(directives),
+                limits.max_directives
+            )));
+        }
+        if size.width > limits.max_root_fields as u64 {
+            return Err(Refusal(format!(
+                "the operation selects {} root fields; the limit is {} (GRAPHQL_MAX_ROOT_FIELDS)",
+                display(size.width),
+                limits.max_root_fields
             )));
         }
         operations = operations.saturating_add(size.fields);
@@ -128,7 +246,7 @@ pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, 
     }
     if operations > limits.max_fields as u64 {
         return Err(Refusal(format!(
-            "the document's operations select {} fields together once their fragments are expanded; the limit is {}",
+            "the document's operations select {} fields together once their fragments are expanded; the limit is {} (GRAPHQL_MAX_FIELDS)",
             display(operations),
             limits.max_fields
         )));
@@ -140,7 +258,7 @@ pub fn check_document(doc: &ExecutableDocument, limits: Limits) -> Result<Size, 
     }
     if fragments > limits.max_fields as u64 {
         return Err(Refusal(format!(
-            "the document's fragment definitions select {} fields once expanded; the limit is {}",
+            "the document's fragment definitions select {} fields once expanded; the limit is {} (GRAPHQL_MAX_FIELDS)",
             display(fragments),
             limits.max_fields
         )));
@@ -175,14 +293,19 @@ impl<'a> Sizer<'a> {
     fn set(&mut self, set: &'a SelectionSet) -> Result<Size, Refusal> {
         let mut size = Size::default();
         for item in &set.items {
+            size.directives = size
+                .directives
+                .saturating_add(item.node.directives().len() as u64);
             match &item.node {
                 Selection::Field(f) => {
                     size.add(Size {
                         fields: 1,
                         aliases: u64::from(f.node.alias.is_some()),
+                        directives: 0,
+                        width: 1,
                     });
                     if !f.node.selection_set.node.items.is_empty() {
-                        size.add(self.set(&f.node.selection_set.node)?);
+                        size.add_nested(self.set(&f.node.selection_set.node)?);
                     }
                 }
                 Selection::InlineFragment(i) => size.add(self.set(&i.node.selection_set.node)?),
@@ -328,10 +451,15 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_fields: 10_000,
         max_aliases: 30,
+        max_tokens: 100_000,
+        max_directives: 50,
+        max_root_fields: 100,
+        max_fragments: 100,
+        max_spreads: 500,
     };
 
     fn check(q: &str) -> Result<Size, Refusal> {
-        scan_text(q)?;
+        scan_text(q, &LIMITS)?;
         let doc = async_graphql::parser::parse_query(q).expect("parses");
         check_document(&doc, LIMITS)
     }
@@ -374,10 +502,10 @@ mod tests {
         let e = check(&q).expect_err("refused");
         assert!(e.0.contains("fragment definitions"), "{e:?}");
         let ops: String = (0..3)
-            .map(|i| format!(" query Q{i} {{ {} }}", "__typename ".repeat(4_000)))
+            .map(|i| format!(" query Q{i} {{ a {{ {} }} }}", "__typename ".repeat(4_000)))
             .collect();
         let e = check(&ops).expect_err("refused");
-        assert!(e.0.contains("operations select 12000"), "{e:?}");
+        assert!(e.0.contains("operations select 12003"), "{e:?}");
     }
 
     #[test]
@@ -424,16 +552,67 @@ mod tests {
     #[test]
     fn text_nesting_skips_strings_and_comments() {
         let deep = format!("{}{}", "{a".repeat(65), "}".repeat(65));
-        assert!(scan_text(&deep).is_err());
+        assert!(scan_text(&deep, &LIMITS).is_err());
         let fine = format!("{}{}", "{a".repeat(64), "}".repeat(64));
-        assert!(scan_text(&fine).is_ok());
+        assert!(scan_text(&fine, &LIMITS).is_ok());
         let quoted = format!(
             "{{a(s: \"{}\") # {}\n b(s: \"\"\"{}\\\"\"\"\"\"\")}}",
             "{".repeat(100),
             "[".repeat(100),
             "(".repeat(100)
         );
-        assert_eq!(scan_text(&quoted), Ok(()));
-        assert!(scan_text(&"[".repeat(100_000)).is_err());
+        assert_eq!(scan_text(&quoted, &LIMITS), Ok(()));
+        assert!(scan_text(&"[".repeat(100_000), &LIMITS).is_err());
+    }
+
+    #[test]
+    fn tokens_and_spreads_are_counted_as_the_lexer_would() {
+        let limits = Limits {
+            max_tokens: 12,
+            max_spreads: 2,
+            ..LIMITS
+        };
+        // { a(x: "s, t" y: -1.5e3) ...F ... on Q { b } } : 15 tokens before `...F`? Count:
+        // `{` `a` `(` `x` `:` `"s, t"` `y` `:` `-1.5e3` `)` = 10, `...` `F` = 12.
+        let q = "\u{feff}{ a(x: \"s, t\", y: -1.5e3) # a comment { [ (\n ...F";
+        assert_eq!(scan_text(q, &limits), Ok(()));
+        assert!(scan_text(&format!("{q} }}"), &limits).is_err());
+        let block = "\"\"\"many \\\"\"\" words { ( [ \"\"\"";
+        assert_eq!(scan_text(block, &limits), Ok(()));
+        let spreads = Limits {
+            max_tokens: 1_000,
+            ..limits
+        };
+        assert_eq!(
+            scan_text(
+                "{ ...A ... on Q { x } ...B ... @skip(if: true) { y } }",
+                &spreads
+            ),
+            Ok(())
+        );
+        assert!(scan_text("{ ...A ...B ...C }", &spreads).is_err());
+    }
+
+    #[test]
+    fn directives_root_fields_and_fragments_are_capped() {
+        let few = Limits {
+            max_directives: 2,
+            max_root_fields: 3,
+            max_fragments: 1,
+            ..LIMITS
+        };
+        let check = |q: &str| {
+            let doc = async_graphql::parser::parse_query(q).expect("parses");
+            check_document(&doc, few)
+        };
+        assert!(check("query @a { x @b y }").is_ok());
+        assert!(check("query @a { x @b y @c }").is_err());
+        // Directives count through fragments, once per spread.
+        assert!(check("{ ...F ...F } fragment F on Q { x @a }").is_ok());
+        assert!(check("{ ...F ...F @b } fragment F on Q { x @a }").is_err());
+        // Root fields count through fragments, but not inside fields.
+        assert!(check("{ a { b c d e } ...F } fragment F on Q { x y }").is_ok());
+        assert!(check("{ a b ...F } fragment F on Q { x y }").is_err());
+        assert!(check("{ ...F ...G } fragment F on Q { x } fragment G on Q { y }").is_err());
     }
 }

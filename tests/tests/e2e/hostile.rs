@@ -82,7 +82,7 @@ async fn exponential_fragment_expansion_is_refused_before_it_is_walked() {
     assert_ok(&ok);
     // n = 24 took ~7 s and n = 40 minutes of every runtime thread; both are refused now,
     // while the server keeps answering everyone else.
-    let bombs: Vec<_> = [24, 40, 40, 200]
+    let bombs: Vec<_> = [24, 40, 40, 90]
         .into_iter()
         .map(|n| {
             let app = &app;
@@ -108,6 +108,10 @@ async fn exponential_fragment_expansion_is_refused_before_it_is_walked() {
         );
         assert!(r["data"].is_null(), "{r}");
     }
+    // 201 fragments are past GRAPHQL_MAX_FRAGMENTS before anything is expanded.
+    let r = app.gql(&t, &doubling_fragments(200), json!({})).await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert!(message(&r).contains("GRAPHQL_MAX_FRAGMENTS"), "{r}");
     // Fragment cycles never reach the engine (whose depth check would recurse 2^64 times).
     let r = app
         .gql(&t, "{...A} fragment A on Query {...A ...A}", json!({}))
@@ -246,7 +250,7 @@ async fn malformed_requests_get_messages_without_internal_names() {
         }
     }
     // A syntax error in a 400 KB document is described in a few words, not echoed back.
-    let huge = format!("{{ viewer {{ id {} ", "email ".repeat(70_000));
+    let huge = format!("{{ workspace(id: \"{}\") {{ id ", "x".repeat(400_000));
     let (status, r) = app.gql_raw(Some(&t), json!({"query": huge})).await;
     assert_eq!(status, 200);
     assert_code(&r, "BAD_USER_INPUT");
@@ -981,7 +985,18 @@ async fn large_documents_run_beside_the_runtime_and_answer_correctly() {
 
 #[tokio::test]
 async fn many_unused_fragments_over_a_wide_one_cost_linear_time() {
-    let app = TestApp::spawn().await;
+    // The token, spread and fragment caps would refuse this document first: lifted here
+    // to show that the fields of all fragment definitions are capped too.
+    let app = TestApp::with(Options {
+        env: [
+            ("GRAPHQL_MAX_TOKENS", "10000000"),
+            ("GRAPHQL_MAX_SPREADS", "100000"),
+            ("GRAPHQL_MAX_FRAGMENTS", "100000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+    })
+    .await;
     let t = app.user("wide@example.com");
     // 25,000 fragments that each spread one of 500 fields: the document analysis that
     // looks for keys to merge compared every key with every other (500² per fragment).
@@ -996,4 +1011,67 @@ async fn many_unused_fragments_over_a_wide_one_cost_linear_time() {
     // Validation would walk each definition with its spreads expanded: 12.5 million fields.
     assert_code(&r, "BAD_USER_INPUT");
     assert!(message(&r).contains("fragment definitions select"), "{r}");
+}
+
+#[tokio::test]
+async fn every_document_limit_passes_at_its_cap_and_refuses_one_past_it_before_execution() {
+    let app = TestApp::with(Options {
+        env: [
+            ("GRAPHQL_MAX_TOKENS", "40"),
+            ("GRAPHQL_MAX_DIRECTIVES", "3"),
+            ("GRAPHQL_MAX_ROOT_FIELDS", "4"),
+            ("GRAPHQL_MAX_FRAGMENTS", "2"),
+            ("GRAPHQL_MAX_SPREADS", "3"),
+            ("GRAPHQL_MAX_ALIASES", "2"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+    })
+    .await;
+    let t = app.user("caps@example.com");
+    assert_ok(&app.gql(&t, "{ viewer { id } }", json!({})).await);
+    let cases = [
+        (
+            "GRAPHQL_MAX_TOKENS",
+            // `{ viewer {` + 35 × `id` + `} }`: 40 tokens (commas and comments are none).
+            format!("{{ viewer {{{} }} }} # {}", " id,".repeat(35), "x ".repeat(100)),
+            format!("{{ viewer {{{} }} }}", " id".repeat(36)),
+        ),
+        (
+            "GRAPHQL_MAX_DIRECTIVES",
+            "{ a: __typename @include(if: true) b: __typename @skip(if: false) viewer @include(if: true) { id } }".to_string(),
+            "{ a: __typename @include(if: true) b: __typename @skip(if: false) viewer @include(if: true) { id @skip(if: false) } }".to_string(),
+        ),
+        (
+            "GRAPHQL_MAX_ROOT_FIELDS",
+            "{ viewer { id email name } __typename ...F } fragment F on Query { x: __typename y: __typename }".to_string(),
+            "{ viewer { id } __typename ...F workspaces { edges { cursor } } } fragment F on Query { x: __typename y: __typename }".to_string(),
+        ),
+        (
+            "GRAPHQL_MAX_FRAGMENTS",
+            "{ ...F ...G } fragment F on Query { viewer { id } } fragment G on Query { __typename }".to_string(),
+            "{ ...F ...G ...H } fragment F on Query { viewer { id } } fragment G on Query { __typename } fragment H on Query { __typename }".to_string(),
+        ),
+        (
+            "GRAPHQL_MAX_SPREADS",
+            "{ ...F ...F ... on Query { ...F } } fragment F on Query { __typename }".to_string(),
+            "{ ...F ...F ...F ... on Query { ...F } } fragment F on Query { __typename }".to_string(),
+        ),
+        (
+            "GRAPHQL_MAX_ALIASES",
+            "{ a: __typename b: __typename }".to_string(),
+            "{ a: __typename b: __typename c: __typename }".to_string(),
+        ),
+    ];
+    for (limit, at, over) in cases {
+        let r = app.gql(&t, &at, json!({})).await;
+        assert_ok(&r);
+        // Refused before execution: not a statement is sent.
+        let (statements, text) = cost(&app, &t, &over, json!({})).await;
+        let r: Value = serde_json::from_str(&text).expect("json");
+        assert_code(&r, "BAD_USER_INPUT");
+        assert!(message(&r).contains(limit), "{limit}: {r}");
+        assert!(r["data"].is_null(), "{r}");
+        assert_eq!(statements, 0, "{limit}");
+    }
 }
