@@ -3,16 +3,18 @@
 export JWT_HS256_SECRET := env_var_or_default("JWT_HS256_SECRET", "local-development-secret-change-me")
 db_url := env_var_or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/workspaces")
 
-# Install GraphiQL's pinned assets (compiled into the api binary).
-assets:
-    npm ci --prefix api/graphiql --no-audit --no-fund
+# Fetch again the npm tarballs GraphiQL's assets are extracted from (api/graphiql/packages),
+# as package-lock.json pins them; after a version change, update the names in api/build.rs.
+graphiql-assets:
+    cd api/graphiql && npm install --package-lock-only --no-audit --no-fund
+    cd api/graphiql && rm -f packages/*.tgz && npm pack --silent --pack-destination packages $(node -p "['graphiql','react','react-dom'].map(n => n + '@' + require('./package-lock.json').packages['node_modules/' + n].version).join(' ')")
 
 # Run the API with the in-process worker.
-run: assets
+run:
     cargo run --release -p api
 
 # Run the whole test suite.
-test: assets
+test:
     cargo test --workspace
 
 # Regenerate schema.graphql from the code.

@@ -1,20 +1,21 @@
 //! GraphiQL, served with its assets so that it works with no internet access.
 //!
-//! The assets come from the npm packages pinned in `api/graphiql/package-lock.json`
-//! (`npm ci --prefix api/graphiql`) and are compiled into the binary by `build.rs`.
+//! The assets come from the npm tarballs kept in `api/graphiql/packages`, the ones
+//! `api/graphiql/package-lock.json` pins (a test checks them against its integrity hashes;
+//! `just graphiql-assets` fetches them again), extracted and compiled into the binary by
+//! `build.rs`: a plain `cargo build` serves GraphiQL with no network and no Node.
 
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-#[cfg(graphiql_assets)]
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "react.production.min.js",
         "text/javascript",
         include_bytes!(concat!(
             env!("GRAPHIQL_ASSETS_DIR"),
-            "/react/umd/react.production.min.js"
+            "/react.production.min.js"
         )),
     ),
     (
@@ -22,7 +23,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/javascript",
         include_bytes!(concat!(
             env!("GRAPHIQL_ASSETS_DIR"),
-            "/react-dom/umd/react-dom.production.min.js"
+            "/react-dom.production.min.js"
         )),
     ),
     (
@@ -30,7 +31,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/javascript",
         include_bytes!(concat!(
             env!("GRAPHIQL_ASSETS_DIR"),
-            "/graphiql/graphiql.min.js"
+            "/graphiql.min.js"
         )),
     ),
     (
@@ -38,13 +39,10 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/css",
         include_bytes!(concat!(
             env!("GRAPHIQL_ASSETS_DIR"),
-            "/graphiql/graphiql.min.css"
+            "/graphiql.min.css"
         )),
     ),
 ];
-
-#[cfg(not(graphiql_assets))]
-const ASSETS: &[(&str, &str, &[u8])] = &[];
 
 const PAGE: &str = r#"<!doctype html>
 <html lang="en">
@@ -84,14 +82,8 @@ query Me {
 </html>
 "#;
 
-const MISSING: &str = "<!doctype html><title>GraphiQL assets missing</title>\
-<p>This binary was built without the GraphiQL assets. Run <code>npm ci --prefix api/graphiql</code> and rebuild.</p>";
-
 /// The GraphiQL page.
 pub async fn page() -> Response {
-    if ASSETS.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Html(MISSING)).into_response();
-    }
     Html(PAGE).into_response()
 }
 
@@ -107,5 +99,36 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         )
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha512};
+
+    /// The tarballs the assets are extracted from are exactly the ones the lockfile pins.
+    #[test]
+    fn packaged_tarballs_match_the_lockfile_integrity() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("graphiql");
+        let lock: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("package-lock.json")).expect("package-lock.json"),
+        )
+        .expect("lockfile JSON");
+        for name in ["graphiql", "react", "react-dom"] {
+            let pinned = &lock["packages"][format!("node_modules/{name}")];
+            let version = pinned["version"].as_str().expect("version");
+            let integrity = pinned["integrity"].as_str().expect("integrity");
+            let tarball = dir.join(format!("packages/{name}-{version}.tgz"));
+            let bytes = std::fs::read(&tarball)
+                .unwrap_or_else(|e| panic!("{}: {e} (run `just graphiql-assets`)", tarball.display()));
+            let digest = base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&bytes));
+            assert_eq!(
+                integrity,
+                format!("sha512-{digest}"),
+                "{} does not match the lockfile (run `just graphiql-assets`)",
+                tarball.display()
+            );
+        }
     }
 }
