@@ -76,6 +76,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long an idempotency key and its stored result are kept.
     pub idempotency_ttl: Duration,
+    /// How long a statement waits for a row lock (and so how long a repeat of an idempotent
+    /// request waits for the first one) before giving up.
+    pub lock_timeout: Duration,
     /// How long a DataLoader collects keys before it sends one batched statement.
     pub loader_delay: Duration,
     /// Allowed CORS origins (`*` or a comma-separated list); empty means same-origin only.
@@ -215,6 +218,15 @@ impl Config {
             "24",
             "a whole number of hours",
         )?;
+        let lock_timeout_ms: u64 = parse(
+            &var,
+            "DATABASE_LOCK_TIMEOUT_MS",
+            "10000",
+            "a whole number of milliseconds",
+        )?;
+        if lock_timeout_ms == 0 {
+            return Err(err("DATABASE_LOCK_TIMEOUT_MS", "must be at least 1"));
+        }
         let loader_delay_ms: u64 = parse(
             &var,
             "GRAPHQL_LOADER_DELAY_MS",
@@ -255,6 +267,7 @@ impl Config {
             request_timeout: Duration::from_millis(timeout_ms),
             shutdown_timeout: Duration::from_secs(shutdown_secs),
             idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
+            lock_timeout: Duration::from_millis(lock_timeout_ms),
             loader_delay: Duration::from_millis(loader_delay_ms),
             cors_origins,
         })

@@ -46,6 +46,7 @@ impl AppState {
         let services = domain::Services {
             pool,
             idempotency_ttl: config.idempotency_ttl,
+            lock_timeout: config.lock_timeout,
             loader_delay: config.loader_delay,
             identities: Default::default(),
         };

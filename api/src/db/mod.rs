@@ -163,16 +163,23 @@ pub type StatementCounter = std::sync::Arc<std::sync::atomic::AtomicU64>;
 
 /// Builds the pool (connections are opened lazily).
 pub fn build_pool(config: &Config, statements: StatementCounter) -> Result<DbPool, StartupError> {
-    build_pool_for(&config.database_url, config.database_pool_size, statements)
+    build_pool_for(
+        &config.database_url,
+        config.database_pool_size,
+        config.lock_timeout,
+        statements,
+    )
 }
 
 /// Builds a pool for `url` with `size` connections. Every connection waits at most
-/// `KEY_WAIT_MS` for a row lock, and counts its statements into `statements`.
+/// `lock_timeout` for a row lock, and counts its statements into `statements`.
 pub fn build_pool_for(
     url: &str,
     size: usize,
+    lock_timeout: std::time::Duration,
     statements: StatementCounter,
 ) -> Result<DbPool, StartupError> {
+    let lock_timeout_ms = lock_timeout.as_millis().max(1);
     let mut setup = ManagerConfig::<AsyncPgConnection>::default();
     // Checking a connection with `SELECT 1` on every checkout would cost a round trip per
     // checkout; broken connections are detected by the driver and dropped by the pool.
@@ -182,12 +189,9 @@ pub fn build_pool_for(
         let statements = statements.clone();
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            conn.batch_execute(&format!(
-                "SET lock_timeout = {}",
-                crate::domain::mutation::KEY_WAIT_MS
-            ))
-            .await
-            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            conn.batch_execute(&format!("SET lock_timeout = {lock_timeout_ms}"))
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
                 if let InstrumentationEvent::StartQuery { query, .. } = event {
                     statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -211,6 +211,9 @@ pub struct Services {
     pub pool: crate::db::DbPool,
     /// How long idempotency keys live.
     pub idempotency_ttl: std::time::Duration,
+    /// How long a statement waits for a row lock (`DATABASE_LOCK_TIMEOUT_MS`); a repeat of
+    /// an idempotent request waits as long for the first one's response.
+    pub lock_timeout: std::time::Duration,
     /// How long DataLoaders collect keys.
     pub loader_delay: std::time::Duration,
     /// Recently seen identities, so that a signed-in caller costs no statement per request.

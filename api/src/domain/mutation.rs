@@ -5,7 +5,7 @@
 //! Semantics follow Stripe's: keys are scoped to the caller; a repeat with the same input
 //! replays the stored result without a second effect; a repeat with another input is
 //! refused (`IDEMPOTENCY_KEY_REUSED`); a repeat that arrives while the first is running
-//! waits for it on the key's row lock and then replays (or, after `KEY_WAIT_MS`, is refused
+//! waits for it on the key's row lock and then replays (or, after `DATABASE_LOCK_TIMEOUT_MS`, is refused
 //! with `IDEMPOTENCY_KEY_IN_USE`). Only successful results are stored: a request that fails
 //! leaves no trace, so it can be corrected and retried with the same key.
 //!
@@ -26,15 +26,11 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{Actor, DomainError, DomainResult, Services};
-use crate::db::repo::idempotency;
+use crate::db::repo::idempotency::{self, KeyClaim};
 
-/// How long a repeat waits for the first request holding its key.
-pub const KEY_WAIT_MS: u64 = 10_000;
 /// Attempts for a transaction that hits a serialization failure or deadlock.
 const MAX_ATTEMPTS: u32 = 8;
 
-/// How long a repeat waits for the first request to store its rendering.
-const RENDER_WAIT: Duration = Duration::from_millis(KEY_WAIT_MS);
 /// How often a waiting repeat looks again.
 const RENDER_POLL: Duration = Duration::from_millis(10);
 
@@ -101,21 +97,6 @@ pub struct Completion {
     claim: Option<KeyClaim>,
     /// The key was found used: the result is the first request's.
     replayed: std::sync::atomic::AtomicBool,
-}
-
-/// An idempotency key to claim in an effect's first statement.
-#[derive(Debug, Clone)]
-pub struct KeyClaim {
-    /// Caller.
-    pub caller: uuid::Uuid,
-    /// Key.
-    pub key: String,
-    /// Operation name.
-    pub operation: &'static str,
-    /// Fingerprint of operation and input.
-    pub fingerprint: String,
-    /// Lifetime in seconds.
-    pub ttl_secs: i64,
 }
 
 impl Completion {
@@ -281,7 +262,7 @@ where
             .store(false, std::sync::atomic::Ordering::Relaxed);
         let result = conn
             .transaction(async |conn| {
-                // Connections wait at most KEY_WAIT_MS for any row lock (set when they are
+                // Connections wait at most DATABASE_LOCK_TIMEOUT_MS for any row lock (set when they are
                 // opened), which bounds how long a repeat waits for the first request.
                 if let Some(key) = key.filter(|_| !claim_in_effect) {
                     let claimed =
@@ -352,13 +333,14 @@ pub async fn settle_rendering(
 
 /// The first response's rendering of a replayed key: waits (outside any transaction, so as
 /// not to hold the key's row) while the first request has committed its effect but not yet
-/// settled its rendering, up to [`RENDER_WAIT`], holding a connection only to look.
+/// settled its rendering, as long as it would wait for the key's lock
+/// (`DATABASE_LOCK_TIMEOUT_MS`), holding a connection only to look.
 async fn wait_for_rendering(
     services: &Services,
     caller: uuid::Uuid,
     key: &str,
 ) -> DomainResult<Option<String>> {
-    let deadline = tokio::time::Instant::now() + RENDER_WAIT;
+    let deadline = tokio::time::Instant::now() + services.lock_timeout;
     let mut pause = RENDER_POLL;
     loop {
         let found = idempotency::find(&mut *services.conn().await?, caller, key).await?;

@@ -29,18 +29,12 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "graphiql.min.js",
         "text/javascript",
-        include_bytes!(concat!(
-            env!("GRAPHIQL_ASSETS_DIR"),
-            "/graphiql.min.js"
-        )),
+        include_bytes!(concat!(env!("GRAPHIQL_ASSETS_DIR"), "/graphiql.min.js")),
     ),
     (
         "graphiql.min.css",
         "text/css",
-        include_bytes!(concat!(
-            env!("GRAPHIQL_ASSETS_DIR"),
-            "/graphiql.min.css"
-        )),
+        include_bytes!(concat!(env!("GRAPHIQL_ASSETS_DIR"), "/graphiql.min.css")),
     ),
 ];
 
@@ -120,8 +114,9 @@ mod tests {
             let version = pinned["version"].as_str().expect("version");
             let integrity = pinned["integrity"].as_str().expect("integrity");
             let tarball = dir.join(format!("packages/{name}-{version}.tgz"));
-            let bytes = std::fs::read(&tarball)
-                .unwrap_or_else(|e| panic!("{}: {e} (run `just graphiql-assets`)", tarball.display()));
+            let bytes = std::fs::read(&tarball).unwrap_or_else(|e| {
+                panic!("{}: {e} (run `just graphiql-assets`)", tarball.display())
+            });
             let digest = base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&bytes));
             assert_eq!(
                 integrity,

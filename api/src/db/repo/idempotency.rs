@@ -6,6 +6,21 @@ use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlU
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+/// An idempotency key to claim in an effect's first statement.
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    /// Caller.
+    pub caller: uuid::Uuid,
+    /// Key.
+    pub key: String,
+    /// Operation name.
+    pub operation: &'static str,
+    /// Fingerprint of operation and input.
+    pub fingerprint: String,
+    /// Lifetime in seconds.
+    pub ttl_secs: i64,
+}
+
 /// What a key already holds.
 #[derive(Debug, QueryableByName)]
 pub struct StoredKey {

@@ -415,7 +415,7 @@ pub async fn access_claiming(
     org: Uuid,
     user: Uuid,
     resource: &str,
-    claim: Option<&crate::domain::mutation::KeyClaim>,
+    claim: Option<&super::idempotency::KeyClaim>,
 ) -> QueryResult<Option<ClaimedAccess>> {
     diesel::sql_query(
         "WITH claim AS (
