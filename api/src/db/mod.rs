@@ -5,6 +5,7 @@ pub mod models;
 pub mod repo;
 pub mod row;
 pub mod schema;
+pub mod text_enum;
 
 use std::time::Duration;
 

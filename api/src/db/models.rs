@@ -157,6 +157,26 @@ pub struct OrganizationRow {
     pub created_at: super::row::Timestamp,
 }
 
+crate::text_enum! {
+    /// How a resource is used.
+    pub enum ResourceKind {
+        /// Held until released (seats, locations, connections).
+        Allocated = "ALLOCATED",
+        /// Consumed and counted per window that resets.
+        Metered = "METERED",
+    }
+}
+
+crate::text_enum! {
+    /// When a metered resource's window resets (UTC).
+    pub enum ResetPeriod {
+        /// Every day at 00:00 UTC.
+        Day = "DAY",
+        /// On the first of every month, 00:00 UTC.
+        Month = "MONTH",
+    }
+}
+
 /// A row of `resources`.
 #[derive(
     Debug,
@@ -178,10 +198,10 @@ pub struct ResourceRow {
     pub name: String,
     /// Unit, e.g. `seats`.
     pub unit: String,
-    /// `ALLOCATED` or `METERED`.
-    pub kind: String,
-    /// `DAY` or `MONTH` for metered resources.
-    pub reset_period: Option<String>,
+    /// Allocated or metered.
+    pub kind: ResourceKind,
+    /// When a metered resource's window resets.
+    pub reset_period: Option<ResetPeriod>,
     /// One of the three built-ins.
     pub built_in: bool,
     /// Created.

@@ -11,23 +11,7 @@ use crate::db::models::ResourceRow;
 use crate::db::repo::resources;
 use crate::ids::WorkspaceId;
 
-/// How a resource is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Kind {
-    /// Held until released (seats, locations, connections).
-    Allocated,
-    /// Consumed and counted per window that resets.
-    Metered,
-}
-
-/// When a metered resource's window resets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ResetPeriod {
-    /// Every day at 00:00 UTC.
-    Day,
-    /// On the first of every month, 00:00 UTC.
-    Month,
-}
+pub use crate::db::models::{ResetPeriod, ResourceKind as Kind};
 
 /// Input of `define`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,9 +46,8 @@ pub async fn define(
     let name = check_name("name", &input.name, 50)?;
     let unit = check_name("unit", &input.unit, 30)?;
     let (kind, reset) = match (input.kind, input.reset_period) {
-        (Kind::Allocated, None) => ("ALLOCATED", None),
-        (Kind::Metered, Some(ResetPeriod::Day)) => ("METERED", Some("DAY")),
-        (Kind::Metered, Some(ResetPeriod::Month)) => ("METERED", Some("MONTH")),
+        (Kind::Allocated, None) => (Kind::Allocated, None),
+        (Kind::Metered, Some(period)) => (Kind::Metered, Some(period)),
         (Kind::Allocated, Some(_)) => {
             return Err(DomainError::bad_input(
                 "resetPeriod",

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::mutation::{self, Effect};
 use super::{Actor, DomainError, DomainResult, Role, Services};
-use crate::db::models::{AuditEventRow, OrganizationRow, ResourceRow};
+use crate::db::models::{AuditEventRow, OrganizationRow, ResetPeriod, ResourceKind, ResourceRow};
 use crate::db::repo::organizations::{self as orgs, RowLock};
 use crate::db::repo::{self, usage};
 use crate::ids::{IdMap, OrganizationId};
@@ -27,13 +27,17 @@ pub fn epoch() -> DateTime<Utc> {
 }
 
 /// Start of the current window of a resource of this kind and reset period.
-pub fn current_period(kind: &str, reset: Option<&str>, now: DateTime<Utc>) -> DateTime<Utc> {
+pub fn current_period(
+    kind: ResourceKind,
+    reset: Option<ResetPeriod>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
     match (kind, reset) {
-        ("METERED", Some("DAY")) => Utc
+        (ResourceKind::Metered, Some(ResetPeriod::Day)) => Utc
             .with_ymd_and_hms(now.year(), now.month(), now.day(), 0, 0, 0)
             .single()
             .unwrap_or(now),
-        ("METERED", Some("MONTH")) => Utc
+        (ResourceKind::Metered, Some(ResetPeriod::Month)) => Utc
             .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
             .single()
             .unwrap_or(now),
@@ -44,9 +48,9 @@ pub fn current_period(kind: &str, reset: Option<&str>, now: DateTime<Utc>) -> Da
 /// Every value `current_period` can take at `now`, whatever the resource.
 pub fn current_periods(now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     crate::ids::distinct([
-        current_period("ALLOCATED", None, now),
-        current_period("METERED", Some("DAY"), now),
-        current_period("METERED", Some("MONTH"), now),
+        current_period(ResourceKind::Allocated, None, now),
+        current_period(ResourceKind::Metered, Some(ResetPeriod::Day), now),
+        current_period(ResourceKind::Metered, Some(ResetPeriod::Month), now),
     ])
 }
 
@@ -61,7 +65,7 @@ pub fn windows(
             (
                 r.workspace_id,
                 r.key.clone(),
-                current_period(&r.kind, r.reset_period.as_deref(), now),
+                current_period(r.kind, r.reset_period, now),
             )
         })
         .collect()
@@ -124,7 +128,7 @@ impl UsageView {
         let resources: Vec<(Arc<ResourceRow>, DateTime<Utc>)> = resources
             .into_iter()
             .map(|r| {
-                let window = current_period(&r.kind, r.reset_period.as_deref(), now);
+                let window = current_period(r.kind, r.reset_period, now);
                 (Arc::new(r), window)
             })
             .collect();
@@ -346,8 +350,8 @@ pub async fn record(
                 None => return Err(DomainError::NotFound("organization")),
             };
             require_manager(&a, "record usage")?;
-            let kind = a.resource_kind.as_deref().ok_or_else(|| unknown_resource(&input.resource))?;
-            let period = current_period(kind, a.resource_reset.as_deref(), Utc::now());
+            let kind = a.resource_kind.ok_or_else(|| unknown_resource(&input.resource))?;
+            let period = current_period(kind, a.resource_reset, Utc::now());
             let org = a.org;
             // The result is known now: the statement that applies the change also stores it
             // under the idempotency key, so that it is the only one holding the path's locks
@@ -469,8 +473,8 @@ pub async fn set_limit(
                 .await?
                 .ok_or(DomainError::NotFound("organization"))?;
             require_manager(&a, "set limits")?;
-            let kind = a.resource_kind.as_deref().ok_or_else(|| unknown_resource(&input.resource))?;
-            let period = current_period(kind, a.resource_reset.as_deref(), Utc::now());
+            let kind = a.resource_kind.ok_or_else(|| unknown_resource(&input.resource))?;
+            let period = current_period(kind, a.resource_reset, Utc::now());
             let org = a.org;
             let mut path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
             path.sort_unstable();

@@ -350,11 +350,7 @@ fn write_usage(
     plan.write(out, |f, out| {
         match f {
             UsageField::Resource => json::string(out, &e.resource.key),
-            UsageField::Kind => out.push_str(if e.resource.kind == "METERED" {
-                "\"METERED\""
-            } else {
-                "\"ALLOCATED\""
-            }),
+            UsageField::Kind => json::string(out, e.resource.kind.as_str()),
             UsageField::WindowStart => match e.window_start {
                 Some(w) => json::string(out, &w.to_rfc3339()),
                 None => out.push_str("null"),
@@ -733,7 +729,7 @@ impl OrganizationUsageObject {
 
     /// Allocated or metered.
     async fn kind(&self) -> ResourceKind {
-        ResourceKind::from_db(&self.0.resource.kind)
+        self.0.resource.kind.into()
     }
 
     /// The resource's definition.

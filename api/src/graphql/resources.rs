@@ -9,7 +9,9 @@ use crate::domain;
 use crate::ids::WorkspaceId;
 
 /// How a resource is used.
+// Its values are the stored names (`db::models::ResourceKind`), compared by a test.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "crate::db::models::ResourceKind")]
 pub enum ResourceKind {
     /// Held until released: seats, locations, connections.
     Allocated,
@@ -17,18 +19,10 @@ pub enum ResourceKind {
     Metered,
 }
 
-impl ResourceKind {
-    pub(crate) fn from_db(s: &str) -> Self {
-        if s == "METERED" {
-            ResourceKind::Metered
-        } else {
-            ResourceKind::Allocated
-        }
-    }
-}
-
 /// When a metered resource's window resets (UTC).
+// Its values are the stored names (`db::models::ResetPeriod`), compared by a test.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "crate::db::models::ResetPeriod")]
 pub enum ResetPeriod {
     /// Every day at 00:00 UTC.
     Day,
@@ -59,16 +53,12 @@ impl Resource {
 
     /// Allocated or metered.
     async fn kind(&self) -> ResourceKind {
-        ResourceKind::from_db(&self.0.kind)
+        self.0.kind.into()
     }
 
     /// Reset period of a metered resource; null for allocated ones.
     async fn reset_period(&self) -> Option<ResetPeriod> {
-        match self.0.reset_period.as_deref() {
-            Some("DAY") => Some(ResetPeriod::Day),
-            Some("MONTH") => Some(ResetPeriod::Month),
-            _ => None,
-        }
+        self.0.reset_period.map(Into::into)
     }
 
     /// One of the built-ins every workspace has (`users`, `locations`, `sso_connections`).
@@ -123,14 +113,8 @@ impl ResourceMutation {
             key: input.key,
             name: input.name,
             unit: input.unit,
-            kind: match input.kind {
-                ResourceKind::Allocated => domain::resources::Kind::Allocated,
-                ResourceKind::Metered => domain::resources::Kind::Metered,
-            },
-            reset_period: input.reset_period.map(|p| match p {
-                ResetPeriod::Day => domain::resources::ResetPeriod::Day,
-                ResetPeriod::Month => domain::resources::ResetPeriod::Month,
-            }),
+            kind: input.kind.into(),
+            reset_period: input.reset_period.map(Into::into),
         };
         let done = domain::resources::define(&rc.services, &rc.actor, new, key.as_ref())
             .await
@@ -142,5 +126,37 @@ impl ResourceMutation {
                 resource: Resource(row),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_graphql::EnumType;
+
+    use super::{ResetPeriod, ResourceKind};
+    use crate::db::models;
+
+    /// The GraphQL values are the stored names, so both execution paths (the one-step
+    /// writer writes `as_str`) and the database agree.
+    #[test]
+    fn graphql_enum_values_are_the_stored_names() {
+        let graphql: Vec<&str> = ResourceKind::items().iter().map(|i| i.name).collect();
+        let stored: Vec<&str> = models::ResourceKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(graphql, stored);
+        for item in ResourceKind::items() {
+            assert_eq!(models::ResourceKind::from(item.value).as_str(), item.name);
+        }
+        let graphql: Vec<&str> = ResetPeriod::items().iter().map(|i| i.name).collect();
+        let stored: Vec<&str> = models::ResetPeriod::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(graphql, stored);
+        for item in ResetPeriod::items() {
+            assert_eq!(models::ResetPeriod::from(item.value).as_str(), item.name);
+        }
     }
 }

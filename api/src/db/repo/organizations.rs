@@ -347,12 +347,12 @@ pub struct Access {
     /// The caller's role, if a member.
     #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
     pub role: Option<String>,
-    /// `ALLOCATED` or `METERED`, if the resource exists.
+    /// The resource's kind, if it exists.
     #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
-    pub resource_kind: Option<String>,
-    /// `DAY` or `MONTH` for a metered resource.
+    pub resource_kind: Option<crate::db::models::ResourceKind>,
+    /// When a metered resource's window resets.
     #[diesel(sql_type = Nullable<diesel::sql_types::Text>)]
-    pub resource_reset: Option<String>,
+    pub resource_reset: Option<crate::db::models::ResetPeriod>,
 }
 
 /// How `access` locks the organization row.

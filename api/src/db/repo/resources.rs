@@ -6,7 +6,7 @@ use crate::db::cached::CachedExt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::models::ResourceRow;
+use crate::db::models::{ResetPeriod, ResourceKind, ResourceRow};
 use crate::db::schema::resources;
 
 /// The built-in resources every workspace has: (key, name, unit).
@@ -26,7 +26,7 @@ pub async fn insert_built_ins(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryRe
                 resources::key.eq(*key),
                 resources::name.eq(*name),
                 resources::unit.eq(*unit),
-                resources::kind.eq("ALLOCATED"),
+                resources::kind.eq(ResourceKind::Allocated),
                 resources::built_in.eq(true),
             )
         })
@@ -45,8 +45,8 @@ pub async fn insert(
     key: &str,
     name: &str,
     unit: &str,
-    kind: &str,
-    reset_period: Option<&str>,
+    kind: ResourceKind,
+    reset_period: Option<ResetPeriod>,
 ) -> QueryResult<Option<ResourceRow>> {
     diesel::insert_into(resources::table)
         .values((
