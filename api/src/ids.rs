@@ -119,4 +119,28 @@ mod tests {
         assert_eq!(WorkspaceId::decode("ws_nothex"), None);
         assert_eq!(WorkspaceId::decode(""), None);
     }
+
+    #[test]
+    fn only_the_canonical_form_decodes() {
+        let id = OrganizationId::new();
+        let text = id.encode();
+        let hex = text.trim_start_matches("org_");
+        // The hyphenated, braced and URN forms Uuid::parse accepts are not ids of ours.
+        let hyphenated = format!("org_{}", id.0.hyphenated());
+        assert_eq!(OrganizationId::decode(&hyphenated), None);
+        assert_eq!(OrganizationId::decode(&format!("org_{{{hex}}}")), None);
+        for bad in [
+            format!("org_{hex}\u{0}"),
+            format!("org_{}", &hex[..31]),
+            format!("org__{hex}"),
+            format!("ORG_{hex}"),
+            format!(" org_{hex}"),
+        ] {
+            assert_eq!(OrganizationId::decode(&bad), None, "{bad:?}");
+        }
+        // JSON writing matches the text form.
+        let mut json = String::new();
+        id.write_json(&mut json);
+        assert_eq!(json, format!("\"{text}\""));
+    }
 }

@@ -517,3 +517,150 @@ pub async fn set_limit(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::db::row::Timestamp;
+
+    fn at(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, 30, 15)
+            .single()
+            .expect("valid time")
+    }
+
+    #[test]
+    fn windows_start_at_utc_midnight_or_the_first_of_the_month() {
+        let now = at(2026, 11, 29, 23);
+        assert_eq!(current_period(ResourceKind::Allocated, None, now), epoch());
+        let day = current_period(ResourceKind::Metered, Some(ResetPeriod::Day), now);
+        assert_eq!(day, Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap());
+        let month = current_period(ResourceKind::Metered, Some(ResetPeriod::Month), now);
+        assert_eq!(month, Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap());
+        // An allocated resource never resets, whatever a stray period says.
+        assert_eq!(
+            current_period(ResourceKind::Allocated, Some(ResetPeriod::Day), now),
+            epoch()
+        );
+        assert_eq!(current_periods(now).len(), 3);
+    }
+
+    #[test]
+    fn room_is_the_tightest_cap_minus_its_subtree() {
+        let n = |subtree, limit| Numbers {
+            direct: 0,
+            subtree,
+            limit,
+        };
+        assert_eq!(room(&[n(5, None), n(1, None)]), None);
+        assert_eq!(room(&[n(6, Some(10)), n(5, None), n(2, Some(8))]), Some(4));
+        // A cap set below usage leaves negative room (the view shows 0).
+        assert_eq!(room(&[n(5, Some(3))]), Some(-2));
+    }
+
+    fn resource(
+        ws: Uuid,
+        key: &str,
+        kind: ResourceKind,
+        reset: Option<ResetPeriod>,
+    ) -> ResourceRow {
+        ResourceRow {
+            workspace_id: ws,
+            key: key.into(),
+            name: key.into(),
+            unit: "units".into(),
+            kind,
+            reset_period: reset,
+            built_in: false,
+            created_at: epoch(),
+        }
+    }
+
+    fn org(ws: Uuid, id: Uuid, ancestors: Vec<Uuid>) -> OrganizationRow {
+        OrganizationRow {
+            id,
+            workspace_id: ws,
+            parent_id: ancestors.last().copied(),
+            name: "o".into(),
+            depth: ancestors.len() as i16,
+            ancestors,
+            created_at: Timestamp::from_datetime(epoch()),
+        }
+    }
+
+    fn row(
+        ws: Uuid,
+        o: Uuid,
+        key: &str,
+        period: Option<DateTime<Utc>>,
+        direct: i64,
+        subtree: i64,
+        limit: Option<i64>,
+    ) -> usage::UsageRow {
+        usage::UsageRow {
+            workspace_id: ws,
+            organization_id: o,
+            resource: key.into(),
+            period_start: period,
+            direct,
+            subtree,
+            limit,
+        }
+    }
+
+    #[test]
+    fn usage_entries_cascade_the_tightest_cap_and_keep_the_current_window() {
+        let (ws, root, mid, leaf) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let now = at(2026, 11, 29, 12);
+        let today = current_period(ResourceKind::Metered, Some(ResetPeriod::Day), now);
+        let yesterday = today - chrono::Duration::days(1);
+        let resources = vec![
+            resource(ws, "users", ResourceKind::Allocated, None),
+            resource(ws, "calls", ResourceKind::Metered, Some(ResetPeriod::Day)),
+        ];
+        let allocated = Some(epoch());
+        let rows = vec![
+            // users: root cap 10 (6 used), mid uncapped (5), leaf cap 8 (2 own).
+            row(ws, root, "users", allocated, 1, 6, None),
+            row(ws, root, "users", None, 0, 0, Some(10)),
+            row(ws, mid, "users", allocated, 3, 5, None),
+            row(ws, leaf, "users", allocated, 2, 2, None),
+            row(ws, leaf, "users", None, 0, 0, Some(8)),
+            // calls: yesterday's counter is not today's; mid's cap sits below its usage.
+            row(ws, leaf, "calls", Some(yesterday), 50, 50, None),
+            row(ws, leaf, "calls", Some(today), 4, 4, None),
+            row(ws, mid, "calls", Some(today), 0, 9, None),
+            row(ws, mid, "calls", None, 0, 0, Some(7)),
+            // A resource the workspace does not have is left out.
+            row(ws, leaf, "ghost", allocated, 1, 1, None),
+        ];
+        let view = UsageView::new(resources, now, rows);
+        let entries = view.entries(&org(ws, leaf, vec![root, mid]));
+        assert_eq!(entries.len(), 2);
+        let users = &entries[0];
+        assert_eq!(users.resource.key, "users");
+        assert_eq!((users.direct, users.subtree, users.limit), (2, 2, Some(8)));
+        // min(10 − 6, 8 − 2) = 4 more fit; the leaf could reach 2 + 4.
+        assert_eq!(users.available, Some(4));
+        assert_eq!(users.effective_limit, Some(6));
+        assert!(!users.over_limit);
+        assert_eq!(users.window_start, None);
+        let calls = &entries[1];
+        assert_eq!((calls.direct, calls.subtree), (4, 4));
+        assert_eq!(calls.window_start, Some(today));
+        // mid's cap of 7 is already passed (9): nothing more fits below it.
+        assert_eq!(calls.available, Some(0));
+        assert_eq!(calls.effective_limit, Some(4));
+        let mid_calls = &view.entries(&org(ws, mid, vec![root]))[1];
+        assert!(mid_calls.over_limit);
+        // Another workspace's organization sees none of these resources.
+        assert!(view.entries(&org(Uuid::now_v7(), leaf, vec![])).is_empty());
+    }
+}
