@@ -45,6 +45,9 @@ pub struct Config {
     pub introspection: bool,
     /// Production mode: no field suggestions in validation errors.
     pub production: bool,
+    /// Whether selections of plain fields are answered in one step (`GRAPHQL_ONE_STEP`);
+    /// off, every field takes the general resolver (the test suite runs both ways).
+    pub one_step: bool,
     /// Maximum selection depth of one operation.
     pub max_query_depth: usize,
     /// Maximum complexity of one operation (each field counts 1, connections multiply by `first`).
@@ -165,6 +168,7 @@ impl Config {
         };
         let production = parse_bool(&var, "PRODUCTION", false)?;
         let introspection = parse_bool(&var, "GRAPHQL_INTROSPECTION", true)?;
+        let one_step = parse_bool(&var, "GRAPHQL_ONE_STEP", true)?;
         let max_query_depth = parse(&var, "GRAPHQL_MAX_DEPTH", "12", "a whole number")?;
         let max_query_complexity =
             parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
@@ -252,6 +256,7 @@ impl Config {
             log_format,
             introspection,
             production,
+            one_step,
             max_query_depth,
             max_query_complexity,
             max_batch_size,

@@ -39,6 +39,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     graphql_operations: IntCounterVec,
+    one_step: IntCounterVec,
     graphql_duration: HistogramVec,
     pool_size: IntGauge,
     pool_available: IntGauge,
@@ -79,6 +80,13 @@ impl Metrics {
             ),
             &["operation", "outcome"],
         )?;
+        let one_step = IntCounterVec::new(
+            Opts::new(
+                "graphql_one_step_total",
+                "Plain selections answered in one step, or handed to the general resolver",
+            ),
+            &["outcome"],
+        )?;
         let graphql_duration = HistogramVec::new(
             HistogramOpts::new(
                 "graphql_operation_duration_seconds",
@@ -109,6 +117,7 @@ impl Metrics {
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(graphql_operations.clone()))?;
         registry.register(Box::new(graphql_duration.clone()))?;
+        registry.register(Box::new(one_step.clone()))?;
         registry.register(Box::new(pool_size.clone()))?;
         registry.register(Box::new(pool_available.clone()))?;
         registry.register(Box::new(pool_in_use.clone()))?;
@@ -124,6 +133,7 @@ impl Metrics {
             http_requests,
             http_duration,
             graphql_operations,
+            one_step,
             graphql_duration,
             pool_size,
             pool_available,
@@ -155,6 +165,16 @@ impl Metrics {
         self.graphql_duration
             .with_label_values(&[label.as_str()])
             .observe(seconds);
+    }
+
+    /// Records one request's one-step attempts.
+    pub fn observe_one_step(&self, answered: u64, fallback: u64) {
+        self.one_step
+            .with_label_values(&["answered"])
+            .inc_by(answered);
+        self.one_step
+            .with_label_values(&["fallback"])
+            .inc_by(fallback);
     }
 
     fn operation_label(&self, name: Option<&str>) -> String {

@@ -227,6 +227,11 @@ impl TestApp {
             ("JWT_ISSUER".into(), ISSUER.into()),
             ("JWT_AUDIENCE".into(), AUDIENCE.into()),
         ]);
+        // The suite runs with the one-step path on and off (`.ci/run`): the process's choice
+        // reaches every server the tests start.
+        if let Ok(v) = std::env::var("GRAPHQL_ONE_STEP") {
+            env.insert("GRAPHQL_ONE_STEP".into(), v);
+        }
         env.extend(options.env);
         let config =
             api::config::Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
@@ -473,6 +478,23 @@ impl TestApp {
             )
             .await;
         assert_eq!(negative, 0);
+    }
+
+    /// A counter of `/metrics` by its full name with labels (0 when absent).
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// SQL statements the server has sent so far (from `/metrics`).

@@ -57,6 +57,31 @@ pub struct RequestCtx {
     pub raw_json: bool,
     /// Order, nulls and errors of the response (see `shape`).
     pub shape: std::sync::Arc<shape::Shape>,
+    /// Whether selections of plain fields may be answered in one step (`GRAPHQL_ONE_STEP`).
+    pub one_step: bool,
+    /// How the one-step attempts of this request went.
+    pub one_step_outcomes: std::sync::Arc<OneStepOutcomes>,
+}
+
+/// Counts of one-step attempts: answered, or handed to the general resolver.
+#[derive(Default)]
+pub struct OneStepOutcomes {
+    /// Answered in one step.
+    pub answered: std::sync::atomic::AtomicU64,
+    /// Handed to the general resolver.
+    pub fallback: std::sync::atomic::AtomicU64,
+}
+
+impl OneStepOutcomes {
+    /// Counts one attempt.
+    pub fn record(&self, answered: bool) {
+        let counter = if answered {
+            &self.answered
+        } else {
+            &self.fallback
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl RequestCtx {
@@ -69,6 +94,8 @@ impl RequestCtx {
             loaders,
             raw_json: false,
             shape,
+            one_step: true,
+            one_step_outcomes: Default::default(),
         }
     }
 

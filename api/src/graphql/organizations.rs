@@ -49,28 +49,42 @@ impl Organization {
     pub fn row(&self) -> &OrganizationRow {
         &self.0.0
     }
-
-    /// The selection as a value in one step (see `write_org`); `None` when it needs the
-    /// general resolver.
-    fn scalars_only(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        let plan = Self::plan(ctx)?;
-        one_step(ctx, 256, |out| self.write_json(&plan, out))
-    }
 }
 
-/// The value of a selection answered in one step by `write` (JSON text, see `json`), or
-/// `None` when it needs the general resolver.
-fn one_step(
+/// The selection of `item` as a value in one step (see `json`); `None` when it needs the
+/// general resolver.
+fn scalars_only<T: Scalars>(
+    item: &T,
+    ctx: &async_graphql::ContextSelectionSet<'_>,
+) -> Option<async_graphql::Value> {
+    one_step(
+        ctx,
+        256,
+        || T::plan(ctx),
+        |plan, out| item.write_json(plan, out),
+    )
+}
+
+/// The value of a selection answered in one step by `write` with the selection's `plan`
+/// (JSON text, see `json`), or `None` when it needs the general resolver: no plan, `write`
+/// declines, or the one-step path is off (`GRAPHQL_ONE_STEP=off`). Every attempt is counted.
+fn one_step<P>(
     ctx: &async_graphql::ContextSelectionSet<'_>,
     capacity: usize,
-    write: impl FnOnce(&mut String) -> Option<()>,
+    plan: impl FnOnce() -> Option<P>,
+    write: impl FnOnce(&P, &mut String) -> Option<()>,
 ) -> Option<async_graphql::Value> {
-    let mut out = String::with_capacity(capacity);
-    write(&mut out)?;
-    json::into_value(ctx.data_unchecked::<super::RequestCtx>().raw_json, out)
+    let rc = ctx.data_unchecked::<super::RequestCtx>();
+    if !rc.one_step {
+        return None;
+    }
+    let value = plan().and_then(|plan| {
+        let mut out = String::with_capacity(capacity);
+        write(&plan, &mut out)?;
+        json::into_value(rc.raw_json, out)
+    });
+    rc.one_step_outcomes.record(value.is_some());
+    value
 }
 
 /// What a one-step organization selection writes for each field.
@@ -381,7 +395,7 @@ impl async_graphql::OutputType for Organization {
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match self.scalars_only(ctx) {
+        match scalars_only(self, ctx) {
             Some(v) => Ok(v),
             None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
         }
@@ -689,14 +703,6 @@ impl OrganizationUsage {
     fn new(entry: domain::usage::UsageEntry) -> Self {
         Self(OrganizationUsageObject(entry))
     }
-
-    fn scalars_only(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        let plan = Self::plan(ctx)?;
-        one_step(ctx, 256, |out| self.write_json(&plan, out))
-    }
 }
 
 impl async_graphql::OutputType for OrganizationUsage {
@@ -713,7 +719,7 @@ impl async_graphql::OutputType for OrganizationUsage {
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match self.scalars_only(ctx) {
+        match scalars_only(self, ctx) {
             Some(v) => Ok(v),
             None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
         }
@@ -1182,15 +1188,7 @@ impl OrganizationEdgeObject {
 /// An edge that resolves `{ cursor node { …scalars… } }` in one step.
 pub struct OrganizationEdge(OrganizationEdgeObject);
 
-impl OrganizationEdge {
-    fn scalars_only(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-    ) -> Option<async_graphql::Value> {
-        let plan = Self::plan(ctx)?;
-        one_step(ctx, 256, |out| self.write_json(&plan, out))
-    }
-}
+impl OrganizationEdge {}
 
 impl async_graphql::OutputType for OrganizationEdge {
     fn type_name() -> std::borrow::Cow<'static, str> {
@@ -1206,7 +1204,7 @@ impl async_graphql::OutputType for OrganizationEdge {
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match self.scalars_only(ctx) {
+        match scalars_only(self, ctx) {
             Some(v) => Ok(v),
             None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
         }
@@ -1310,11 +1308,12 @@ impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastL
         // A tree view's node with its edges is around a kilobyte of JSON (growing the buffer
         // copies it: better too big than too small).
         let capacity = (self.0.len() * 2048).min(1 << 21);
-        let written = T::plan(ctx).and_then(|plan| {
-            one_step(ctx, capacity, |out| {
-                list(out, &self.0, |item, out| item.write_json(&plan, out))
-            })
-        });
+        let written = one_step(
+            ctx,
+            capacity,
+            || T::plan(ctx),
+            |plan, out| list(out, &self.0, |item, out| item.write_json(plan, out)),
+        );
         match written {
             Some(value) => Ok(value),
             None => {

@@ -211,6 +211,8 @@ async fn operation(
     let shape = crate::graphql::shape::Shape::new(parsed.doc.clone(), r.variables.clone());
     let mut ctx = RequestCtx::new(state.services.clone(), actor, shape.into());
     ctx.raw_json = !parsed.may_merge;
+    ctx.one_step = state.config.one_step;
+    let outcomes = ctx.one_step_outcomes.clone();
     r.set_parsed_query((*parsed.doc).clone());
     let started = Instant::now();
     let r = r.data(ctx);
@@ -219,6 +221,10 @@ async fn operation(
         name.as_deref(),
         resp.errors.is_empty(),
         started.elapsed().as_secs_f64(),
+    );
+    state.metrics.observe_one_step(
+        outcomes.answered.load(std::sync::atomic::Ordering::Relaxed),
+        outcomes.fallback.load(std::sync::atomic::Ordering::Relaxed),
     );
     label_errors(&mut resp.errors);
     resp

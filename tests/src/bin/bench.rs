@@ -48,6 +48,13 @@ impl Server {
     }
 
     async fn statements(&self) -> anyhow::Result<u64> {
+        self.metric("db_statements_total")
+            .await?
+            .context("db_statements_total missing")
+    }
+
+    /// A series of `/metrics` by its name with labels.
+    async fn metric(&self, series: &str) -> anyhow::Result<Option<u64>> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -55,10 +62,22 @@ impl Server {
             .await?
             .text()
             .await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("db_statements_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .context("db_statements_total missing")
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// One-step attempts so far: (answered, handed to the general resolver).
+    async fn one_step(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((
+            self.metric("graphql_one_step_total{outcome=\"answered\"}")
+                .await?
+                .unwrap_or(0),
+            self.metric("graphql_one_step_total{outcome=\"fallback\"}")
+                .await?
+                .unwrap_or(0),
+        ))
     }
 }
 
@@ -468,6 +487,7 @@ async fn main() -> anyhow::Result<()> {
     let text =
         json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}).to_string();
     let body: Body = Arc::new(move |_, _| text.clone());
+    let one_step_before = server.one_step().await?;
     rows.push(
         http_row(
             &server,
@@ -478,6 +498,11 @@ async fn main() -> anyhow::Result<()> {
             body,
         )
         .await?,
+    );
+    let one_step_after = server.one_step().await?;
+    let (answered, fallback) = (
+        one_step_after.0 - one_step_before.0,
+        one_step_after.1 - one_step_before.1,
     );
     let text = json!({"query": "{ __typename }"}).to_string();
     let body: Body = Arc::new(move |_, _| text.clone());
@@ -542,6 +567,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nrecordUsage reaches {:.0}% of the physical limit (target ≥ 50%).",
         100.0 * record / physical
+    );
+    println!(
+        "Nested query, one-step path: {answered} selections answered, {fallback} handed to the general resolver ({:.1}% fallback; GRAPHQL_ONE_STEP={}).",
+        100.0 * fallback as f64 / (answered + fallback).max(1) as f64,
+        std::env::var("GRAPHQL_ONE_STEP").unwrap_or_else(|_| "on".into())
     );
     Ok(())
 }

@@ -640,3 +640,76 @@ async fn descendants_page_through_the_whole_subtree_and_node_refetches() {
         json!({"id": expected[4], "name": "A2", "depth": 3})
     );
 }
+
+/// The one-step path and the general resolvers answer byte for byte alike: a second server
+/// with `GRAPHQL_ONE_STEP=off` on the same database gets the same documents.
+#[tokio::test]
+async fn one_step_answers_exactly_what_the_general_resolvers_answer() {
+    let app = TestApp::with(tests::Options {
+        env: [("GRAPHQL_ONE_STEP".to_string(), "on".to_string())].into(),
+    })
+    .await;
+    let t = app.user("diff@example.com");
+    let ws = app.create_workspace(&t, "Differential").await;
+    let root = app.create_org(&t, &ws, None, "Root \"quoted\" ✓").await;
+    let mid = app.create_org(&t, &ws, Some(&root), "Mid").await;
+    let leaf = app.create_org(&t, &ws, Some(&mid), "Leaf\\slash").await;
+    assert_ok(&app.set_limit(&t, &root, "users", Some(40)).await);
+    assert_ok(&app.record(&t, &leaf, "users", 7).await);
+    let off = {
+        let config = api::config::Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(app.db.url.clone()),
+            "JWT_HS256_SECRET" => Some(tests::HS256_SECRET.into()),
+            "JWT_ISSUER" => Some(tests::ISSUER.into()),
+            "JWT_AUDIENCE" => Some(tests::AUDIENCE.into()),
+            "GRAPHQL_ONE_STEP" => Some("off".into()),
+            _ => None,
+        })
+        .expect("config");
+        let state =
+            api::AppState::new(config, app.pool.clone(), Default::default()).expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(api::http::server::serve(
+            listener,
+            api::router(state),
+            std::future::pending(),
+            std::time::Duration::from_secs(1),
+        ));
+        format!("http://{addr}")
+    };
+    let documents = [
+        "query($w: ID!) { workspace(id: $w) { name organizations(first: 100) { pageInfo { hasNextPage endCursor } edges { cursor node { id name depth createdAt
+            parent { id name } children(first: 10) { edges { node { id name } } pageInfo { hasNextPage } } ancestors { id name }
+            usage { resource kind direct subtree limit effectiveLimit available overLimit windowStart } } } } } }",
+        "query($w: ID!) { workspace(id: $w) { organizations(rootsOnly: true) { nodes { a: name b: name id ...F } } } } fragment F on Organization { children { edges { node { name } } } }",
+        "query($w: ID!) { workspace(id: $w) { organizations(first: 2) { edges { node { ancestors { id } usage { resource available } } } } } }",
+    ];
+    let answered = "graphql_one_step_total{outcome=\"answered\"}";
+    let fallback = "graphql_one_step_total{outcome=\"fallback\"}";
+    for (i, doc) in documents.into_iter().enumerate() {
+        let (before_answered, before_fallback) =
+            (app.metric(answered).await, app.metric(fallback).await);
+        let on_body = app.gql_text(&t, doc, json!({"w": ws})).await;
+        let off_body = app
+            .http
+            .post(format!("{off}/graphql"))
+            .bearer_auth(&t)
+            .json(&json!({"query": doc, "variables": {"w": ws}}))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        assert_ok(&serde_json::from_str(&on_body).expect("json"));
+        assert_eq!(on_body, off_body, "{doc}");
+        if i == 0 {
+            // The tree view is answered in one step, without a fallback.
+            assert!(app.metric(answered).await > before_answered);
+            assert_eq!(app.metric(fallback).await, before_fallback);
+        }
+    }
+}
