@@ -141,7 +141,13 @@ async fn eleventh_level_child_101_and_organization_1001_are_refused() {
         let (app, t, ws, p) = (&app, &t, &ws, holders[(i % 9) as usize].clone());
         async move { app.try_create_org(t, ws, Some(&p), &format!("F{i}")).await }
     });
-    let results = futures::future::join_all(creates).await;
+    // A hundred at a time: every create serializes on the workspace's lock, and a thousand
+    // at once would test how long the pool lets a request wait (5 s), not the cap.
+    let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+        futures::stream::iter(creates),
+        100,
+    ))
+    .await;
     let refused: Vec<_> = results
         .iter()
         .filter(|r| r.get("errors").is_some())
