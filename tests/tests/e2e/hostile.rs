@@ -384,7 +384,7 @@ async fn token_errors_do_not_describe_the_key_configuration() {
 #[tokio::test]
 async fn a_request_past_its_deadline_is_stopped() {
     let app = TestApp::with(Options {
-        env: [("GRAPHQL_TIMEOUT_MS".to_string(), "300".to_string())].into(),
+        env: [("GRAPHQL_TIMEOUT_MS".to_string(), "1000".to_string())].into(),
     })
     .await;
     let t = app.user("slow@example.com");
