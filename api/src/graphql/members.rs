@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
-use super::replay::{self, Replayable, replayable};
+use super::replay::{self, Replayable};
 use super::users::User;
 use super::workspaces::{Workspace, member_id};
 use super::{error, rc};
@@ -168,8 +168,6 @@ impl MemberMutation {
         ctx: &Context<'_>,
         input: AddMemberInput,
     ) -> Result<Replayable<AddMemberPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let ws = WorkspaceId::decode(&input.workspace_id)
             .ok_or_else(|| error::not_found("workspace"))?;
         let new = domain::members::NewMember {
@@ -177,16 +175,16 @@ impl MemberMutation {
             email: input.email,
             role: input.role.into(),
         };
-        let done = domain::members::add(&rc.services, &rc.actor, new, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::members::add(s, a, new, k).await,
             |m| Some(m.workspace_id),
             |row| AddMemberPayload {
                 member: Member(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Changes a member's role. Only owners make or change owners; the last owner cannot
@@ -196,22 +194,20 @@ impl MemberMutation {
         ctx: &Context<'_>,
         input: UpdateMemberRoleInput,
     ) -> Result<Replayable<UpdateMemberRolePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::members::RoleChange {
             member_id: member_id(&input.member_id)?,
             role: input.role.into(),
         };
-        let done = domain::members::update_role(&rc.services, &rc.actor, change, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::members::update_role(s, a, change, k).await,
             |m| Some(m.workspace_id),
             |row| UpdateMemberRolePayload {
                 member: Member(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Removes a member, or leaves the workspace when it is your own membership. The last
@@ -221,20 +217,18 @@ impl MemberMutation {
         ctx: &Context<'_>,
         input: RemoveMemberInput,
     ) -> Result<Replayable<RemoveMemberPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let id = member_id(&input.member_id)?;
-        let done = domain::members::remove(&rc.services, &rc.actor, id, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
         // The workspace id is not in the input: shown only to who can still see it.
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::members::remove(s, a, id, k).await,
             |r| Some(r.workspace_id.0),
             |removed| RemoveMemberPayload {
                 deleted_member_id: ID(removed.member_id.encode()),
                 workspace_id: ID(removed.workspace_id.encode()),
             },
-        ))
+        )
+        .await
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::json;
 use super::pagination::{self, complexity};
-use super::replay::{self, Replayable, replayable};
+use super::replay::{self, Replayable};
 use super::resources::{Resource, ResourceKind};
 use super::workspaces::{Workspace, load_visible};
 use super::{error, rc};
@@ -954,8 +954,6 @@ impl OrganizationMutation {
         ctx: &Context<'_>,
         input: CreateOrganizationInput,
     ) -> Result<Replayable<CreateOrganizationPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let new = domain::organizations::NewOrganization {
             workspace_id: WorkspaceId::decode(&input.workspace_id)
                 .ok_or_else(|| error::not_found("workspace"))?,
@@ -966,16 +964,16 @@ impl OrganizationMutation {
                 .transpose()?,
             name: input.name,
         };
-        let done = domain::organizations::create(&rc.services, &rc.actor, new, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::organizations::create(s, a, new, k).await,
             |o| Some(o.workspace_id),
             |row| CreateOrganizationPayload {
                 organization: Organization::new(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Renames an organization (owners and admins).
@@ -984,22 +982,20 @@ impl OrganizationMutation {
         ctx: &Context<'_>,
         input: RenameOrganizationInput,
     ) -> Result<Replayable<RenameOrganizationPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::organizations::Rename {
             organization_id: org_id(&input.organization_id, "organization")?,
             name: input.name,
         };
-        let done = domain::organizations::rename(&rc.services, &rc.actor, change, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::organizations::rename(s, a, change, k).await,
             |o| Some(o.workspace_id),
             |row| RenameOrganizationPayload {
                 organization: Organization::new(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Moves an organization and its subtree (owners and admins); its usage moves from the
@@ -1009,8 +1005,6 @@ impl OrganizationMutation {
         ctx: &Context<'_>,
         input: MoveOrganizationInput,
     ) -> Result<Replayable<MoveOrganizationPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::organizations::Move {
             organization_id: org_id(&input.organization_id, "organization")?,
             new_parent_id: input
@@ -1019,16 +1013,16 @@ impl OrganizationMutation {
                 .map(|p| org_id(p, "parent organization"))
                 .transpose()?,
         };
-        let done = domain::organizations::move_to(&rc.services, &rc.actor, change, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::organizations::move_to(s, a, change, k).await,
             |o| Some(o.workspace_id),
             |row| MoveOrganizationPayload {
                 organization: Organization::new(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Deletes an organization without children and usage (owners and admins).
@@ -1037,20 +1031,18 @@ impl OrganizationMutation {
         ctx: &Context<'_>,
         input: DeleteOrganizationInput,
     ) -> Result<Replayable<DeleteOrganizationPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let id = org_id(&input.organization_id, "organization")?;
-        let done = domain::organizations::delete(&rc.services, &rc.actor, id, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
         // Shows only the id the input held.
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::organizations::delete(s, a, id, k).await,
             |_| None,
             |id| DeleteOrganizationPayload {
                 deleted_organization_id: ID(id.encode()),
             },
-        ))
+        )
+        .await
     }
 
     /// Allocates (positive delta) or releases (negative delta) usage at an organization,
@@ -1060,23 +1052,21 @@ impl OrganizationMutation {
         ctx: &Context<'_>,
         input: RecordUsageInput,
     ) -> Result<Replayable<RecordUsagePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::usage::UsageChange {
             organization_id: org_id(&input.organization_id, "organization")?,
             resource: input.resource,
             delta: i64::from(input.delta),
         };
-        let done = domain::usage::record(&rc.services, &rc.actor, change, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::usage::record(s, a, change, k).await,
             |o| Some(o.workspace_id),
             |row| RecordUsagePayload {
                 organization: Organization::new(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Sets or removes an organization's cap on a resource (owners and admins).
@@ -1085,23 +1075,21 @@ impl OrganizationMutation {
         ctx: &Context<'_>,
         input: SetOrganizationLimitInput,
     ) -> Result<Replayable<SetOrganizationLimitPayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let change = domain::usage::LimitChange {
             organization_id: org_id(&input.organization_id, "organization")?,
             resource: input.resource,
             limit: input.limit.map(i64::from),
         };
-        let done = domain::usage::set_limit(&rc.services, &rc.actor, change, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::usage::set_limit(s, a, change, k).await,
             |o| Some(o.workspace_id),
             |row| SetOrganizationLimitPayload {
                 organization: Organization::new(row),
             },
-        ))
+        )
+        .await
     }
 }
 

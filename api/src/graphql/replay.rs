@@ -21,7 +21,7 @@ use crate::domain::mutation::{self, Done, Keyed};
 /// fields (fragments inlined, with their type conditions), their aliases and their
 /// arguments with variables substituted. The expanded selection is bounded by
 /// `GRAPHQL_MAX_FIELDS`, checked before execution.
-pub fn key(ctx: &Context<'_>, key: Option<String>) -> Option<mutation::Key> {
+fn key(ctx: &Context<'_>, key: Option<String>) -> Option<mutation::Key> {
     let key = key?;
     let mut canonical = String::new();
     selection(ctx, &ctx.item.node.selection_set.node, &mut canonical, 0);
@@ -100,9 +100,31 @@ pub enum Replayable<P> {
     },
 }
 
+/// The one path of every mutation resolver once it has decoded its input: the domain call
+/// under the field's idempotency key (its selection fingerprinted), domain errors mapped
+/// (and internal ones logged), and the payload made [`Replayable`].
+pub async fn mutate<T, P>(
+    ctx: &Context<'_>,
+    idempotency_key: Option<String>,
+    call: impl AsyncFnOnce(
+        &crate::domain::Services,
+        &crate::domain::Actor,
+        Option<&mutation::Key>,
+    ) -> crate::domain::DomainResult<Done<T>>,
+    workspace: impl FnOnce(&T) -> Option<Uuid>,
+    payload: impl FnOnce(T) -> P,
+) -> async_graphql::Result<Replayable<P>> {
+    let rc = ctx.data_unchecked::<RequestCtx>();
+    let key = key(ctx, idempotency_key);
+    let done = call(&rc.services, &rc.actor, key.as_ref())
+        .await
+        .map_err(|e| rc.err(e))?;
+    Ok(replayable(done, workspace, payload))
+}
+
 /// The payload of a mutation's outcome. `workspace` names the workspace whose data the
 /// payload shows (`None` when it shows only ids the input held, as deletions do).
-pub fn replayable<T, P>(
+fn replayable<T, P>(
     done: Done<T>,
     workspace: impl FnOnce(&T) -> Option<Uuid>,
     payload: impl FnOnce(T) -> P,

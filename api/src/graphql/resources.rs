@@ -2,8 +2,8 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
-use super::replay::{self, Replayable, replayable};
-use super::{error, rc};
+use super::error;
+use super::replay::{self, Replayable};
 use crate::db::models::ResourceRow;
 use crate::domain;
 use crate::ids::WorkspaceId;
@@ -105,8 +105,6 @@ impl ResourceMutation {
         ctx: &Context<'_>,
         input: DefineResourceInput,
     ) -> Result<Replayable<DefineResourcePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let new = domain::resources::NewResource {
             workspace_id: WorkspaceId::decode(&input.workspace_id)
                 .ok_or_else(|| error::not_found("workspace"))?,
@@ -116,16 +114,16 @@ impl ResourceMutation {
             kind: input.kind.into(),
             reset_period: input.reset_period.map(Into::into),
         };
-        let done = domain::resources::define(&rc.services, &rc.actor, new, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::resources::define(s, a, new, k).await,
             |r| Some(r.workspace_id),
             |row| DefineResourcePayload {
                 resource: Resource(row),
             },
-        ))
+        )
+        .await
     }
 }
 

@@ -7,7 +7,7 @@ use super::audit::AuditEvent;
 use super::members::{Member, Role};
 use super::organizations::{Organization, OrganizationConnection};
 use super::pagination::{self, complexity};
-use super::replay::{self, Replayable, replayable};
+use super::replay::{self, Replayable};
 use super::resources::Resource;
 use super::{error, rc};
 use crate::db::models::WorkspaceRow;
@@ -340,23 +340,21 @@ impl WorkspaceMutation {
         ctx: &Context<'_>,
         input: CreateWorkspaceInput,
     ) -> Result<Replayable<CreateWorkspacePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let new = domain::workspaces::NewWorkspace {
             name: input.name,
             description: input.description,
             billing_mode: input.billing_mode.into(),
         };
-        let done = domain::workspaces::create(&rc.services, &rc.actor, new, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::workspaces::create(s, a, new, k).await,
             |w| Some(w.id),
             |row| CreateWorkspacePayload {
                 workspace: Workspace(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Renames a workspace (owners and admins).
@@ -365,23 +363,21 @@ impl WorkspaceMutation {
         ctx: &Context<'_>,
         input: RenameWorkspaceInput,
     ) -> Result<Replayable<RenameWorkspacePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let update = domain::workspaces::WorkspaceUpdate {
             workspace_id: ws_id(&input.workspace_id)?,
             name: Some(input.name),
             description: None,
         };
-        let done = domain::workspaces::update(&rc.services, &rc.actor, update, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::workspaces::update(s, a, update, k).await,
             |w| Some(w.id),
             |row| RenameWorkspacePayload {
                 workspace: Workspace(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Changes name and/or description (owners and admins). The billing mode cannot change.
@@ -390,8 +386,6 @@ impl WorkspaceMutation {
         ctx: &Context<'_>,
         input: UpdateWorkspaceInput,
     ) -> Result<Replayable<UpdateWorkspacePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let description = match input.description {
             MaybeUndefined::Undefined => None,
             MaybeUndefined::Null => Some(None),
@@ -402,16 +396,16 @@ impl WorkspaceMutation {
             name: input.name,
             description,
         };
-        let done = domain::workspaces::update(&rc.services, &rc.actor, update, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::workspaces::update(s, a, update, k).await,
             |w| Some(w.id),
             |row| UpdateWorkspacePayload {
                 workspace: Workspace(row),
             },
-        ))
+        )
+        .await
     }
 
     /// Deletes a workspace (owners only).
@@ -420,20 +414,18 @@ impl WorkspaceMutation {
         ctx: &Context<'_>,
         input: DeleteWorkspaceInput,
     ) -> Result<Replayable<DeleteWorkspacePayload>> {
-        let rc = rc(ctx);
-        let key = replay::key(ctx, input.idempotency_key);
         let id = ws_id(&input.workspace_id)?;
-        let done = domain::workspaces::delete(&rc.services, &rc.actor, id, key.as_ref())
-            .await
-            .map_err(|e| rc.err(e))?;
         // Shows only the id the input held.
-        Ok(replayable(
-            done,
+        replay::mutate(
+            ctx,
+            input.idempotency_key,
+            async move |s, a, k| domain::workspaces::delete(s, a, id, k).await,
             |_| None,
             |id| DeleteWorkspacePayload {
                 deleted_workspace_id: ID(id.encode()),
             },
-        ))
+        )
+        .await
     }
 }
 
