@@ -54,20 +54,10 @@ pub struct Config {
     pub max_query_complexity: usize,
     /// Maximum operations in one batched request.
     pub max_batch_size: usize,
-    /// Maximum fields of one operation once its fragments are expanded.
-    pub max_fields: usize,
-    /// Maximum aliased fields of one operation once its fragments are expanded.
-    pub max_aliases: usize,
-    /// Maximum lexical tokens of a document.
-    pub max_tokens: usize,
-    /// Maximum directives of one operation once its fragments are expanded.
-    pub max_directives: usize,
-    /// Maximum root fields of one operation.
-    pub max_root_fields: usize,
-    /// Maximum fragment definitions of a document.
-    pub max_fragments: usize,
-    /// Maximum fragment spreads written in a document.
-    pub max_spreads: usize,
+    /// The caps every document is checked against before it reaches the engine
+    /// (`GRAPHQL_MAX_FIELDS`, `_ALIASES`, `_TOKENS`, `_DIRECTIVES`, `_ROOT_FIELDS`,
+    /// `_FRAGMENTS`, `_SPREADS`).
+    pub document_limits: crate::graphql::limits::Limits,
     /// Largest request body accepted on `/graphql`.
     pub max_body_bytes: usize,
     /// Largest total size of a request's headers.
@@ -173,13 +163,19 @@ impl Config {
         let max_query_complexity =
             parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
         let max_batch_size = parse(&var, "GRAPHQL_MAX_BATCH", "10", "a whole number")?;
-        let max_fields = parse(&var, "GRAPHQL_MAX_FIELDS", "10000", "a whole number")?;
-        let max_aliases = parse(&var, "GRAPHQL_MAX_ALIASES", "30", "a whole number")?;
-        let max_tokens = parse(&var, "GRAPHQL_MAX_TOKENS", "5000", "a whole number")?;
-        let max_directives = parse(&var, "GRAPHQL_MAX_DIRECTIVES", "50", "a whole number")?;
-        let max_root_fields = parse(&var, "GRAPHQL_MAX_ROOT_FIELDS", "100", "a whole number")?;
-        let max_fragments = parse(&var, "GRAPHQL_MAX_FRAGMENTS", "100", "a whole number")?;
-        let max_spreads = parse(&var, "GRAPHQL_MAX_SPREADS", "500", "a whole number")?;
+        let defaults = crate::graphql::limits::Limits::default();
+        let cap = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+            parse(&var, name, &default.to_string(), "a whole number")
+        };
+        let document_limits = crate::graphql::limits::Limits {
+            max_fields: cap("GRAPHQL_MAX_FIELDS", defaults.max_fields)?,
+            max_aliases: cap("GRAPHQL_MAX_ALIASES", defaults.max_aliases)?,
+            max_tokens: cap("GRAPHQL_MAX_TOKENS", defaults.max_tokens)?,
+            max_directives: cap("GRAPHQL_MAX_DIRECTIVES", defaults.max_directives)?,
+            max_root_fields: cap("GRAPHQL_MAX_ROOT_FIELDS", defaults.max_root_fields)?,
+            max_fragments: cap("GRAPHQL_MAX_FRAGMENTS", defaults.max_fragments)?,
+            max_spreads: cap("GRAPHQL_MAX_SPREADS", defaults.max_spreads)?,
+        };
         let max_body_bytes: usize = parse(
             &var,
             "GRAPHQL_MAX_BODY_BYTES",
@@ -260,13 +256,7 @@ impl Config {
             max_query_depth,
             max_query_complexity,
             max_batch_size,
-            max_fields,
-            max_aliases,
-            max_tokens,
-            max_directives,
-            max_root_fields,
-            max_fragments,
-            max_spreads,
+            document_limits,
             max_body_bytes,
             max_header_bytes,
             request_timeout: Duration::from_millis(timeout_ms),
@@ -280,19 +270,6 @@ impl Config {
 }
 
 impl Config {
-    /// The caps every document is checked against before it reaches the engine.
-    pub fn document_limits(&self) -> crate::graphql::limits::Limits {
-        crate::graphql::limits::Limits {
-            max_fields: self.max_fields,
-            max_aliases: self.max_aliases,
-            max_tokens: self.max_tokens,
-            max_directives: self.max_directives,
-            max_root_fields: self.max_root_fields,
-            max_fragments: self.max_fragments,
-            max_spreads: self.max_spreads,
-        }
-    }
-
     /// The API must be able to verify tokens one way or the other.
     pub fn require_token_verification(&self) -> Result<(), ConfigError> {
         if self.jwt_hs256_secret.is_none() && self.jwt_jwks_url.is_none() {

@@ -56,7 +56,7 @@ impl AppState {
             metrics: Arc::new(telemetry::Metrics::new(statements)?),
             documents: Arc::new(graphql::documents::DocumentCache::new(
                 std::num::NonZeroUsize::new(1_000).expect("non-zero"),
-                config.document_limits(),
+                config.document_limits,
             )),
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -482,6 +482,10 @@ impl TestApp {
 
     /// A counter of `/metrics` by its full name with labels (0 when absent).
     pub async fn metric(&self, series: &str) -> u64 {
+        self.metric_value(series).await.unwrap_or(0)
+    }
+
+    async fn metric_value(&self, series: &str) -> Option<u64> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -494,24 +498,30 @@ impl TestApp {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
     }
 
     /// SQL statements the server has sent so far (from `/metrics`).
     pub async fn statements(&self) -> u64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
+        self.metric_value("db_statements_total")
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix("db_statements_total "))
-            .and_then(|v| v.trim().parse().ok())
             .expect("db_statements_total in /metrics")
+    }
+
+    /// The configuration of a second server on this test's database (tokens of this one
+    /// are accepted), with `extra` variables.
+    pub fn config_for(&self, extra: &[(&str, &str)]) -> api::config::Config {
+        let url = self.db.url.clone();
+        api::config::Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(url.clone()),
+            "JWT_HS256_SECRET" => Some(HS256_SECRET.into()),
+            "JWT_ISSUER" => Some(ISSUER.into()),
+            "JWT_AUDIENCE" => Some(AUDIENCE.into()),
+            _ => extra
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string()),
+        })
+        .expect("config")
     }
 }
 

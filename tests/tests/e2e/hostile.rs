@@ -65,6 +65,11 @@ async fn raw_exchange(app: &TestApp, head: &str, body: &[u8], wait: Duration) ->
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The head of a `POST /graphql` with `headers` (each ending in CRLF).
+fn post_head(headers: &str) -> String {
+    format!("POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}\r\n")
+}
+
 fn json_body_of(raw: &str) -> Value {
     let body = raw
         .split_once("\r\n\r\n")
@@ -146,8 +151,8 @@ async fn a_body_is_not_read_before_the_token_is_checked() {
     let app = TestApp::spawn().await;
     // Announce 500 MB and send a few bytes: a server that reads the body first would wait
     // for the rest; this one answers 401 at once.
-    let head = "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500000000\r\n\r\n";
-    let raw = raw_exchange(&app, head, b"{\"query\":", Duration::from_secs(10)).await;
+    let head = post_head("Content-Length: 500000000\r\n");
+    let raw = raw_exchange(&app, &head, b"{\"query\":", Duration::from_secs(10)).await;
     assert!(raw.starts_with("HTTP/1.1 401"), "{raw:?}");
     assert_code(&json_body_of(&raw), "UNAUTHENTICATED");
 }
@@ -160,18 +165,18 @@ async fn bodies_are_capped_and_answered_with_413() {
     .await;
     let t = app.user("big@example.com");
     // Declared too large: refused before a byte of it is read.
-    let head = format!(
-        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 500000000\r\n\r\n"
-    );
+    let head = post_head(&format!(
+        "Authorization: Bearer {t}\r\nContent-Length: 500000000\r\n"
+    ));
     let raw = raw_exchange(&app, &head, b"{", Duration::from_secs(10)).await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw:?}");
     let body = json_body_of(&raw);
     assert_code(&body, "BAD_USER_INPUT");
     assert!(message(&body).contains("GRAPHQL_MAX_BODY_BYTES"), "{body}");
     // Chunked without a length: refused once the cap is passed.
-    let head = format!(
-        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    );
+    let head = post_head(&format!(
+        "Authorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\n"
+    ));
     let chunk = format!("{:x}\r\n{}\r\n", 16_384, " ".repeat(16_384));
     let raw = raw_exchange(
         &app,
@@ -389,9 +394,9 @@ async fn a_request_past_its_deadline_is_stopped() {
     .await;
     let t = app.user("slow@example.com");
     // A body that never arrives: the deadline covers reading it too.
-    let head = format!(
-        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    );
+    let head = post_head(&format!(
+        "Authorization: Bearer {t}\r\nContent-Length: 100\r\n"
+    ));
     let raw = raw_exchange(&app, &head, b"{\"query\":", Duration::from_secs(15)).await;
     assert!(raw.starts_with("HTTP/1.1 504"), "{raw:?}");
     let body = json_body_of(&raw);
@@ -404,14 +409,7 @@ async fn a_request_past_its_deadline_is_stopped() {
 #[tokio::test]
 async fn shutdown_gives_up_on_stuck_connections_at_its_deadline() {
     let app = TestApp::spawn().await;
-    let config = api::config::Config::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(app.db.url.clone()),
-        "JWT_HS256_SECRET" => Some(tests::HS256_SECRET.into()),
-        "JWT_ISSUER" => Some(tests::ISSUER.into()),
-        "JWT_AUDIENCE" => Some(tests::AUDIENCE.into()),
-        _ => None,
-    })
-    .expect("config");
+    let config = app.config_for(&[]);
     let state = api::AppState::new(config, app.pool.clone(), Default::default()).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -663,15 +663,7 @@ async fn one_step_answers_exactly_what_the_general_resolvers_answer() {
     assert_ok(&app.set_limit(&t, &root, "users", Some(40)).await);
     assert_ok(&app.record(&t, &leaf, "users", 7).await);
     let off = {
-        let config = api::config::Config::from_lookup(|k| match k {
-            "DATABASE_URL" => Some(app.db.url.clone()),
-            "JWT_HS256_SECRET" => Some(tests::HS256_SECRET.into()),
-            "JWT_ISSUER" => Some(tests::ISSUER.into()),
-            "JWT_AUDIENCE" => Some(tests::AUDIENCE.into()),
-            "GRAPHQL_ONE_STEP" => Some("off".into()),
-            _ => None,
-        })
-        .expect("config");
+        let config = app.config_for(&[("GRAPHQL_ONE_STEP", "off")]);
         let state =
             api::AppState::new(config, app.pool.clone(), Default::default()).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
