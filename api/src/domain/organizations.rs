@@ -74,28 +74,55 @@ pub async fn children_pages(
     Ok(orgs::children_pages(&mut conn, parents, page).await?)
 }
 
-/// What a page of organizations shows besides its rows, for `PageEdges::load`.
-#[derive(Default)]
+/// What a page's selection asks of every row of the page, in one batch per edge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wants {
+    /// Parents and ancestors.
+    pub ancestors: bool,
+    /// A children page (one page for every row).
+    pub children: Option<Page>,
+    /// Usage entries.
+    pub usage: bool,
+}
+
+impl Wants {
+    /// Whether anything is asked.
+    pub fn any(&self) -> bool {
+        self.ancestors || self.children.is_some() || self.usage
+    }
+}
+
+/// The nested edges of a page of organizations, fetched up front for the whole page (one
+/// statement per edge, whatever the page size and however busy the server: DataLoader
+/// batches are time-based and split under load, a page's prefetch never does).
+#[derive(Debug, Default)]
 pub struct PageEdges {
-    /// Organizations asked for by id (ancestors outside the page).
-    pub orgs: Vec<OrganizationRow>,
-    /// Each row's children page, by parent.
-    pub children: Option<IdMap<Uuid, Vec<OrganizationRow>>>,
+    /// The page's rows and their ancestors, by id.
+    pub orgs: IdMap<Uuid, OrganizationRow>,
+    /// The children page asked for, and each row's children in it, by parent.
+    pub children: Option<(Page, IdMap<Uuid, Vec<OrganizationRow>>)>,
     /// Each row's usage entries.
     pub usage: Option<IdMap<Uuid, Vec<usage_domain::UsageEntry>>>,
 }
 
 impl PageEdges {
-    /// Fetches the edges a page's selection asks for (organizations `wanted` by id, a
-    /// `children` page of every row, every row's `usage`) on one connection, one statement
-    /// each, pipelined: none waits for another.
+    /// Fetches what `wants` asks of `rows` on one connection, one statement per edge,
+    /// pipelined: none waits for another.
     pub async fn load(
         services: &Services,
         rows: &[OrganizationRow],
-        wanted: &[Uuid],
-        children: Option<Page>,
-        usage: bool,
+        wants: Wants,
     ) -> DomainResult<Self> {
+        let wanted: Vec<Uuid> = if wants.ancestors {
+            let in_page: crate::ids::IdSet<Uuid> = rows.iter().map(|r| r.id).collect();
+            crate::ids::distinct(
+                rows.iter()
+                    .flat_map(|r| r.ancestors.iter().copied())
+                    .filter(|a| !in_page.contains(a)),
+            )
+        } else {
+            Vec::new()
+        };
         let conn = services.conn().await?;
         let conn: &AsyncPgConnection = &conn;
         let (orgs, children, usage) = futures::try_join!(
@@ -103,17 +130,19 @@ impl PageEdges {
                 if wanted.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    Ok(orgs::find_many(conn, wanted).await?)
+                    Ok(orgs::find_many(conn, &wanted).await?)
                 }
             },
             async {
-                match children {
-                    Some(page) => children_of_rows(conn, rows, page).await.map(Some),
+                match wants.children {
+                    Some(page) => children_of_rows(conn, rows, page)
+                        .await
+                        .map(|c| Some((page, c))),
                     None => Ok(None),
                 }
             },
             async {
-                if usage {
+                if wants.usage {
                     usage_domain::load_entries_on(conn, rows).await.map(Some)
                 } else {
                     Ok(None)
@@ -121,7 +150,11 @@ impl PageEdges {
             },
         )?;
         Ok(Self {
-            orgs,
+            orgs: orgs
+                .into_iter()
+                .chain(rows.iter().cloned())
+                .map(|o| (o.id, o))
+                .collect(),
             children,
             usage,
         })

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod loaders;
 pub mod members;
 pub mod node;
+pub mod one_step;
 pub mod organizations;
 pub mod pagination;
 pub mod replay;
@@ -52,36 +53,8 @@ pub struct RequestCtx {
     pub actor: Actor,
     /// Batching loaders of this request.
     pub loaders: Loaders,
-    /// Whether one-step selections may hand their JSON text to the engine as is (the
-    /// document cannot merge values; see `json`).
-    pub raw_json: bool,
     /// Order, nulls and errors of the response (see `shape`).
     pub shape: std::sync::Arc<shape::Shape>,
-    /// Whether selections of plain fields may be answered in one step (`GRAPHQL_ONE_STEP`).
-    pub one_step: bool,
-    /// How the one-step attempts of this request went.
-    pub one_step_outcomes: std::sync::Arc<OneStepOutcomes>,
-}
-
-/// Counts of one-step attempts: answered, or handed to the general resolver.
-#[derive(Default)]
-pub struct OneStepOutcomes {
-    /// Answered in one step.
-    pub answered: std::sync::atomic::AtomicU64,
-    /// Handed to the general resolver.
-    pub fallback: std::sync::atomic::AtomicU64,
-}
-
-impl OneStepOutcomes {
-    /// Counts one attempt.
-    pub fn record(&self, answered: bool) {
-        let counter = if answered {
-            &self.answered
-        } else {
-            &self.fallback
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl RequestCtx {
@@ -92,10 +65,7 @@ impl RequestCtx {
             services,
             actor,
             loaders,
-            raw_json: false,
             shape,
-            one_step: true,
-            one_step_outcomes: Default::default(),
         }
     }
 
@@ -127,6 +97,9 @@ pub fn schema(config: &Config) -> AppSchema {
     }
     if config.production {
         b = b.disable_suggestions();
+    }
+    if let Err(e) = one_step::check_all() {
+        panic!("a one-step declaration does not match the schema: {e}");
     }
     b.finish()
 }

@@ -2,10 +2,15 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
-use uuid::Uuid;
+use async_graphql::parser::types::Field as FieldNode;
+use async_graphql::{
+    Context, ContextSelectionSet, ID, InputObject, Object, Positioned, Result, SimpleObject,
+};
+use chrono::{DateTime, Utc};
 
-use super::json;
+use super::one_step::{
+    Connection, ConnectionEdge, Fast, FastList, OneStep, PageRows, Paged, Plan, list,
+};
 use super::pagination::{self, complexity};
 use super::replay::{self, Replayable};
 use super::resources::{Resource, ResourceKind};
@@ -14,35 +19,35 @@ use super::{error, rc};
 use crate::db::models::OrganizationRow;
 use crate::db::repo::Page;
 use crate::domain;
-use crate::ids::{IdMap, OrganizationId, WorkspaceId};
+use crate::domain::organizations::{PageEdges, Wants};
+use crate::domain::usage::UsageEntry;
+use crate::ids::{OrganizationId, WorkspaceId};
 
-/// The fields of an organization (the GraphQL object `Organization`).
-#[derive(Clone)]
-pub struct OrganizationObject(pub OrganizationRow, pub Option<Arc<Prefetch>>);
+/// A node of a workspace's organization tree (a department, region or customer); a selection
+/// the one-step path can write is answered in one step (see `one_step`).
+pub type Organization = Fast<OrganizationObject>;
 
-/// A node of a workspace's organization tree (a department, region or customer).
-///
-/// It resolves as `OrganizationObject`, except that a selection of scalar fields only (the
-/// usual shape of `parent`, `ancestors` and child nodes in a tree view) is answered in one
-/// synchronous step instead of one future per field: a 100-organization tree has over a
-/// thousand such objects.
+/// A page of organizations.
+pub type OrganizationConnection = Connection<OrganizationObject>;
+
+/// An organization: its row and, for the rows of a page, the page's prefetched edges.
 #[derive(Clone)]
-pub struct Organization(pub OrganizationObject);
+pub struct OrganizationObject(pub OrganizationRow, pub Option<Arc<PageEdges>>);
 
 impl Organization {
     /// An organization whose nested edges go through the request's DataLoaders.
     pub fn new(row: OrganizationRow) -> Self {
-        Self(OrganizationObject(row, None))
+        Fast(OrganizationObject(row, None))
     }
 
     /// An organization whose nested edges were prefetched with its page.
-    pub fn prefetched(row: OrganizationRow, prefetch: Option<Arc<Prefetch>>) -> Self {
-        Self(OrganizationObject(row, prefetch))
+    pub fn prefetched(row: OrganizationRow, prefetch: Option<Arc<PageEdges>>) -> Self {
+        Fast(OrganizationObject(row, prefetch))
     }
 
     /// Opaque id (for the `Node` interface).
-    pub async fn id(&self, _ctx: &Context<'_>) -> Result<ID> {
-        Ok(ID(OrganizationId(self.row().id).encode()))
+    pub async fn id(&self, ctx: &Context<'_>) -> Result<ID> {
+        self.0.id(ctx).await
     }
 
     /// The row.
@@ -51,475 +56,23 @@ impl Organization {
     }
 }
 
-/// The selection of `item` as a value in one step (see `json`); `None` when it needs the
-/// general resolver.
-fn scalars_only<T: Scalars>(
-    item: &T,
-    ctx: &async_graphql::ContextSelectionSet<'_>,
-) -> Option<async_graphql::Value> {
-    one_step(
-        ctx,
-        256,
-        || T::plan(ctx),
-        |plan, out| item.write_json(plan, out),
-    )
-}
-
-/// The value of a selection answered in one step by `write` with the selection's `plan`
-/// (JSON text, see `json`), or `None` when it needs the general resolver: no plan, `write`
-/// declines, or the one-step path is off (`GRAPHQL_ONE_STEP=off`). Every attempt is counted.
-fn one_step<P>(
-    ctx: &async_graphql::ContextSelectionSet<'_>,
-    capacity: usize,
-    plan: impl FnOnce() -> Option<P>,
-    write: impl FnOnce(&P, &mut String) -> Option<()>,
-) -> Option<async_graphql::Value> {
-    let rc = ctx.data_unchecked::<super::RequestCtx>();
-    if !rc.one_step {
-        return None;
-    }
-    let value = plan().and_then(|plan| {
-        let mut out = String::with_capacity(capacity);
-        write(&plan, &mut out)?;
-        json::into_value(rc.raw_json, out)
-    });
-    rc.one_step_outcomes.record(value.is_some());
-    value
-}
-
-/// What a one-step organization selection writes for each field.
-pub enum OrgField {
-    Id,
-    Name,
-    Depth,
-    CreatedAt,
-    Typename,
-    Parent(json::Plan<OrgField>),
-    Ancestors(json::Plan<OrgField>),
-    Usage(json::Plan<UsageField>),
-    /// The children page asked for (answered only when it is the prefetched one).
-    Children(Page, json::Plan<ConnectionField>),
-}
-
-/// Compiles an organization's selection for one-step writing (see `write_org`): plain
-/// fields that are scalars or, unless `nested`, edges a page prefetches (parent, ancestors,
-/// usage, children). Organizations inside those edges are answered without a prefetch, so
-/// their own edges need the general resolver.
-fn org_plan(
-    ctx: &async_graphql::ContextSelectionSet<'_>,
-    nested: bool,
-) -> Option<json::Plan<OrgField>> {
-    json::Plan::new(ctx, |field| {
-        let f = &field.node;
-        let sub = || ctx.with_selection_set(&f.selection_set);
-        Some(match f.name.node.as_str() {
-            "id" => OrgField::Id,
-            "name" => OrgField::Name,
-            "depth" => OrgField::Depth,
-            "createdAt" => OrgField::CreatedAt,
-            "__typename" => OrgField::Typename,
-            _ if nested => return None,
-            "parent" => OrgField::Parent(org_plan(&sub(), true)?),
-            "ancestors" => OrgField::Ancestors(org_plan(&sub(), true)?),
-            "usage" => OrgField::Usage(usage_plan(&sub())?),
-            "children" => {
-                let args = ctx.with_field(field);
-                let (_, first) = args.param_value::<Option<i32>>("first", None).ok()?;
-                let (_, after) = args.param_value::<Option<String>>("after", None).ok()?;
-                let page = pagination::page(first, after.as_deref()).ok()?;
-                OrgField::Children(page, connection_plan(&sub())?)
-            }
-            _ => return None,
-        })
-    })
-}
-
-/// Writes an organization with a compiled selection (see `org_plan`); `None` when an edge
-/// is not in `prefetch` (its page's parents, ancestors, usage and children page).
-fn write_org(
-    row: &OrganizationRow,
-    prefetch: Option<&Prefetch>,
-    plan: &json::Plan<OrgField>,
-    out: &mut String,
-) -> Option<()> {
-    plan.write(out, |f, out| {
-        match f {
-            OrgField::Id => OrganizationId(row.id).write_json(out),
-            OrgField::Name => json::string(out, &row.name),
-            OrgField::Depth => json::int(out, i64::from(row.depth)),
-            OrgField::CreatedAt => json::string(out, &row.created_at.to_datetime().to_rfc3339()),
-            OrgField::Typename => out.push_str("\"Organization\""),
-            OrgField::Parent(plan) => {
-                let p = prefetch?;
-                match row.parent_id {
-                    None => out.push_str("null"),
-                    Some(id) => write_org(p.orgs.get(&id)?, None, plan, out)?,
-                }
-            }
-            OrgField::Ancestors(plan) => {
-                let p = prefetch?;
-                list(out, &row.ancestors, |a, out| {
-                    write_org(p.orgs.get(a)?, None, plan, out)
-                })?;
-            }
-            OrgField::Usage(plan) => {
-                let entries = prefetch?.usage.as_ref()?.get(&row.id)?;
-                list(out, entries, |e, out| write_usage(e, plan, out))?;
-            }
-            OrgField::Children(page, plan) => {
-                let (prefetched, by_parent) = prefetch?.children.as_ref()?;
-                if page != prefetched {
-                    return None;
-                }
-                write_connection(by_parent.get(&row.id)?, *page, plan, out)?;
-            }
+crate::object! {
+    #[Object(name = "Organization")]
+    /// A node of a workspace's organization tree (a department, region or customer).
+    impl OrganizationObject {
+        row: OrganizationRow;
+        fields {
+            /// Opaque id (`org_…`).
+            id: ID = ID(OrganizationId(row.id).encode()),
+            /// Name, 1–50 characters.
+            name: &str = &row.name,
+            /// 0 for a root, at most 9 (ten levels).
+            depth: i32 = i32::from(row.depth),
+            /// When it was created.
+            created_at: DateTime<Utc> = row.created_at.to_datetime(),
         }
-        Some(())
-    })
-}
-
-/// Writes a JSON array of `items`.
-fn list<T>(
-    out: &mut String,
-    items: &[T],
-    mut item: impl FnMut(&T, &mut String) -> Option<()>,
-) -> Option<()> {
-    out.push('[');
-    for (i, x) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        item(x, out)?;
-    }
-    out.push(']');
-    Some(())
-}
-
-/// What a one-step connection selection writes for each field.
-pub enum ConnectionField {
-    Typename,
-    Edges(json::Plan<EdgeField>),
-    Nodes(json::Plan<OrgField>),
-    PageInfo(json::Plan<PageInfoField>),
-}
-
-/// What a one-step `PageInfo` selection writes for each field.
-pub enum PageInfoField {
-    HasPreviousPage,
-    HasNextPage,
-    StartCursor,
-    EndCursor,
-    Typename,
-}
-
-/// Compiles a (children) connection's selection; its nodes are answered without a prefetch.
-fn connection_plan(
-    ctx: &async_graphql::ContextSelectionSet<'_>,
-) -> Option<json::Plan<ConnectionField>> {
-    json::Plan::new(ctx, |field| {
-        let f = &field.node;
-        let sub = ctx.with_selection_set(&f.selection_set);
-        Some(match f.name.node.as_str() {
-            "__typename" => ConnectionField::Typename,
-            "edges" => ConnectionField::Edges(edge_plan(&sub, true)?),
-            "nodes" => ConnectionField::Nodes(org_plan(&sub, true)?),
-            "pageInfo" => ConnectionField::PageInfo(json::Plan::new(&sub, |p| {
-                Some(match p.node.name.node.as_str() {
-                    "hasPreviousPage" => PageInfoField::HasPreviousPage,
-                    "hasNextPage" => PageInfoField::HasNextPage,
-                    "startCursor" => PageInfoField::StartCursor,
-                    "endCursor" => PageInfoField::EndCursor,
-                    "__typename" => PageInfoField::Typename,
-                    _ => return None,
-                })
-            })?),
-            _ => return None,
-        })
-    })
-}
-
-/// Writes a connection over `rows` (fetched with `page`, one extra row) in one step.
-fn write_connection(
-    rows: &[OrganizationRow],
-    page: Page,
-    plan: &json::Plan<ConnectionField>,
-    out: &mut String,
-) -> Option<()> {
-    let want = page.size();
-    let shown = &rows[..rows.len().min(want)];
-    let cursor = |r: Option<&OrganizationRow>, out: &mut String| match r {
-        Some(r) => json::string(out, &pagination::encode_cursor(r.id)),
-        None => out.push_str("null"),
-    };
-    plan.write(out, |f, out| {
-        match f {
-            ConnectionField::Typename => out.push_str("\"OrganizationConnection\""),
-            ConnectionField::Edges(plan) => list(out, shown, |r, out| {
-                write_edge(
-                    plan,
-                    out,
-                    |out| json::string(out, &pagination::encode_cursor(r.id)),
-                    |node, out| write_org(r, None, node, out),
-                )
-            })?,
-            ConnectionField::Nodes(plan) => {
-                list(out, shown, |r, out| write_org(r, None, plan, out))?
-            }
-            ConnectionField::PageInfo(plan) => plan.write(out, |p, out| {
-                match p {
-                    PageInfoField::HasPreviousPage => json::boolean(out, page.after.is_some()),
-                    PageInfoField::HasNextPage => json::boolean(out, rows.len() > want),
-                    PageInfoField::StartCursor => cursor(shown.first(), out),
-                    PageInfoField::EndCursor => cursor(shown.last(), out),
-                    PageInfoField::Typename => out.push_str("\"PageInfo\""),
-                }
-                Some(())
-            })?,
-        }
-        Some(())
-    })
-}
-
-/// What a one-step edge selection writes for each field.
-pub enum EdgeField {
-    Cursor,
-    Node(json::Plan<OrgField>),
-    Typename,
-}
-
-/// Compiles an edge's selection (`cursor`, `node`, `__typename`).
-fn edge_plan(
-    ctx: &async_graphql::ContextSelectionSet<'_>,
-    nested: bool,
-) -> Option<json::Plan<EdgeField>> {
-    json::Plan::new(ctx, |f| {
-        Some(match f.node.name.node.as_str() {
-            "cursor" => EdgeField::Cursor,
-            "node" => EdgeField::Node(org_plan(
-                &ctx.with_selection_set(&f.node.selection_set),
-                nested,
-            )?),
-            "__typename" => EdgeField::Typename,
-            _ => return None,
-        })
-    })
-}
-
-/// Writes an edge in one step, `node` writing the node with its compiled selection.
-fn write_edge(
-    plan: &json::Plan<EdgeField>,
-    out: &mut String,
-    cursor: impl Fn(&mut String),
-    node: impl Fn(&json::Plan<OrgField>, &mut String) -> Option<()>,
-) -> Option<()> {
-    plan.write(out, |f, out| {
-        match f {
-            EdgeField::Cursor => cursor(out),
-            EdgeField::Node(plan) => node(plan, out)?,
-            EdgeField::Typename => out.push_str("\"OrganizationEdge\""),
-        }
-        Some(())
-    })
-}
-
-/// What a one-step usage entry selection writes for each field.
-pub enum UsageField {
-    Resource,
-    Kind,
-    WindowStart,
-    Direct,
-    Subtree,
-    Limit,
-    EffectiveLimit,
-    Available,
-    OverLimit,
-    Typename,
-}
-
-/// Compiles a usage entry's selection of plain scalar fields.
-fn usage_plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<json::Plan<UsageField>> {
-    json::Plan::new(ctx, |f| {
-        Some(match f.node.name.node.as_str() {
-            "resource" => UsageField::Resource,
-            "kind" => UsageField::Kind,
-            "windowStart" => UsageField::WindowStart,
-            "direct" => UsageField::Direct,
-            "subtree" => UsageField::Subtree,
-            "limit" => UsageField::Limit,
-            "effectiveLimit" => UsageField::EffectiveLimit,
-            "available" => UsageField::Available,
-            "overLimit" => UsageField::OverLimit,
-            "__typename" => UsageField::Typename,
-            _ => return None,
-        })
-    })
-}
-
-/// Writes a usage entry with a compiled selection.
-fn write_usage(
-    e: &domain::usage::UsageEntry,
-    plan: &json::Plan<UsageField>,
-    out: &mut String,
-) -> Option<()> {
-    plan.write(out, |f, out| {
-        match f {
-            UsageField::Resource => json::string(out, &e.resource.key),
-            UsageField::Kind => json::string(out, e.resource.kind.as_str()),
-            UsageField::WindowStart => match e.window_start {
-                Some(w) => json::string(out, &w.to_rfc3339()),
-                None => out.push_str("null"),
-            },
-            UsageField::Direct => json::int(out, e.direct),
-            UsageField::Subtree => json::int(out, e.subtree),
-            UsageField::Limit => json::opt_int(out, e.limit),
-            UsageField::EffectiveLimit => json::opt_int(out, e.effective_limit),
-            UsageField::Available => json::opt_int(out, e.available),
-            UsageField::OverLimit => json::boolean(out, e.over_limit),
-            UsageField::Typename => out.push_str("\"OrganizationUsage\""),
-        }
-        Some(())
-    })
-}
-
-impl async_graphql::OutputType for Organization {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <OrganizationObject as async_graphql::OutputType>::type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <OrganizationObject as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
-    ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match scalars_only(self, ctx) {
-            Some(v) => Ok(v),
-            None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
-        }
-    }
-}
-
-impl async_graphql::ContainerType for Organization {
-    async fn resolve_field(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::ServerResult<Option<async_graphql::Value>> {
-        async_graphql::ContainerType::resolve_field(&self.0, ctx).await
-    }
-}
-
-impl async_graphql::ObjectType for Organization {}
-
-/// Nested edges fetched up front for a whole page of organizations (one statement per
-/// edge, whatever the page size and however busy the server: DataLoader batches are
-/// time-based and split under load, a page's prefetch never does).
-#[derive(Default)]
-pub struct Prefetch {
-    /// Parents and ancestors, by id.
-    pub orgs: IdMap<Uuid, OrganizationRow>,
-    /// Children pages, by parent and page.
-    pub children: Option<(Page, IdMap<Uuid, Vec<OrganizationRow>>)>,
-    /// Usage entries, by organization.
-    pub usage: Option<IdMap<Uuid, Vec<domain::usage::UsageEntry>>>,
-}
-
-/// Fetches what the selection of a page of organizations (`edges { node { … } }`) will ask
-/// for, in one batch per edge.
-pub(crate) async fn prefetch(
-    ctx: &Context<'_>,
-    rows: &[OrganizationRow],
-) -> Result<Option<Arc<Prefetch>>> {
-    let node = ctx.look_ahead().field("edges").field("node");
-    let wants_orgs = node.field("parent").exists() || node.field("ancestors").exists();
-    let wants_usage = node.field("usage").exists();
-    // One children page for the whole selection (aliases with other arguments use the loader).
-    let children_page = match node.field("children").selection_fields().as_slice() {
-        [only] => {
-            let args = only.arguments()?;
-            let int = |n: &str| {
-                args.iter()
-                    .find(|(k, _)| k.as_str() == n)
-                    .and_then(|(_, v)| {
-                        if let async_graphql::Value::Number(x) = v {
-                            x.as_i64()
-                        } else {
-                            None
-                        }
-                    })
-            };
-            let text = |n: &str| {
-                args.iter()
-                    .find(|(k, _)| k.as_str() == n)
-                    .and_then(|(_, v)| {
-                        if let async_graphql::Value::String(s) = v {
-                            Some(s.clone())
-                        } else {
-                            None
-                        }
-                    })
-            };
-            Some(pagination::page(
-                int("first").map(|n| n as i32),
-                text("after").as_deref(),
-            )?)
-        }
-        _ => None,
-    };
-    if rows.is_empty() || !(wants_orgs || wants_usage || children_page.is_some()) {
-        return Ok(None);
-    }
-    let rc = rc(ctx);
-    let wanted: Vec<Uuid> = if wants_orgs {
-        let in_page: crate::ids::IdSet<Uuid> = rows.iter().map(|r| r.id).collect();
-        crate::ids::distinct(
-            rows.iter()
-                .flat_map(|r| r.ancestors.iter().copied())
-                .filter(|a| !in_page.contains(a)),
-        )
-    } else {
-        Vec::new()
-    };
-    let edges = domain::organizations::PageEdges::load(
-        &rc.services,
-        rows,
-        &wanted,
-        children_page,
-        wants_usage,
-    )
-    .await
-    .map_err(|e| rc.err(e))?;
-    Ok(Some(Arc::new(Prefetch {
-        orgs: edges
-            .orgs
-            .into_iter()
-            .chain(rows.iter().cloned())
-            .map(|o| (o.id, o))
-            .collect(),
-        children: children_page.zip(edges.children),
-        usage: edges.usage,
-    })))
-}
-
-#[Object(name = "Organization")]
-impl OrganizationObject {
-    /// Opaque id (`org_…`).
-    pub async fn id(&self) -> ID {
-        ID(OrganizationId(self.0.id).encode())
-    }
-
-    /// Name, 1–50 characters.
-    async fn name(&self) -> &str {
-        &self.0.name
-    }
-
-    /// 0 for a root, at most 9 (ten levels).
-    async fn depth(&self) -> i32 {
-        i32::from(self.0.depth)
-    }
-
+        edges: OrgEdge;
+        resolvers {
     /// The workspace it belongs to.
     async fn workspace(&self, ctx: &Context<'_>) -> Result<Option<Workspace>> {
         load_visible(ctx, WorkspaceId(self.0.workspace_id)).await
@@ -550,7 +103,7 @@ impl OrganizationObject {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<OrganizationConnection> {
+    ) -> Result<Fast<OrganizationConnection>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
         if let Some((p, by_parent)) = self.1.as_ref().and_then(|p| p.children.as_ref())
@@ -612,7 +165,7 @@ impl OrganizationObject {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<OrganizationConnection> {
+    ) -> Result<Fast<OrganizationConnection>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
         let rows = rc
@@ -685,99 +238,177 @@ impl OrganizationObject {
             })
             .collect())
     }
-
-    /// When it was created.
-    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
-        self.0.created_at.to_datetime()
-    }
-}
-
-/// The fields of a usage entry (the GraphQL object `OrganizationUsage`).
-pub struct OrganizationUsageObject(pub domain::usage::UsageEntry);
-
-/// One organization's usage of one resource in the current window. Like `Organization`, a
-/// selection of plain scalar fields is answered in one step.
-pub struct OrganizationUsage(pub OrganizationUsageObject);
-
-impl OrganizationUsage {
-    fn new(entry: domain::usage::UsageEntry) -> Self {
-        Self(OrganizationUsageObject(entry))
-    }
-}
-
-impl async_graphql::OutputType for OrganizationUsage {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <OrganizationUsageObject as async_graphql::OutputType>::type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <OrganizationUsageObject as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
-    ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match scalars_only(self, ctx) {
-            Some(v) => Ok(v),
-            None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
         }
     }
 }
 
-#[Object(name = "OrganizationUsage")]
-impl OrganizationUsageObject {
-    /// Resource key.
-    async fn resource(&self) -> &str {
-        &self.0.resource.key
+/// The edges of an organization the one-step path writes: those a page prefetches.
+pub enum OrgEdge {
+    /// `parent`.
+    Parent(Plan<OrganizationObject>),
+    /// `ancestors`.
+    Ancestors(Plan<OrganizationObject>),
+    /// `usage`.
+    Usage(Plan<OrganizationUsageObject>),
+    /// `children`, written when its page is the prefetched one.
+    Children(Page, Plan<OrganizationConnection>),
+}
+
+impl OneStep for OrganizationObject {
+    type Edge = OrgEdge;
+    type With<'a> = Option<&'a PageEdges>;
+    const EDGES: &'static [&'static str] = &["parent", "ancestors", "usage", "children"];
+
+    fn compile_edge(
+        ctx: &ContextSelectionSet<'_>,
+        field: &Positioned<FieldNode>,
+    ) -> Option<OrgEdge> {
+        let sub = ctx.with_selection_set(&field.node.selection_set);
+        Some(match field.node.name.node.as_str() {
+            "parent" => OrgEdge::Parent(Plan::compile(&sub)?),
+            "ancestors" => OrgEdge::Ancestors(Plan::compile(&sub)?),
+            "usage" => OrgEdge::Usage(Plan::compile(&sub)?),
+            _ => {
+                let args = ctx.with_field(field);
+                let (_, first) = args.param_value::<Option<i32>>("first", None).ok()?;
+                let (_, after) = args.param_value::<Option<String>>("after", None).ok()?;
+                let page = pagination::page(first, after.as_deref()).ok()?;
+                OrgEdge::Children(page, Plan::compile(&sub)?)
+            }
+        })
     }
 
-    /// Allocated or metered.
-    async fn kind(&self) -> ResourceKind {
-        self.0.resource.kind.into()
+    fn write_edge(
+        row: &OrganizationRow,
+        prefetch: Option<&PageEdges>,
+        edge: &OrgEdge,
+        out: &mut String,
+    ) -> Option<()> {
+        // Organizations reached through an edge have no prefetch of their own.
+        let p = prefetch?;
+        match edge {
+            OrgEdge::Parent(plan) => match row.parent_id {
+                None => out.push_str("null"),
+                Some(id) => plan.write(p.orgs.get(&id)?, None, out)?,
+            },
+            OrgEdge::Ancestors(plan) => list(out, &row.ancestors, |a, out| {
+                plan.write(p.orgs.get(a)?, None, out)
+            })?,
+            OrgEdge::Usage(plan) => {
+                let entries = p.usage.as_ref()?.get(&row.id)?;
+                list(out, entries, |e, out| plan.write(e, (), out))?;
+            }
+            OrgEdge::Children(page, plan) => {
+                let (prefetched, by_parent) = p.children.as_ref()?;
+                if page != prefetched {
+                    return None;
+                }
+                let (shown, rows) = PageRows::of(by_parent.get(&row.id)?, *page);
+                rows.write(shown, |r| (r, None), plan, out)?;
+            }
+        }
+        Some(())
     }
 
-    /// The resource's definition.
-    async fn definition(&self) -> Resource {
-        Resource((*self.0.resource).clone())
+    fn parts(&self) -> (&OrganizationRow, Option<&PageEdges>) {
+        (&self.0, self.1.as_deref())
     }
+}
 
-    /// Start of the current window of a metered resource; null for allocated ones.
-    async fn window_start(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.0.window_start
+impl Paged for OrganizationObject {
+    fn cursor(row: &OrganizationRow) -> String {
+        pagination::encode_cursor(row.id)
     }
+}
 
-    /// The organization's own usage.
-    async fn direct(&self) -> i64 {
-        self.0.direct
+/// What the selection of a page of organizations (`organizations { … }`) asks of every row,
+/// read from its compiled plan: the edges the one-step path writes are the ones prefetched.
+fn wants(plan: &Plan<OrganizationConnection>) -> Wants {
+    let mut wants = Wants::default();
+    let mut pages = Vec::new();
+    for node in plan.edges().filter_map(ConnectionEdge::nodes) {
+        for edge in node.edges() {
+            match edge {
+                OrgEdge::Parent(_) | OrgEdge::Ancestors(_) => wants.ancestors = true,
+                OrgEdge::Usage(_) => wants.usage = true,
+                OrgEdge::Children(page, _) => pages.push(*page),
+            }
+        }
     }
-
-    /// Its own usage plus all its descendants'.
-    async fn subtree(&self) -> i64 {
-        self.0.subtree
+    // One children page for every row; aliases asking other pages use the loader.
+    if let Some(first) = pages.first()
+        && pages.iter().all(|p| p == first)
+    {
+        wants.children = Some(*first);
     }
+    wants
+}
 
-    /// Its own cap on the subtree usage; null when it inherits.
-    async fn limit(&self) -> Option<i64> {
-        self.0.limit
+/// Fetches what the selection of a page of organizations will ask for, in one batch per
+/// edge.
+pub(crate) async fn prefetch(
+    ctx: &Context<'_>,
+    rows: &[OrganizationRow],
+) -> Result<Option<Arc<PageEdges>>> {
+    let selection = ctx.with_selection_set(&ctx.item.node.selection_set);
+    let wants = Plan::compile(&selection)
+        .map(|plan| wants(&plan))
+        .unwrap_or_default();
+    if rows.is_empty() || !wants.any() {
+        return Ok(None);
     }
+    let rc = rc(ctx);
+    let edges = PageEdges::load(&rc.services, rows, wants)
+        .await
+        .map_err(|e| rc.err(e))?;
+    Ok(Some(Arc::new(edges)))
+}
 
-    /// The tightest cap that applies here (its own or an ancestor's), expressed as the most
-    /// this organization's subtree could reach now; null when nothing caps it.
-    async fn effective_limit(&self) -> Option<i64> {
-        self.0.effective_limit
+/// One organization's usage of one resource in the current window.
+pub type OrganizationUsage = Fast<OrganizationUsageObject>;
+
+/// A usage entry.
+pub struct OrganizationUsageObject(pub UsageEntry);
+
+impl OrganizationUsage {
+    fn new(entry: UsageEntry) -> Self {
+        Fast(OrganizationUsageObject(entry))
     }
+}
 
-    /// How much more can be allocated here right now; null when unlimited.
-    async fn available(&self) -> Option<i64> {
-        self.0.available
-    }
-
-    /// True when the subtree uses more than the organization's own cap (a cap set below
-    /// usage): nothing more can be allocated until usage falls below it.
-    async fn over_limit(&self) -> bool {
-        self.0.over_limit
+crate::object! {
+    #[Object(name = "OrganizationUsage")]
+    /// One organization's usage of one resource in the current window, with its caps.
+    impl OrganizationUsageObject {
+        entry: UsageEntry;
+        fields {
+            /// Resource key.
+            resource: &str = &entry.resource.key,
+            /// Allocated or metered.
+            kind: ResourceKind = entry.resource.kind.into(),
+            /// Start of the current window of a metered resource; null for allocated ones.
+            window_start: Option<DateTime<Utc>> = entry.window_start,
+            /// The organization's own usage.
+            direct: i64 = entry.direct,
+            /// Its own usage plus all its descendants'.
+            subtree: i64 = entry.subtree,
+            /// Its own cap on the subtree usage; null when it inherits.
+            limit: Option<i64> = entry.limit,
+            /// The tightest cap that applies here (its own or an ancestor's), expressed as the
+            /// most this organization's subtree could reach now; null when nothing caps it.
+            effective_limit: Option<i64> = entry.effective_limit,
+            /// How much more can be allocated here right now; null when unlimited.
+            available: Option<i64> = entry.available,
+            /// True when the subtree uses more than the organization's own cap (a cap set below
+            /// usage): nothing more can be allocated until usage falls below it.
+            over_limit: bool = entry.over_limit,
+        }
+        resolvers {
+            /// The resource's definition.
+            async fn definition(&self) -> Resource {
+                Resource((*self.0.resource).clone())
+            }
+        }
     }
 }
 
@@ -1090,229 +721,5 @@ impl OrganizationMutation {
             },
         )
         .await
-    }
-}
-
-/// A page of organizations (Relay connection). Hand-written rather than
-/// `async_graphql::connection::Connection` so that edges whose node selection is plain
-/// scalars resolve in one step: a tree view has a thousand of them per page.
-pub struct OrganizationConnection {
-    edges: Vec<OrganizationEdge>,
-    has_previous_page: bool,
-    has_next_page: bool,
-}
-
-impl OrganizationConnection {
-    /// Builds a page from rows fetched with `page` (which asked one extra row).
-    pub fn from_rows(
-        rows: Vec<OrganizationRow>,
-        page: Page,
-        node: impl Fn(OrganizationRow) -> Organization,
-    ) -> Self {
-        let want = page.size();
-        let has_next_page = rows.len() > want;
-        let edges = rows
-            .into_iter()
-            .take(want)
-            .map(|r| OrganizationEdge(OrganizationEdgeObject { node: node(r) }))
-            .collect();
-        Self {
-            edges,
-            has_previous_page: page.after.is_some(),
-            has_next_page,
-        }
-    }
-}
-
-#[Object]
-impl OrganizationConnection {
-    /// Information to aid in pagination.
-    async fn page_info(&self) -> async_graphql::connection::PageInfo {
-        async_graphql::connection::PageInfo {
-            has_previous_page: self.has_previous_page,
-            has_next_page: self.has_next_page,
-            start_cursor: self.edges.first().map(|e| e.0.encoded_cursor()),
-            end_cursor: self.edges.last().map(|e| e.0.encoded_cursor()),
-        }
-    }
-
-    /// A list of edges.
-    async fn edges(&self) -> FastList<&OrganizationEdge> {
-        FastList(self.edges.iter().collect())
-    }
-
-    /// A list of nodes.
-    async fn nodes(&self) -> Vec<&Organization> {
-        self.edges.iter().map(|e| &e.0.node).collect()
-    }
-}
-
-/// The fields of an edge (the GraphQL object `OrganizationEdge`).
-pub struct OrganizationEdgeObject {
-    node: Organization,
-}
-
-impl OrganizationEdgeObject {
-    /// The node's cursor (computed when asked: tree views seldom ask for it).
-    fn encoded_cursor(&self) -> String {
-        pagination::encode_cursor(self.node.row().id)
-    }
-}
-
-/// An edge in a connection.
-#[Object(name = "OrganizationEdge")]
-impl OrganizationEdgeObject {
-    /// The item at the end of the edge
-    async fn node(&self) -> &Organization {
-        &self.node
-    }
-
-    /// A cursor for use in pagination
-    async fn cursor(&self) -> String {
-        self.encoded_cursor()
-    }
-}
-
-/// An edge that resolves `{ cursor node { …scalars… } }` in one step.
-pub struct OrganizationEdge(OrganizationEdgeObject);
-
-impl OrganizationEdge {}
-
-impl async_graphql::OutputType for OrganizationEdge {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <OrganizationEdgeObject as async_graphql::OutputType>::type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <OrganizationEdgeObject as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
-    ) -> async_graphql::ServerResult<async_graphql::Value> {
-        match scalars_only(self, ctx) {
-            Some(v) => Ok(v),
-            None => async_graphql::OutputType::resolve(&self.0, ctx, field).await,
-        }
-    }
-}
-
-/// Objects that can answer a plain selection in one step.
-pub trait Scalars {
-    /// The selection compiled for writing (see `json::Plan`).
-    type Plan;
-
-    /// Compiles the selection, or `None` when it needs the general resolver.
-    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan>;
-
-    /// Writes the object with a compiled selection as JSON text (see `json`), or `None`
-    /// when it needs the general resolver after all.
-    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()>;
-}
-
-impl Scalars for Organization {
-    type Plan = json::Plan<OrgField>;
-
-    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
-        org_plan(ctx, false)
-    }
-
-    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
-        write_org(self.row(), self.0.1.as_deref(), plan, out)
-    }
-}
-
-impl Scalars for OrganizationUsage {
-    type Plan = json::Plan<UsageField>;
-
-    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
-        usage_plan(ctx)
-    }
-
-    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
-        write_usage(&self.0.0, plan, out)
-    }
-}
-
-impl<T: Scalars> Scalars for &T {
-    type Plan = T::Plan;
-
-    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
-        T::plan(ctx)
-    }
-
-    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
-        (**self).write_json(plan, out)
-    }
-}
-
-impl Scalars for OrganizationEdge {
-    type Plan = json::Plan<EdgeField>;
-
-    fn plan(ctx: &async_graphql::ContextSelectionSet<'_>) -> Option<Self::Plan> {
-        edge_plan(ctx, false)
-    }
-
-    fn write_json(&self, plan: &Self::Plan, out: &mut String) -> Option<()> {
-        write_edge(
-            plan,
-            out,
-            |out| json::string(out, &self.0.encoded_cursor()),
-            |node, out| self.0.node.write_json(node, out),
-        )
-    }
-}
-
-/// A list (`[T!]!`) whose items, when they all take the one-step path, are answered without
-/// a future per item; otherwise it resolves like any list.
-pub struct FastList<T>(pub Vec<T>);
-
-impl<T> FromIterator<T> for FastList<T> {
-    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
-    }
-}
-
-impl<T: Scalars + async_graphql::OutputType> async_graphql::OutputType for FastList<T> {
-    fn type_name() -> std::borrow::Cow<'static, str> {
-        <Vec<T> as async_graphql::OutputType>::type_name()
-    }
-
-    fn qualified_type_name() -> String {
-        <Vec<T> as async_graphql::OutputType>::qualified_type_name()
-    }
-
-    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
-        <Vec<T> as async_graphql::OutputType>::create_type_info(registry)
-    }
-
-    async fn resolve(
-        &self,
-        ctx: &async_graphql::ContextSelectionSet<'_>,
-        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
-    ) -> async_graphql::ServerResult<async_graphql::Value> {
-        // A tree view's node with its edges is around a kilobyte of JSON (growing the buffer
-        // copies it: better too big than too small).
-        let capacity = (self.0.len() * 2048).min(1 << 21);
-        let written = one_step(
-            ctx,
-            capacity,
-            || T::plan(ctx),
-            |plan, out| list(out, &self.0, |item, out| item.write_json(plan, out)),
-        );
-        match written {
-            Some(value) => Ok(value),
-            None => {
-                async_graphql::resolver_utils::resolve_list(
-                    ctx,
-                    field,
-                    self.0.iter(),
-                    Some(self.0.len()),
-                )
-                .await
-            }
-        }
     }
 }

@@ -169,7 +169,7 @@ impl<P: OutputType + Sync> OutputType for Replayable<P> {
         };
         match self {
             Replayable::Stored(text) => {
-                json::into_value(rc.raw_json, text.clone()).ok_or_else(|| {
+                json::into_value(super::one_step::raw_json(ctx), text.clone()).ok_or_else(|| {
                     fail(DomainError::internal(anyhow::anyhow!(
                         "stored rendering is not JSON"
                     )))

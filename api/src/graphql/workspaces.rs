@@ -135,7 +135,7 @@ impl Workspace {
         first: Option<i32>,
         after: Option<String>,
         #[graphql(default = false)] roots_only: bool,
-    ) -> Result<OrganizationConnection> {
+    ) -> Result<super::one_step::Fast<OrganizationConnection>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
         let rows =

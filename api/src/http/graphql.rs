@@ -1,5 +1,6 @@
 //! `GET`/`POST /graphql`: authenticate, check the batch, execute, count.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
@@ -14,7 +15,7 @@ use super::{RequestId, refuse, request};
 use crate::AppState;
 use crate::domain::{Actor, DomainError, users};
 use crate::graphql::error::code;
-use crate::graphql::{RequestCtx, json};
+use crate::graphql::{RequestCtx, json, one_step};
 
 /// The bearer token of the only `Authorization` header, or why there is none.
 fn bearer(headers: &HeaderMap) -> Result<&str, request::Refusal> {
@@ -209,23 +210,22 @@ async fn operation(
         .clone()
         .or_else(|| operation_name(&parsed.doc));
     let shape = crate::graphql::shape::Shape::new(parsed.doc.clone(), r.variables.clone());
-    let mut ctx = RequestCtx::new(state.services.clone(), actor, shape.into());
-    ctx.raw_json = !parsed.may_merge;
-    ctx.one_step = state.config.one_step;
-    let outcomes = ctx.one_step_outcomes.clone();
+    let ctx = RequestCtx::new(state.services.clone(), actor, shape.into());
+    let switch = Arc::new(one_step::Switch::new(
+        state.config.one_step,
+        !parsed.may_merge,
+    ));
     r.set_parsed_query((*parsed.doc).clone());
     let started = Instant::now();
-    let r = r.data(ctx);
+    let r = r.data(ctx).data(switch.clone());
     let mut resp = state.schema.execute(r).await;
     state.metrics.observe_operation(
         name.as_deref(),
         resp.errors.is_empty(),
         started.elapsed().as_secs_f64(),
     );
-    state.metrics.observe_one_step(
-        outcomes.answered.load(std::sync::atomic::Ordering::Relaxed),
-        outcomes.fallback.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let (answered, fallback) = switch.outcomes();
+    state.metrics.observe_one_step(answered, fallback);
     label_errors(&mut resp.errors);
     resp
 }
