@@ -3,6 +3,7 @@
 //! of one allocation sent straight to PostgreSQL, and prints one table.
 //!
 //! Environment: `BENCH_SECONDS` (per row, default 10), `BENCH_CONCURRENCY` (default 16),
+//! `BENCH_AB` (compare with another build or mode, see `compare`),
 //! `TEST_DATABASE_SERVER` (default `postgres://postgres@127.0.0.1:5432`).
 
 use std::process::{Child, Command, Stdio};
@@ -109,9 +110,17 @@ async fn vacuum_analyze(server: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_server(server_url: &str) -> anyhow::Result<Server> {
-    let exe = std::env::current_exe()?;
-    let api = exe.with_file_name("api");
+/// The `api` binary built with this bench.
+fn own_api() -> anyhow::Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("api"))
+}
+
+/// Starts `api` on the bench database with `env` added to its environment.
+async fn start_server(
+    server_url: &str,
+    api: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<Server> {
     if !api.exists() {
         bail!(
             "{} not found: build it first (`cargo build --release -p api -p tests`)",
@@ -121,8 +130,9 @@ async fn start_server(server_url: &str) -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let child = Command::new(&api)
+    let child = Command::new(api)
         .arg("--no-worker")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("DATABASE_URL", format!("{server_url}/{DB}"))
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("JWT_HS256_SECRET", SECRET)
@@ -432,6 +442,100 @@ async fn physical_row(server_url: &str, workers: usize, seconds: u64) -> anyhow:
     })
 }
 
+/// The physical limit of the nested query: the same repository functions the API calls for
+/// it (the same SQL statements, prepared, and the same pipelining of the page's edges),
+/// straight to PostgreSQL on a connection per worker, without HTTP, GraphQL or JSON.
+async fn physical_nested_row(
+    server_url: &str,
+    workers: usize,
+    seconds: u64,
+    ws: uuid::Uuid,
+) -> anyhow::Result<Row> {
+    use api::db::repo::{Page, organizations, resources, usage, workspaces};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    let url = format!("{server_url}/{DB}");
+    let mut clients = Vec::new();
+    for _ in 0..workers {
+        let conn = AsyncPgConnection::establish(&url).await?;
+        clients.push(Arc::new(tokio::sync::Mutex::new(conn)));
+    }
+    let user = {
+        let mut conn = clients[0].lock().await;
+        api::db::repo::users::find_by_subject(&mut conn, "bench|owner")
+            .await?
+            .context("the bench owner")?
+            .id
+    };
+    let clients = Arc::new(clients);
+    let (n, errors, lat, elapsed) = drive(workers, seconds, move |w, _| {
+        let clients = clients.clone();
+        async move {
+            let mut conn = clients[w].lock().await;
+            let run = async {
+                let found = workspaces::with_roles(&mut conn, user, &[ws]).await?;
+                anyhow::ensure!(found.len() == 1, "the workspace");
+                let page = Page {
+                    limit: 101,
+                    after: None,
+                };
+                let rows = organizations::page_for_workspace(&mut conn, ws, false, page).await?;
+                let rows = &rows[..rows.len().min(100)];
+                // What `PageEdges::load` fetches for this selection, pipelined.
+                let in_page: std::collections::HashSet<_> = rows.iter().map(|r| r.id).collect();
+                let mut wanted: Vec<_> = rows
+                    .iter()
+                    .flat_map(|r| r.ancestors.iter().copied())
+                    .filter(|a| !in_page.contains(a))
+                    .collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+                let mut path: Vec<_> = rows
+                    .iter()
+                    .flat_map(|r| r.ancestors.iter().copied().chain([r.id]))
+                    .collect();
+                path.sort_unstable();
+                path.dedup();
+                let periods = api::domain::usage::current_periods(chrono::Utc::now());
+                let conn: &AsyncPgConnection = &conn;
+                let children = Page {
+                    limit: 11,
+                    after: None,
+                };
+                let workspaces = [ws];
+                let (ancestors, children, resources, counters) = futures::try_join!(
+                    async {
+                        if wanted.is_empty() {
+                            Ok(Vec::new())
+                        } else {
+                            organizations::find_many(conn, &wanted).await
+                        }
+                    },
+                    organizations::child_rows(conn, &ids, children),
+                    resources::for_workspaces(conn, &workspaces),
+                    usage::current(conn, &path, &periods),
+                )?;
+                anyhow::ensure!(
+                    !children.is_empty() && !resources.is_empty() && !counters.is_empty(),
+                    "the page's edges"
+                );
+                Ok(ancestors.len())
+            };
+            run.await.is_ok()
+        }
+    })
+    .await;
+    Ok(Row {
+        name: "physical limit: the nested query's statements straight to PostgreSQL".into(),
+        unit: "requests/s",
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        statements: Some(5.0),
+        errors,
+    })
+}
+
 fn mean(runs: Vec<Row>) -> Row {
     let n = runs.len().max(1) as f64;
     let avg = |f: &dyn Fn(&Row) -> f64| runs.iter().map(f).sum::<f64>() / n;
@@ -449,6 +553,84 @@ fn mean(runs: Vec<Row>) -> Row {
     }
 }
 
+/// `BENCH_AB`: the nested and allocation rows of this `api` (A) and of another (B: the path
+/// of another `api` binary, or `one-step` for this one with `GRAPHQL_ONE_STEP=off`) on the
+/// same database, alternating A, B three times so that drift weighs on both alike.
+async fn compare(
+    a: &Arc<Server>,
+    server_url: &str,
+    b: &str,
+    workers: usize,
+    seconds: u64,
+    nested: Body,
+    record: Body,
+) -> anyhow::Result<()> {
+    let (api, env) = if b == "one-step" {
+        (
+            own_api()?,
+            vec![("GRAPHQL_ONE_STEP".to_string(), "off".to_string())],
+        )
+    } else {
+        (std::path::PathBuf::from(b), Vec::new())
+    };
+    let b_server = Arc::new(start_server(server_url, &api, &env).await?);
+    for _ in 0..20 {
+        b_server
+            .http
+            .post(format!("{}/graphql", b_server.base))
+            .bearer_auth(&b_server.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(nested(0, 0))
+            .send()
+            .await?;
+    }
+    let mut runs: Vec<[Vec<Row>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    for _ in 0..3 {
+        for (side, server) in [a, &b_server].into_iter().enumerate() {
+            runs[0][side].push(
+                http_row(
+                    server,
+                    "nested query",
+                    "requests/s",
+                    workers,
+                    seconds,
+                    nested.clone(),
+                )
+                .await?,
+            );
+            runs[1][side].push(
+                http_row(
+                    server,
+                    "recordUsage",
+                    "allocations/s",
+                    workers,
+                    seconds,
+                    record.clone(),
+                )
+                .await?,
+            );
+        }
+    }
+    println!("\nA/B, alternating three times: A = this build, B = {b}.\n");
+    println!("| row | A | B | B / A | statements A | statements B |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for [a_runs, b_runs] in runs {
+        let (a_row, b_row) = (mean(a_runs), mean(b_runs));
+        println!(
+            "| {} | {:.0} {} | {:.0} {} | {:.2} | {:.1} | {:.1} |",
+            a_row.name,
+            a_row.rate,
+            a_row.unit,
+            b_row.rate,
+            b_row.unit,
+            b_row.rate / a_row.rate,
+            a_row.statements.unwrap_or_default(),
+            b_row.statements.unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -462,7 +644,7 @@ async fn main() -> anyhow::Result<()> {
     let workers: usize = env_or("BENCH_CONCURRENCY", 16);
     let server_url = tests::server_url();
     reset_database(&server_url).await?;
-    let server = Arc::new(start_server(&server_url).await?);
+    let server = Arc::new(start_server(&server_url, &own_api()?, &[]).await?);
     let t = Instant::now();
     let seeded = seed(&server, workers).await?;
     // A database in service has statistics and a visibility map (autovacuum vacuums and
@@ -487,18 +669,30 @@ async fn main() -> anyhow::Result<()> {
     let text =
         json!({"query": nested, "variables": {"w": ws}, "operationName": "Nested"}).to_string();
     let body: Body = Arc::new(move |_, _| text.clone());
+    let nested_body = body.clone();
+    // The nested rows alternate with their physical limit like the allocation rows below.
+    let ws_id = api::ids::WorkspaceId::decode(&seeded.ws)
+        .context("workspace id")?
+        .0;
     let one_step_before = server.one_step().await?;
-    rows.push(
-        http_row(
-            &server,
-            "nested query: workspace → 100 orgs → parent, children, ancestors, usage",
-            "requests/s",
-            workers,
-            seconds,
-            body,
-        )
-        .await?,
-    );
+    let mut nested_runs = Vec::new();
+    let mut nested_physical_runs = Vec::new();
+    for _ in 0..2 {
+        nested_physical_runs.push(physical_nested_row(&server_url, workers, seconds, ws_id).await?);
+        nested_runs.push(
+            http_row(
+                &server,
+                "nested query: workspace → 100 orgs → parent, children, ancestors, usage",
+                "requests/s",
+                workers,
+                seconds,
+                body.clone(),
+            )
+            .await?,
+        );
+    }
+    rows.push(mean(nested_runs));
+    rows.push(mean(nested_physical_runs));
     let one_step_after = server.one_step().await?;
     let (answered, fallback) = (
         one_step_after.0 - one_step_before.0,
@@ -526,6 +720,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .to_string()
     });
+    let record_body = body.clone();
     // The two allocation rows alternate (physical, ours, physical, ours) so that drift of the
     // machine during the run weighs on both alike; each row reports the mean of its two runs.
     let mut physical_runs = Vec::new();
@@ -547,8 +742,9 @@ async fn main() -> anyhow::Result<()> {
     rows.push(mean(record_runs));
     rows.push(mean(physical_runs));
 
-    let record = rows[2].rate;
-    let physical = rows[3].rate;
+    let (nested, nested_physical) = (rows[0].rate, rows[1].rate);
+    let record = rows[3].rate;
+    let physical = rows[4].rate;
     println!("\nConcurrency {workers}, {seconds} s per row, release build, 2-core machine.\n");
     println!("| row | rate | p50 | p99 | SQL statements / request | errors |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
@@ -565,7 +761,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nrecordUsage reaches {:.0}% of the physical limit (target ≥ 50%).",
+        "\nThe nested query reaches {:.0}% of its physical limit (goal ≥ 50%).",
+        100.0 * nested / nested_physical
+    );
+    println!(
+        "recordUsage reaches {:.0}% of the physical limit (goal ≥ 80%).",
         100.0 * record / physical
     );
     println!(
@@ -573,5 +773,17 @@ async fn main() -> anyhow::Result<()> {
         100.0 * fallback as f64 / (answered + fallback).max(1) as f64,
         std::env::var("GRAPHQL_ONE_STEP").unwrap_or_else(|_| "on".into())
     );
+    if let Ok(b) = std::env::var("BENCH_AB") {
+        compare(
+            &server,
+            &server_url,
+            &b,
+            workers,
+            seconds,
+            nested_body,
+            record_body,
+        )
+        .await?;
+    }
     Ok(())
 }
