@@ -9,6 +9,12 @@ use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 
+/// A raw statement with its binds added one by one: the type of statements assembled from
+/// shared SQL parts (`idempotency::claim_sql`, `audit::insert_sql` …), each part binding its
+/// own values in order.
+pub type BoxedSql<'a> =
+    diesel::query_builder::BoxedSqlQuery<'a, Pg, diesel::query_builder::SqlQuery>;
+
 /// A statement whose SQL text never changes (only its bind values do).
 #[derive(Debug, Clone)]
 pub struct Cached<Q>(pub Q);

@@ -8,12 +8,62 @@ use diesel::sql_types::Timestamptz;
 
 /// Column `i` of a raw SQL row, by position. `sql_query` rows are read by column name,
 /// which scans the row's column names for every field; the hot statements (children pages,
-/// usage) are decoded by position instead, their select lists written next to the decoder.
+/// usage) are decoded by position instead, from a [`positional_row!`](crate::positional_row)
+/// declaration that also writes their select list.
 pub fn col<'a, ST, T>(row: &impl NamedRow<'a, Pg>, i: usize) -> deserialize::Result<T>
 where
     T: FromSql<ST, Pg>,
 {
     diesel::row::Row::get_value::<ST, T, usize>(row, i)
+}
+
+/// Declares a row decoded by position: the struct, its select list (`select_list`, the
+/// columns quoted, in declaration order) and the decoder (`QueryableByName`, reading column
+/// `i` for the `i`-th field) come from one list, so the two cannot drift apart. Each field
+/// names its SQL type after `=`.
+#[macro_export]
+macro_rules! positional_row {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $sql:ty ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )+
+        }
+
+        impl $name {
+            /// The columns this row is decoded from, in order.
+            pub const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),+];
+
+            /// The select list of the statements that read this row (`"a", "b", …`).
+            pub fn select_list() -> String {
+                Self::COLUMNS
+                    .iter()
+                    .map(|c| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        }
+
+        impl diesel::QueryableByName<diesel::pg::Pg> for $name {
+            #[allow(unused_assignments)]
+            fn build<'a>(
+                row: &impl diesel::row::NamedRow<'a, diesel::pg::Pg>,
+            ) -> diesel::deserialize::Result<Self> {
+                let mut i = 0usize;
+                Ok(Self {
+                    $($field: {
+                        let v = $crate::db::row::col::<$sql, _>(row, i)?;
+                        i += 1;
+                        v
+                    },)+
+                })
+            }
+        }
+    };
 }
 
 /// A `timestamptz` as PostgreSQL sends it (microseconds since 2000-01-01 UTC), turned into a

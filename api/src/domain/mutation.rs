@@ -239,16 +239,17 @@ where
     let fp = fingerprint(operation, &input, selection)?;
     let ttl = services.idempotency_ttl.as_secs().max(1) as i64;
     let mut conn = services.conn().await?;
+    let claim = key.map(|k| KeyClaim {
+        caller: actor.user_id.0,
+        key: k.to_string(),
+        operation,
+        fingerprint: fp.clone(),
+        ttl_secs: ttl,
+    });
     let completion = Completion {
         key: key.map(|k| (actor.user_id.0, k.to_string())),
         done: std::sync::atomic::AtomicBool::new(false),
-        claim: key.filter(|_| claim_in_effect).map(|k| KeyClaim {
-            caller: actor.user_id.0,
-            key: k.to_string(),
-            operation,
-            fingerprint: fp.clone(),
-            ttl_secs: ttl,
-        }),
+        claim: claim.clone().filter(|_| claim_in_effect),
         replayed: std::sync::atomic::AtomicBool::new(false),
     };
     let mut attempt = 0;
@@ -264,11 +265,11 @@ where
             .transaction(async |conn| {
                 // Connections wait at most DATABASE_LOCK_TIMEOUT_MS for any row lock (set when they are
                 // opened), which bounds how long a repeat waits for the first request.
-                if let Some(key) = key.filter(|_| !claim_in_effect) {
-                    let claimed =
-                        idempotency::claim(conn, actor.user_id.0, key, operation, &fp, ttl)
-                            .await
-                            .map_err(map_lock_timeout)?;
+                if let Some(claim) = claim.as_ref().filter(|_| !claim_in_effect) {
+                    let key = claim.key.as_str();
+                    let claimed = idempotency::claim(conn, claim)
+                        .await
+                        .map_err(map_lock_timeout)?;
                     if !claimed {
                         completion
                             .replayed

@@ -1,19 +1,53 @@
 //! Audit events.
 
-use crate::db::cached::CachedExt;
+use std::sync::LazyLock;
+
+use crate::db::cached::{BoxedSql as Boxed, CachedExt};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Page;
 use crate::db::models::AuditEventRow;
-use crate::db::schema::audit_events;
+
+/// Appending one event, as a statement (or a `WITH` part of one) whose binds are `$first`
+/// to `$first + 7` (see [`bind_event`]), done only when `condition` (SQL) holds.
+pub fn insert_sql(first: usize, condition: &str) -> String {
+    let [
+        ws,
+        id,
+        actor,
+        action,
+        target_type,
+        target_id,
+        summary,
+        request,
+    ] = std::array::from_fn(|i| first + i);
+    format!(
+        "INSERT INTO audit_events (workspace_id, id, actor_id, action, target_type, target_id, summary, request_id)
+         SELECT ${ws}, ${id}, ${actor}, ${action}, ${target_type}, ${target_id}, ${summary}, ${request}
+          WHERE {condition}"
+    )
+}
+
+/// Binds the eight values of [`insert_sql`].
+pub fn bind_event<'a>(q: Boxed<'a>, row: &'a AuditEventRow) -> Boxed<'a> {
+    q.bind::<SqlUuid, _>(row.workspace_id)
+        .bind::<SqlUuid, _>(row.id)
+        .bind::<Nullable<SqlUuid>, _>(row.actor_id)
+        .bind::<Text, _>(&row.action)
+        .bind::<Text, _>(&row.target_type)
+        .bind::<Text, _>(&row.target_id)
+        .bind::<Jsonb, _>(&row.summary)
+        .bind::<Nullable<Text>, _>(row.request_id.as_deref())
+}
 
 /// Appends one event.
 pub async fn insert(conn: &mut AsyncPgConnection, row: &AuditEventRow) -> QueryResult<()> {
-    diesel::insert_into(audit_events::table)
-        .values(row)
+    static SQL: LazyLock<String> = LazyLock::new(|| insert_sql(1, "true"));
+    bind_event(diesel::sql_query(SQL.as_str()).into_boxed(), row)
+        .cached()
         .execute(conn)
         .await
         .map(|_| ())

@@ -1,6 +1,8 @@
 //! Idempotency keys.
 
-use crate::db::cached::CachedExt;
+use std::sync::LazyLock;
+
+use crate::db::cached::{BoxedSql as Boxed, CachedExt};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -41,41 +43,71 @@ pub struct StoredKey {
     pub rendered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-#[derive(QueryableByName)]
-struct Claimed {
-    #[allow(dead_code)]
-    #[diesel(sql_type = SqlUuid)]
-    caller_id: Uuid,
-}
-
-/// Claims `key` for this transaction. Returns `true` when claimed (new, or expired and
-/// reused). When another transaction holds the key uncommitted, this waits for it.
-pub async fn claim(
-    conn: &mut AsyncPgConnection,
-    caller: Uuid,
-    key: &str,
-    operation: &str,
-    fingerprint: &str,
-    ttl_secs: i64,
-) -> QueryResult<bool> {
-    let rows: Vec<Claimed> = diesel::sql_query(
+/// The key claim, as a statement (or a `WITH` part of one) whose binds are `$first` to
+/// `$first + 4` (see [`bind_claim`]): inserts the key, or takes over an expired one, and
+/// returns a row (`claimed`) when it claimed it. Without a key (a null `$first + 1`) it does
+/// nothing. When another transaction holds the key uncommitted, it waits for that one.
+pub fn claim_sql(first: usize) -> String {
+    let [caller, key, operation, fingerprint, ttl] = std::array::from_fn(|i| first + i);
+    format!(
         "INSERT INTO idempotency_keys (caller_id, key, operation, fingerprint, response, expires_at)
-         VALUES ($1, $2, $3, $4, NULL, now() + make_interval(secs => $5))
+         SELECT ${caller}, ${key}, ${operation}, ${fingerprint}, NULL, now() + make_interval(secs => ${ttl})
+          WHERE ${key}::text IS NOT NULL
          ON CONFLICT (caller_id, key) DO UPDATE
             SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint,
                 response = NULL, rendered = NULL, rendered_at = NULL,
-                   created_at = now(), expires_at = EXCLUDED.expires_at
+                created_at = now(), expires_at = EXCLUDED.expires_at
           WHERE idempotency_keys.expires_at < now()
-         RETURNING caller_id",
+         RETURNING true AS claimed"
     )
-    .bind::<SqlUuid, _>(caller)
-    .bind::<Text, _>(key)
-    .bind::<Text, _>(operation)
-    .bind::<Text, _>(fingerprint)
-    .bind::<BigInt, _>(ttl_secs)
-    .cached()
-    .load(conn)
-    .await?;
+}
+
+/// Binds the five values of [`claim_sql`] (all null without a claim).
+pub fn bind_claim<'a>(q: Boxed<'a>, claim: Option<&'a KeyClaim>) -> Boxed<'a> {
+    q.bind::<Nullable<SqlUuid>, _>(claim.map(|c| c.caller))
+        .bind::<Nullable<Text>, _>(claim.map(|c| c.key.as_str()))
+        .bind::<Nullable<Text>, _>(claim.map(|c| c.operation))
+        .bind::<Nullable<Text>, _>(claim.map(|c| c.fingerprint.as_str()))
+        .bind::<Nullable<BigInt>, _>(claim.map(|c| c.ttl_secs))
+}
+
+/// Storing the result under a claimed key, as a statement (or a `WITH` part of one) whose
+/// binds are `$first` to `$first + 2` (see [`bind_store`]), done only when `condition` (SQL)
+/// holds.
+pub fn store_sql(first: usize, condition: &str) -> String {
+    let [caller, key, response] = std::array::from_fn(|i| first + i);
+    format!(
+        "UPDATE idempotency_keys SET response = ${response}
+          WHERE caller_id = ${caller} AND key = ${key} AND {condition}"
+    )
+}
+
+/// Binds the three values of [`store_sql`]: caller, key and result (all null without a
+/// key: nothing is stored).
+pub fn bind_store<'a>(
+    q: Boxed<'a>,
+    completion: Option<(Uuid, &'a str, &'a serde_json::Value)>,
+) -> Boxed<'a> {
+    q.bind::<Nullable<SqlUuid>, _>(completion.map(|c| c.0))
+        .bind::<Nullable<Text>, _>(completion.map(|c| c.1))
+        .bind::<Nullable<Jsonb>, _>(completion.map(|c| c.2))
+}
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[allow(dead_code)]
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    claimed: bool,
+}
+
+/// Claims `claim` for this transaction (see [`claim_sql`]). Returns `true` when claimed
+/// (new, or expired and reused).
+pub async fn claim(conn: &mut AsyncPgConnection, claim: &KeyClaim) -> QueryResult<bool> {
+    static SQL: LazyLock<String> = LazyLock::new(|| claim_sql(1));
+    let rows: Vec<Claimed> = bind_claim(diesel::sql_query(SQL.as_str()).into_boxed(), Some(claim))
+        .cached()
+        .load(conn)
+        .await?;
     Ok(!rows.is_empty())
 }
 
@@ -94,20 +126,19 @@ pub async fn find(
         .optional()
 }
 
-/// Stores the result of the claimed key.
+/// Stores the result of the claimed key (see [`store_sql`]).
 pub async fn complete(
     conn: &mut AsyncPgConnection,
     caller: Uuid,
     key: &str,
     response: &serde_json::Value,
 ) -> QueryResult<()> {
-    use crate::db::schema::idempotency_keys::dsl as k;
-    diesel::update(
-        k::idempotency_keys
-            .filter(k::caller_id.eq(caller))
-            .filter(k::key.eq(key)),
+    static SQL: LazyLock<String> = LazyLock::new(|| store_sql(1, "true"));
+    bind_store(
+        diesel::sql_query(SQL.as_str()).into_boxed(),
+        Some((caller, key, response)),
     )
-    .set(k::response.eq(Some(response)))
+    .cached()
     .execute(conn)
     .await
     .map(|_| ())

@@ -1,11 +1,10 @@
 //! Organizations: the tree inside a workspace.
 
 use crate::db::cached::CachedExt;
-use crate::db::row::{Timestamp, col};
-use diesel::deserialize;
-use diesel::pg::Pg;
+use std::sync::LazyLock;
+
+use crate::db::row::Timestamp;
 use diesel::prelude::*;
-use diesel::row::NamedRow;
 use diesel::sql_types::{
     Array, BigInt, Bool, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid,
 };
@@ -141,25 +140,21 @@ pub async fn page_for_workspace(
     q.load(conn).await
 }
 
-/// The statement of a children page for several parents, selecting `$cols`: for each parent
+/// The statement of a children page for several parents, selecting `cols`: for each parent
 /// (unnested from `$1`), an index range scan of `(parent_id, id)` that stops after the page.
 /// `COALESCE` keeps the cursor an index bound in the generic plan PostgreSQL settles on
 /// (`$2 IS NULL OR id > $2` would make it a filter over every child).
-macro_rules! children_sql {
-    ($cols:literal) => {
-        concat!(
-            "SELECT ",
-            $cols,
-            "
-               FROM unnest($1::uuid[]) AS p(parent)
-              CROSS JOIN LATERAL (
-                    SELECT * FROM organizations o
-                     WHERE o.parent_id = p.parent
-                       AND o.id > COALESCE($2, '00000000-0000-0000-0000-000000000000'::uuid)
-                     ORDER BY o.id LIMIT $3
-              ) c"
-        )
-    };
+fn children_sql(cols: &str) -> String {
+    format!(
+        "SELECT {cols}
+           FROM unnest($1::uuid[]) AS p(parent)
+          CROSS JOIN LATERAL (
+                SELECT * FROM organizations o
+                 WHERE o.parent_id = p.parent
+                   AND o.id > COALESCE($2, '00000000-0000-0000-0000-000000000000'::uuid)
+                 ORDER BY o.id LIMIT $3
+          ) c"
+    )
 }
 
 /// Pages of children of several organizations in one statement.
@@ -168,39 +163,30 @@ pub async fn children_pages(
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<OrganizationRow>> {
-    diesel::sql_query(children_sql!(
-        "id, workspace_id, parent_id, name, depth, ancestors, created_at"
-    ))
-    .bind::<Array<SqlUuid>, _>(parents)
-    .bind::<Nullable<SqlUuid>, _>(page.after)
-    .bind::<BigInt, _>(page.limit)
-    .cached()
-    .load(conn)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        children_sql("id, workspace_id, parent_id, name, depth, ancestors, created_at")
+    });
+    diesel::sql_query(SQL.as_str())
+        .bind::<Array<SqlUuid>, _>(parents)
+        .bind::<Nullable<SqlUuid>, _>(page.after)
+        .bind::<BigInt, _>(page.limit)
+        .cached()
+        .load(conn)
+        .await
 }
 
-/// The columns of a child that its parent does not determine (its workspace, depth and
-/// ancestor path follow from the parent's), decoded by position: the select list of
-/// `child_rows`.
-pub struct ChildRow {
-    /// Primary key.
-    pub id: Uuid,
-    /// Parent.
-    pub parent_id: Uuid,
-    /// Name.
-    pub name: String,
-    /// Created.
-    pub created_at: Timestamp,
-}
-
-impl QueryableByName<Pg> for ChildRow {
-    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
-        Ok(Self {
-            id: col::<SqlUuid, _>(row, 0)?,
-            parent_id: col::<SqlUuid, _>(row, 1)?,
-            name: col::<Text, _>(row, 2)?,
-            created_at: col::<Timestamptz, _>(row, 3)?,
-        })
+crate::positional_row! {
+    /// The columns of a child that its parent does not determine (its workspace, depth and
+    /// ancestor path follow from the parent's).
+    pub struct ChildRow {
+        /// Primary key.
+        id: Uuid = SqlUuid,
+        /// Parent.
+        parent_id: Uuid = SqlUuid,
+        /// Name.
+        name: String = Text,
+        /// Created.
+        created_at: Timestamp = Timestamptz,
     }
 }
 
@@ -228,7 +214,8 @@ pub async fn child_rows(
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<ChildRow>> {
-    diesel::sql_query(children_sql!("id, parent_id, name, created_at"))
+    static SQL: LazyLock<String> = LazyLock::new(|| children_sql(&ChildRow::select_list()));
+    diesel::sql_query(SQL.as_str())
         .bind::<Array<SqlUuid>, _>(parents)
         .bind::<Nullable<SqlUuid>, _>(page.after)
         .bind::<BigInt, _>(page.limit)
@@ -408,8 +395,8 @@ pub struct ClaimedAccess {
     pub claimed: bool,
 }
 
-/// `access` (with `FOR KEY SHARE`) and, when `claim` is given, the idempotency key claim of
-/// `idempotency::claim`, in one statement.
+/// `access` (with `FOR KEY SHARE`) and, when `claim` is given, the idempotency key claim
+/// (`idempotency::claim_sql`), in one statement.
 pub async fn access_claiming(
     conn: &mut AsyncPgConnection,
     org: Uuid,
@@ -417,35 +404,27 @@ pub async fn access_claiming(
     resource: &str,
     claim: Option<&super::idempotency::KeyClaim>,
 ) -> QueryResult<Option<ClaimedAccess>> {
-    diesel::sql_query(
-        "WITH claim AS (
-            INSERT INTO idempotency_keys (caller_id, key, operation, fingerprint, response, expires_at)
-            SELECT $4, $5, $6, $7, NULL, now() + make_interval(secs => $8) WHERE $5::text IS NOT NULL
-            ON CONFLICT (caller_id, key) DO UPDATE
-               SET operation = EXCLUDED.operation, fingerprint = EXCLUDED.fingerprint,
-                   response = NULL, rendered = NULL, rendered_at = NULL,
-                   created_at = now(), expires_at = EXCLUDED.expires_at
-             WHERE idempotency_keys.expires_at < now()
-            RETURNING 1
-         )
-         SELECT o.*, m.role, r.kind AS resource_kind, r.reset_period AS resource_reset,
-                EXISTS (SELECT 1 FROM claim) AS claimed
-           FROM organizations o
-           JOIN workspaces w ON w.id = o.workspace_id AND w.deleted_at IS NULL
-           LEFT JOIN members m ON m.workspace_id = o.workspace_id AND m.user_id = $2
-           LEFT JOIN resources r ON r.workspace_id = o.workspace_id AND r.key = $3
-          WHERE o.id = $1 FOR KEY SHARE OF o",
-    )
-    .bind::<SqlUuid, _>(org)
-    .bind::<SqlUuid, _>(user)
-    .bind::<diesel::sql_types::Text, _>(resource)
-    .bind::<Nullable<SqlUuid>, _>(claim.map(|c| c.caller))
-    .bind::<Nullable<diesel::sql_types::Text>, _>(claim.map(|c| c.key.as_str()))
-    .bind::<Nullable<diesel::sql_types::Text>, _>(claim.map(|c| c.operation))
-    .bind::<Nullable<diesel::sql_types::Text>, _>(claim.map(|c| c.fingerprint.as_str()))
-    .bind::<Nullable<BigInt>, _>(claim.map(|c| c.ttl_secs))
-    .cached()
-    .get_result(conn)
-    .await
-    .optional()
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH claim AS ({claim})
+             SELECT o.*, m.role, r.kind AS resource_kind, r.reset_period AS resource_reset,
+                    EXISTS (SELECT 1 FROM claim) AS claimed
+               FROM organizations o
+               JOIN workspaces w ON w.id = o.workspace_id AND w.deleted_at IS NULL
+               LEFT JOIN members m ON m.workspace_id = o.workspace_id AND m.user_id = $2
+               LEFT JOIN resources r ON r.workspace_id = o.workspace_id AND r.key = $3
+              WHERE o.id = $1 FOR KEY SHARE OF o",
+            claim = super::idempotency::claim_sql(4),
+        )
+    });
+    let q = diesel::sql_query(SQL.as_str())
+        .into_boxed()
+        .bind::<SqlUuid, _>(org)
+        .bind::<SqlUuid, _>(user)
+        .bind::<diesel::sql_types::Text, _>(resource);
+    super::idempotency::bind_claim(q, claim)
+        .cached()
+        .get_result(conn)
+        .await
+        .optional()
 }

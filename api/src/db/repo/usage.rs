@@ -3,13 +3,11 @@
 //! overlapping paths queue instead of deadlocking.
 
 use crate::db::cached::CachedExt;
-use crate::db::row::col;
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
-use diesel::deserialize;
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::row::NamedRow;
-use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -100,55 +98,50 @@ pub async fn check_and_apply(
     conn: &mut AsyncPgConnection,
     a: &Application<'_>,
 ) -> QueryResult<Vec<Uuid>> {
-    let rows: Vec<Applied> = diesel::sql_query(
-        "WITH applied AS (
-            INSERT INTO usage_counters AS c (organization_id, resource, period_start, workspace_id, direct, subtree, \"limit\")
-            SELECT p.id, $4, $6, $1, CASE WHEN p.id = $2 THEN GREATEST($5, 0) ELSE 0 END, GREATEST($5, 0), l.\"limit\"
-              FROM unnest($3::uuid[]) AS p(id)
-              LEFT JOIN organization_limits l ON l.organization_id = p.id AND l.resource = $4
-              LEFT JOIN usage_counters e ON e.organization_id = p.id AND e.resource = $4 AND e.period_start = $6
-             WHERE e.organization_id IS NOT NULL OR ($5 > 0 AND (l.\"limit\" IS NULL OR $5 <= l.\"limit\"))
-             ORDER BY p.id
-            ON CONFLICT (organization_id, resource, period_start) DO UPDATE
-               SET subtree = c.subtree + $5,
-                   direct = c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
-             WHERE ($5 < 0 OR ((c.\"limit\" IS NULL OR c.subtree + $5 <= c.\"limit\") AND c.subtree + $5 <= 2147483647))
-               AND (c.organization_id <> $2 OR c.direct + $5 >= 0)
-               AND c.subtree + $5 >= c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
-            RETURNING c.organization_id
-         ), complete AS (
-            SELECT count(*) = cardinality($3::uuid[]) AS ok FROM applied
-         ), ev AS (
-            INSERT INTO usage_events (workspace_id, id, organization_id, resource, period_start, delta, actor_id, request_id)
-            SELECT $1, $7, $2, $4, $6, $5, $8, $9 FROM complete WHERE ok
-         ), au AS (
-            INSERT INTO audit_events (workspace_id, id, actor_id, action, target_type, target_id, summary, request_id)
-            SELECT $1, $10, $8, $11, 'Organization', $12, $13, $9 FROM complete WHERE ok
-         ), idem AS (
-            UPDATE idempotency_keys SET response = $16
-             WHERE caller_id = $14 AND key = $15 AND (SELECT ok FROM complete)
-         )
-         SELECT organization_id FROM applied",
-    )
-    .bind::<SqlUuid, _>(a.workspace_id)
-    .bind::<SqlUuid, _>(a.organization_id)
-    .bind::<Array<SqlUuid>, _>(a.path)
-    .bind::<Text, _>(a.resource)
-    .bind::<BigInt, _>(a.delta)
-    .bind::<Timestamptz, _>(a.period)
-    .bind::<SqlUuid, _>(a.event_id)
-    .bind::<Nullable<SqlUuid>, _>(a.audit.actor_id)
-    .bind::<Nullable<Text>, _>(a.audit.request_id.as_deref())
-    .bind::<SqlUuid, _>(a.audit.id)
-    .bind::<Text, _>(&a.audit.action)
-    .bind::<Text, _>(&a.audit.target_id)
-    .bind::<Jsonb, _>(&a.audit.summary)
-    .bind::<Nullable<SqlUuid>, _>(a.completion.map(|c| c.0))
-    .bind::<Nullable<Text>, _>(a.completion.map(|c| c.1))
-    .bind::<Nullable<Jsonb>, _>(a.completion.map(|c| c.2))
-    .cached()
-    .load(conn)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH applied AS (
+                INSERT INTO usage_counters AS c (organization_id, resource, period_start, workspace_id, direct, subtree, \"limit\")
+                SELECT p.id, $4, $6, $1, CASE WHEN p.id = $2 THEN GREATEST($5, 0) ELSE 0 END, GREATEST($5, 0), l.\"limit\"
+                  FROM unnest($3::uuid[]) AS p(id)
+                  LEFT JOIN organization_limits l ON l.organization_id = p.id AND l.resource = $4
+                  LEFT JOIN usage_counters e ON e.organization_id = p.id AND e.resource = $4 AND e.period_start = $6
+                 WHERE e.organization_id IS NOT NULL OR ($5 > 0 AND (l.\"limit\" IS NULL OR $5 <= l.\"limit\"))
+                 ORDER BY p.id
+                ON CONFLICT (organization_id, resource, period_start) DO UPDATE
+                   SET subtree = c.subtree + $5,
+                       direct = c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
+                 WHERE ($5 < 0 OR ((c.\"limit\" IS NULL OR c.subtree + $5 <= c.\"limit\") AND c.subtree + $5 <= 2147483647))
+                   AND (c.organization_id <> $2 OR c.direct + $5 >= 0)
+                   AND c.subtree + $5 >= c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
+                RETURNING c.organization_id
+             ), complete AS (
+                SELECT count(*) = cardinality($3::uuid[]) AS ok FROM applied
+             ), ev AS (
+                INSERT INTO usage_events (workspace_id, id, organization_id, resource, period_start, delta, actor_id, request_id)
+                SELECT $1, $7, $2, $4, $6, $5, $8, $9 FROM complete WHERE ok
+             ), au AS ({audit}), idem AS ({store})
+             SELECT organization_id FROM applied",
+            audit = super::audit::insert_sql(10, "(SELECT ok FROM complete)"),
+            store = super::idempotency::store_sql(18, "(SELECT ok FROM complete)"),
+        )
+    });
+    let q = diesel::sql_query(SQL.as_str())
+        .into_boxed()
+        .bind::<SqlUuid, _>(a.workspace_id)
+        .bind::<SqlUuid, _>(a.organization_id)
+        .bind::<Array<SqlUuid>, _>(a.path)
+        .bind::<Text, _>(a.resource)
+        .bind::<BigInt, _>(a.delta)
+        .bind::<Timestamptz, _>(a.period)
+        .bind::<SqlUuid, _>(a.event_id)
+        .bind::<Nullable<SqlUuid>, _>(a.audit.actor_id)
+        .bind::<Nullable<Text>, _>(a.audit.request_id.as_deref());
+    let q = super::audit::bind_event(q, a.audit);
+    let rows: Vec<Applied> = super::idempotency::bind_store(q, a.completion)
+        .cached()
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| r.organization_id).collect())
 }
 
@@ -236,37 +229,25 @@ pub async fn set_limit(
     }
 }
 
-/// Current usage and caps of organizations: one row per (organization, resource) that has a
-/// counter in one of `periods` or a cap. Decoded by position: the select list of `current`.
-#[derive(Debug, Clone)]
-pub struct UsageRow {
-    /// Workspace.
-    pub workspace_id: Uuid,
-    /// Organization.
-    pub organization_id: Uuid,
-    /// Resource key.
-    pub resource: String,
-    /// Window of the counter, if there is one.
-    pub period_start: Option<DateTime<Utc>>,
-    /// Own usage.
-    pub direct: i64,
-    /// Subtree usage.
-    pub subtree: i64,
-    /// Cap.
-    pub limit: Option<i64>,
-}
-
-impl QueryableByName<Pg> for UsageRow {
-    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
-        Ok(Self {
-            workspace_id: col::<SqlUuid, _>(row, 0)?,
-            organization_id: col::<SqlUuid, _>(row, 1)?,
-            resource: col::<Text, _>(row, 2)?,
-            period_start: col::<Nullable<Timestamptz>, _>(row, 3)?,
-            direct: col::<BigInt, _>(row, 4)?,
-            subtree: col::<BigInt, _>(row, 5)?,
-            limit: col::<Nullable<BigInt>, _>(row, 6)?,
-        })
+crate::positional_row! {
+    /// Current usage and caps of organizations: one row per (organization, resource) that
+    /// has a counter in one of `periods` or a cap (see `current`).
+    #[derive(Debug, Clone)]
+    pub struct UsageRow {
+        /// Workspace.
+        workspace_id: Uuid = SqlUuid,
+        /// Organization.
+        organization_id: Uuid = SqlUuid,
+        /// Resource key.
+        resource: String = Text,
+        /// Window of the counter, if there is one.
+        period_start: Option<DateTime<Utc>> = Nullable<Timestamptz>,
+        /// Own usage.
+        direct: i64 = BigInt,
+        /// Subtree usage.
+        subtree: i64 = BigInt,
+        /// Cap.
+        limit: Option<i64> = Nullable<BigInt>,
     }
 }
 
@@ -289,18 +270,26 @@ pub async fn current(
     orgs: &[Uuid],
     periods: &[DateTime<Utc>],
 ) -> QueryResult<Vec<UsageRow>> {
-    diesel::sql_query(
-        "SELECT workspace_id, organization_id, resource, period_start, direct, subtree, NULL::int8 AS \"limit\"
-           FROM usage_counters WHERE organization_id = ANY($1) AND period_start = ANY($2)
-         UNION ALL
-         SELECT workspace_id, organization_id, resource, NULL, 0, 0, \"limit\"
-           FROM organization_limits WHERE organization_id = ANY($1)",
-    )
-    .bind::<Array<SqlUuid>, _>(orgs)
-    .bind::<Array<Timestamptz>, _>(periods)
-    .cached()
-    .load(&mut { conn })
-    .await
+    // The branches name their columns; the outer list, by name, is the decoder's order.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM (
+                SELECT workspace_id, organization_id, resource, period_start, direct, subtree,
+                       NULL::int8 AS \"limit\"
+                  FROM usage_counters WHERE organization_id = ANY($1) AND period_start = ANY($2)
+                UNION ALL
+                SELECT workspace_id, organization_id, resource, NULL, 0, 0, \"limit\"
+                  FROM organization_limits WHERE organization_id = ANY($1)
+             ) u",
+            UsageRow::select_list()
+        )
+    });
+    diesel::sql_query(SQL.as_str())
+        .bind::<Array<SqlUuid>, _>(orgs)
+        .bind::<Array<Timestamptz>, _>(periods)
+        .cached()
+        .load(&mut { conn })
+        .await
 }
 
 /// A past or current window of one organization's usage.
