@@ -1,5 +1,6 @@
 //! Members and roles. The role matrix (README.md) is enforced here and only here.
 
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::audit::{self, Change};
@@ -88,39 +89,58 @@ pub async fn add(
 ) -> DomainResult<mutation::Done<MemberRow>> {
     let email = check_email(&input.email)?;
     let (ws, role) = (input.workspace_id, input.role);
-    mutation::run(services, actor, "addMember", key, &input, |conn, _| -> Effect<'_, MemberRow> {
-        let (email, actor) = (email.clone(), actor.clone());
-        Box::pin(async move {
-            let mine = require_role(conn, &actor, ws, Role::is_manager, "add members").await?;
-            if role == Role::Owner && mine != Role::Owner {
-                return Err(DomainError::Forbidden("only owners can add owners".into()));
-            }
-            // Serializes concurrent additions so that the cap holds.
-            repo::workspaces::lock(conn, ws.0).await?.ok_or(DomainError::NotFound("workspace"))?;
-            let count = members::count(conn, ws.0).await?;
-            if count >= MAX_MEMBERS {
-                return Err(DomainError::LimitExceeded(format!(
-                    "a workspace has at most {MAX_MEMBERS} members (pending invitations included); it has {count}"
-                )));
-            }
-            let user = repo::users::find_or_create_invitee(conn, &email).await?;
-            if members::find_by_user(conn, ws.0, user.id).await?.is_some() {
-                return Err(DomainError::Conflict(format!("{email} is already a member of this workspace")));
-            }
-            let m = members::insert(conn, ws.0, user.id, role.as_str(), Some(actor.user_id.0)).await?;
-            audit::record(conn, Change {
-                workspace: ws,
-                action: "member.add",
-                target_type: "Member",
-                target_id: MemberId(m.id).encode(),
-                summary: json!({"email": email, "role": role.as_str(), "pending": user.subject.is_none()}),
-                actor: &actor,
-            })
-            .await?;
-            Ok(m)
-        })
-    })
+    mutation::run(
+        services,
+        actor,
+        "addMember",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, MemberRow> {
+            Box::pin(add_effect(conn, email.clone(), actor.clone(), ws, role))
+        },
+    )
     .await
+}
+
+/// The effect of `addMember`, in the mutation's transaction.
+async fn add_effect(
+    conn: &mut AsyncPgConnection,
+    email: String,
+    actor: Actor,
+    ws: WorkspaceId,
+    role: Role,
+) -> DomainResult<MemberRow> {
+    let mine = require_role(conn, &actor, ws, Role::is_manager, "add members").await?;
+    if role == Role::Owner && mine != Role::Owner {
+        return Err(DomainError::Forbidden("only owners can add owners".into()));
+    }
+    // Serializes concurrent additions so that the cap holds.
+    repo::workspaces::lock(conn, ws.0)
+        .await?
+        .ok_or(DomainError::NotFound("workspace"))?;
+    let count = members::count(conn, ws.0).await?;
+    if count >= MAX_MEMBERS {
+        return Err(DomainError::LimitExceeded(format!(
+            "a workspace has at most {MAX_MEMBERS} members (pending invitations included); it has {count}"
+        )));
+    }
+    let user = repo::users::find_or_create_invitee(conn, &email).await?;
+    if members::find_by_user(conn, ws.0, user.id).await?.is_some() {
+        return Err(DomainError::Conflict(format!(
+            "{email} is already a member of this workspace"
+        )));
+    }
+    let m = members::insert(conn, ws.0, user.id, role.as_str(), Some(actor.user_id.0)).await?;
+    audit::record(conn, Change {
+        workspace: ws,
+        action: "member.add",
+        target_type: "Member",
+        target_id: MemberId(m.id).encode(),
+        summary: json!({"email": email, "role": role.as_str(), "pending": user.subject.is_none()}),
+        actor: &actor,
+    })
+    .await?;
+    Ok(m)
 }
 
 /// Loads a member and locks its workspace; a member of a workspace the actor does not
@@ -178,37 +198,57 @@ pub async fn update_role(
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<MemberRow>> {
     let (id, role) = (input.member_id, input.role);
-    mutation::run(services, actor, "updateMemberRole", key, &input, |conn, _| -> Effect<'_, MemberRow> {
-        let actor = actor.clone();
-        Box::pin(async move {
-            let (m, mine) = lock_member(conn, &actor, id).await?;
-            let current = Role::parse(&m.role).ok_or_else(|| DomainError::internal(anyhow::anyhow!("bad role in db")))?;
-            if !mine.is_manager() {
-                return Err(DomainError::Forbidden(format!("your role {} may not change roles", mine.as_str())));
-            }
-            if (current == Role::Owner || role == Role::Owner) && mine != Role::Owner {
-                return Err(DomainError::Forbidden("only owners can make or change owners".into()));
-            }
-            if current == role {
-                return Ok(m);
-            }
-            if current == Role::Owner {
-                ensure_not_last_owner(conn, &m, "demoted").await?;
-            }
-            let updated = members::update_role(conn, m.id, role.as_str()).await?;
-            audit::record(conn, Change {
-                workspace: WorkspaceId(m.workspace_id),
-                action: "member.update_role",
-                target_type: "Member",
-                target_id: id.encode(),
-                summary: json!({"userId": UserId(m.user_id).encode(), "before": current.as_str(), "after": role.as_str()}),
-                actor: &actor,
-            })
-            .await?;
-            Ok(updated)
-        })
-    })
+    mutation::run(
+        services,
+        actor,
+        "updateMemberRole",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, MemberRow> {
+            Box::pin(update_role_effect(conn, actor.clone(), id, role))
+        },
+    )
     .await
+}
+
+/// The effect of `updateMemberRole`, in the mutation's transaction.
+async fn update_role_effect(
+    conn: &mut AsyncPgConnection,
+    actor: Actor,
+    id: MemberId,
+    role: Role,
+) -> DomainResult<MemberRow> {
+    let (m, mine) = lock_member(conn, &actor, id).await?;
+    let current = Role::parse(&m.role)
+        .ok_or_else(|| DomainError::internal(anyhow::anyhow!("bad role in db")))?;
+    if !mine.is_manager() {
+        return Err(DomainError::Forbidden(format!(
+            "your role {} may not change roles",
+            mine.as_str()
+        )));
+    }
+    if (current == Role::Owner || role == Role::Owner) && mine != Role::Owner {
+        return Err(DomainError::Forbidden(
+            "only owners can make or change owners".into(),
+        ));
+    }
+    if current == role {
+        return Ok(m);
+    }
+    if current == Role::Owner {
+        ensure_not_last_owner(conn, &m, "demoted").await?;
+    }
+    let updated = members::update_role(conn, m.id, role.as_str()).await?;
+    audit::record(conn, Change {
+        workspace: WorkspaceId(m.workspace_id),
+        action: "member.update_role",
+        target_type: "Member",
+        target_id: id.encode(),
+        summary: json!({"userId": UserId(m.user_id).encode(), "before": current.as_str(), "after": role.as_str()}),
+        actor: &actor,
+    })
+    .await?;
+    Ok(updated)
 }
 
 /// What `remove` reports.
@@ -234,48 +274,52 @@ pub async fn remove(
         "removeMember",
         key,
         &id,
-        |conn, _| -> Effect<'_, Removed> {
-            let actor = actor.clone();
-            Box::pin(async move {
-                let (m, mine) = lock_member(conn, &actor, id).await?;
-                let leaving = m.user_id == actor.user_id.0;
-                if !leaving {
-                    if !mine.is_manager() {
-                        return Err(DomainError::Forbidden(format!(
-                            "your role {} may not remove members",
-                            mine.as_str()
-                        )));
-                    }
-                    if m.role == Role::Owner.as_str() && mine != Role::Owner {
-                        return Err(DomainError::Forbidden(
-                            "only owners can remove owners".into(),
-                        ));
-                    }
-                }
-                ensure_not_last_owner(conn, &m, "removed").await?;
-                members::delete(conn, m.id).await?;
-                audit::record(
-                    conn,
-                    Change {
-                        workspace: WorkspaceId(m.workspace_id),
-                        action: if leaving {
-                            "member.leave"
-                        } else {
-                            "member.remove"
-                        },
-                        target_type: "Member",
-                        target_id: id.encode(),
-                        summary: json!({"userId": UserId(m.user_id).encode(), "role": m.role}),
-                        actor: &actor,
-                    },
-                )
-                .await?;
-                Ok(Removed {
-                    member_id: id,
-                    workspace_id: WorkspaceId(m.workspace_id),
-                })
-            })
-        },
+        |conn, _| -> Effect<'_, Removed> { Box::pin(remove_effect(conn, actor.clone(), id)) },
     )
     .await
+}
+
+/// The effect of `removeMember`, in the mutation's transaction.
+async fn remove_effect(
+    conn: &mut AsyncPgConnection,
+    actor: Actor,
+    id: MemberId,
+) -> DomainResult<Removed> {
+    let (m, mine) = lock_member(conn, &actor, id).await?;
+    let leaving = m.user_id == actor.user_id.0;
+    if !leaving {
+        if !mine.is_manager() {
+            return Err(DomainError::Forbidden(format!(
+                "your role {} may not remove members",
+                mine.as_str()
+            )));
+        }
+        if m.role == Role::Owner.as_str() && mine != Role::Owner {
+            return Err(DomainError::Forbidden(
+                "only owners can remove owners".into(),
+            ));
+        }
+    }
+    ensure_not_last_owner(conn, &m, "removed").await?;
+    members::delete(conn, m.id).await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: WorkspaceId(m.workspace_id),
+            action: if leaving {
+                "member.leave"
+            } else {
+                "member.remove"
+            },
+            target_type: "Member",
+            target_id: id.encode(),
+            summary: json!({"userId": UserId(m.user_id).encode(), "role": m.role}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(Removed {
+        member_id: id,
+        workspace_id: WorkspaceId(m.workspace_id),
+    })
 }

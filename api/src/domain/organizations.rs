@@ -227,66 +227,80 @@ pub async fn create(
         key,
         &input,
         |conn, _| -> Effect<'_, OrganizationRow> {
-            let (input, name, actor) = (input.clone(), name.clone(), actor.clone());
-            Box::pin(async move {
-                require_role(conn, &actor, ws, Role::is_manager, "create organizations").await?;
-                // Structural changes of one workspace are serialized on its row.
-                repo::workspaces::lock(conn, ws.0)
-                    .await?
-                    .ok_or(DomainError::NotFound("workspace"))?;
-                if orgs::count_in_workspace(conn, ws.0).await? >= MAX_ORGANIZATIONS {
-                    return Err(DomainError::LimitExceeded(format!(
-                        "a workspace has at most {MAX_ORGANIZATIONS} organizations"
-                    )));
-                }
-                let ancestors = match input.parent_id {
-                    None => Vec::new(),
-                    Some(p) => {
-                        let parent = orgs::find_key_share(conn, p.0)
-                            .await?
-                            .filter(|o| o.workspace_id == ws.0)
-                            .ok_or(DomainError::NotFound("parent organization"))?;
-                        if parent.depth >= MAX_DEPTH {
-                            return Err(depth_exceeded());
-                        }
-                        if orgs::count_children(conn, parent.id).await? >= MAX_CHILDREN {
-                            return Err(children_exceeded());
-                        }
-                        parent
-                            .ancestors
-                            .iter()
-                            .copied()
-                            .chain([parent.id])
-                            .collect()
-                    }
-                };
-                let id = OrganizationId::new();
-                let row = orgs::insert(
-                    conn,
-                    id.0,
-                    ws.0,
-                    input.parent_id.map(|p| p.0),
-                    &name,
-                    &ancestors,
-                )
-                .await?;
-                audit::record(
+            Box::pin(create_effect(
                 conn,
-                Change {
-                    workspace: ws,
-                    action: "organization.create",
-                    target_type: "Organization",
-                    target_id: id.encode(),
-                    summary: json!({"name": name, "parentId": input.parent_id.map(|p| p.encode())}),
-                    actor: &actor,
-                },
-            )
-            .await?;
-                Ok(row)
-            })
+                input.clone(),
+                name.clone(),
+                actor.clone(),
+                ws,
+            ))
         },
     )
     .await
+}
+
+/// The effect of `createOrganization`, in the mutation's transaction.
+async fn create_effect(
+    conn: &mut AsyncPgConnection,
+    input: NewOrganization,
+    name: String,
+    actor: Actor,
+    ws: WorkspaceId,
+) -> DomainResult<OrganizationRow> {
+    require_role(conn, &actor, ws, Role::is_manager, "create organizations").await?;
+    // Structural changes of one workspace are serialized on its row.
+    repo::workspaces::lock(conn, ws.0)
+        .await?
+        .ok_or(DomainError::NotFound("workspace"))?;
+    if orgs::count_in_workspace(conn, ws.0).await? >= MAX_ORGANIZATIONS {
+        return Err(DomainError::LimitExceeded(format!(
+            "a workspace has at most {MAX_ORGANIZATIONS} organizations"
+        )));
+    }
+    let ancestors = match input.parent_id {
+        None => Vec::new(),
+        Some(p) => {
+            let parent = orgs::find_key_share(conn, p.0)
+                .await?
+                .filter(|o| o.workspace_id == ws.0)
+                .ok_or(DomainError::NotFound("parent organization"))?;
+            if parent.depth >= MAX_DEPTH {
+                return Err(depth_exceeded());
+            }
+            if orgs::count_children(conn, parent.id).await? >= MAX_CHILDREN {
+                return Err(children_exceeded());
+            }
+            parent
+                .ancestors
+                .iter()
+                .copied()
+                .chain([parent.id])
+                .collect()
+        }
+    };
+    let id = OrganizationId::new();
+    let row = orgs::insert(
+        conn,
+        id.0,
+        ws.0,
+        input.parent_id.map(|p| p.0),
+        &name,
+        &ancestors,
+    )
+    .await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: ws,
+            action: "organization.create",
+            target_type: "Organization",
+            target_id: id.encode(),
+            summary: json!({"name": name, "parentId": input.parent_id.map(|p| p.encode())}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(row)
 }
 
 /// Loads an organization for a change by a manager, locking its row as asked.
@@ -334,34 +348,46 @@ pub async fn rename(
         key,
         &input,
         |conn, _| -> Effect<'_, OrganizationRow> {
-            let (input, name, actor) = (input.clone(), name.clone(), actor.clone());
-            Box::pin(async move {
-                let before = managed(
-                    conn,
-                    &actor,
-                    input.organization_id,
-                    RowLock::KeyShare,
-                    "rename organizations",
-                )
-                .await?;
-                let row = orgs::rename(conn, before.id, &name).await?;
-                audit::record(
-                    conn,
-                    Change {
-                        workspace: WorkspaceId(row.workspace_id),
-                        action: "organization.rename",
-                        target_type: "Organization",
-                        target_id: input.organization_id.encode(),
-                        summary: json!({"before": before.name, "after": name}),
-                        actor: &actor,
-                    },
-                )
-                .await?;
-                Ok(row)
-            })
+            Box::pin(rename_effect(
+                conn,
+                input.clone(),
+                name.clone(),
+                actor.clone(),
+            ))
         },
     )
     .await
+}
+
+/// The effect of `renameOrganization`, in the mutation's transaction.
+async fn rename_effect(
+    conn: &mut AsyncPgConnection,
+    input: Rename,
+    name: String,
+    actor: Actor,
+) -> DomainResult<OrganizationRow> {
+    let before = managed(
+        conn,
+        &actor,
+        input.organization_id,
+        RowLock::KeyShare,
+        "rename organizations",
+    )
+    .await?;
+    let row = orgs::rename(conn, before.id, &name).await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: WorkspaceId(row.workspace_id),
+            action: "organization.rename",
+            target_type: "Organization",
+            target_id: input.organization_id.encode(),
+            summary: json!({"before": before.name, "after": name}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(row)
 }
 
 /// Input of `move_to`.
@@ -383,75 +409,113 @@ pub async fn move_to(
     input: Move,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<OrganizationRow>> {
-    mutation::run(services, actor, "moveOrganization", key, &input, |conn, _| -> Effect<'_, OrganizationRow> {
-        let (input, actor) = (input.clone(), actor.clone());
-        Box::pin(async move {
-            // Lock order: workspace row, then organization rows, then counters.
-            let root = managed(conn, &actor, input.organization_id, RowLock::None, "move organizations").await?;
-            let ws = root.workspace_id;
-            repo::workspaces::lock(conn, ws).await?.ok_or(DomainError::NotFound("organization"))?;
-            // Every node of the subtree: allocations inside it wait until the move commits.
-            let subtree = orgs::lock_subtree(conn, root.id).await?;
-            let root = subtree
-                .iter()
-                .find(|o| o.id == root.id)
-                .cloned()
-                .ok_or(DomainError::NotFound("organization"))?;
-            let new_prefix: Vec<Uuid> = match input.new_parent_id {
-                None => Vec::new(),
-                Some(p) => {
-                    if subtree.iter().any(|o| o.id == p.0) {
-                        return Err(DomainError::bad_input(
-                            "newParentId",
-                            "an organization cannot move under itself or one of its descendants",
-                        ));
-                    }
-                    let parent = orgs::find_key_share(conn, p.0)
-                        .await?
-                        .filter(|o| o.workspace_id == ws)
-                        .ok_or(DomainError::NotFound("parent organization"))?;
-                    parent.ancestors.iter().copied().chain([parent.id]).collect()
-                }
-            };
-            if root.parent_id == input.new_parent_id.map(|p| p.0) {
-                return Ok(root);
-            }
-            let height = subtree.iter().map(|o| o.depth - root.depth).max().unwrap_or(0);
-            if new_prefix.len() as i16 + height > MAX_DEPTH {
-                return Err(depth_exceeded());
-            }
-            if let Some(p) = input.new_parent_id
-                && orgs::count_children(conn, p.0).await? >= MAX_CHILDREN
-            {
-                return Err(children_exceeded());
-            }
-            carry_usage(conn, ws, &root, &new_prefix).await?;
-            orgs::move_subtree(conn, root.id, input.new_parent_id.map(|p| p.0), &new_prefix, root.depth).await?;
-            let moved = orgs::find_many(conn, &[root.id])
-                .await?
-                .into_iter()
-                .next()
-                .ok_or(DomainError::NotFound("organization"))?;
-            audit::record(
-                conn,
-                Change {
-                    workspace: WorkspaceId(ws),
-                    action: "organization.move",
-                    target_type: "Organization",
-                    target_id: input.organization_id.encode(),
-                    summary: json!({
-                        "fromParentId": root.parent_id.map(|p| OrganizationId(p).encode()),
-                        "toParentId": input.new_parent_id.map(|p| p.encode()),
-                        "subtreeSize": subtree.len(),
-                    }),
-                    actor: &actor,
-                },
-            )
-            .await?;
-            Ok(moved)
-        })
-    })
+    mutation::run(
+        services,
+        actor,
+        "moveOrganization",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, OrganizationRow> {
+            Box::pin(move_effect(conn, input.clone(), actor.clone()))
+        },
+    )
     .await
+}
+
+/// The effect of `moveOrganization`, in the mutation's transaction.
+async fn move_effect(
+    conn: &mut AsyncPgConnection,
+    input: Move,
+    actor: Actor,
+) -> DomainResult<OrganizationRow> {
+    // Lock order: workspace row, then organization rows, then counters.
+    let root = managed(
+        conn,
+        &actor,
+        input.organization_id,
+        RowLock::None,
+        "move organizations",
+    )
+    .await?;
+    let ws = root.workspace_id;
+    repo::workspaces::lock(conn, ws)
+        .await?
+        .ok_or(DomainError::NotFound("organization"))?;
+    // Every node of the subtree: allocations inside it wait until the move commits.
+    let subtree = orgs::lock_subtree(conn, root.id).await?;
+    let root = subtree
+        .iter()
+        .find(|o| o.id == root.id)
+        .cloned()
+        .ok_or(DomainError::NotFound("organization"))?;
+    let new_prefix: Vec<Uuid> = match input.new_parent_id {
+        None => Vec::new(),
+        Some(p) => {
+            if subtree.iter().any(|o| o.id == p.0) {
+                return Err(DomainError::bad_input(
+                    "newParentId",
+                    "an organization cannot move under itself or one of its descendants",
+                ));
+            }
+            let parent = orgs::find_key_share(conn, p.0)
+                .await?
+                .filter(|o| o.workspace_id == ws)
+                .ok_or(DomainError::NotFound("parent organization"))?;
+            parent
+                .ancestors
+                .iter()
+                .copied()
+                .chain([parent.id])
+                .collect()
+        }
+    };
+    if root.parent_id == input.new_parent_id.map(|p| p.0) {
+        return Ok(root);
+    }
+    let height = subtree
+        .iter()
+        .map(|o| o.depth - root.depth)
+        .max()
+        .unwrap_or(0);
+    if new_prefix.len() as i16 + height > MAX_DEPTH {
+        return Err(depth_exceeded());
+    }
+    if let Some(p) = input.new_parent_id
+        && orgs::count_children(conn, p.0).await? >= MAX_CHILDREN
+    {
+        return Err(children_exceeded());
+    }
+    carry_usage(conn, ws, &root, &new_prefix).await?;
+    orgs::move_subtree(
+        conn,
+        root.id,
+        input.new_parent_id.map(|p| p.0),
+        &new_prefix,
+        root.depth,
+    )
+    .await?;
+    let moved = orgs::find_many(conn, &[root.id])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(DomainError::NotFound("organization"))?;
+    audit::record(
+        conn,
+        Change {
+            workspace: WorkspaceId(ws),
+            action: "organization.move",
+            target_type: "Organization",
+            target_id: input.organization_id.encode(),
+            summary: json!({
+                "fromParentId": root.parent_id.map(|p| OrganizationId(p).encode()),
+                "toParentId": input.new_parent_id.map(|p| p.encode()),
+                "subtreeSize": subtree.len(),
+            }),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(moved)
 }
 
 /// Moves the subtree's current usage from the ancestors it leaves to those it joins,
@@ -540,36 +604,50 @@ pub async fn delete(
     id: OrganizationId,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<OrganizationId>> {
-    mutation::run(services, actor, "deleteOrganization", key, &id, |conn, _| -> Effect<'_, OrganizationId> {
-        let actor = actor.clone();
-        Box::pin(async move {
-            let org = managed(conn, &actor, id, RowLock::Update, "delete organizations").await?;
-            if orgs::has_children(conn, org.id).await? {
-                return Err(DomainError::Conflict(
-                    "an organization with children cannot be deleted: move or delete its children first".into(),
-                ));
-            }
-            let resources = repo::resources::for_workspaces(conn, &[org.workspace_id]).await?;
-            if usage::has_usage(conn, org.id, &windows(&resources, Utc::now())).await? {
-                return Err(DomainError::Conflict(
-                    "an organization with usage cannot be deleted: release its usage first".into(),
-                ));
-            }
-            orgs::delete(conn, org.id).await?;
-            audit::record(
-                conn,
-                Change {
-                    workspace: WorkspaceId(org.workspace_id),
-                    action: "organization.delete",
-                    target_type: "Organization",
-                    target_id: id.encode(),
-                    summary: json!({"name": org.name, "parentId": org.parent_id.map(|p| OrganizationId(p).encode())}),
-                    actor: &actor,
-                },
-            )
-            .await?;
-            Ok(id)
-        })
-    })
+    mutation::run(
+        services,
+        actor,
+        "deleteOrganization",
+        key,
+        &id,
+        |conn, _| -> Effect<'_, OrganizationId> {
+            Box::pin(delete_effect(conn, actor.clone(), id))
+        },
+    )
     .await
+}
+
+/// The effect of `deleteOrganization`, in the mutation's transaction.
+async fn delete_effect(
+    conn: &mut AsyncPgConnection,
+    actor: Actor,
+    id: OrganizationId,
+) -> DomainResult<OrganizationId> {
+    let org = managed(conn, &actor, id, RowLock::Update, "delete organizations").await?;
+    if orgs::has_children(conn, org.id).await? {
+        return Err(DomainError::Conflict(
+            "an organization with children cannot be deleted: move or delete its children first"
+                .into(),
+        ));
+    }
+    let resources = repo::resources::for_workspaces(conn, &[org.workspace_id]).await?;
+    if usage::has_usage(conn, org.id, &windows(&resources, Utc::now())).await? {
+        return Err(DomainError::Conflict(
+            "an organization with usage cannot be deleted: release its usage first".into(),
+        ));
+    }
+    orgs::delete(conn, org.id).await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: WorkspaceId(org.workspace_id),
+            action: "organization.delete",
+            target_type: "Organization",
+            target_id: id.encode(),
+            summary: json!({"name": org.name, "parentId": org.parent_id.map(|p| OrganizationId(p).encode())}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(id)
 }

@@ -1,5 +1,6 @@
 //! Resources: what organizations allocate (seats, locations) or consume (API calls).
 
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::audit::{self, Change};
@@ -61,30 +62,63 @@ pub async fn define(
             ));
         }
     };
-    let ws = input.workspace_id;
-    mutation::run(services, actor, "defineResource", key, &input, |conn, _| -> Effect<'_, ResourceRow> {
-        let (input, name, unit, actor) = (input.clone(), name.clone(), unit.clone(), actor.clone());
-        Box::pin(async move {
-            require_role(conn, &actor, ws, Role::is_manager, "define resources").await?;
-            let row = resources::insert(conn, ws.0, &input.key, &name, &unit, kind, reset)
-                .await?
-                .ok_or_else(|| DomainError::Conflict(format!("this workspace already has a resource `{}`", input.key)))?;
-            audit::record(
-                conn,
-                Change {
-                    workspace: ws,
-                    action: "resource.define",
-                    target_type: "Resource",
-                    target_id: input.key.clone(),
-                    summary: json!({"key": input.key, "name": name, "unit": unit, "kind": kind, "resetPeriod": reset}),
-                    actor: &actor,
-                },
-            )
-            .await?;
-            Ok(row)
-        })
-    })
+    let valid = NewResource {
+        name,
+        unit,
+        kind,
+        reset_period: reset,
+        ..input.clone()
+    };
+    mutation::run(
+        services,
+        actor,
+        "defineResource",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, ResourceRow> {
+            Box::pin(define_effect(conn, valid.clone(), actor.clone()))
+        },
+    )
     .await
+}
+
+/// The effect of `defineResource`, in the mutation's transaction.
+async fn define_effect(
+    conn: &mut AsyncPgConnection,
+    input: NewResource,
+    actor: Actor,
+) -> DomainResult<ResourceRow> {
+    let NewResource {
+        workspace_id: ws,
+        name,
+        unit,
+        kind,
+        reset_period: reset,
+        ..
+    } = &input;
+    let (ws, kind, reset) = (*ws, *kind, *reset);
+    require_role(conn, &actor, ws, Role::is_manager, "define resources").await?;
+    let row = resources::insert(conn, ws.0, &input.key, name, unit, kind, reset)
+        .await?
+        .ok_or_else(|| {
+            DomainError::Conflict(format!(
+                "this workspace already has a resource `{}`",
+                input.key
+            ))
+        })?;
+    audit::record(
+        conn,
+        Change {
+            workspace: ws,
+            action: "resource.define",
+            target_type: "Resource",
+            target_id: input.key.clone(),
+            summary: json!({"key": input.key, "name": name, "unit": unit, "kind": kind, "resetPeriod": reset}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(row)
 }
 
 /// Resources of several workspaces (the caller checks membership).

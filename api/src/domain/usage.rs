@@ -327,67 +327,91 @@ pub async fn record(
         return Err(DomainError::bad_input("delta", "delta must not be zero"));
     }
     // The hot path: the key claim rides on the statement that reads the organization.
-    mutation::run_claiming_in_effect(services, actor, "recordUsage", key, &input, |conn, done| -> Effect<'_, OrganizationRow> {
-        let (input, actor) = (input.clone(), actor.clone());
-        Box::pin(async move {
-            let claim = done.key_claim().cloned();
-            let found = orgs::access_claiming(conn, input.organization_id.0, actor.user_id.0, &input.resource, claim.as_ref())
-                .await
-                .map_err(mutation::map_lock_timeout)?;
-            let a = match found {
-                Some(f) if f.claimed || claim.is_none() => f.access,
-                // The key was used before: replay the first result (or refuse a reuse).
-                Some(_) => return done.replay(conn).await,
-                // Missing organization: a key that holds a committed result still replays it.
-                None if claim.is_some() => {
-                    return match done.replay::<OrganizationRow>(conn).await {
-                        Err(DomainError::IdempotencyKeyInUse) | Err(DomainError::Internal(_)) => {
-                            Err(DomainError::NotFound("organization"))
-                        }
-                        other => other,
-                    };
-                }
-                None => return Err(DomainError::NotFound("organization")),
-            };
-            require_manager(&a, "record usage")?;
-            let kind = a.resource_kind.ok_or_else(|| unknown_resource(&input.resource))?;
-            let period = current_period(kind, a.resource_reset, Utc::now());
-            let org = a.org;
-            // The result is known now: the statement that applies the change also stores it
-            // under the idempotency key, so that it is the only one holding the path's locks
-            // before COMMIT.
-            let completion = done.hand_over(&org)?;
-            let path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
-            let audit = AuditEventRow {
-                workspace_id: org.workspace_id,
-                id: crate::ids::AuditEventId::new().0,
-                actor_id: Some(actor.user_id.0),
-                action: "usage.record".into(),
-                target_type: "Organization".into(),
-                target_id: OrganizationId(org.id).encode(),
-                summary: json!({"resource": input.resource, "delta": input.delta, "windowStart": (period != epoch()).then_some(period)}),
-                request_id: Some(actor.request_id.clone()),
-                created_at: Utc::now(),
-            };
-            let application = usage::Application {
-                workspace_id: org.workspace_id,
-                organization_id: org.id,
-                path: &path,
-                resource: &input.resource,
-                period,
-                delta: input.delta,
-                event_id: Uuid::now_v7(),
-                audit: &audit,
-                completion: completion.as_ref().map(|(caller, key, value)| (*caller, *key, value)),
-            };
-            let applied = usage::check_and_apply(conn, &application).await?;
-            if applied.len() == path.len() {
-                return Ok(org);
-            }
-            Err(refusal(conn, &org, &path, &applied, &input, period).await)
-        })
-    })
+    mutation::run_claiming_in_effect(
+        services,
+        actor,
+        "recordUsage",
+        key,
+        &input,
+        |conn, done| -> Effect<'_, OrganizationRow> {
+            Box::pin(record_effect(conn, done, input.clone(), actor.clone()))
+        },
+    )
     .await
+}
+
+/// The effect of `recordUsage`, in the mutation's transaction.
+async fn record_effect(
+    conn: &mut AsyncPgConnection,
+    done: &mutation::Completion,
+    input: UsageChange,
+    actor: Actor,
+) -> DomainResult<OrganizationRow> {
+    let claim = done.key_claim().cloned();
+    let found = orgs::access_claiming(
+        conn,
+        input.organization_id.0,
+        actor.user_id.0,
+        &input.resource,
+        claim.as_ref(),
+    )
+    .await
+    .map_err(mutation::map_lock_timeout)?;
+    let a = match found {
+        Some(f) if f.claimed || claim.is_none() => f.access,
+        // The key was used before: replay the first result (or refuse a reuse).
+        Some(_) => return done.replay(conn).await,
+        // Missing organization: a key that holds a committed result still replays it.
+        None if claim.is_some() => {
+            return match done.replay::<OrganizationRow>(conn).await {
+                Err(DomainError::IdempotencyKeyInUse) | Err(DomainError::Internal(_)) => {
+                    Err(DomainError::NotFound("organization"))
+                }
+                other => other,
+            };
+        }
+        None => return Err(DomainError::NotFound("organization")),
+    };
+    require_manager(&a, "record usage")?;
+    let kind = a
+        .resource_kind
+        .ok_or_else(|| unknown_resource(&input.resource))?;
+    let period = current_period(kind, a.resource_reset, Utc::now());
+    let org = a.org;
+    // The result is known now: the statement that applies the change also stores it
+    // under the idempotency key, so that it is the only one holding the path's locks
+    // before COMMIT.
+    let completion = done.hand_over(&org)?;
+    let path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
+    let audit = AuditEventRow {
+        workspace_id: org.workspace_id,
+        id: crate::ids::AuditEventId::new().0,
+        actor_id: Some(actor.user_id.0),
+        action: "usage.record".into(),
+        target_type: "Organization".into(),
+        target_id: OrganizationId(org.id).encode(),
+        summary: json!({"resource": input.resource, "delta": input.delta, "windowStart": (period != epoch()).then_some(period)}),
+        request_id: Some(actor.request_id.clone()),
+        created_at: Utc::now(),
+    };
+    let application = usage::Application {
+        workspace_id: org.workspace_id,
+        organization_id: org.id,
+        path: &path,
+        resource: &input.resource,
+        period,
+        delta: input.delta,
+        event_id: Uuid::now_v7(),
+        audit: &audit,
+        completion: completion
+            .as_ref()
+            .map(|(caller, key, value)| (*caller, *key, value)),
+    };
+    let applied = usage::check_and_apply(conn, &application).await?;
+    if applied.len() == path.len() {
+        return Ok(org);
+    }
+    Err(refusal(conn, &org, &path, &applied, &input, period).await)
 }
 
 /// Explains a refused change: the nearest organization on the path whose counter was not
@@ -466,56 +490,89 @@ pub async fn set_limit(
             "limit must be zero or positive (null removes it)",
         ));
     }
-    mutation::run(services, actor, "setOrganizationLimit", key, &input, |conn, _| -> Effect<'_, OrganizationRow> {
-        let (input, actor) = (input.clone(), actor.clone());
-        Box::pin(async move {
-            let a = orgs::access(conn, input.organization_id.0, actor.user_id.0, Some(&input.resource), RowLock::KeyShare)
-                .await?
-                .ok_or(DomainError::NotFound("organization"))?;
-            require_manager(&a, "set limits")?;
-            let kind = a.resource_kind.ok_or_else(|| unknown_resource(&input.resource))?;
-            let period = current_period(kind, a.resource_reset, Utc::now());
-            let org = a.org;
-            let mut path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
-            path.sort_unstable();
-            // Locks the path's counters: allocations and other cap changes on it wait.
-            let counters = usage::lock_counters(conn, org.workspace_id, &path, &input.resource, period).await?;
-            let before = counters.iter().find(|c| c.organization_id == org.id).and_then(|c| c.limit);
-            if let Some(limit) = input.limit.filter(|l| *l > 0) {
-                let inherited = counters
-                    .iter()
-                    .filter(|c| c.organization_id != org.id)
-                    .filter_map(|c| c.limit.map(|l| (l, c.organization_id)))
-                    .min();
-                if let Some((cap, from)) = inherited.filter(|(cap, _)| limit > *cap) {
-                    return Err(DomainError::bad_input(
-                        "limit",
-                        format!(
-                            "limit {limit} exceeds the capacity of {cap} {} that organization {} inherits from organization {}",
-                            input.resource,
-                            OrganizationId(org.id),
-                            OrganizationId(from)
-                        ),
-                    ));
-                }
-            }
-            usage::set_limit(conn, org.workspace_id, org.id, &input.resource, period, input.limit).await?;
-            super::audit::record(
-                conn,
-                super::audit::Change {
-                    workspace: crate::ids::WorkspaceId(org.workspace_id),
-                    action: "limit.set",
-                    target_type: "Organization",
-                    target_id: OrganizationId(org.id).encode(),
-                    summary: json!({"resource": input.resource, "before": before, "after": input.limit}),
-                    actor: &actor,
-                },
-            )
-            .await?;
-            Ok(org)
-        })
-    })
+    mutation::run(
+        services,
+        actor,
+        "setOrganizationLimit",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, OrganizationRow> {
+            Box::pin(set_limit_effect(conn, input.clone(), actor.clone()))
+        },
+    )
     .await
+}
+
+/// The effect of `setOrganizationLimit`, in the mutation's transaction.
+async fn set_limit_effect(
+    conn: &mut AsyncPgConnection,
+    input: LimitChange,
+    actor: Actor,
+) -> DomainResult<OrganizationRow> {
+    let a = orgs::access(
+        conn,
+        input.organization_id.0,
+        actor.user_id.0,
+        Some(&input.resource),
+        RowLock::KeyShare,
+    )
+    .await?
+    .ok_or(DomainError::NotFound("organization"))?;
+    require_manager(&a, "set limits")?;
+    let kind = a
+        .resource_kind
+        .ok_or_else(|| unknown_resource(&input.resource))?;
+    let period = current_period(kind, a.resource_reset, Utc::now());
+    let org = a.org;
+    let mut path: Vec<Uuid> = org.ancestors.iter().copied().chain([org.id]).collect();
+    path.sort_unstable();
+    // Locks the path's counters: allocations and other cap changes on it wait.
+    let counters =
+        usage::lock_counters(conn, org.workspace_id, &path, &input.resource, period).await?;
+    let before = counters
+        .iter()
+        .find(|c| c.organization_id == org.id)
+        .and_then(|c| c.limit);
+    if let Some(limit) = input.limit.filter(|l| *l > 0) {
+        let inherited = counters
+            .iter()
+            .filter(|c| c.organization_id != org.id)
+            .filter_map(|c| c.limit.map(|l| (l, c.organization_id)))
+            .min();
+        if let Some((cap, from)) = inherited.filter(|(cap, _)| limit > *cap) {
+            return Err(DomainError::bad_input(
+                "limit",
+                format!(
+                    "limit {limit} exceeds the capacity of {cap} {} that organization {} inherits from organization {}",
+                    input.resource,
+                    OrganizationId(org.id),
+                    OrganizationId(from)
+                ),
+            ));
+        }
+    }
+    usage::set_limit(
+        conn,
+        org.workspace_id,
+        org.id,
+        &input.resource,
+        period,
+        input.limit,
+    )
+    .await?;
+    super::audit::record(
+        conn,
+        super::audit::Change {
+            workspace: crate::ids::WorkspaceId(org.workspace_id),
+            action: "limit.set",
+            target_type: "Organization",
+            target_id: OrganizationId(org.id).encode(),
+            summary: json!({"resource": input.resource, "before": before, "after": input.limit}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(org)
 }
 
 #[cfg(test)]

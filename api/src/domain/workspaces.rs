@@ -1,6 +1,7 @@
 //! Workspaces: create, rename, delete, read.
 
 use chrono::Utc;
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::audit::{self, Change};
@@ -69,26 +70,55 @@ pub async fn create(
     let name = check_name("name", &input.name, NAME_MAX)?;
     let description = check_description(input.description.as_deref())?;
     let mode = input.billing_mode;
-    mutation::run(services, actor, "createWorkspace", key, &input, |conn, _| -> Effect<'_, WorkspaceRow> {
-        let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
-        Box::pin(async move {
-            let id = WorkspaceId::new();
-            let ws = workspaces::insert(conn, id.0, &name, description.as_deref(), mode.as_str(), actor.user_id.0).await?;
-            crate::db::repo::resources::insert_built_ins(conn, id.0).await?;
-            let owner = members::insert(conn, id.0, actor.user_id.0, Role::Owner.as_str(), None).await?;
-            audit::record(conn, Change {
-                workspace: id,
-                action: "workspace.create",
-                target_type: "Workspace",
-                target_id: id.encode(),
-                summary: json!({"name": name, "description": description, "billingMode": mode.as_str(), "ownerMemberId": crate::ids::MemberId(owner.id).encode()}),
-                actor: &actor,
-            })
-            .await?;
-            Ok(ws)
-        })
-    })
+    mutation::run(
+        services,
+        actor,
+        "createWorkspace",
+        key,
+        &input,
+        |conn, _| -> Effect<'_, WorkspaceRow> {
+            Box::pin(create_effect(
+                conn,
+                name.clone(),
+                description.clone(),
+                actor.clone(),
+                mode,
+            ))
+        },
+    )
     .await
+}
+
+/// The effect of `createWorkspace`, in the mutation's transaction.
+async fn create_effect(
+    conn: &mut AsyncPgConnection,
+    name: String,
+    description: Option<String>,
+    actor: Actor,
+    mode: BillingMode,
+) -> DomainResult<WorkspaceRow> {
+    let id = WorkspaceId::new();
+    let ws = workspaces::insert(
+        conn,
+        id.0,
+        &name,
+        description.as_deref(),
+        mode.as_str(),
+        actor.user_id.0,
+    )
+    .await?;
+    crate::db::repo::resources::insert_built_ins(conn, id.0).await?;
+    let owner = members::insert(conn, id.0, actor.user_id.0, Role::Owner.as_str(), None).await?;
+    audit::record(conn, Change {
+        workspace: id,
+        action: "workspace.create",
+        target_type: "Workspace",
+        target_id: id.encode(),
+        summary: json!({"name": name, "description": description, "billingMode": mode.as_str(), "ownerMemberId": crate::ids::MemberId(owner.id).encode()}),
+        actor: &actor,
+    })
+    .await?;
+    Ok(ws)
 }
 
 /// Input of `update`.
@@ -127,45 +157,59 @@ pub async fn update(
         key,
         &input,
         |conn, _| -> Effect<'_, WorkspaceRow> {
-            let (name, description, actor) = (name.clone(), description.clone(), actor.clone());
-            Box::pin(async move {
-                require_role(
-                    conn,
-                    &actor,
-                    ws,
-                    Role::is_manager,
-                    "change workspace settings",
-                )
-                .await?;
-                let before = workspaces::lock(conn, ws.0)
-                    .await?
-                    .ok_or(DomainError::NotFound("workspace"))?;
-                let changes = workspaces::WorkspaceChanges {
-                    name: name.as_deref(),
-                    description: description.as_ref().map(|d| d.as_deref()),
-                    updated_at: Utc::now(),
-                };
-                let after = workspaces::update(conn, ws.0, &changes).await?;
-                audit::record(
-                    conn,
-                    Change {
-                        workspace: ws,
-                        action: "workspace.update",
-                        target_type: "Workspace",
-                        target_id: ws.encode(),
-                        summary: json!({
-                            "before": {"name": before.name, "description": before.description},
-                            "after": {"name": after.name, "description": after.description},
-                        }),
-                        actor: &actor,
-                    },
-                )
-                .await?;
-                Ok(after)
-            })
+            Box::pin(update_effect(
+                conn,
+                name.clone(),
+                description.clone(),
+                actor.clone(),
+                ws,
+            ))
         },
     )
     .await
+}
+
+/// The effect of `updateWorkspace`, in the mutation's transaction.
+async fn update_effect(
+    conn: &mut AsyncPgConnection,
+    name: Option<String>,
+    description: Option<Option<String>>,
+    actor: Actor,
+    ws: WorkspaceId,
+) -> DomainResult<WorkspaceRow> {
+    require_role(
+        conn,
+        &actor,
+        ws,
+        Role::is_manager,
+        "change workspace settings",
+    )
+    .await?;
+    let before = workspaces::lock(conn, ws.0)
+        .await?
+        .ok_or(DomainError::NotFound("workspace"))?;
+    let changes = workspaces::WorkspaceChanges {
+        name: name.as_deref(),
+        description: description.as_ref().map(|d| d.as_deref()),
+        updated_at: Utc::now(),
+    };
+    let after = workspaces::update(conn, ws.0, &changes).await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: ws,
+            action: "workspace.update",
+            target_type: "Workspace",
+            target_id: ws.encode(),
+            summary: json!({
+                "before": {"name": before.name, "description": before.description},
+                "after": {"name": after.name, "description": after.description},
+            }),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(after)
 }
 
 /// Deletes a workspace (owners only). Its data stays for the audit trail but is invisible.
@@ -181,38 +225,42 @@ pub async fn delete(
         "deleteWorkspace",
         key,
         &ws,
-        |conn, _| -> Effect<'_, WorkspaceId> {
-            let actor = actor.clone();
-            Box::pin(async move {
-                require_role(
-                    conn,
-                    &actor,
-                    ws,
-                    |r| r == Role::Owner,
-                    "delete the workspace",
-                )
-                .await?;
-                let before = workspaces::lock(conn, ws.0)
-                    .await?
-                    .ok_or(DomainError::NotFound("workspace"))?;
-                workspaces::soft_delete(conn, ws.0).await?;
-                audit::record(
-                    conn,
-                    Change {
-                        workspace: ws,
-                        action: "workspace.delete",
-                        target_type: "Workspace",
-                        target_id: ws.encode(),
-                        summary: json!({"name": before.name}),
-                        actor: &actor,
-                    },
-                )
-                .await?;
-                Ok(ws)
-            })
-        },
+        |conn, _| -> Effect<'_, WorkspaceId> { Box::pin(delete_effect(conn, actor.clone(), ws)) },
     )
     .await
+}
+
+/// The effect of `deleteWorkspace`, in the mutation's transaction.
+async fn delete_effect(
+    conn: &mut AsyncPgConnection,
+    actor: Actor,
+    ws: WorkspaceId,
+) -> DomainResult<WorkspaceId> {
+    require_role(
+        conn,
+        &actor,
+        ws,
+        |r| r == Role::Owner,
+        "delete the workspace",
+    )
+    .await?;
+    let before = workspaces::lock(conn, ws.0)
+        .await?
+        .ok_or(DomainError::NotFound("workspace"))?;
+    workspaces::soft_delete(conn, ws.0).await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: ws,
+            action: "workspace.delete",
+            target_type: "Workspace",
+            target_id: ws.encode(),
+            summary: json!({"name": before.name}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(ws)
 }
 
 /// The workspaces among `ids` the actor belongs to, with the actor's role (DataLoader).
