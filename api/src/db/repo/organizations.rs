@@ -163,9 +163,7 @@ pub async fn children_pages(
     parents: &[Uuid],
     page: Page,
 ) -> QueryResult<Vec<OrganizationRow>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        children_sql("id, workspace_id, parent_id, name, depth, ancestors, created_at")
-    });
+    static SQL: LazyLock<String> = LazyLock::new(|| children_sql("c.*"));
     diesel::sql_query(SQL.as_str())
         .bind::<Array<SqlUuid>, _>(parents)
         .bind::<Nullable<SqlUuid>, _>(page.after)
