@@ -46,7 +46,7 @@ impl Organization {
     }
 
     /// Opaque id (for the `Node` interface).
-    pub async fn id(&self, ctx: &Context<'_>) -> Result<ID> {
+    pub async fn id(&self, ctx: &Context<'_>) -> Result<OrganizationId> {
         self.0.id(ctx).await
     }
 
@@ -63,7 +63,7 @@ crate::object! {
         row: OrganizationRow;
         fields {
             /// Opaque id (`org_…`).
-            id: ID = ID(OrganizationId(row.id).encode()),
+            id: OrganizationId = OrganizationId(row.id),
             /// Name, 1–50 characters.
             name: &str = &row.name,
             /// 0 for a root, at most 9 (ten levels).
@@ -470,13 +470,6 @@ pub struct CreateOrganizationInput {
     pub idempotency_key: Option<String>,
 }
 
-/// Result of `createOrganization`.
-#[derive(SimpleObject)]
-pub struct CreateOrganizationPayload {
-    /// The new organization.
-    pub organization: Organization,
-}
-
 /// Input of `renameOrganization`.
 #[derive(InputObject)]
 pub struct RenameOrganizationInput {
@@ -488,13 +481,6 @@ pub struct RenameOrganizationInput {
     pub idempotency_key: Option<String>,
 }
 
-/// Result of `renameOrganization`.
-#[derive(SimpleObject)]
-pub struct RenameOrganizationPayload {
-    /// The renamed organization.
-    pub organization: Organization,
-}
-
 /// Input of `moveOrganization`.
 #[derive(InputObject)]
 pub struct MoveOrganizationInput {
@@ -504,13 +490,6 @@ pub struct MoveOrganizationInput {
     pub new_parent_id: Option<ID>,
     /// Makes the mutation safe to retry.
     pub idempotency_key: Option<String>,
-}
-
-/// Result of `moveOrganization`.
-#[derive(SimpleObject)]
-pub struct MoveOrganizationPayload {
-    /// The moved organization.
-    pub organization: Organization,
 }
 
 /// Input of `deleteOrganization`.
@@ -544,13 +523,6 @@ pub struct RecordUsageInput {
     pub idempotency_key: Option<String>,
 }
 
-/// Result of `recordUsage`.
-#[derive(SimpleObject)]
-pub struct RecordUsagePayload {
-    /// The organization; its `usage` shows the result.
-    pub organization: Organization,
-}
-
 /// Input of `setOrganizationLimit`.
 #[derive(InputObject)]
 pub struct SetOrganizationLimitInput {
@@ -565,11 +537,57 @@ pub struct SetOrganizationLimitInput {
     pub idempotency_key: Option<String>,
 }
 
-/// Result of `setOrganizationLimit`.
-#[derive(SimpleObject)]
-pub struct SetOrganizationLimitPayload {
-    /// The organization; its `usage` shows the new cap.
-    pub organization: Organization,
+/// Payloads of the mutations that show the changed organization.
+macro_rules! organization_payloads {
+    ($($(#[doc = $doc:literal])* $name:ident: $field:literal;)+) => {$(
+        $(#[doc = $doc])*
+        #[derive(SimpleObject)]
+        pub struct $name {
+            #[doc = $field]
+            pub organization: Organization,
+        }
+
+        impl From<OrganizationRow> for $name {
+            fn from(row: OrganizationRow) -> Self {
+                Self {
+                    organization: Organization::new(row),
+                }
+            }
+        }
+    )+};
+}
+
+organization_payloads! {
+    /// Result of `createOrganization`.
+    CreateOrganizationPayload: "The new organization.";
+    /// Result of `renameOrganization`.
+    RenameOrganizationPayload: "The renamed organization.";
+    /// Result of `moveOrganization`.
+    MoveOrganizationPayload: "The moved organization.";
+    /// Result of `recordUsage`.
+    RecordUsagePayload: "The organization; its `usage` shows the result.";
+    /// Result of `setOrganizationLimit`.
+    SetOrganizationLimitPayload: "The organization; its `usage` shows the new cap.";
+}
+
+/// A mutation that shows the changed organization (see `replay::mutate`).
+async fn mutate_organization<P: From<OrganizationRow>>(
+    ctx: &Context<'_>,
+    idempotency_key: Option<String>,
+    call: impl AsyncFnOnce(
+        &domain::Services,
+        &domain::Actor,
+        Option<&domain::mutation::Key>,
+    ) -> domain::DomainResult<domain::mutation::Done<OrganizationRow>>,
+) -> Result<Replayable<P>> {
+    replay::mutate(
+        ctx,
+        idempotency_key,
+        call,
+        |o| Some(o.workspace_id),
+        P::from,
+    )
+    .await
 }
 
 /// Organization mutations.
@@ -595,15 +613,9 @@ impl OrganizationMutation {
                 .transpose()?,
             name: input.name,
         };
-        replay::mutate(
-            ctx,
-            input.idempotency_key,
-            async move |s, a, k| domain::organizations::create(s, a, new, k).await,
-            |o| Some(o.workspace_id),
-            |row| CreateOrganizationPayload {
-                organization: Organization::new(row),
-            },
-        )
+        mutate_organization(ctx, input.idempotency_key, async move |s, a, k| {
+            domain::organizations::create(s, a, new, k).await
+        })
         .await
     }
 
@@ -617,15 +629,9 @@ impl OrganizationMutation {
             organization_id: org_id(&input.organization_id, "organization")?,
             name: input.name,
         };
-        replay::mutate(
-            ctx,
-            input.idempotency_key,
-            async move |s, a, k| domain::organizations::rename(s, a, change, k).await,
-            |o| Some(o.workspace_id),
-            |row| RenameOrganizationPayload {
-                organization: Organization::new(row),
-            },
-        )
+        mutate_organization(ctx, input.idempotency_key, async move |s, a, k| {
+            domain::organizations::rename(s, a, change, k).await
+        })
         .await
     }
 
@@ -644,15 +650,9 @@ impl OrganizationMutation {
                 .map(|p| org_id(p, "parent organization"))
                 .transpose()?,
         };
-        replay::mutate(
-            ctx,
-            input.idempotency_key,
-            async move |s, a, k| domain::organizations::move_to(s, a, change, k).await,
-            |o| Some(o.workspace_id),
-            |row| MoveOrganizationPayload {
-                organization: Organization::new(row),
-            },
-        )
+        mutate_organization(ctx, input.idempotency_key, async move |s, a, k| {
+            domain::organizations::move_to(s, a, change, k).await
+        })
         .await
     }
 
@@ -688,15 +688,9 @@ impl OrganizationMutation {
             resource: input.resource,
             delta: i64::from(input.delta),
         };
-        replay::mutate(
-            ctx,
-            input.idempotency_key,
-            async move |s, a, k| domain::usage::record(s, a, change, k).await,
-            |o| Some(o.workspace_id),
-            |row| RecordUsagePayload {
-                organization: Organization::new(row),
-            },
-        )
+        mutate_organization(ctx, input.idempotency_key, async move |s, a, k| {
+            domain::usage::record(s, a, change, k).await
+        })
         .await
     }
 
@@ -711,15 +705,9 @@ impl OrganizationMutation {
             resource: input.resource,
             limit: input.limit.map(i64::from),
         };
-        replay::mutate(
-            ctx,
-            input.idempotency_key,
-            async move |s, a, k| domain::usage::set_limit(s, a, change, k).await,
-            |o| Some(o.workspace_id),
-            |row| SetOrganizationLimitPayload {
-                organization: Organization::new(row),
-            },
-        )
+        mutate_organization(ctx, input.idempotency_key, async move |s, a, k| {
+            domain::usage::set_limit(s, a, change, k).await
+        })
         .await
     }
 }

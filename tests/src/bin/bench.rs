@@ -18,7 +18,7 @@ const DB: &str = "workspaces_bench";
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 
 struct Server {
-    child: Child,
+    child: Option<Child>,
     base: String,
     http: reqwest::Client,
     token: String,
@@ -26,8 +26,10 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -161,7 +163,7 @@ async fn start_server(
                 &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
             )?;
             return Ok(Server {
-                child,
+                child: Some(child),
                 base,
                 http,
                 token,
@@ -557,7 +559,6 @@ fn mean(runs: Vec<Row>) -> Row {
 /// of another `api` binary, or `one-step` for this one with `GRAPHQL_ONE_STEP=off`) on the
 /// same database, alternating A, B three times so that drift weighs on both alike.
 async fn compare(
-    a: &Arc<Server>,
     server_url: &str,
     b: &str,
     workers: usize,
@@ -573,17 +574,24 @@ async fn compare(
     } else {
         (std::path::PathBuf::from(b), Vec::new())
     };
+    // Two fresh servers with the same history: the server that seeded the database has
+    // run thousands of other statements on its connections (and recordUsage without keys),
+    // and measured up to 2× slower on recordUsage than a fresh one, whatever the build.
+    let a = Arc::new(start_server(server_url, &own_api()?, &[]).await?);
     let b_server = Arc::new(start_server(server_url, &api, &env).await?);
-    for _ in 0..20 {
-        b_server
-            .http
-            .post(format!("{}/graphql", b_server.base))
-            .bearer_auth(&b_server.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(nested(0, 0))
-            .send()
-            .await?;
+    for server in [&a, &b_server] {
+        for _ in 0..20 {
+            server
+                .http
+                .post(format!("{}/graphql", server.base))
+                .bearer_auth(&server.token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(nested(0, 0))
+                .send()
+                .await?;
+        }
     }
+    let a = &a;
     let mut runs: Vec<[Vec<Row>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
     for _ in 0..3 {
         for (side, server) in [a, &b_server].into_iter().enumerate() {
@@ -615,6 +623,12 @@ async fn compare(
     println!("| row | A | B | B / A | statements A | statements B |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for [a_runs, b_runs] in runs {
+        let rounds: Vec<String> = a_runs
+            .iter()
+            .zip(&b_runs)
+            .map(|(a, b)| format!("{:.0}/{:.0}", a.rate, b.rate))
+            .collect();
+        eprintln!("{} A/B by round: {}", a_runs[0].name, rounds.join(", "));
         let (a_row, b_row) = (mean(a_runs), mean(b_runs));
         println!(
             "| {} | {:.0} {} | {:.0} {} | {:.2} | {:.1} | {:.1} |",
@@ -655,6 +669,11 @@ async fn main() -> anyhow::Result<()> {
         "seeded 1,000 organizations, 100 members and usage in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+
+    // The rows run on a fresh server: the one that seeded has run thousands of other
+    // statements on its connections, and its recordUsage measured up to 2× slower.
+    drop(server);
+    let server = Arc::new(start_server(&server_url, &own_api()?, &[]).await?);
 
     let nested = "query Nested($w: ID!) { workspace(id: $w) { name organizations(first: 100) { edges { node { id name depth
         parent { id name } children(first: 10) { edges { node { id name } } } ancestors { id name }
@@ -713,10 +732,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let leaves = Arc::new(seeded.leaves.clone());
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let body: Body = Arc::new(move |w, i| {
+    // Every allocation has a key of its own across all rows (a repeated key would measure
+    // replays, not allocations).
+    let sequence = Arc::new(AtomicU64::new(0));
+    let body: Body = Arc::new(move |w, _| {
+        let n = sequence.fetch_add(1, Ordering::Relaxed);
         json!({
             "query": "mutation Alloc($o: ID!, $k: String!) { recordUsage(input: {organizationId: $o, resource: \"locations\", delta: 1, idempotencyKey: $k}) { organization { id } } }",
-            "variables": {"o": leaves[w % leaves.len()], "k": format!("{run}-{w}-{i}")},
+            "variables": {"o": leaves[w % leaves.len()], "k": format!("{run}-{n}")},
         })
         .to_string()
     });
@@ -774,16 +797,8 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("GRAPHQL_ONE_STEP").unwrap_or_else(|_| "on".into())
     );
     if let Ok(b) = std::env::var("BENCH_AB") {
-        compare(
-            &server,
-            &server_url,
-            &b,
-            workers,
-            seconds,
-            nested_body,
-            record_body,
-        )
-        .await?;
+        drop(server);
+        compare(&server_url, &b, workers, seconds, nested_body, record_body).await?;
     }
     Ok(())
 }

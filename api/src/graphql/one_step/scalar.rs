@@ -71,6 +71,46 @@ impl<T: JsonScalar> JsonScalar for Option<T> {
     }
 }
 
+/// Typed ids (`crate::ids`) as GraphQL `ID`s: the resolver outputs the external form as
+/// async-graphql's `ID` does, and the writer writes it without building a string first.
+macro_rules! id_scalars {
+    ($($id:ty),+ $(,)?) => {
+        $(
+            impl async_graphql::OutputType for $id {
+                fn type_name() -> std::borrow::Cow<'static, str> {
+                    <ID as async_graphql::OutputType>::type_name()
+                }
+
+                fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+                    <ID as async_graphql::OutputType>::create_type_info(registry)
+                }
+
+                async fn resolve(
+                    &self,
+                    _: &async_graphql::ContextSelectionSet<'_>,
+                    _: &async_graphql::Positioned<async_graphql::parser::types::Field>,
+                ) -> async_graphql::ServerResult<async_graphql::Value> {
+                    Ok(async_graphql::Value::String(self.encode()))
+                }
+            }
+
+            impl JsonScalar for $id {
+                fn write_json(&self, out: &mut String) {
+                    <$id>::write_json(self, out);
+                }
+            }
+        )+
+    };
+}
+
+id_scalars!(
+    crate::ids::OrganizationId,
+    crate::ids::WorkspaceId,
+    crate::ids::MemberId,
+    crate::ids::UserId,
+    crate::ids::AuditEventId,
+);
+
 /// Makes GraphQL enums (`#[derive(Enum)]`) writable: the item's GraphQL name, as a string.
 macro_rules! json_enums {
     ($($enum:ty),+ $(,)?) => {
@@ -132,6 +172,12 @@ mod tests {
         ] {
             assert_eq!(ours(&t), theirs(t.to_value()));
         }
+        let id = crate::ids::OrganizationId::new();
+        assert_eq!(ours(&id), theirs(ID(id.encode()).to_value()));
+        assert_eq!(
+            <crate::ids::OrganizationId as async_graphql::OutputType>::qualified_type_name(),
+            <ID as async_graphql::OutputType>::qualified_type_name()
+        );
         assert_eq!(ours(&None::<i64>), theirs(Value::Null));
         assert_eq!(ours(&Some(5i64)), theirs(5i64.to_value()));
     }
