@@ -95,9 +95,7 @@ pub async fn add(
         "addMember",
         key,
         &input,
-        |conn, _| -> Effect<'_, MemberRow> {
-            Box::pin(add_effect(conn, email.clone(), actor.clone(), ws, role))
-        },
+        |c, _| -> Effect<'_, _> { Box::pin(add_effect(c, email.clone(), actor.clone(), ws, role)) },
     )
     .await
 }
@@ -204,9 +202,7 @@ pub async fn update_role(
         "updateMemberRole",
         key,
         &input,
-        |conn, _| -> Effect<'_, MemberRow> {
-            Box::pin(update_role_effect(conn, actor.clone(), id, role))
-        },
+        |c, _| -> Effect<'_, _> { Box::pin(update_role_effect(c, actor.clone(), id, role)) },
     )
     .await
 }

@@ -226,9 +226,9 @@ pub async fn create(
         "createOrganization",
         key,
         &input,
-        |conn, _| -> Effect<'_, OrganizationRow> {
+        |c, _| -> Effect<'_, _> {
             Box::pin(create_effect(
-                conn,
+                c,
                 input.clone(),
                 name.clone(),
                 actor.clone(),
@@ -347,13 +347,8 @@ pub async fn rename(
         "renameOrganization",
         key,
         &input,
-        |conn, _| -> Effect<'_, OrganizationRow> {
-            Box::pin(rename_effect(
-                conn,
-                input.clone(),
-                name.clone(),
-                actor.clone(),
-            ))
+        |c, _| -> Effect<'_, _> {
+            Box::pin(rename_effect(c, input.clone(), name.clone(), actor.clone()))
         },
     )
     .await
@@ -415,9 +410,7 @@ pub async fn move_to(
         "moveOrganization",
         key,
         &input,
-        |conn, _| -> Effect<'_, OrganizationRow> {
-            Box::pin(move_effect(conn, input.clone(), actor.clone()))
-        },
+        |c, _| -> Effect<'_, _> { Box::pin(move_effect(c, input.clone(), actor.clone())) },
     )
     .await
 }
@@ -610,9 +603,7 @@ pub async fn delete(
         "deleteOrganization",
         key,
         &id,
-        |conn, _| -> Effect<'_, OrganizationId> {
-            Box::pin(delete_effect(conn, actor.clone(), id))
-        },
+        |c, _| -> Effect<'_, _> { Box::pin(delete_effect(c, actor.clone(), id)) },
     )
     .await
 }

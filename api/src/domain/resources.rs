@@ -75,9 +75,7 @@ pub async fn define(
         "defineResource",
         key,
         &input,
-        |conn, _| -> Effect<'_, ResourceRow> {
-            Box::pin(define_effect(conn, valid.clone(), actor.clone()))
-        },
+        |c, _| -> Effect<'_, _> { Box::pin(define_effect(c, valid.clone(), actor.clone())) },
     )
     .await
 }

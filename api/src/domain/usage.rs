@@ -333,9 +333,7 @@ pub async fn record(
         "recordUsage",
         key,
         &input,
-        |conn, done| -> Effect<'_, OrganizationRow> {
-            Box::pin(record_effect(conn, done, input.clone(), actor.clone()))
-        },
+        |c, d| -> Effect<'_, _> { Box::pin(record_effect(c, d, input.clone(), actor.clone())) },
     )
     .await
 }
@@ -496,9 +494,7 @@ pub async fn set_limit(
         "setOrganizationLimit",
         key,
         &input,
-        |conn, _| -> Effect<'_, OrganizationRow> {
-            Box::pin(set_limit_effect(conn, input.clone(), actor.clone()))
-        },
+        |c, _| -> Effect<'_, _> { Box::pin(set_limit_effect(c, input.clone(), actor.clone())) },
     )
     .await
 }

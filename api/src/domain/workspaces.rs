@@ -76,9 +76,9 @@ pub async fn create(
         "createWorkspace",
         key,
         &input,
-        |conn, _| -> Effect<'_, WorkspaceRow> {
+        |c, _| -> Effect<'_, _> {
             Box::pin(create_effect(
-                conn,
+                c,
                 name.clone(),
                 description.clone(),
                 actor.clone(),
@@ -156,9 +156,9 @@ pub async fn update(
         "updateWorkspace",
         key,
         &input,
-        |conn, _| -> Effect<'_, WorkspaceRow> {
+        |c, _| -> Effect<'_, _> {
             Box::pin(update_effect(
-                conn,
+                c,
                 name.clone(),
                 description.clone(),
                 actor.clone(),

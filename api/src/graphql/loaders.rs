@@ -132,45 +132,51 @@ where
     Ok(out)
 }
 
-/// Pages of members per workspace.
-pub struct MemberPageLoader(Services);
+/// A DataLoader of pages of rows per parent, by (parent, page): `$fetch` loads the pages of
+/// several parents at once and `$parent` tells which parent a row belongs to.
+macro_rules! page_loader {
+    ($(#[doc = $doc:literal])* $name:ident, $row:ty, $parent:expr, $fetch:path) => {
+        $(#[doc = $doc])*
+        pub struct $name(Services);
 
-impl Loader<(Uuid, Page)> for MemberPageLoader {
-    type Value = Vec<MemberRow>;
-    type Error = DomainError;
+        impl Loader<(Uuid, Page)> for $name {
+            type Value = Vec<$row>;
+            type Error = DomainError;
 
-    async fn load(
-        &self,
-        keys: &[(Uuid, Page)],
-    ) -> Result<HashMap<(Uuid, Page), Vec<MemberRow>>, DomainError> {
-        load_pages(
-            keys,
-            |m: &MemberRow| m.workspace_id,
-            |ids, page| async move { domain::members::pages(&self.0, &ids, page).await },
-        )
-        .await
-    }
+            async fn load(
+                &self,
+                keys: &[(Uuid, Page)],
+            ) -> Result<HashMap<(Uuid, Page), Vec<$row>>, DomainError> {
+                load_pages(keys, $parent, |ids, page| async move {
+                    $fetch(&self.0, &ids, page).await
+                })
+                .await
+            }
+        }
+    };
 }
 
-/// Pages of audit events per workspace.
-pub struct AuditPageLoader(Services);
-
-impl Loader<(Uuid, Page)> for AuditPageLoader {
-    type Value = Vec<AuditEventRow>;
-    type Error = DomainError;
-
-    async fn load(
-        &self,
-        keys: &[(Uuid, Page)],
-    ) -> Result<HashMap<(Uuid, Page), Vec<AuditEventRow>>, DomainError> {
-        load_pages(
-            keys,
-            |e: &AuditEventRow| e.workspace_id,
-            |ids, page| async move { domain::audit::pages(&self.0, &ids, page).await },
-        )
-        .await
-    }
-}
+page_loader!(
+    /// Pages of members per workspace.
+    MemberPageLoader,
+    MemberRow,
+    |m: &MemberRow| m.workspace_id,
+    domain::members::pages
+);
+page_loader!(
+    /// Pages of audit events per workspace.
+    AuditPageLoader,
+    AuditEventRow,
+    |e: &AuditEventRow| e.workspace_id,
+    domain::audit::pages
+);
+page_loader!(
+    /// Pages of children per organization.
+    ChildrenPageLoader,
+    OrganizationRow,
+    |o: &OrganizationRow| o.parent_id.unwrap_or_default(),
+    domain::organizations::children_pages
+);
 
 /// Organizations by id.
 pub struct OrganizationLoader(Services);
@@ -202,26 +208,6 @@ impl Loader<Uuid> for VisibleOrganizationLoader {
             .into_iter()
             .map(|o| (o.id, o))
             .collect())
-    }
-}
-
-/// Pages of children per organization.
-pub struct ChildrenPageLoader(Services);
-
-impl Loader<(Uuid, Page)> for ChildrenPageLoader {
-    type Value = Vec<OrganizationRow>;
-    type Error = DomainError;
-
-    async fn load(
-        &self,
-        keys: &[(Uuid, Page)],
-    ) -> Result<HashMap<(Uuid, Page), Vec<OrganizationRow>>, DomainError> {
-        load_pages(
-            keys,
-            |o: &OrganizationRow| o.parent_id.unwrap_or_default(),
-            |ids, page| async move { domain::organizations::children_pages(&self.0, &ids, page).await },
-        )
-        .await
     }
 }
 

@@ -276,6 +276,26 @@ struct Row {
     errors: u64,
 }
 
+impl Row {
+    /// A row of what `drive` measured, with its SQL statements per operation.
+    fn of(
+        name: &str,
+        unit: &'static str,
+        (n, errors, lat, elapsed): (u64, u64, Vec<Duration>, Duration),
+        statements: f64,
+    ) -> Self {
+        Row {
+            name: name.into(),
+            unit,
+            rate: n as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&lat, 0.50),
+            p99: percentile(&lat, 0.99),
+            statements: Some(statements),
+            errors,
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -362,15 +382,8 @@ async fn http_row(
     })
     .await;
     let after = s.statements().await?;
-    Ok(Row {
-        name: name.into(),
-        unit,
-        rate: n as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        statements: Some((after - before) as f64 / n.max(1) as f64),
-        errors,
-    })
+    let statements = (after - before) as f64 / n.max(1) as f64;
+    Ok(Row::of(name, unit, (n, errors, lat, elapsed), statements))
 }
 
 /// The minimal transaction for one allocation, prepared, straight to PostgreSQL: insert one
@@ -433,15 +446,12 @@ async fn physical_row(server_url: &str, workers: usize, seconds: u64) -> anyhow:
     setup
         .batch_execute("DROP TABLE physical_events, physical_counters")
         .await?;
-    Ok(Row {
-        name: "physical limit: one allocation straight to PostgreSQL".into(),
-        unit: "allocations/s",
-        rate: n as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        statements: Some(4.0),
-        errors,
-    })
+    Ok(Row::of(
+        "physical limit: one allocation straight to PostgreSQL",
+        "allocations/s",
+        (n, errors, lat, elapsed),
+        4.0,
+    ))
 }
 
 /// The physical limit of the nested query: the same repository functions the API calls for
@@ -527,15 +537,12 @@ async fn physical_nested_row(
         }
     })
     .await;
-    Ok(Row {
-        name: "physical limit: the nested query's statements straight to PostgreSQL".into(),
-        unit: "requests/s",
-        rate: n as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        statements: Some(5.0),
-        errors,
-    })
+    Ok(Row::of(
+        "physical limit: the nested query's statements straight to PostgreSQL",
+        "requests/s",
+        (n, errors, lat, elapsed),
+        5.0,
+    ))
 }
 
 fn mean(runs: Vec<Row>) -> Row {
