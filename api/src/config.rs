@@ -76,6 +76,10 @@ pub struct Config {
     pub loader_delay: Duration,
     /// Allowed CORS origins (`*` or a comma-separated list); empty means same-origin only.
     pub cors_origins: Vec<String>,
+    /// Signing secrets of the Stripe webhook endpoint (`STRIPE_WEBHOOK_SECRET`, several
+    /// comma-separated while a secret is rolled); empty, `/webhooks/stripe` refuses every
+    /// delivery with 503 so that Stripe keeps retrying until it is configured.
+    pub stripe_webhook_secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -241,6 +245,20 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
+        let stripe_webhook_secrets: Vec<String> = var("STRIPE_WEBHOOK_SECRET")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if stripe_webhook_secrets.iter().any(|s| s.len() < 16) {
+            return Err(err(
+                "STRIPE_WEBHOOK_SECRET",
+                "each secret must be at least 16 characters (Stripe's look like whsec_…)",
+            ));
+        }
         Ok(Self {
             database_url,
             database_pool_size,
@@ -265,6 +283,7 @@ impl Config {
             lock_timeout: Duration::from_millis(lock_timeout_ms),
             loader_delay: Duration::from_millis(loader_delay_ms),
             cors_origins,
+            stripe_webhook_secrets,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod organizations;
 pub mod resources;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 pub mod workspaces;
 
 use crate::ids::UserId;

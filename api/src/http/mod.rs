@@ -1,4 +1,4 @@
-//! HTTP surface: GraphQL, GraphiQL, health, readiness and metrics.
+//! HTTP surface: GraphQL, GraphiQL, Stripe webhooks, health, readiness and metrics.
 
 mod graphiql;
 mod graphql;
@@ -7,6 +7,7 @@ mod limits;
 pub mod request;
 mod request_id;
 pub mod server;
+mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/webhooks/stripe", axum::routing::post(webhooks::stripe))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::headers,

@@ -10,6 +10,8 @@ use tests::tokens::Tokens;
 use tests::{Options, Ordered, TestApp, assert_code, assert_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::webhooks;
+
 /// `{...W0} fragment W0 on Query {viewer{id} ...W1 ...W1} … fragment Wn on Query {viewer{id}}`:
 /// 2^(n+1) fields once expanded from a document of a few hundred bytes.
 fn doubling_fragments(n: usize) -> String {
@@ -1072,4 +1074,45 @@ async fn every_document_limit_passes_at_its_cap_and_refuses_one_past_it_before_e
         assert!(r["data"].is_null(), "{r}");
         assert_eq!(statements, 0, "{limit}");
     }
+}
+
+/// Stripe webhooks: ambiguous signature headers, oversized bodies and floods of signatures.
+#[tokio::test]
+async fn stripe_webhook_deliveries_are_refused_before_any_work() {
+    let app = webhooks::app().await;
+    let t = webhooks::now();
+    // Two signature headers: ambiguous, refused.
+    let body = webhooks::event("evt_two", "customer.created");
+    let good = format!("t={t},v1={}", webhooks::sign(webhooks::SECRET, t, &body));
+    let r = app
+        .http
+        .post(format!("{}/webhooks/stripe", app.base))
+        .header("stripe-signature", &good)
+        .header("stripe-signature", &good)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
+    // A body over 1 MiB is refused unread past the limit (413), signed or not.
+    let big = format!(
+        r#"{{"id":"evt_big","type":"x","created":{t},"pad":"{}"}}"#,
+        "a".repeat(1 << 20)
+    );
+    let header = format!("t={t},v1={}", webhooks::sign(webhooks::SECRET, t, &big));
+    let (status, r) = webhooks::deliver(&app, Some(&header), &big).await;
+    assert_eq!(
+        (status, tests::error_code(&r)),
+        (413, Some("PAYLOAD_TOO_LARGE"))
+    );
+    // Thousands of signatures in one header cost no more than a few (at most 16 are read).
+    let many = std::iter::repeat_n(format!("v1={}", "0".repeat(64)), 400)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (status, r) = webhooks::deliver(&app, Some(&format!("t={t},{many}")), &body).await;
+    assert_eq!(
+        (status, tests::error_code(&r)),
+        (400, Some("WEBHOOK_SIGNATURE_INVALID"))
+    );
+    assert_eq!(webhooks::stored(&app).await, 0);
 }

@@ -10,3 +10,4 @@ mod ops;
 mod organizations;
 mod roles;
 mod usage;
+mod webhooks;

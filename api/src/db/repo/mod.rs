@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod members;
 pub mod organizations;
 pub mod resources;
+pub mod stripe_events;
 pub mod usage;
 pub mod users;
 pub mod workspaces;

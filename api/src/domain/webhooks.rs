@@ -1,0 +1,252 @@
+//! Stripe webhooks: the `Stripe-Signature` check and the store of events received.
+//!
+//! Stripe signs `"{timestamp}.{raw body}"` with HMAC-SHA256 under the endpoint's secret and
+//! sends `Stripe-Signature: t={timestamp},v1={hex},…` (one `v1` per active secret while a
+//! secret is being rolled). An event is accepted when some `v1` matches some configured
+//! secret and the timestamp is within the tolerance of now.
+
+use chrono::{DateTime, Utc};
+use hmac::{Mac, digest::CtOutput};
+use sha2::Sha256;
+
+use super::{DomainError, DomainResult, Services};
+use crate::db::repo::stripe_events;
+
+/// How far the signed timestamp may be from now, either way (Stripe's libraries: 300 s).
+pub const TOLERANCE_SECS: i64 = 300;
+
+/// `v1` signatures examined in one header at the most (Stripe sends one per secret).
+const MAX_SIGNATURES: usize = 16;
+
+/// Why a delivery's signature is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignatureError {
+    /// No `Stripe-Signature` header, or one without a timestamp or a `v1` signature.
+    Malformed,
+    /// The timestamp is further from now than the tolerance.
+    OutsideTolerance,
+    /// No `v1` signature matches any configured secret.
+    NoMatch,
+}
+
+impl SignatureError {
+    /// What the sender is told.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::Malformed => {
+                "Stripe-Signature must hold a timestamp (t=) and at least one v1 signature"
+            }
+            Self::OutsideTolerance => "the signed timestamp is more than 300 seconds from now",
+            Self::NoMatch => "no signature matches the endpoint's secrets",
+        }
+    }
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// Checks a delivery: `header` is `Stripe-Signature`, `body` the raw request body, `secrets`
+/// the endpoint's signing secrets, `now` the time of receipt. Linear in the header and the
+/// body (the body is signed once per secret).
+pub fn verify(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), SignatureError> {
+    let header = header.ok_or(SignatureError::Malformed)?;
+    let mut timestamp: Option<&str> = None;
+    let mut signatures: Vec<[u8; 32]> = Vec::new();
+    for part in header.split(',') {
+        let Some((key, value)) = part.trim().split_once('=') else {
+            continue;
+        };
+        match key {
+            "t" if timestamp.is_none() => timestamp = Some(value),
+            "v1" if signatures.len() < MAX_SIGNATURES => {
+                let mut sig = [0u8; 32];
+                if hex::decode_to_slice(value, &mut sig).is_ok() {
+                    signatures.push(sig);
+                }
+            }
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    let seconds: i64 = timestamp.parse().map_err(|_| SignatureError::Malformed)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    if (now.timestamp() - seconds).abs() > TOLERANCE_SECS {
+        return Err(SignatureError::OutsideTolerance);
+    }
+    for secret in secrets {
+        let mut mac =
+            HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::NoMatch)?;
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let expected = mac.finalize();
+        // `CtOutput` compares in constant time.
+        if signatures
+            .iter()
+            .any(|s| CtOutput::<HmacSha256>::new((*s).into()) == expected)
+        {
+            return Ok(());
+        }
+    }
+    Err(SignatureError::NoMatch)
+}
+
+/// The fields of an event the store needs, read from its (verified) body.
+#[derive(Debug, serde::Deserialize)]
+pub struct EventHead {
+    /// `evt_…`.
+    pub id: String,
+    /// E.g. `customer.subscription.updated`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Seconds since the epoch.
+    pub created: i64,
+    /// Live or test mode.
+    #[serde(default)]
+    pub livemode: bool,
+    /// The API version the event was rendered with.
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// Reads the head of a verified event body; `None` when it is not a Stripe event.
+pub fn event_head(body: &[u8]) -> Option<(EventHead, serde_json::Value)> {
+    let payload: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let head: EventHead = serde_json::from_value(payload.clone()).ok()?;
+    let fits = |s: &str| (1..=255).contains(&s.len());
+    (fits(&head.id) && fits(&head.kind)).then_some((head, payload))
+}
+
+/// Stores a verified event once; `true` when it was new (a repeated delivery is `false`).
+pub async fn record(
+    services: &Services,
+    head: &EventHead,
+    payload: &serde_json::Value,
+) -> DomainResult<bool> {
+    let created = DateTime::from_timestamp(head.created, 0)
+        .ok_or_else(|| DomainError::bad_input("created", "created is not a valid time"))?;
+    let mut conn = services.conn().await?;
+    Ok(stripe_events::insert(
+        &mut conn,
+        &head.id,
+        &head.kind,
+        head.api_version.as_deref(),
+        head.livemode,
+        created,
+        payload,
+    )
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("any key");
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn signatures_are_checked_as_stripe_signs_them() {
+        let now = Utc::now();
+        let t = now.timestamp();
+        let body = br#"{"id":"evt_1","type":"customer.created","created":1}"#;
+        let secrets = vec!["whsec_old".to_string(), "whsec_new".to_string()];
+        let good = sign("whsec_new", t, body);
+        let check = |h: &str, b: &[u8]| verify(Some(h), b, &secrets, now);
+        assert_eq!(check(&format!("t={t},v1={good}"), body), Ok(()));
+        // Several signatures (a rolled secret), unknown schemes and spaces are fine.
+        let other = sign("whsec_elsewhere", t, body);
+        assert_eq!(
+            check(&format!("t={t}, v1={other}, v0=abc, v1={good}"), body),
+            Ok(())
+        );
+        // The secret being rolled out still verifies.
+        let old = sign("whsec_old", t, body);
+        assert_eq!(check(&format!("t={t},v1={old}"), body), Ok(()));
+        // A tampered body, another secret, another timestamp.
+        let tampered = br#"{"id":"evt_1","type":"customer.deleted","created":1}"#;
+        assert_eq!(
+            check(&format!("t={t},v1={good}"), tampered),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            check(&format!("t={t},v1={other}"), body),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            check(&format!("t={},v1={good}", t + 1), body),
+            Err(SignatureError::NoMatch)
+        );
+        // Outside the tolerance, either way, even when correctly signed.
+        for off in [-301, 301] {
+            let ts = t + off;
+            let s = sign("whsec_new", ts, body);
+            assert_eq!(
+                check(&format!("t={ts},v1={s}"), body),
+                Err(SignatureError::OutsideTolerance)
+            );
+        }
+        let edge = t - 300;
+        let s = sign("whsec_new", edge, body);
+        assert_eq!(check(&format!("t={edge},v1={s}"), body), Ok(()));
+        // Malformed headers.
+        for h in [
+            "",
+            "t=",
+            "v1=abc",
+            &format!("v1={good}"),
+            &format!("t=x,v1={good}"),
+            &format!("t={t}"),
+        ] {
+            assert_eq!(check(h, body), Err(SignatureError::Malformed), "{h:?}");
+        }
+        assert_eq!(
+            verify(None, body, &secrets, now),
+            Err(SignatureError::Malformed)
+        );
+        // No secret configured: nothing verifies.
+        assert_eq!(
+            verify(Some(&format!("t={t},v1={good}")), body, &[], now),
+            Err(SignatureError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn event_heads_are_read_defensively() {
+        let (head, _) =
+            event_head(br#"{"id":"evt_1","type":"invoice.paid","created":5,"livemode":true,"api_version":"2026-09-30.endive","data":{}}"#)
+                .expect("an event");
+        assert_eq!(
+            (
+                head.id.as_str(),
+                head.kind.as_str(),
+                head.created,
+                head.livemode
+            ),
+            ("evt_1", "invoice.paid", 5, true)
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"type":"x","created":1}"#,
+            br#"{"id":"","type":"x","created":1}"#,
+            br#"{"id":"evt","type":"x","created":"soon"}"#,
+            br#"[]"#,
+        ] {
+            assert!(
+                event_head(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
