@@ -237,22 +237,19 @@ impl Config {
             "2",
             "a whole number of milliseconds",
         )?;
-        let cors_origins = var("CORS_ORIGINS")
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let stripe_webhook_secrets: Vec<String> = var("STRIPE_WEBHOOK_SECRET")
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        // A comma-separated list (empty items dropped).
+        let list = |name: &'static str| -> Vec<String> {
+            var(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let cors_origins = list("CORS_ORIGINS");
+        let stripe_webhook_secrets = list("STRIPE_WEBHOOK_SECRET");
         if stripe_webhook_secrets.iter().any(|s| s.len() < 16) {
             return Err(err(
                 "STRIPE_WEBHOOK_SECRET",
