@@ -35,6 +35,7 @@ fn template_name() -> String {
     let mut files: Vec<_> = walk(&dir);
     files.sort();
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    api::db::QUEUE_SCHEMA.hash(&mut h);
     for f in files {
         f.hash(&mut h);
         std::fs::read(&f).unwrap_or_default().hash(&mut h);

@@ -132,8 +132,31 @@ pub async fn ensure_database(url: &str) -> Result<(), StartupError> {
     }
 }
 
-/// Runs every pending embedded migration.
+/// The job queue's schema version (apalis-postgres migrates its own `apalis` schema); part
+/// of what identifies a migrated database, like the embedded migrations.
+pub const QUEUE_SCHEMA: &str = "apalis-postgres 1.0.0";
+
+/// Runs every pending embedded migration, then the job queue's (apalis-postgres keeps its
+/// own schema, `apalis`, and migration table).
 pub async fn migrate(url: &str) -> Result<usize, StartupError> {
+    let applied = migrate_own(url).await?;
+    let queue =
+        apalis_postgres::PgPool::connect(url)
+            .await
+            .map_err(|e| StartupError::Migration {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?;
+    let setup = apalis_postgres::PostgresStorage::setup(&queue).await;
+    queue.close().await;
+    setup.map_err(|e| StartupError::Migration {
+        url: redact_url(url),
+        reason: format!("job queue schema: {e}"),
+    })?;
+    Ok(applied)
+}
+
+async fn migrate_own(url: &str) -> Result<usize, StartupError> {
     let conn = AsyncPgConnection::establish(url)
         .await
         .map_err(|e| StartupError::Unreachable {

@@ -10,7 +10,9 @@ use hmac::{Mac, digest::CtOutput};
 use sha2::Sha256;
 
 use super::{DomainError, DomainResult, Services};
-use crate::db::repo::stripe_events;
+use diesel_async::AsyncConnection;
+
+use crate::db::repo::{jobs, stripe_events};
 
 /// How far the signed timestamp may be from now, either way (Stripe's libraries: 300 s).
 pub const TOLERANCE_SECS: i64 = 300;
@@ -123,7 +125,15 @@ pub fn event_head(body: &[u8]) -> Option<(EventHead, serde_json::Value)> {
     (fits(&head.id) && fits(&head.kind)).then_some((head, payload))
 }
 
-/// Stores a verified event once; `true` when it was new (a repeated delivery is `false`).
+/// The job queue of stored Stripe events.
+pub const QUEUE: &str = "stripe-events";
+
+/// Attempts of an event's job across workers and restarts.
+pub const MAX_ATTEMPTS: i32 = 25;
+
+/// Stores a verified event once and, in the same transaction, enqueues the job that
+/// processes it; `true` when it was new (a repeated delivery is `false`, and enqueues
+/// nothing).
 pub async fn record(
     services: &Services,
     head: &EventHead,
@@ -132,16 +142,45 @@ pub async fn record(
     let created = DateTime::from_timestamp(head.created, 0)
         .ok_or_else(|| DomainError::bad_input("created", "created is not a valid time"))?;
     let mut conn = services.conn().await?;
-    Ok(stripe_events::insert(
-        &mut conn,
-        &head.id,
-        &head.kind,
-        head.api_version.as_deref(),
-        head.livemode,
-        created,
-        payload,
-    )
-    .await?)
+    let job = serde_json::json!({"v": 1, "event_id": head.id});
+    let new = conn
+        .transaction(async |conn| {
+            let new = stripe_events::insert(
+                conn,
+                &head.id,
+                &head.kind,
+                head.api_version.as_deref(),
+                head.livemode,
+                created,
+                payload,
+            )
+            .await?;
+            if new {
+                jobs::enqueue(conn, QUEUE, &job, &head.id, MAX_ATTEMPTS).await?;
+            }
+            Ok::<_, diesel::result::Error>(new)
+        })
+        .await?;
+    Ok(new)
+}
+
+/// Processes one job of [`QUEUE`]. Until the billing mirror exists every event type is
+/// acknowledged as Stripe's unknown types are: marked processed. A payload of another shape
+/// (an older or newer version) is logged and dropped rather than retried forever.
+pub async fn process(pool: &crate::db::DbPool, job: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(id) = job
+        .get("event_id")
+        .and_then(|v| v.as_str())
+        .filter(|_| job.get("v") == Some(&serde_json::json!(1)))
+    else {
+        tracing::warn!(%job, "dropping a Stripe event job of an unknown shape");
+        return Ok(());
+    };
+    let mut conn = pool.get().await?;
+    if !stripe_events::mark_processed(&mut conn, id).await? {
+        tracing::debug!(event = id, "Stripe event already processed");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

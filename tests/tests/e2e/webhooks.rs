@@ -177,3 +177,119 @@ async fn without_a_secret_deliveries_are_refused_for_a_retry_later() {
     );
     assert_eq!(stored(&app).await, 0);
 }
+
+/// Runs the job workers (what `api` runs in-process and `worker` alone) until dropped.
+pub(crate) struct Worker(
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+);
+
+impl Worker {
+    pub(crate) fn start(app: &TestApp) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run = tokio::spawn(api::jobs::run(
+            app.pool.clone(),
+            app.db.url.clone(),
+            stopped,
+        ));
+        Self(stop, run)
+    }
+
+    pub(crate) async fn stop(self) {
+        let _ = self.0.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.1).await;
+    }
+}
+
+/// Waits until `sql` counts `n` (the workers run on their own time).
+async fn eventually(app: &TestApp, sql: &str, n: i64) {
+    for _ in 0..200 {
+        if app.sql_count(sql).await == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{sql} never reached {n} (now {})", app.sql_count(sql).await);
+}
+
+#[tokio::test]
+async fn a_stored_event_is_enqueued_once_and_processed_by_the_workers() {
+    let app = app().await;
+    let t = now();
+    // Twenty events, each delivered twice: twenty events, twenty jobs.
+    for i in 0..20 {
+        let body = event(&format!("evt_job_{i}"), "customer.updated");
+        let header = format!("t={t},v1={}", sign(SECRET, t, &body));
+        for _ in 0..2 {
+            assert_eq!(deliver(&app, Some(&header), &body).await.0, 200);
+        }
+    }
+    assert_eq!(stored(&app).await, 20);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'stripe-events' AND idempotency_key LIKE 'evt_job_%' AND status = 'Pending'").await,
+        20
+    );
+    // Two workers (two processes in production) share the queue: each event is processed,
+    // each job done once.
+    let (a, b) = (Worker::start(&app), Worker::start(&app));
+    eventually(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE processed_at IS NOT NULL",
+        20,
+    )
+    .await;
+    eventually(
+        &app,
+        "SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'stripe-events' AND status = 'Done' AND attempts = 1",
+        20,
+    )
+    .await;
+    // An event delivered while the workers run is picked up without waiting for a poll.
+    let body = event("evt_live", "invoice.created");
+    let header = format!("t={t},v1={}", sign(SECRET, t, &body));
+    assert_eq!(deliver(&app, Some(&header), &body).await.0, 200);
+    eventually(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_live' AND processed_at IS NOT NULL",
+        1,
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_commits_and_rolls_back_with_the_transaction_that_enqueues_it() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    let app = app().await;
+    let mut conn = AsyncPgConnection::establish(&app.db.url)
+        .await
+        .expect("connect");
+    let job = json!({"v": 1, "event_id": "evt_tx"});
+    let refused: Result<(), diesel::result::Error> = conn
+        .transaction(async |c| {
+            api::db::repo::jobs::enqueue(c, "test-queue", &job, "rolled-back", 3).await?;
+            Err(diesel::result::Error::RollbackTransaction)
+        })
+        .await;
+    assert!(refused.is_err());
+    let committed = conn
+        .transaction(async |c| {
+            let first = api::db::repo::jobs::enqueue(c, "test-queue", &job, "committed", 3).await?;
+            let again = api::db::repo::jobs::enqueue(c, "test-queue", &job, "committed", 3).await?;
+            Ok::<_, diesel::result::Error>((first, again))
+        })
+        .await
+        .expect("commits");
+    assert_eq!(committed, (true, false), "the same key enqueues once");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'test-queue'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'test-queue' AND idempotency_key = 'committed' AND convert_from(job, 'UTF8')::jsonb = '{\"v\": 1, \"event_id\": \"evt_tx\"}'::jsonb AND max_attempts = 3")
+            .await,
+        1
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod idempotency;
+pub mod jobs;
 pub mod members;
 pub mod organizations;
 pub mod resources;

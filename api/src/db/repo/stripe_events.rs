@@ -41,3 +41,15 @@ pub async fn insert(
     .await?;
     Ok(!rows.is_empty())
 }
+
+/// Marks an event processed (the first time only); `true` when this call marked it.
+pub async fn mark_processed(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE stripe_events SET processed_at = now() WHERE id = $1 AND processed_at IS NULL",
+    )
+    .bind::<Text, _>(id)
+    .cached()
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
