@@ -134,7 +134,7 @@ pub async fn ensure_database(url: &str) -> Result<(), StartupError> {
 
 /// The job queue's schema version (apalis-postgres migrates its own `apalis` schema); part
 /// of what identifies a migrated database, like the embedded migrations.
-pub const QUEUE_SCHEMA: &str = "apalis-postgres 1.0.0";
+pub const QUEUE_SCHEMA: &str = "apalis-postgres 1.0.0, payload and id checks";
 
 /// Runs every pending embedded migration, then the job queue's (apalis-postgres keeps its
 /// own schema, `apalis`, and migration table).
@@ -153,7 +153,35 @@ pub async fn migrate(url: &str) -> Result<usize, StartupError> {
         url: redact_url(url),
         reason: format!("job queue schema: {e}"),
     })?;
+    guard_job_rows(url).await?;
     Ok(applied)
+}
+
+/// A job row whose payload the workers cannot decode, or whose id is not a ULID, stops the
+/// worker that fetches it and blocks its whole batch, again after every restart
+/// (apalis-postgres 1.0). Our code only enqueues JSON with ULIDs; these constraints make
+/// any other row impossible to store, whoever writes it (casting a payload that is not
+/// UTF-8 JSON raises, which refuses the row like a failed check).
+async fn guard_job_rows(url: &str) -> Result<(), StartupError> {
+    let fail = |e: &dyn std::fmt::Display| StartupError::Migration {
+        url: redact_url(url),
+        reason: format!("job queue constraints: {e}"),
+    };
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| fail(&e))?;
+    conn.batch_execute(
+        "DO $$ BEGIN
+            ALTER TABLE apalis.jobs ADD CONSTRAINT jobs_payload_is_json
+                CHECK (convert_from(job, 'UTF8')::jsonb IS NOT NULL);
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN
+            ALTER TABLE apalis.jobs ADD CONSTRAINT jobs_id_is_ulid
+                CHECK (id ~ '^[0-9A-HJKMNP-TV-Z]{26}$');
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+    )
+    .await
+    .map_err(|e| fail(&e))
 }
 
 async fn migrate_own(url: &str) -> Result<usize, StartupError> {

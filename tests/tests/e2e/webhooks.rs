@@ -293,3 +293,40 @@ async fn a_job_commits_and_rolls_back_with_the_transaction_that_enqueues_it() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_job_row_that_would_stop_the_workers_cannot_be_stored() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let app = app().await;
+    let mut conn = AsyncPgConnection::establish(&app.db.url)
+        .await
+        .expect("connect");
+    // Rows no code of ours writes: a payload that is not JSON (or not UTF-8), an id that is
+    // not a ULID. Either would stop every worker that fetches it, again after each restart.
+    for (id, job) in [
+        ("apalis.generate_ulid()", "'\\xff00'::bytea"),
+        ("apalis.generate_ulid()", "convert_to('not json', 'UTF8')"),
+        ("'job-1'", "convert_to('{}', 'UTF8')"),
+    ] {
+        let insert = format!(
+            "INSERT INTO apalis.jobs (id, job_type, job, max_attempts) VALUES ({id}, 'stripe-events', {job}, 3)"
+        );
+        assert!(
+            diesel::sql_query(&insert).execute(&mut conn).await.is_err(),
+            "{insert} was stored"
+        );
+    }
+    // The queue keeps working.
+    let worker = Worker::start(&app);
+    let t = now();
+    let body = event("evt_after_refusals", "customer.created");
+    let header = format!("t={t},v1={}", sign(SECRET, t, &body));
+    assert_eq!(deliver(&app, Some(&header), &body).await.0, 200);
+    eventually(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_after_refusals' AND processed_at IS NOT NULL",
+        1,
+    )
+    .await;
+    worker.stop().await;
+}
