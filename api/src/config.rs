@@ -76,6 +76,10 @@ pub struct Config {
     pub loader_delay: Duration,
     /// Allowed CORS origins (`*` or a comma-separated list); empty means same-origin only.
     pub cors_origins: Vec<String>,
+    /// How long finished jobs stay in `apalis.jobs` (`JOB_RETENTION_HOURS`).
+    pub job_retention: Duration,
+    /// How long failed jobs stay, with their errors (`JOB_FAILED_RETENTION_HOURS`).
+    pub failed_job_retention: Duration,
     /// Signing secrets of the Stripe webhook endpoint (`STRIPE_WEBHOOK_SECRET`, several
     /// comma-separated while a secret is rolled); empty, `/webhooks/stripe` refuses every
     /// delivery with 503 so that Stripe keeps retrying until it is configured.
@@ -237,6 +241,12 @@ impl Config {
             "2",
             "a whole number of milliseconds",
         )?;
+        let hours = |name: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            let h: u64 = parse(&var, name, default, "a whole number of hours")?;
+            Ok(Duration::from_secs(h.saturating_mul(3600)))
+        };
+        let job_retention = hours("JOB_RETENTION_HOURS", "168")?;
+        let failed_job_retention = hours("JOB_FAILED_RETENTION_HOURS", "720")?;
         // A comma-separated list (empty items dropped).
         let list = |name: &'static str| -> Vec<String> {
             var(name)
@@ -280,6 +290,8 @@ impl Config {
             lock_timeout: Duration::from_millis(lock_timeout_ms),
             loader_delay: Duration::from_millis(loader_delay_ms),
             cors_origins,
+            job_retention,
+            failed_job_retention,
             stripe_webhook_secrets,
         })
     }

@@ -80,8 +80,52 @@ async fn run_queues(database_url: String, pool: DbPool, mut shutdown: watch::Rec
     }
 }
 
-/// How often expired idempotency keys are purged.
+/// How often expired idempotency keys and finished jobs are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What the workers need from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL` (the job queue opens its own connections).
+    pub database_url: String,
+    /// How long finished jobs are kept.
+    pub done_retention: Duration,
+    /// How long failed jobs are kept.
+    pub failed_retention: Duration,
+}
+
+impl From<&crate::config::Config> for Settings {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            database_url: c.database_url.clone(),
+            done_retention: c.job_retention,
+            failed_retention: c.failed_job_retention,
+        }
+    }
+}
+
+/// Jobs deleted per statement by the retention purge.
+const PURGE_BATCH: i64 = 10_000;
+
+/// Deletes finished jobs past their retention, a batch at a time; returns how many.
+pub async fn purge_finished_jobs(pool: &DbPool, settings: &Settings) -> anyhow::Result<usize> {
+    let mut conn = pool.get().await?;
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let mut total = 0;
+    loop {
+        let n = crate::db::repo::jobs::purge_finished(
+            &mut conn,
+            secs(settings.done_retention),
+            secs(settings.failed_retention),
+            PURGE_BATCH,
+        )
+        .await?;
+        total += n;
+        if (n as i64) < PURGE_BATCH {
+            return Ok(total);
+        }
+    }
+}
 
 /// Deletes expired idempotency keys once; returns how many.
 pub async fn purge_expired_idempotency_keys(pool: &DbPool) -> anyhow::Result<usize> {
@@ -95,9 +139,13 @@ fn ulid_suffix() -> String {
 }
 
 /// Runs the job queues and the periodic maintenance tasks until `shutdown` turns true.
-pub async fn run(pool: DbPool, database_url: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(pool: DbPool, settings: Settings, mut shutdown: watch::Receiver<bool>) {
     tracing::info!("worker started");
-    let queues = tokio::spawn(run_queues(database_url, pool.clone(), shutdown.clone()));
+    let queues = tokio::spawn(run_queues(
+        settings.database_url.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tokio::select! {
@@ -106,6 +154,11 @@ pub async fn run(pool: DbPool, database_url: String, mut shutdown: watch::Receiv
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
                     Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                }
+                match purge_finished_jobs(&pool, &settings).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "purged finished jobs"),
+                    Err(e) => tracing::warn!(error = %e, "purging finished jobs failed"),
                 }
             }
             _ = shutdown.changed() => break,

@@ -98,9 +98,9 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let state = api::AppState::new(config, pool.clone(), statements)?;
     let grace = state.config.shutdown_timeout;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let database_url = state.config.database_url.clone();
-    let worker = with_worker
-        .then(|| tokio::spawn(api::jobs::run(pool.clone(), database_url, stop_rx.clone())));
+    let settings = api::jobs::Settings::from(&*state.config);
+    let worker =
+        with_worker.then(|| tokio::spawn(api::jobs::run(pool.clone(), settings, stop_rx.clone())));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (BIND_ADDR): {e}"))?;

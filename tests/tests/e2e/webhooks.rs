@@ -187,11 +187,12 @@ pub(crate) struct Worker(
 impl Worker {
     pub(crate) fn start(app: &TestApp) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let run = tokio::spawn(api::jobs::run(
-            app.pool.clone(),
-            app.db.url.clone(),
-            stopped,
-        ));
+        let settings = api::jobs::Settings {
+            database_url: app.db.url.clone(),
+            done_retention: std::time::Duration::from_secs(7 * 86_400),
+            failed_retention: std::time::Duration::from_secs(30 * 86_400),
+        };
+        let run = tokio::spawn(api::jobs::run(app.pool.clone(), settings, stopped));
         Self(stop, run)
     }
 
@@ -329,4 +330,43 @@ async fn a_job_row_that_would_stop_the_workers_cannot_be_stored() {
     )
     .await;
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn finished_jobs_are_deleted_after_their_retention() {
+    let app = app().await;
+    // Done 8 days ago, done an hour ago, failed 8 days ago, failed 31 days ago, pending.
+    app.sql_count(
+        "WITH j AS (INSERT INTO apalis.jobs (id, job_type, job, status, done_at, run_at, last_result)
+            SELECT apalis.generate_ulid(), 'retention', convert_to('{}', 'UTF8'), s, now() - d, now() - d, NULL
+              FROM (VALUES ('Done', interval '8 days'), ('Done', interval '1 hour'),
+                           ('Failed', interval '8 days'), ('Failed', interval '31 days'),
+                           ('Pending', interval '40 days')) AS v(s, d)
+            RETURNING 1) SELECT count(*) AS n FROM j",
+    )
+    .await;
+    let settings = api::jobs::Settings {
+        database_url: app.db.url.clone(),
+        done_retention: std::time::Duration::from_secs(7 * 86_400),
+        failed_retention: std::time::Duration::from_secs(30 * 86_400),
+    };
+    let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)
+        .await
+        .expect("purge");
+    assert_eq!(deleted, 2);
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'retention' AND (
+                (status = 'Done' AND done_at > now() - interval '2 hours')
+                OR (status = 'Failed' AND done_at > now() - interval '9 days')
+                OR status = 'Pending')"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'retention'")
+            .await,
+        3
+    );
 }

@@ -41,3 +41,28 @@ pub async fn enqueue(
     .await?;
     Ok(!rows.is_empty())
 }
+
+/// Deletes up to `batch` finished jobs: done ones finished more than `done_secs` ago, failed
+/// or killed ones more than `failed_secs` ago (apalis-postgres never deletes them); returns
+/// how many.
+pub async fn purge_finished(
+    conn: &mut AsyncPgConnection,
+    done_secs: i64,
+    failed_secs: i64,
+    batch: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM apalis.jobs WHERE id IN (
+            SELECT id FROM apalis.jobs
+             WHERE (status = 'Done' AND done_at < now() - make_interval(secs => $1))
+                OR (status IN ('Failed', 'Killed')
+                    AND coalesce(done_at, run_at) < now() - make_interval(secs => $2))
+             LIMIT $3)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(done_secs)
+    .bind::<diesel::sql_types::BigInt, _>(failed_secs)
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .cached()
+    .execute(conn)
+    .await
+}
