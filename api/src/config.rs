@@ -84,6 +84,9 @@ pub struct Config {
     /// comma-separated while a secret is rolled); empty, `/webhooks/stripe` refuses every
     /// delivery with 503 so that Stripe keeps retrying until it is configured.
     pub stripe_webhook_secrets: Vec<String>,
+    /// Stripe's API and the catalog (`STRIPE_SECRET_KEY`, `STRIPE_PUBLISHABLE_KEY`,
+    /// `STRIPE_API_BASE`, `STRIPE_PRICE_*`).
+    pub billing: crate::domain::billing::BillingConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -101,6 +104,11 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("log_format", &self.log_format)
             .field("production", &self.production)
+            .field(
+                "stripe_secret_key",
+                &self.billing.stripe_secret_key.as_ref().map(|_| "<set>"),
+            )
+            .field("stripe_api_base", &self.billing.stripe_api_base)
             .finish_non_exhaustive()
     }
 }
@@ -266,7 +274,45 @@ impl Config {
                 "each secret must be at least 16 characters (Stripe's look like whsec_…)",
             ));
         }
+        let stripe_secret_key = var("STRIPE_SECRET_KEY");
+        if stripe_secret_key
+            .as_ref()
+            .is_some_and(|k| !(k.starts_with("sk_") || k.starts_with("rk_")))
+        {
+            return Err(err(
+                "STRIPE_SECRET_KEY",
+                "must be a Stripe secret or restricted key (sk_… or rk_…)",
+            ));
+        }
+        let stripe_api_base = var("STRIPE_API_BASE");
+        if stripe_api_base
+            .as_ref()
+            .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
+        {
+            return Err(err("STRIPE_API_BASE", "must be an http(s) URL"));
+        }
+        let prices = crate::domain::billing::catalog::Prices {
+            starter: var("STRIPE_PRICE_STARTER"),
+            enterprise: var("STRIPE_PRICE_ENTERPRISE"),
+            custom: var("STRIPE_PRICE_CUSTOM"),
+            users: var("STRIPE_PRICE_USERS"),
+            locations: var("STRIPE_PRICE_LOCATIONS"),
+            sso_connections: var("STRIPE_PRICE_SSO_CONNECTIONS"),
+        };
+        let billing = crate::domain::billing::BillingConfig {
+            stripe_secret_key,
+            stripe_publishable_key: var("STRIPE_PUBLISHABLE_KEY"),
+            stripe_api_base,
+            catalog: crate::domain::billing::catalog::Catalog::new(prices),
+            recovery_delay: Duration::from_secs(parse(
+                &var,
+                "STRIPE_RECOVERY_DELAY_SECS",
+                "60",
+                "a whole number of seconds",
+            )?),
+        };
         Ok(Self {
+            billing,
             database_url,
             database_pool_size,
             bind_addr,

@@ -106,6 +106,26 @@ typed_id!(
     AuditEventId,
     "aud"
 );
+typed_id!(
+    /// A billing account (its Stripe customer id is `stripeCustomerId`).
+    BillingAccountId,
+    "ba"
+);
+typed_id!(
+    /// A payment method of a billing account.
+    PaymentMethodId,
+    "pmt"
+);
+typed_id!(
+    /// A subscription of a billing account.
+    SubscriptionId,
+    "subs"
+);
+typed_id!(
+    /// An invoice of a billing account.
+    InvoiceId,
+    "inv"
+);
 
 #[cfg(test)]
 mod tests {

@@ -14,8 +14,12 @@
 //!   error;
 //! - payloads are decoded as plain JSON and read defensively by each job: a payload that does
 //!   not decode into the worker's type would stop the worker;
-//! - a worker that exits on a database error is restarted by the monitor.
+//! - a worker that exits on a database error is restarted by the monitor;
+//! - a job re-queued because its worker stopped heartbeating is fetched whatever its
+//!   `max_attempts`: every handler starts with [`count_run`], which gives up past
+//!   [`MAX_RUNS`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::layers::retry::RetryPolicy;
@@ -26,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::db::DbPool;
 use crate::db::repo::idempotency;
+use crate::domain::billing::Billing;
 
 /// How often a worker tells the queue it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -34,14 +39,68 @@ pub const MISSED: usize = 3;
 /// Attempts of a job inside one worker before it is left `Failed`.
 pub const RETRIES: usize = 5;
 
+/// Runs of one job (starts of its handler, however the earlier ones ended) after which it
+/// gives up.
+pub const MAX_RUNS: i32 = 10;
+
+/// Counts a run of job `id` of `queue`; every job handler calls it first. apalis-postgres 1.0
+/// re-queues the jobs of a worker that stopped heartbeating as `Pending`, and fetches
+/// `Pending` jobs whatever their `max_attempts`: a job that kills its process (a crash, out
+/// of memory) would run forever. Each start is counted in `job_runs` by a statement of its
+/// own, committed before the work, so a run that dies is counted too; past [`MAX_RUNS`] the
+/// job gives up with an [`AbortError`], which apalis records as `Killed` (not retried, never
+/// fetched again) with the message. Returns the runs so far, this one included.
+pub async fn count_run(pool: &DbPool, queue: &str, id: &TaskId) -> Result<i32, BoxDynError> {
+    let job = id.to_string();
+    let mut conn = pool.get().await?;
+    let runs = crate::db::repo::jobs::count_run(&mut conn, &job).await?;
+    if runs <= MAX_RUNS {
+        return Ok(runs);
+    }
+    let last = crate::db::repo::jobs::last_error(&mut conn, &job)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "none".into());
+    let message = format!(
+        "gave up: run {runs} of a job that may run {MAX_RUNS} times (its earlier runs failed \
+         or their worker died); last result: {last}"
+    );
+    tracing::error!(queue, job = %job, runs, "{message}");
+    Err(Box::new(AbortError::new(message)))
+}
+
 /// Runs one job of the Stripe events queue (see `domain::webhooks::process`).
-async fn stripe_event(payload: serde_json::Value, pool: Data<DbPool>) -> Result<(), BoxDynError> {
-    crate::domain::webhooks::process(&pool, &payload).await?;
+async fn stripe_event(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    billing: Data<Arc<Billing>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    count_run(&pool, crate::domain::webhooks::QUEUE, &id).await?;
+    crate::domain::webhooks::process(&pool, &billing, &payload).await?;
+    Ok(())
+}
+
+/// Runs one job of the billing recovery queue (see `domain::billing::intents::recover`).
+async fn billing_intent(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    billing: Data<Arc<Billing>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    count_run(&pool, crate::domain::billing::intents::QUEUE, &id).await?;
+    crate::domain::billing::intents::recover(&pool, &billing, &payload).await?;
     Ok(())
 }
 
 /// The queue workers until `shutdown` turns true.
-async fn run_queues(database_url: String, pool: DbPool, mut shutdown: watch::Receiver<bool>) {
+async fn run_queues(
+    database_url: String,
+    pool: DbPool,
+    billing: Arc<Billing>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let queue_pool = match PgPool::connect_lazy(&database_url) {
         Ok(p) => p,
         Err(e) => {
@@ -49,27 +108,57 @@ async fn run_queues(database_url: String, pool: DbPool, mut shutdown: watch::Rec
             return;
         }
     };
-    let monitor = Monitor::new()
-        .should_restart(|worker, error| {
-            tracing::warn!(worker = worker.name(), %error, "job worker stopped; restarting it");
-            true
-        })
-        .register(move |n| {
-            let backend = PostgresStorage::<serde_json::Value>::new(&queue_pool)
+    // One worker per queue, each named explicitly, with the settings of the module docs.
+    macro_rules! queue_worker {
+        ($queue_pool:ident, $pool:ident, $billing:ident, $queue:expr, $n:expr, $handler:expr) => {{
+            let backend = PostgresStorage::<serde_json::Value>::new(&$queue_pool)
                 .with_config(
                     QueueConfig::default()
-                        .queue(crate::domain::webhooks::QUEUE)
+                        .queue($queue)
                         .heartbeat_interval(HEARTBEAT)
                         .missed_heartbeats(MISSED),
                 )
                 .with_pubsub();
             let mut backoff = apalis::layers::retry::backoff::ExponentialBackoffMaker::default();
-            WorkerBuilder::new(format!("stripe-events-{}-{n}", ulid_suffix()))
+            WorkerBuilder::new(format!("{}-{}-{}", $queue, ulid_suffix(), $n))
                 .backend(backend)
-                .data(pool.clone())
+                .data($pool.clone())
+                .data($billing.clone())
                 .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.make_backoff()))
                 .catch_panic()
-                .build(stripe_event)
+                .build($handler)
+        }};
+    }
+    let monitor = Monitor::new()
+        .should_restart(|worker, error| {
+            tracing::warn!(worker = worker.name(), %error, "job worker stopped; restarting it");
+            true
+        })
+        .register({
+            let (queue_pool, pool, billing) = (queue_pool.clone(), pool.clone(), billing.clone());
+            move |n| {
+                queue_worker!(
+                    queue_pool,
+                    pool,
+                    billing,
+                    crate::domain::webhooks::QUEUE,
+                    n,
+                    stripe_event
+                )
+            }
+        })
+        .register({
+            let (queue_pool, pool, billing) = (queue_pool.clone(), pool.clone(), billing.clone());
+            move |n| {
+                queue_worker!(
+                    queue_pool,
+                    pool,
+                    billing,
+                    crate::domain::billing::intents::QUEUE,
+                    n,
+                    billing_intent
+                )
+            }
         });
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -84,8 +173,10 @@ async fn run_queues(database_url: String, pool: DbPool, mut shutdown: watch::Rec
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What the workers need from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
+    /// Stripe and the catalog (the mirror reads objects from Stripe).
+    pub billing: Arc<Billing>,
     /// `DATABASE_URL` (the job queue opens its own connections).
     pub database_url: String,
     /// How long finished jobs are kept.
@@ -97,6 +188,7 @@ pub struct Settings {
 impl From<&crate::config::Config> for Settings {
     fn from(c: &crate::config::Config) -> Self {
         Self {
+            billing: Billing::new(&c.billing),
             database_url: c.database_url.clone(),
             done_retention: c.job_retention,
             failed_retention: c.failed_job_retention,
@@ -144,6 +236,7 @@ pub async fn run(pool: DbPool, settings: Settings, mut shutdown: watch::Receiver
     let queues = tokio::spawn(run_queues(
         settings.database_url.clone(),
         pool.clone(),
+        settings.billing.clone(),
         shutdown.clone(),
     ));
     let mut tick = tokio::time::interval(PURGE_INTERVAL);

@@ -3,6 +3,7 @@
 //! Data flows one way: HTTP → GraphQL resolver → domain service → repository → PostgreSQL.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -10,6 +11,7 @@ pub mod graphql;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod stripe;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -49,6 +51,7 @@ impl AppState {
             lock_timeout: config.lock_timeout,
             loader_delay: config.loader_delay,
             identities: Default::default(),
+            billing: domain::billing::Billing::new(&config.billing),
         };
         Ok(Self {
             schema: graphql::schema(&config),

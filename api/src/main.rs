@@ -1,4 +1,5 @@
 //! The `api` binary: serves GraphQL (and runs the worker in-process unless `--no-worker`).
+//! The command line is `api::cli`.
 
 use std::process::ExitCode;
 
@@ -7,132 +8,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use api::config::Config;
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "api", about = "Workspace and billing GraphQL API")]
-struct Cli {
-    /// Do not run the background worker in this process (production runs `worker` separately).
-    #[arg(long, global = true)]
-    no_worker: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Migrate the database and serve HTTP (the default).
-    Serve,
-    /// Create the database if needed, apply pending migrations, and exit.
-    Migrate,
-    /// Print the GraphQL schema (SDL) and exit.
-    PrintSchema,
-    /// Print a signed development token (needs JWT_HS256_SECRET).
-    DevToken {
-        /// E-mail of the user.
-        #[arg(long)]
-        email: String,
-        /// Display name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Subject (`sub`); defaults to `dev|<email>`.
-        #[arg(long)]
-        sub: Option<String>,
-        /// Lifetime in hours.
-        #[arg(long, default_value_t = 12)]
-        hours: u64,
-    },
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Some(Command::PrintSchema) = cli.command {
-        print!("{}", api::graphql::sdl());
-        return ExitCode::SUCCESS;
-    }
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    api::telemetry::init_tracing(config.log_format);
-    let result = match cli.command {
-        Some(Command::DevToken {
-            email,
-            name,
-            sub,
-            hours,
-        }) => {
-            let sub = sub.unwrap_or_else(|| format!("dev|{email}"));
-            api::auth::dev_token(&config, &sub, &email, name.as_deref(), hours * 3600)
-                .map(|t| println!("{t}"))
-        }
-        Some(Command::Migrate) => api::prepare_database(&config, Default::default())
-            .await
-            .map(|_| ())
-            .map_err(Into::into),
-        Some(Command::Serve) | None => serve(config, !cli.no_worker).await,
-        Some(Command::PrintSchema) => Ok(()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One clear line on stderr (logs may be JSON; this is for the operator).
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
-    if let Err(e) = config.require_token_verification() {
-        anyhow::bail!("{e}");
-    }
-    let statements = api::db::StatementCounter::default();
-    let pool = api::prepare_database(&config, statements.clone()).await?;
-    let addr = config.bind_addr;
-    let state = api::AppState::new(config, pool.clone(), statements)?;
-    let grace = state.config.shutdown_timeout;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let settings = api::jobs::Settings::from(&*state.config);
-    let worker =
-        with_worker.then(|| tokio::spawn(api::jobs::run(pool.clone(), settings, stop_rx.clone())));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (BIND_ADDR): {e}"))?;
-    tracing::info!("listening on http://{addr} (GraphiQL at http://{addr}/graphiql)");
-    // On SIGINT/SIGTERM: stop accepting, give work in flight `grace`, then exit regardless
-    // (a stuck request or job must not keep a stopping process alive).
-    tokio::spawn(async move {
-        api::shutdown_signal().await;
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down");
-        let _ = stop_tx.send(true);
-        tokio::time::sleep(grace + std::time::Duration::from_secs(1)).await;
-        tracing::error!("shutdown deadline passed; exiting with work still running");
-        std::process::exit(1);
-    });
-    let mut stopping = stop_rx;
-    let stopped = api::http::server::serve(
-        listener,
-        api::router(state),
-        async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        },
-        grace,
-    )
-    .await;
-    if let api::http::server::Stopped::DeadlinePassed(open) = stopped {
-        tracing::warn!(
-            connections = open,
-            "closed connections still open at the shutdown deadline"
-        );
-    }
-    if let Some(w) = worker {
-        let _ = w.await;
-    }
-    Ok(())
+    api::cli::run().await
 }

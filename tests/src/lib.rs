@@ -1,6 +1,8 @@
 //! End-to-end test harness: a real server on a random port over a real PostgreSQL
 //! database cloned from a migrated template, and a small GraphQL client.
 
+pub mod fake_stripe;
+pub mod processes;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -188,6 +190,8 @@ pub struct TestApp {
     pub db: TestDb,
     /// The server's pool.
     pub pool: api::db::DbPool,
+    /// The server's configuration.
+    pub config: api::config::Config,
 }
 
 /// Options for `TestApp::with`.
@@ -238,7 +242,8 @@ impl TestApp {
             api::config::Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let statements = api::db::StatementCounter::default();
         let pool = api::db::build_pool(&config, statements.clone()).expect("pool");
-        let state = api::AppState::new(config, pool.clone(), statements.clone()).expect("state");
+        let state =
+            api::AppState::new(config.clone(), pool.clone(), statements.clone()).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -256,6 +261,7 @@ impl TestApp {
             tokens: Tokens::new(),
             db,
             pool,
+            config,
         }
     }
 

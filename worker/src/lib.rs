@@ -21,3 +21,14 @@ pub async fn run_from_env() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The `worker` process: runs until SIGINT or SIGTERM; its exit code.
+pub async fn main() -> std::process::ExitCode {
+    match run_from_env().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

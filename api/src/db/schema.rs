@@ -138,3 +138,77 @@ diesel::allow_tables_to_appear_in_same_query!(
     users,
     workspaces,
 );
+
+diesel::table! {
+    billing_accounts (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        state -> Text,
+        stripe_customer_id -> Nullable<Text>,
+        name -> Text,
+        email -> Text,
+        phone -> Nullable<Text>,
+        description -> Nullable<Text>,
+        currency -> Text,
+        address -> Nullable<Jsonb>,
+        default_payment_method -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    payment_methods (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        billing_account_id -> Uuid,
+        stripe_payment_method_id -> Text,
+        kind -> Text,
+        brand -> Nullable<Text>,
+        last4 -> Nullable<Text>,
+        exp_month -> Nullable<Int4>,
+        exp_year -> Nullable<Int4>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        billing_account_id -> Uuid,
+        stripe_subscription_id -> Nullable<Text>,
+        plan -> Text,
+        status -> Text,
+        cancel_at_period_end -> Bool,
+        current_period_start -> Nullable<Timestamptz>,
+        current_period_end -> Nullable<Timestamptz>,
+        trial_end -> Nullable<Timestamptz>,
+        canceled_at -> Nullable<Timestamptz>,
+        metadata -> Jsonb,
+        stripe_seen_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    stripe_intents (id) {
+        id -> Uuid,
+        workspace_id -> Uuid,
+        caller_id -> Nullable<Uuid>,
+        client_key -> Nullable<Text>,
+        operation -> Text,
+        fingerprint -> Text,
+        stripe_key -> Text,
+        target_id -> Uuid,
+        request -> Jsonb,
+        state -> Text,
+        result -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}

@@ -2,6 +2,7 @@
 //! Nothing here knows about HTTP or GraphQL.
 
 pub mod audit;
+pub mod billing;
 pub mod members;
 pub mod mutation;
 pub mod organizations;
@@ -129,9 +130,38 @@ pub enum DomainError {
         /// The allocation asked for.
         requested: i64,
     },
+    /// A billing pool's capacity would be exceeded by an allocation.
+    #[error("{message}")]
+    PoolExhausted {
+        /// Human-readable explanation with the numbers.
+        message: String,
+        /// The pool: the billing account (`ba_…`) or, in SINGLE and POOLED modes, the
+        /// workspace (`ws_…`).
+        pool: String,
+        /// Its capacity.
+        capacity: i64,
+        /// In use now.
+        used: i64,
+        /// The allocation asked for.
+        requested: i64,
+    },
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The system is not in a state that allows the request (e.g. Stripe not configured,
+    /// a root organization without a billing account).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The payment provider refused the request, or could not be reached (`retryable`).
+    #[error("{message}")]
+    PaymentProvider {
+        /// What happened.
+        message: String,
+        /// Stripe's error code, if it gave one.
+        stripe_code: Option<String>,
+        /// Retrying with the same idempotency key may succeed.
+        retryable: bool,
+    },
     /// The idempotency key was used before with a different request.
     #[error("this idempotency key was already used with a different request")]
     IdempotencyKeyReused,
@@ -217,6 +247,8 @@ pub struct Services {
     pub lock_timeout: std::time::Duration,
     /// How long DataLoaders collect keys.
     pub loader_delay: std::time::Duration,
+    /// Stripe and the catalog.
+    pub billing: std::sync::Arc<billing::Billing>,
     /// Recently seen identities, so that a signed-in caller costs no statement per request.
     pub identities: std::sync::Arc<users::IdentityCache>,
 }

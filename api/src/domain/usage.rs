@@ -14,6 +14,7 @@ use diesel_async::AsyncPgConnection;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::billing;
 use super::mutation::{self, Effect};
 use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::models::{AuditEventRow, OrganizationRow, ResetPeriod, ResourceKind, ResourceRow};
@@ -355,8 +356,18 @@ async fn record_effect(
     )
     .await
     .map_err(mutation::map_lock_timeout)?;
-    let a = match found {
-        Some(f) if f.claimed || claim.is_none() => f.access,
+    let (a, pool) = match found {
+        Some(f) if f.claimed || claim.is_none() => {
+            let mode = crate::domain::BillingMode::parse(&f.billing_mode)
+                .ok_or_else(|| DomainError::internal(anyhow::anyhow!("bad billing mode")))?;
+            let pool = billing::pools::pool_of(
+                f.access.org.workspace_id,
+                mode,
+                f.billing_active,
+                f.root_account,
+            );
+            (f.access, pool)
+        }
         // The key was used before: replay the first result (or refuse a reuse).
         Some(_) => return done.replay(conn).await,
         // Missing organization: a key that holds a committed result still replays it.
@@ -407,6 +418,20 @@ async fn record_effect(
     };
     let applied = usage::check_and_apply(conn, &application).await?;
     if applied.len() == path.len() {
+        // The billing pool last: its row is the hottest lock of the allocation.
+        if billing::catalog::is_pooled(&input.resource) {
+            match pool {
+                billing::pools::PoolOf::Unbilled => {}
+                billing::pools::PoolOf::Unassigned if input.delta > 0 => {
+                    return Err(billing::pools::unassigned());
+                }
+                billing::pools::PoolOf::Unassigned => {}
+                billing::pools::PoolOf::Pool(p) => {
+                    billing::pools::apply(conn, org.workspace_id, p, &input.resource, input.delta)
+                        .await?;
+                }
+            }
+        }
         return Ok(org);
     }
     Err(refusal(conn, &org, &path, &applied, &input, period).await)

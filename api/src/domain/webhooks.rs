@@ -164,10 +164,16 @@ pub async fn record(
     Ok(new)
 }
 
-/// Processes one job of [`QUEUE`]. Until the billing mirror exists every event type is
-/// acknowledged as Stripe's unknown types are: marked processed. A payload of another shape
-/// (an older or newer version) is logged and dropped rather than retried forever.
-pub async fn process(pool: &crate::db::DbPool, job: &serde_json::Value) -> anyhow::Result<()> {
+/// Processes one job of [`QUEUE`]: applies the stored event to the billing mirror
+/// (`billing::mirror::apply_event`) and marks it processed, in one transaction, so that an
+/// event's effect happens once however often its job runs. Unknown event types are
+/// acknowledged as they are. A payload of another shape (an older or newer version) is
+/// logged and dropped rather than retried forever.
+pub async fn process(
+    pool: &crate::db::DbPool,
+    billing: &super::billing::Billing,
+    job: &serde_json::Value,
+) -> anyhow::Result<()> {
     let Some(id) = job
         .get("event_id")
         .and_then(|v| v.as_str())
@@ -177,8 +183,34 @@ pub async fn process(pool: &crate::db::DbPool, job: &serde_json::Value) -> anyho
         return Ok(());
     };
     let mut conn = pool.get().await?;
-    if !stripe_events::mark_processed(&mut conn, id).await? {
+    let Some(event) = stripe_events::find(&mut conn, id).await? else {
+        tracing::warn!(event = id, "Stripe event job without its event; dropped");
+        return Ok(());
+    };
+    if event.processed_at.is_some() {
         tracing::debug!(event = id, "Stripe event already processed");
+        return Ok(());
+    }
+    let applied = conn
+        .transaction(async |c| {
+            // The event's row lock makes concurrent runs of one job apply it once.
+            if !stripe_events::lock_unprocessed(c, id).await? {
+                return Ok::<bool, anyhow::Error>(false);
+            }
+            super::billing::mirror::apply_event(
+                c,
+                billing,
+                &event.kind,
+                event.created_at,
+                &event.payload,
+            )
+            .await?;
+            stripe_events::mark_processed(c, id).await?;
+            Ok(true)
+        })
+        .await?;
+    if applied {
+        tracing::debug!(event = id, kind = event.kind, "Stripe event applied");
     }
     Ok(())
 }

@@ -18,6 +18,12 @@ pub mod code {
     pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
     /// Conflicts with the current state.
     pub const CONFLICT: &str = "CONFLICT";
+    /// The system is not in a state that allows it (e.g. Stripe is not configured).
+    pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
+    /// Stripe refused the request (`extensions.stripeCode` carries Stripe's code).
+    pub const PAYMENT_PROVIDER_ERROR: &str = "PAYMENT_PROVIDER_ERROR";
+    /// Stripe could not be reached: retry with the same idempotency key.
+    pub const PAYMENT_PROVIDER_UNAVAILABLE: &str = "PAYMENT_PROVIDER_UNAVAILABLE";
     /// Idempotency key reused with another request.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
     /// Idempotency key held by a running request.
@@ -60,7 +66,42 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
                 ext.set("requested", requested);
             });
         }
+        DomainError::PoolExhausted {
+            message,
+            pool,
+            capacity,
+            used,
+            requested,
+        } => {
+            let (pool, capacity, used, requested) = (pool.clone(), *capacity, *used, *requested);
+            return async_graphql::Error::new(message.clone()).extend_with(move |_, ext| {
+                ext.set("code", code::LIMIT_EXCEEDED);
+                ext.set("pool", pool.clone());
+                ext.set("limit", capacity);
+                ext.set("used", used);
+                ext.set("requested", requested);
+            });
+        }
         DomainError::Conflict(m) => (code::CONFLICT, m.clone(), None),
+        DomainError::FailedPrecondition(m) => (code::FAILED_PRECONDITION, m.clone(), None),
+        DomainError::PaymentProvider {
+            message,
+            stripe_code,
+            retryable,
+        } => {
+            let c = if *retryable {
+                code::PAYMENT_PROVIDER_UNAVAILABLE
+            } else {
+                code::PAYMENT_PROVIDER_ERROR
+            };
+            let stripe_code = stripe_code.clone();
+            return async_graphql::Error::new(message.clone()).extend_with(move |_, ext| {
+                ext.set("code", c);
+                if let Some(s) = &stripe_code {
+                    ext.set("stripeCode", s.clone());
+                }
+            });
+        }
         DomainError::IdempotencyKeyReused => (code::IDEMPOTENCY_KEY_REUSED, e.to_string(), None),
         DomainError::IdempotencyKeyInUse => (code::IDEMPOTENCY_KEY_IN_USE, e.to_string(), None),
         DomainError::RateLimited => (code::RATE_LIMITED, e.to_string(), None),

@@ -2,6 +2,7 @@
 //! domain function and shape the result.
 
 pub mod audit;
+pub mod billing;
 pub mod documents;
 pub mod error;
 pub mod json;
@@ -40,6 +41,7 @@ pub struct Mutation(
     members::MemberMutation,
     organizations::OrganizationMutation,
     resources::ResourceMutation,
+    billing::BillingMutation,
 );
 
 /// The executable schema.

@@ -162,6 +162,25 @@ impl Workspace {
         Ok(rows.unwrap_or_default().into_iter().map(Resource).collect())
     }
 
+    /// Billing accounts, oldest first. Owners and admins only (`FORBIDDEN` otherwise).
+    async fn billing_accounts(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::billing::BillingAccount>> {
+        super::billing::accounts_of(ctx, self.0.id).await
+    }
+
+    /// Costs of a month: fees accrued, the month-end projection, and breakdowns by resource
+    /// and by billing account. Owners and admins only.
+    async fn billing_summary(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "super::billing::BillingPeriod::CurrentMonth")]
+        period: super::billing::BillingPeriod,
+    ) -> Result<super::billing::BillingSummary> {
+        super::billing::summary_of(ctx, self.0.id, period).await
+    }
+
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).
     #[graphql(complexity = "complexity(first, child_complexity)")]
     async fn audit_log(

@@ -1,13 +1,16 @@
 //! End-to-end tests: HTTP against a real server and a real PostgreSQL database.
 
 mod auth;
+mod billing;
 mod graphiql;
 mod hostile;
 mod idempotency;
 mod isolation;
+mod jobs;
 mod limits;
 mod ops;
 mod organizations;
 mod roles;
+mod stripe_api;
 mod usage;
 mod webhooks;

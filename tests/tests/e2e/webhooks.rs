@@ -188,6 +188,7 @@ impl Worker {
     pub(crate) fn start(app: &TestApp) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let settings = api::jobs::Settings {
+            billing: api::domain::billing::Billing::new(&app.config.billing),
             database_url: app.db.url.clone(),
             done_retention: std::time::Duration::from_secs(7 * 86_400),
             failed_retention: std::time::Duration::from_secs(30 * 86_400),
@@ -346,6 +347,7 @@ async fn finished_jobs_are_deleted_after_their_retention() {
     )
     .await;
     let settings = api::jobs::Settings {
+        billing: Default::default(),
         database_url: app.db.url.clone(),
         done_retention: std::time::Duration::from_secs(7 * 86_400),
         failed_retention: std::time::Duration::from_secs(30 * 86_400),

@@ -2,6 +2,7 @@
 //! connection (not the pool) so that they compose inside one transaction.
 
 pub mod audit;
+pub mod billing;
 pub mod idempotency;
 pub mod jobs;
 pub mod members;

@@ -391,6 +391,15 @@ pub struct ClaimedAccess {
     /// The key was free (or expired) and is now held by this transaction.
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub claimed: bool,
+    /// The workspace's billing mode.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub billing_mode: String,
+    /// Whether the workspace has an active billing account (its pools apply).
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub billing_active: bool,
+    /// The billing account of the organization's root (ASSIGNED mode).
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub root_account: Option<Uuid>,
 }
 
 /// `access` (with `FOR KEY SHARE`) and, when `claim` is given, the idempotency key claim
@@ -406,7 +415,11 @@ pub async fn access_claiming(
         format!(
             "WITH claim AS ({claim})
              SELECT o.*, m.role, r.kind AS resource_kind, r.reset_period AS resource_reset,
-                    EXISTS (SELECT 1 FROM claim) AS claimed
+                    EXISTS (SELECT 1 FROM claim) AS claimed, w.billing_mode,
+                    EXISTS (SELECT 1 FROM billing_accounts b
+                             WHERE b.workspace_id = o.workspace_id AND b.state = 'ACTIVE') AS billing_active,
+                    (SELECT root.billing_account_id FROM organizations root
+                      WHERE root.id = coalesce(o.ancestors[1], o.id)) AS root_account
                FROM organizations o
                JOIN workspaces w ON w.id = o.workspace_id AND w.deleted_at IS NULL
                LEFT JOIN members m ON m.workspace_id = o.workspace_id AND m.user_id = $2

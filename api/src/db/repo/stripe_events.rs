@@ -53,3 +53,53 @@ pub async fn mark_processed(conn: &mut AsyncPgConnection, id: &str) -> QueryResu
     .await?;
     Ok(n == 1)
 }
+
+/// A stored event.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct StoredEvent {
+    /// `evt_…`.
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// Its type.
+    #[diesel(sql_type = Text, column_name = "type")]
+    pub kind: String,
+    /// Stripe's `created`.
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    /// The event as delivered.
+    #[diesel(sql_type = Jsonb)]
+    pub payload: serde_json::Value,
+    /// When it was applied.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// An event by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<Option<StoredEvent>> {
+    diesel::sql_query(
+        "SELECT id, type, created_at, payload, processed_at FROM stripe_events WHERE id = $1",
+    )
+    .bind::<Text, _>(id)
+    .cached()
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Locks an unprocessed event for its processing; `false` when it is processed already.
+pub async fn lock_unprocessed(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[allow(dead_code)]
+        #[diesel(sql_type = Text)]
+        id: String,
+    }
+    let rows: Vec<Locked> = diesel::sql_query(
+        "SELECT id FROM stripe_events WHERE id = $1 AND processed_at IS NULL FOR UPDATE",
+    )
+    .bind::<Text, _>(id)
+    .cached()
+    .load(conn)
+    .await?;
+    Ok(!rows.is_empty())
+}

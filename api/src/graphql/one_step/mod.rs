@@ -355,6 +355,10 @@ pub fn check_all() -> Result<(), String> {
     check::<Connection<OrganizationObject>>()?;
     check::<Edge<OrganizationObject>>()?;
     check::<async_graphql::connection::PageInfo>()?;
+    check::<crate::graphql::billing::BillingAccount>()?;
+    check::<crate::graphql::billing::Subscription>()?;
+    check::<crate::graphql::billing::PaymentMethod>()?;
+    check::<crate::graphql::billing::Invoice>()?;
     Ok(())
 }
 

@@ -109,6 +109,10 @@ id_scalars!(
     crate::ids::MemberId,
     crate::ids::UserId,
     crate::ids::AuditEventId,
+    crate::ids::BillingAccountId,
+    crate::ids::PaymentMethodId,
+    crate::ids::SubscriptionId,
+    crate::ids::InvoiceId,
 );
 
 /// Makes GraphQL enums (`#[derive(Enum)]`) writable: the item's GraphQL name, as a string.
@@ -129,6 +133,8 @@ macro_rules! json_enums {
 json_enums!(
     crate::graphql::resources::ResourceKind,
     crate::graphql::resources::ResetPeriod,
+    crate::graphql::billing::SubscriptionStatus,
+    crate::graphql::billing::Plan,
 );
 
 #[cfg(test)]

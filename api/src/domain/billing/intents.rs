@@ -1,0 +1,493 @@
+//! Recovery points of calls that change something in Stripe.
+//!
+//! A billing mutation runs in three steps:
+//! 1. **intent**: in one transaction it checks the request, writes its local side (a
+//!    `PENDING` account or subscription that holds its place under the caps), stores the
+//!    intent with the Stripe idempotency key it will use, and enqueues a recovery job to
+//!    run later;
+//! 2. **call**: it calls Stripe with that key (retried on 409/429/5xx with the same key);
+//! 3. **result**: in the mutation's transaction (under the caller's idempotency key) it
+//!    completes the intent with Stripe's answer and applies it to the local rows.
+//!
+//! A retry of the mutation with the same key finds its intent and repeats the call with
+//! the same Stripe key, so Stripe answers with the object it created the first time. A
+//! crash between the steps leaves a `PENDING` intent that the recovery job
+//! (`billing-intents`) finishes with the same key. When Stripe refuses the request (a
+//! definitive 4xx), the intent and its local side are removed, so the caller can correct
+//! the request and use the key again. The Stripe key is derived from the caller, their key
+//! and the request's fingerprint (a corrected request gets a new Stripe key), or random
+//! when the caller sent no key.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::super::mutation::{self, Done};
+use super::super::{Actor, DomainError, DomainResult, Services};
+use super::{Billing, stripe_error};
+use crate::db::DbPool;
+use crate::db::repo::billing::{self as repo, IntentRow};
+use crate::db::repo::jobs;
+use crate::ids::{UserId, WorkspaceId};
+use crate::stripe::{self, StripeApi, StripeError};
+
+/// The queue of recovery jobs.
+pub const QUEUE: &str = "billing-intents";
+
+/// A call to Stripe, as stored with its intent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum StripeCall {
+    /// Create the customer of an account.
+    CreateCustomer {
+        /// Its fields.
+        fields: CustomerFields,
+    },
+    /// Mirror an account's fields to its customer.
+    UpdateCustomer {
+        /// Customer.
+        customer: String,
+        /// Fields.
+        fields: CustomerFields,
+    },
+    /// Delete a customer.
+    DeleteCustomer {
+        /// Customer.
+        customer: String,
+    },
+    /// Attach a payment method (and make it the default when asked).
+    AttachPaymentMethod {
+        /// Payment method.
+        payment_method: String,
+        /// Customer.
+        customer: String,
+        /// Also make it the customer's default.
+        make_default: bool,
+    },
+    /// Detach a payment method.
+    DetachPaymentMethod {
+        /// Payment method.
+        payment_method: String,
+    },
+    /// Set the customer's default payment method.
+    SetDefaultPaymentMethod {
+        /// Customer.
+        customer: String,
+        /// Payment method.
+        payment_method: String,
+    },
+    /// Create a subscription.
+    CreateSubscription {
+        /// Customer.
+        customer: String,
+        /// `(price, quantity)`.
+        items: Vec<(String, u64)>,
+        /// Trial days.
+        trial_period_days: Option<u32>,
+        /// Payment method to charge.
+        default_payment_method: Option<String>,
+        /// Metadata.
+        metadata: Vec<(String, String)>,
+    },
+    /// Change a subscription.
+    UpdateSubscription {
+        /// Subscription.
+        subscription: String,
+        /// Item changes.
+        items: Vec<ItemChange>,
+        /// Prorate (increases) or not (decreases take effect with the next period).
+        prorate: bool,
+        /// Cancel at period end.
+        cancel_at_period_end: Option<bool>,
+    },
+}
+
+pub use crate::stripe::{Address, CustomerFields, ItemChange};
+
+/// Stripe's answer to a call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "object", content = "value", rename_all = "snake_case")]
+pub enum StripeAnswer {
+    /// A customer.
+    Customer(stripe::Customer),
+    /// A payment method.
+    PaymentMethod(stripe::PaymentMethod),
+    /// A subscription.
+    Subscription(stripe::Subscription),
+    /// A deleted object.
+    Deleted,
+}
+
+/// Makes the call with the intent's Stripe key.
+pub async fn execute(
+    api: &StripeApi,
+    call: &StripeCall,
+    key: &str,
+) -> Result<StripeAnswer, StripeError> {
+    Ok(match call {
+        StripeCall::CreateCustomer { fields } => {
+            StripeAnswer::Customer(api.create_customer(key, fields).await?)
+        }
+        StripeCall::UpdateCustomer { customer, fields } => {
+            StripeAnswer::Customer(api.update_customer(key, customer, fields).await?)
+        }
+        StripeCall::DeleteCustomer { customer } => {
+            api.delete_customer(key, customer).await?;
+            StripeAnswer::Deleted
+        }
+        StripeCall::AttachPaymentMethod {
+            payment_method,
+            customer,
+            make_default,
+        } => {
+            let pm = api
+                .attach_payment_method(key, payment_method, customer)
+                .await?;
+            if *make_default {
+                api.set_default_payment_method(&format!("{key}:default"), customer, &pm.id)
+                    .await?;
+            }
+            StripeAnswer::PaymentMethod(pm)
+        }
+        StripeCall::DetachPaymentMethod { payment_method } => {
+            StripeAnswer::PaymentMethod(api.detach_payment_method(key, payment_method).await?)
+        }
+        StripeCall::SetDefaultPaymentMethod {
+            customer,
+            payment_method,
+        } => StripeAnswer::Customer(
+            api.set_default_payment_method(key, customer, payment_method)
+                .await?,
+        ),
+        StripeCall::CreateSubscription {
+            customer,
+            items,
+            trial_period_days,
+            default_payment_method,
+            metadata,
+        } => StripeAnswer::Subscription(
+            api.create_subscription(
+                key,
+                &stripe::NewSubscription {
+                    customer: customer.clone(),
+                    items: items.clone(),
+                    trial_period_days: *trial_period_days,
+                    default_payment_method: default_payment_method.clone(),
+                    metadata: metadata.clone(),
+                },
+            )
+            .await?,
+        ),
+        StripeCall::UpdateSubscription {
+            subscription,
+            items,
+            prorate,
+            cancel_at_period_end,
+        } => StripeAnswer::Subscription(
+            api.update_subscription(
+                key,
+                subscription,
+                &stripe::SubscriptionChange {
+                    items: items.clone(),
+                    proration_behavior: (!items.is_empty()).then_some(if *prorate {
+                        stripe::Proration::CreateProrations
+                    } else {
+                        stripe::Proration::None
+                    }),
+                    cancel_at_period_end: *cancel_at_period_end,
+                },
+            )
+            .await?,
+        ),
+    })
+}
+
+/// What a mutation's first step hands over: the workspace, the row the call is for, and
+/// the call.
+pub struct Intent {
+    /// Workspace.
+    pub workspace: WorkspaceId,
+    /// The account, subscription or payment method row the call is for.
+    pub target: Uuid,
+    /// The call.
+    pub call: StripeCall,
+}
+
+/// The first step of a mutation (checks and the local side), in its transaction.
+pub type Prepare<'c> = BoxFuture<'c, DomainResult<Intent>>;
+
+/// The Stripe key of a caller's key and request.
+fn derived_key(caller: Uuid, key: &str, operation: &str, fingerprint: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        caller.as_bytes().as_slice(),
+        key.as_bytes(),
+        operation.as_bytes(),
+        fingerprint.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    format!("ws-{}", hex::encode(&h.finalize()[..20]))
+}
+
+/// Delay before the recovery job looks at an intent (the mutation normally completes it
+/// well before).
+pub fn recovery_delay_secs(billing: &Billing) -> i64 {
+    billing
+        .recovery_delay
+        .as_secs()
+        .try_into()
+        .unwrap_or(i64::MAX)
+}
+
+/// Attempts of a recovery job before it is left failed (with backoff, about an hour).
+const RECOVERY_ATTEMPTS: i32 = 25;
+
+/// Runs a billing mutation through its recovery point (see the module docs): `prepare`
+/// checks the request and writes its local side, `load` reads the mutation's result after
+/// Stripe's answer was applied.
+pub async fn run<T, I, P, L>(
+    services: &Services,
+    actor: &Actor,
+    operation: &'static str,
+    key: Option<&mutation::Key>,
+    input: &I,
+    prepare: P,
+    load: L,
+) -> DomainResult<Done<T>>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    I: Serialize + Sync,
+    P: for<'c> Fn(&'c mut AsyncPgConnection) -> Prepare<'c> + Send + Sync,
+    L: for<'c> Fn(&'c mut AsyncPgConnection, Uuid) -> BoxFuture<'c, DomainResult<T>>
+        + Send
+        + Sync
+        + Copy
+        + 'static,
+{
+    let api = services.billing.stripe()?.clone();
+    let selection = key.map_or("", |k| k.selection.as_str());
+    let client_key = mutation::check_key(key.map(|k| k.key.as_str()))?.map(str::to_string);
+    let fingerprint = mutation::fingerprint(operation, input, selection)?;
+    let delay = recovery_delay_secs(&services.billing);
+    let mut conn = services.conn().await?;
+    // 1. The intent: found under the caller's key, or recorded now.
+    let intent = loop {
+        if let Some(k) = &client_key
+            && let Some(found) = repo::intent_for_key(&mut conn, actor.user_id.0, k).await?
+        {
+            if found.operation != operation || found.fingerprint != fingerprint {
+                return Err(DomainError::IdempotencyKeyReused);
+            }
+            break found;
+        }
+        let recorded = conn
+            .transaction(async |c| {
+                let Intent {
+                    workspace,
+                    target,
+                    call,
+                } = prepare(c).await?;
+                let row = IntentRow {
+                    id: Uuid::now_v7(),
+                    workspace_id: workspace.0,
+                    caller_id: Some(actor.user_id.0),
+                    client_key: client_key.clone(),
+                    operation: operation.to_string(),
+                    fingerprint: fingerprint.clone(),
+                    stripe_key: match &client_key {
+                        Some(k) => derived_key(actor.user_id.0, k, operation, &fingerprint),
+                        None => format!("ws-{}", Uuid::new_v4().simple()),
+                    },
+                    target_id: target,
+                    request: serde_json::to_value(&call).map_err(DomainError::internal)?,
+                    state: "PENDING".into(),
+                    result: None,
+                    error: None,
+                    created_at: chrono::Utc::now(),
+                    updated_at: chrono::Utc::now(),
+                };
+                if !repo::insert_intent(c, &row).await? {
+                    // A concurrent request with the same key recorded its intent first.
+                    return Ok(None);
+                }
+                jobs::enqueue_at(
+                    c,
+                    QUEUE,
+                    &serde_json::json!({"v": 1, "intent": row.id}),
+                    &row.id.to_string(),
+                    RECOVERY_ATTEMPTS,
+                    delay,
+                )
+                .await?;
+                Ok::<_, DomainError>(Some(row))
+            })
+            .await?;
+        if let Some(row) = recorded {
+            break row;
+        }
+    };
+    // 2. The call, unless an earlier attempt or the recovery job already made it.
+    let answer = if intent.state == "PENDING" {
+        let call: StripeCall =
+            serde_json::from_value(intent.request.clone()).map_err(DomainError::internal)?;
+        match execute(&api, &call, &intent.stripe_key).await {
+            Ok(a) => Some(a),
+            Err(e @ StripeError::Refused { .. }) => {
+                conn.transaction(async |c| discard(c, intent.id).await)
+                    .await?;
+                return Err(stripe_error(e));
+            }
+            Err(e) => return Err(stripe_error(e)),
+        }
+    } else {
+        None
+    };
+    drop(conn);
+    // 3. The result, under the caller's key.
+    let intent_id = intent.id;
+    let catalog = services.billing.catalog.clone();
+    mutation::run(services, actor, operation, key, input, |c, _| {
+        let answer = answer.clone();
+        let catalog = catalog.clone();
+        let actor = actor.clone();
+        Box::pin(async move {
+            if let Some(answer) = &answer {
+                complete(c, &catalog, intent_id, answer, Some(&actor)).await?;
+            }
+            let target = repo::intent(c, intent_id)
+                .await?
+                .ok_or(DomainError::NotFound("billing request"))?
+                .target_id;
+            load(c, target).await
+        })
+    })
+    .await
+}
+
+/// Completes a pending intent with Stripe's answer and applies it (a no-op when it was
+/// already completed); `actor` is who asked (the recovery job passes `None` and the
+/// intent's caller is recorded).
+pub async fn complete(
+    conn: &mut AsyncPgConnection,
+    catalog: &super::catalog::Catalog,
+    intent_id: Uuid,
+    answer: &StripeAnswer,
+    actor: Option<&Actor>,
+) -> DomainResult<()> {
+    let Some(intent) = repo::lock_intent(conn, intent_id).await? else {
+        return Ok(());
+    };
+    if intent.state != "PENDING" {
+        return Ok(());
+    }
+    let stored = serde_json::to_value(answer).map_err(DomainError::internal)?;
+    repo::complete_intent(conn, intent.id, &stored).await?;
+    let job_actor;
+    let actor = match actor {
+        Some(a) => a,
+        None => {
+            job_actor = Actor {
+                user_id: UserId(intent.caller_id.unwrap_or_default()),
+                request_id: format!("billing-intent:{}", intent.id),
+            };
+            &job_actor
+        }
+    };
+    super::mirror::apply_intent(conn, catalog, &intent, answer, actor).await
+}
+
+/// Removes a refused intent and its local side (a no-op when it is no longer pending).
+pub async fn discard(conn: &mut AsyncPgConnection, intent_id: Uuid) -> DomainResult<()> {
+    let Some(intent) = repo::lock_intent(conn, intent_id).await? else {
+        return Ok(());
+    };
+    if intent.state != "PENDING" {
+        return Ok(());
+    }
+    match intent.operation.as_str() {
+        "createBillingAccount" => {
+            repo::discard_pending_account(conn, intent.target_id).await?;
+        }
+        "createSubscription" => {
+            repo::discard_pending_subscription(conn, intent.target_id).await?;
+        }
+        _ => {}
+    }
+    repo::delete_intent(conn, intent.id).await?;
+    Ok(())
+}
+
+/// The recovery job: finishes an intent whose mutation did not (a crash, an outage the
+/// caller did not retry). Returns an error (retried with backoff) while Stripe is down.
+pub async fn recover(
+    pool: &DbPool,
+    billing: &Billing,
+    payload: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let Some(id) = payload
+        .get("intent")
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
+        tracing::warn!(%payload, "billing-intents job without an intent id; dropped");
+        return Ok(());
+    };
+    let mut conn = pool.get().await?;
+    let Some(intent) = repo::intent(&mut conn, id).await? else {
+        return Ok(());
+    };
+    if intent.state != "PENDING" {
+        return Ok(());
+    }
+    let Some(api) = billing.stripe.as_ref() else {
+        anyhow::bail!("Stripe is not configured; intent {id} stays pending");
+    };
+    let call: StripeCall = serde_json::from_value(intent.request.clone())?;
+    match execute(api, &call, &intent.stripe_key).await {
+        Ok(answer) => {
+            let catalog = billing.catalog.clone();
+            conn.transaction(async |c| complete(c, &catalog, id, &answer, None).await)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(intent = %id, operation = intent.operation, "recovered a billing request");
+            Ok(())
+        }
+        Err(StripeError::Refused { message, .. }) => {
+            conn.transaction(async |c| discard(c, id).await)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::warn!(intent = %id, operation = intent.operation, %message, "Stripe refused a recovered billing request; discarded");
+            Ok(())
+        }
+        Err(StripeError::Unavailable(e)) => anyhow::bail!("Stripe unavailable: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_keys_differ_by_caller_key_operation_and_request() {
+        let a = Uuid::now_v7();
+        let b = Uuid::now_v7();
+        let k = derived_key(a, "k1", "createBillingAccount", "fp");
+        assert_eq!(k, derived_key(a, "k1", "createBillingAccount", "fp"));
+        assert!(k.starts_with("ws-") && k.len() <= 255);
+        for other in [
+            derived_key(b, "k1", "createBillingAccount", "fp"),
+            derived_key(a, "k2", "createBillingAccount", "fp"),
+            derived_key(a, "k1", "createSubscription", "fp"),
+            derived_key(a, "k1", "createBillingAccount", "fp2"),
+            // Boundaries between parts count.
+            derived_key(a, "k1c", "reateBillingAccount", "fp"),
+        ] {
+            assert_ne!(k, other);
+        }
+    }
+}

@@ -1,0 +1,10 @@
+DROP TABLE stripe_intents;
+DROP TABLE pool_counters;
+DROP TABLE pool_capacities;
+DROP TABLE invoices;
+DROP TABLE subscription_capacities;
+DROP TABLE subscription_items;
+DROP TABLE subscriptions;
+DROP TABLE payment_methods;
+ALTER TABLE organizations DROP COLUMN billing_account_id;
+DROP TABLE billing_accounts;

@@ -1,0 +1,403 @@
+//! The job queues under failure: a job that keeps coming back as an orphan gives up, a worker
+//! killed with `kill -9` mid-job loses nothing, several processes share the queues and do
+//! each job once. The last two run the real `worker` and `api` binaries
+//! (`tests::processes`).
+
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use serde_json::{Value, json};
+use tests::TestApp;
+use tests::processes::{ApiProcess, spawn_api_without_worker, spawn_worker};
+
+use super::webhooks::{SECRET, Worker, app, deliver, event, now, sign};
+
+async fn connect(app: &TestApp) -> AsyncPgConnection {
+    AsyncPgConnection::establish(&app.db.url)
+        .await
+        .expect("connect")
+}
+
+/// The text `sql` selects as `t` (e.g. a job's id).
+async fn text(app: &TestApp, sql: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    let r: T = diesel::sql_query(sql)
+        .get_result(&mut connect(app).await)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    r.t
+}
+
+/// Waits until `sql` counts `n`; panics after `timeout`.
+async fn wait_for(app: &TestApp, sql: &str, n: i64, timeout: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if app.sql_count(sql).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{sql} did not reach {n} within {timeout:?} (now {})",
+        app.sql_count(sql).await
+    );
+}
+
+/// The type of the events these tests deliver: one the billing mirror ignores (an unknown
+/// type is acknowledged by marking it processed), so that a job's only effect is
+/// `processed_at` and these tests are about the queue alone.
+const KIND: &str = "test.jobs_probe";
+
+/// A signed delivery of event `id` (the header and the body).
+fn signed(id: &str, kind: &str) -> (String, String) {
+    let body = event(id, kind);
+    let t = now();
+    (format!("t={t},v1={}", sign(SECRET, t, &body)), body)
+}
+
+/// Delivers a signed event (`header`, `body`) to `POST /webhooks/stripe` of an api process;
+/// returns the status and the JSON body.
+async fn post(api: &ApiProcess, header: String, body: String) -> (u16, Value) {
+    let r = api
+        .http
+        .post(format!("{}/webhooks/stripe", api.base))
+        .header("content-type", "application/json")
+        .header("stripe-signature", header)
+        .body(body)
+        .send()
+        .await
+        .expect("deliver");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The id of the job of Stripe event `event` (its idempotency key).
+async fn job_of(app: &TestApp, event: &str) -> String {
+    text(
+        app,
+        &format!(
+            "SELECT id AS t FROM apalis.jobs WHERE job_type = 'stripe-events' AND idempotency_key = '{event}'"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn jobs_a_job_re_queued_as_an_orphan_gives_up_after_its_last_run() {
+    let app = app().await;
+    for id in ["evt_orphan_last_run", "evt_orphan_loop"] {
+        let (header, body) = signed(id, KIND);
+        assert_eq!(deliver(&app, Some(&header), &body).await.0, 200);
+    }
+    let last_run = job_of(&app, "evt_orphan_last_run").await;
+    let looping = job_of(&app, "evt_orphan_loop").await;
+    let max = api::jobs::MAX_RUNS;
+    // Both jobs as a worker killed mid-job leaves them, the process-killing loop already well
+    // under way: locked `Running` by a worker that stopped heartbeating an hour ago, attempts
+    // at `max_attempts` (apalis re-queues and fetches an orphan anyway), one run left for
+    // the first job and none for the second.
+    connect(&app)
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+                 VALUES ('killed-worker', 'stripe-events', 'PgStorage', now() - interval '1 hour');
+             UPDATE apalis.jobs SET status = 'Running', lock_by = 'killed-worker',
+                    lock_at = now() - interval '1 hour', attempts = max_attempts
+              WHERE id IN ('{last_run}', '{looping}');
+             INSERT INTO job_runs (job_id, runs)
+                 VALUES ('{last_run}', {}), ('{looping}', {max});",
+            max - 1
+        ))
+        .await
+        .expect("simulate the orphan loop");
+    // A worker starts: apalis's reaper re-queues both (a worker registering takes back the
+    // jobs of dead ones), and it fetches them.
+    let worker = Worker::start(&app);
+    let timeout = Duration::from_secs(20);
+    wait_for(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE id = '{last_run}' AND status = 'Done'"
+        ),
+        1,
+        timeout,
+    )
+    .await;
+    wait_for(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE id = '{looping}' AND status = 'Killed'"
+        ),
+        1,
+        timeout,
+    )
+    .await;
+    // Its last allowed run did the work; both ran although their attempts were past
+    // `max_attempts`.
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE j.id = '{last_run}' AND r.runs = {max} AND j.attempts > j.max_attempts"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_orphan_last_run' AND processed_at IS NOT NULL").await,
+        1
+    );
+    // The other gave up before doing anything, and says why.
+    let error = text(
+        &app,
+        &format!("SELECT last_result->>'Err' AS t FROM apalis.jobs WHERE id = '{looping}'"),
+    )
+    .await;
+    assert!(
+        error.starts_with(&format!(
+            "AbortError: gave up: run {} of a job that may run {max} times",
+            max + 1
+        )) && error.contains("Re-enqueued due to worker heartbeat timeout"),
+        "{error}"
+    );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE j.id = '{looping}' AND r.runs = {} AND j.attempts > j.max_attempts",
+            max + 1
+        ))
+        .await,
+        1
+    );
+    // It never runs again: the worker fetches and does a new job, the given-up one stays.
+    let (header, body) = signed("evt_after_orphans", KIND);
+    assert_eq!(deliver(&app, Some(&header), &body).await.0, 200);
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_after_orphans' AND processed_at IS NOT NULL",
+        1,
+        timeout,
+    )
+    .await;
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE j.id = '{looping}' AND r.runs = {} AND j.status = 'Killed'",
+            max + 1
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_orphan_loop' AND processed_at IS NULL").await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_run_counts_are_deleted_with_their_jobs() {
+    let app = app().await;
+    // Done 8 days ago, done an hour ago, given up 31 days ago, failed 31 days ago, pending;
+    // each has run once.
+    app.sql_count(
+        "WITH j AS (INSERT INTO apalis.jobs (id, job_type, job, status, done_at, run_at, idempotency_key)
+            SELECT apalis.generate_ulid(), 'retention-runs', convert_to('{}', 'UTF8'), s, now() - d, now() - d, k
+              FROM (VALUES ('Done', interval '8 days', 'old-done'), ('Done', interval '1 hour', 'new-done'),
+                           ('Killed', interval '31 days', 'old-killed'), ('Failed', interval '31 days', 'old-failed'),
+                           ('Pending', interval '40 days', 'pending')) AS v(s, d, k)
+            RETURNING id),
+         r AS (INSERT INTO job_runs (job_id, runs) SELECT id, 1 FROM j RETURNING 1)
+         SELECT count(*) AS n FROM r",
+    )
+    .await;
+    let settings = api::jobs::Settings {
+        billing: Default::default(),
+        database_url: app.db.url.clone(),
+        done_retention: Duration::from_secs(7 * 86_400),
+        failed_retention: Duration::from_secs(30 * 86_400),
+    };
+    let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)
+        .await
+        .expect("purge");
+    assert_eq!(deleted, 3);
+    // The run counts of the jobs kept are kept, the others are gone with their jobs.
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE j.idempotency_key IN ('new-done', 'pending')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(app.sql_count("SELECT count(*) AS n FROM job_runs").await, 2);
+}
+
+#[tokio::test]
+async fn jobs_a_worker_killed_mid_job_loses_nothing() {
+    let app = app().await;
+    let (header, body) = signed("evt_killed_mid_job", KIND);
+    assert_eq!(deliver(&app, Some(&header), &body).await.0, 200);
+    let job = job_of(&app, "evt_killed_mid_job").await;
+    // Hold the event's row lock: the job, which locks or updates the event in its
+    // transaction, waits on it mid-job (no hook in the code under test).
+    let mut holder = connect(&app).await;
+    holder
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM stripe_events WHERE id = 'evt_killed_mid_job' FOR UPDATE",
+        )
+        .await
+        .expect("lock the event");
+    // Wait as long as it takes (the default lock timeout would fail the job first).
+    let patient = [("DATABASE_LOCK_TIMEOUT_MS", "300000")];
+    let mut first = spawn_worker("worker-killed", &app.db.url, &patient);
+    wait_for(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE r.job_id = '{job}' AND r.runs = 1 AND j.status IN ('Queued', 'Running')
+                AND EXISTS (SELECT 1 FROM pg_stat_activity
+                             WHERE datname = current_database() AND wait_event_type = 'Lock')"
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    first.kill();
+    let killed = Instant::now();
+    assert!(!first.is_running());
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_killed_mid_job' AND processed_at IS NULL").await,
+        1,
+        "the job was not killed mid-job"
+    );
+    // The lock goes (whatever the dead worker's connection still does, the job is locked by
+    // a dead worker and not done).
+    holder.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE id = '{job}' AND status <> 'Done'"
+        ))
+        .await,
+        1
+    );
+    // Another worker takes the job back once the dead one has missed its heartbeats.
+    let _second = spawn_worker("worker-second", &app.db.url, &patient);
+    let window = api::jobs::HEARTBEAT * api::jobs::MISSED as u32 + Duration::from_secs(10);
+    wait_for(
+        &app,
+        &format!("SELECT count(*) AS n FROM apalis.jobs WHERE id = '{job}' AND status = 'Done'"),
+        1,
+        window.saturating_sub(killed.elapsed()),
+    )
+    .await;
+    // Done once, after two runs (the killed one and the second); the event processed once.
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE j.id = '{job}' AND r.runs = 2 AND j.attempts = 2"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE idempotency_key = 'evt_killed_mid_job'"
+        )
+        .await,
+        1
+    );
+    let processed = "SELECT processed_at::text AS t FROM stripe_events WHERE id = 'evt_killed_mid_job' AND processed_at IS NOT NULL";
+    let at = text(&app, processed).await;
+    // Nothing runs it again.
+    tokio::time::sleep(api::jobs::HEARTBEAT + Duration::from_secs(1)).await;
+    assert_eq!(text(&app, processed).await, at);
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM job_runs WHERE job_id = '{job}' AND runs = 2"
+        ))
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn jobs_two_workers_and_an_api_process_do_each_job_once() {
+    let app = app().await;
+    let url = app.db.url.clone();
+    let mut api = spawn_api_without_worker("api", &url, &[("STRIPE_WEBHOOK_SECRET", SECRET)]).await;
+    let mut workers = [
+        spawn_worker("worker-1", &url, &[]),
+        spawn_worker("worker-2", &url, &[]),
+    ];
+    // Thirty events, each delivered twice at once, through the api process.
+    const EVENTS: i64 = 30;
+    let deliveries = (0..EVENTS).flat_map(|i| {
+        let (header, body) = signed(&format!("evt_shared_{i:02}"), KIND);
+        [
+            post(&api, header.clone(), body.clone()),
+            post(&api, header, body),
+        ]
+    });
+    for (status, r) in futures::future::join_all(deliveries).await {
+        assert_eq!((status, &r["received"]), (200, &json!(true)), "{r}");
+    }
+    let timeout = Duration::from_secs(30);
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE processed_at IS NOT NULL",
+        EVENTS,
+        timeout,
+    )
+    .await;
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'stripe-events' AND status = 'Done'",
+        EVENTS,
+        timeout,
+    )
+    .await;
+    // One event, one job, one run each.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_events")
+            .await,
+        EVENTS
+    );
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.jobs j JOIN job_runs r ON r.job_id = j.id
+              WHERE j.job_type = 'stripe-events' AND j.status = 'Done' AND j.attempts = 1
+                AND r.runs = 1 AND j.idempotency_key LIKE 'evt_shared_%'"
+        )
+        .await,
+        EVENTS
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'stripe-events'")
+            .await,
+        EVENTS
+    );
+    // No job of any queue ran twice.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM job_runs WHERE runs <> 1")
+            .await,
+        0
+    );
+    // The two worker processes ran the queue (`--no-worker`: the api process ran none), and
+    // none of the three stopped.
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.workers
+              WHERE worker_type = 'stripe-events' AND last_seen > now() - interval '15 seconds'"
+        )
+        .await,
+        2
+    );
+    assert!(api.process.is_running());
+    for w in &mut workers {
+        assert!(w.is_running());
+    }
+}
