@@ -208,6 +208,9 @@ pub struct NewOrganization {
     pub parent_id: Option<OrganizationId>,
     /// Name, 1–50 characters.
     pub name: String,
+    /// ASSIGNED workspaces: the billing account of a root (required once the workspace has
+    /// an active account; children inherit their root's).
+    pub billing_account_id: Option<crate::ids::BillingAccountId>,
 }
 
 /// Creates an organization (owners and admins) within the caps: ten levels, 100 children
@@ -249,9 +252,16 @@ async fn create_effect(
 ) -> DomainResult<OrganizationRow> {
     require_role(conn, &actor, ws, Role::is_manager, "create organizations").await?;
     // Structural changes of one workspace are serialized on its row.
-    repo::workspaces::lock(conn, ws.0)
+    let w = repo::workspaces::lock(conn, ws.0)
         .await?
         .ok_or(DomainError::NotFound("workspace"))?;
+    let account = super::billing::accounts::account_for_new_org(
+        conn,
+        &w,
+        input.parent_id.is_none(),
+        input.billing_account_id,
+    )
+    .await?;
     if orgs::count_in_workspace(conn, ws.0).await? >= MAX_ORGANIZATIONS {
         return Err(DomainError::LimitExceeded(format!(
             "a workspace has at most {MAX_ORGANIZATIONS} organizations"
@@ -288,6 +298,9 @@ async fn create_effect(
         &ancestors,
     )
     .await?;
+    if let Some(a) = account {
+        repo::billing::assign_root(conn, row.id, Some(a)).await?;
+    }
     audit::record(
         conn,
         Change {
@@ -295,7 +308,11 @@ async fn create_effect(
             action: "organization.create",
             target_type: "Organization",
             target_id: id.encode(),
-            summary: json!({"name": name, "parentId": input.parent_id.map(|p| p.encode())}),
+            summary: json!({
+                "name": name,
+                "parentId": input.parent_id.map(|p| p.encode()),
+                "billingAccountId": account.map(|a| crate::ids::BillingAccountId(a).encode()),
+            }),
             actor: &actor,
         },
     )
@@ -431,7 +448,7 @@ async fn move_effect(
     )
     .await?;
     let ws = root.workspace_id;
-    repo::workspaces::lock(conn, ws)
+    let w = repo::workspaces::lock(conn, ws)
         .await?
         .ok_or(DomainError::NotFound("organization"))?;
     // Every node of the subtree: allocations inside it wait until the move commits.
@@ -479,6 +496,7 @@ async fn move_effect(
         return Err(children_exceeded());
     }
     carry_usage(conn, ws, &root, &new_prefix).await?;
+    super::billing::accounts::carry_pool_usage(conn, &w, &root, &new_prefix).await?;
     orgs::move_subtree(
         conn,
         root.id,

@@ -116,6 +116,55 @@ pub fn room<'a>(path: impl IntoIterator<Item = &'a Numbers>) -> Option<i64> {
 pub struct UsageView {
     resources: Vec<(Arc<ResourceRow>, DateTime<Utc>)>,
     numbers: IdMap<(Uuid, usize), Numbers>,
+    pools: Pools,
+}
+
+/// The billing pools of the workspaces being read (those whose billing is active).
+#[derive(Default)]
+pub struct Pools {
+    /// Root organization → its pool (`None`: unassigned, in an ASSIGNED workspace).
+    roots: IdMap<Uuid, Option<Uuid>>,
+    /// (pool, resource) → room left (capacity − usage).
+    room: std::collections::HashMap<(Uuid, String), i64>,
+}
+
+impl Pools {
+    /// Indexes the rows of `billing::pool_views`.
+    pub fn new(rows: Vec<repo::billing::PoolViewRow>) -> Self {
+        let mut pools = Pools::default();
+        for r in rows {
+            match (r.root_id, r.resource) {
+                (Some(root), _) => {
+                    pools.roots.insert(root, r.pool_id);
+                }
+                (None, Some(resource)) => {
+                    if let Some(pool) = r.pool_id {
+                        pools.room.insert((pool, resource), r.capacity - r.used);
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        pools
+    }
+
+    /// The room the pool of `org` leaves for `resource`: `None` when billing does not limit
+    /// it (no active account, or not a pooled resource).
+    fn room(&self, org: &OrganizationRow, resource: &str) -> Option<i64> {
+        if !billing::catalog::is_pooled(resource) {
+            return None;
+        }
+        let root = org.ancestors.first().copied().unwrap_or(org.id);
+        match self.roots.get(&root)? {
+            None => Some(0),
+            Some(pool) => Some(
+                self.room
+                    .get(&(*pool, resource.to_string()))
+                    .copied()
+                    .unwrap_or(0),
+            ),
+        }
+    }
 }
 
 impl UsageView {
@@ -125,6 +174,7 @@ impl UsageView {
         resources: Vec<ResourceRow>,
         now: DateTime<Utc>,
         rows: Vec<usage::UsageRow>,
+        pools: Pools,
     ) -> Self {
         let resources: Vec<(Arc<ResourceRow>, DateTime<Utc>)> = resources
             .into_iter()
@@ -154,7 +204,11 @@ impl UsageView {
                 None => numbers.entry((r.organization_id, i)).or_default().limit = r.limit,
             }
         }
-        Self { resources, numbers }
+        Self {
+            resources,
+            numbers,
+            pools,
+        }
     }
 
     /// The usage entries of `org` (whose path is its ancestors then itself).
@@ -172,6 +226,7 @@ impl UsageView {
                     .map(get)
                     .chain(std::iter::once(own))
                     .filter_map(|n| n.limit.map(|l| l - n.subtree))
+                    .chain(self.pools.room(org, &r.key))
                     .min()
                     .map(|r| r.max(0));
                 UsageEntry {
@@ -232,11 +287,12 @@ pub async fn load_view(
     );
     let now = Utc::now();
     let periods = current_periods(now);
-    let (resources, rows) = futures::try_join!(
+    let (resources, rows, pools) = futures::try_join!(
         repo::resources::for_workspaces(conn, &ws),
         usage::current(conn, &ids, &periods),
+        repo::billing::pool_views(conn, &ws, billing::pools::window()),
     )?;
-    Ok(UsageView::new(resources, now, rows))
+    Ok(UsageView::new(resources, now, rows, Pools::new(pools)))
 }
 
 /// One history asked for: an organization, a resource, how many windows.
@@ -719,7 +775,7 @@ mod tests {
             // A resource the workspace does not have is left out.
             row(ws, leaf, "ghost", allocated, 1, 1, None),
         ];
-        let view = UsageView::new(resources, now, rows);
+        let view = UsageView::new(resources, now, rows, Pools::default());
         let entries = view.entries(&org(ws, leaf, vec![root, mid]));
         assert_eq!(entries.len(), 2);
         let users = &entries[0];

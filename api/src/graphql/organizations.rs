@@ -466,6 +466,9 @@ pub struct CreateOrganizationInput {
     pub parent_id: Option<ID>,
     /// Name, 1–50 characters.
     pub name: String,
+    /// The billing account of a root organization in an ASSIGNED workspace (required there
+    /// once the workspace has one; children inherit their root's, other modes take none).
+    pub billing_account_id: Option<ID>,
     /// Makes the mutation safe to retry.
     pub idempotency_key: Option<String>,
 }
@@ -612,6 +615,14 @@ impl OrganizationMutation {
                 .map(|p| org_id(p, "parent organization"))
                 .transpose()?,
             name: input.name,
+            billing_account_id: input
+                .billing_account_id
+                .as_ref()
+                .map(|b| {
+                    crate::ids::BillingAccountId::decode(b)
+                        .ok_or_else(|| error::not_found("billing account"))
+                })
+                .transpose()?,
         };
         mutate_organization(ctx, input.idempotency_key, async move |s, a, k| {
             domain::organizations::create(s, a, new, k).await

@@ -512,7 +512,20 @@ async fn allocations_that_fit_every_organization_limit_but_not_the_pool_are_refu
     )
     .await;
     assert_ok(&app.set_limit(&owner, &root, "users", Some(100)).await);
+    // The pool is part of what is available: min(100 − 3, 10 − 3).
+    let u = app.usage(&owner, &child, "users").await;
+    assert_eq!(
+        (u["available"].as_i64(), u["effectiveLimit"].as_i64()),
+        (Some(7), Some(10)),
+        "{u}"
+    );
     assert_ok(&app.record(&owner, &child, "users", 7).await);
+    let u = app.usage(&owner, &root, "users").await;
+    assert_eq!(
+        (u["available"].as_i64(), u["effectiveLimit"].as_i64()),
+        (Some(0), Some(10)),
+        "{u}"
+    );
     let e = usage_error(&app, &owner, &child, 1).await;
     assert_eq!(
         (
@@ -582,6 +595,8 @@ async fn assigned_accounts_are_silos_and_pooled_accounts_add_up() {
     let app = app_with(&fake).await;
     let owner = app.user("owner@example.com");
     let ws = workspace(&app, &owner, "ASSIGNED").await;
+    // A root created before the workspace has an account has none.
+    let loose = app.create_org(&owner, &ws, None, "Unassigned").await;
     let a = account(&app, &owner, &ws, "A").await;
     let pm = fake.create_card("visa", "4242", 12, 2030);
     let b = account(&app, &owner, &ws, "B").await;
@@ -591,12 +606,33 @@ async fn assigned_accounts_are_silos_and_pooled_accounts_add_up() {
     assert_ok(&attach(&app, &owner, &a, &pm_a).await);
     subscribe(&app, &owner, &a, "STARTER", json!([])).await; // 5 users
     subscribe(&app, &owner, &b, "ENTERPRISE", json!([])).await; // 50 users
-    let root_a = app.create_org(&owner, &ws, None, "Client A").await;
-    let root_b = app.create_org(&owner, &ws, None, "Client B").await;
-    let loose = app.create_org(&owner, &ws, None, "Unassigned").await;
+    let create = "mutation($w: ID!, $p: ID, $a: ID) { createOrganization(input: {workspaceId: $w, parentId: $p, name: \"Org\", billingAccountId: $a}) { organization { id } } }";
+    let root = |r: Value| {
+        r["data"]["createOrganization"]["organization"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createOrganization: {r}"))
+            .to_string()
+    };
+    // Now roots need an account, and children take none.
+    let r = app
+        .gql(&owner, create, json!({"w": ws, "p": null, "a": null}))
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert_eq!(r["errors"][0]["extensions"]["field"], "billingAccountId");
+    let root_a = root(
+        app.gql(&owner, create, json!({"w": ws, "p": null, "a": a}))
+            .await,
+    );
+    let root_b = root(
+        app.gql(&owner, create, json!({"w": ws, "p": null, "a": b}))
+            .await,
+    );
+    assert_code(
+        &app.gql(&owner, create, json!({"w": ws, "p": root_a, "a": a}))
+            .await,
+        "BAD_USER_INPUT",
+    );
     let assign = "mutation($o: ID!, $a: ID!) { assignBillingAccount(input: {organizationId: $o, billingAccountId: $a}) { organization { id } billingAccountId } }";
-    assert_ok(&app.gql(&owner, assign, json!({"o": root_a, "a": a})).await);
-    assert_ok(&app.gql(&owner, assign, json!({"o": root_b, "a": b})).await);
     let child_a = app.create_org(&owner, &ws, Some(&root_a), "Site").await;
     assert_code(
         &app.gql(&owner, assign, json!({"o": child_a, "a": b})).await,
@@ -623,6 +659,33 @@ async fn assigned_accounts_are_silos_and_pooled_accounts_add_up() {
     // And back to A does not fit (10 > 5).
     let r = app.gql(&owner, assign, json!({"o": root_a, "a": a})).await;
     assert_code(&r, "LIMIT_EXCEEDED");
+    // Moving a subtree between silos carries its usage: B is full (50), so A's tree may
+    // not move back under A's account through a move either.
+    let site_b = app.create_org(&owner, &ws, Some(&root_b), "Site B").await;
+    let mv = "mutation($o: ID!, $p: ID) { moveOrganization(input: {organizationId: $o, newParentId: $p}) { organization { id } } }";
+    assert_ok(&app.record(&owner, &root_b, "users", -40).await);
+    assert_ok(&app.record(&owner, &site_b, "users", 3).await);
+    // site_b (3 users) moves under root_a, whose account is now B too: no pool change.
+    assert_ok(
+        &app.gql(&owner, mv, json!({"o": site_b, "p": child_a}))
+            .await,
+    );
+    // A root becoming a child gives up its account and joins its new root's pool.
+    assert_ok(&app.gql(&owner, mv, json!({"o": root_b, "p": root_a})).await);
+    let e = usage_error(&app, &owner, &child_a, 50).await;
+    assert_eq!(
+        (e["pool"].as_str(), e["used"].as_i64()),
+        (Some(b.as_str()), Some(13)),
+        "{e}"
+    );
+    // A subtree that becomes a root has no account: its usage leaves the pool.
+    assert_ok(&app.gql(&owner, mv, json!({"o": site_b, "p": null})).await);
+    assert_code(
+        &app.record(&owner, &site_b, "users", 1).await,
+        "FAILED_PRECONDITION",
+    );
+    let e = usage_error(&app, &owner, &child_a, 50).await;
+    assert_eq!(e["used"].as_i64(), Some(10), "{e}");
     // An account with assigned roots cannot be deleted.
     let del = "mutation($a: ID!) { deleteBillingAccount(input: {billingAccountId: $a}) { deletedBillingAccountId } }";
     assert_code(&app.gql(&owner, del, json!({"a": b})).await, "CONFLICT");
@@ -980,4 +1043,130 @@ async fn the_webhook_story_converges_in_order_shuffled_and_duplicated() {
         1,
         "the subscription's events never create a second one"
     );
+}
+
+#[tokio::test]
+async fn invoices_are_mirrored_newest_first_with_the_upcoming_one_and_a_cost_summary() {
+    let fake = FakeStripe::start().await;
+    fake.set_price("price_starter_monthly", 2_999);
+    fake.set_price("price_enterprise_monthly", 19_999);
+    fake.set_price("price_users_unit", 800);
+    let app = app_with(&fake).await;
+    let owner = app.user("owner@example.com");
+    let ws = workspace(&app, &owner, "SINGLE").await;
+    let a = account(&app, &owner, &ws, "Main").await;
+    let pm = fake.create_card("visa", "4242", 12, 2030);
+    assert_ok(&attach(&app, &owner, &a, &pm).await);
+    subscribe(
+        &app,
+        &owner,
+        &a,
+        "STARTER",
+        json!([{"resource": "users", "quantity": 3}]),
+    )
+    .await;
+    subscribe(&app, &owner, &a, "ENTERPRISE", json!([])).await;
+    let q = "query($w: ID!, $after: String) { workspace(id: $w) { billingAccounts {
+        stripeCustomerId
+        invoices(first: 1, after: $after) { edges { cursor node { stripeInvoiceId status amountDue amountPaid currency lines { description amount quantity priceId } } } pageInfo { hasNextPage } }
+        upcomingInvoice { amountDue currency lines { priceId quantity } } } } }";
+    let r = app.gql(&owner, q, json!({"w": ws})).await;
+    assert_ok(&r);
+    let account_json = &r["data"]["workspace"]["billingAccounts"][0];
+    assert_eq!(
+        account_json["invoices"]["edges"],
+        json!([]),
+        "nothing mirrored yet"
+    );
+    let upcoming = &account_json["upcomingInvoice"];
+    assert!(
+        upcoming["amountDue"].as_i64().is_some_and(|n| n > 0),
+        "{upcoming}"
+    );
+    assert_eq!(upcoming["currency"], "usd");
+    // Stripe's invoice events are mirrored by the worker.
+    let customer = account_json["stripeCustomerId"]
+        .as_str()
+        .expect("customer")
+        .to_string();
+    let invoices = fake.invoices_for(&customer);
+    assert_eq!(invoices.len(), 2, "one per subscription");
+    // The first was drawn a minute earlier (both were created within the same second here).
+    let first_id = invoices[0]["id"].as_str().expect("id").to_string();
+    fake.set_invoice(&first_id, |i| {
+        i["created"] = json!(i["created"].as_i64().unwrap_or(0) - 60);
+    });
+    let invoices = fake.invoices_for(&customer);
+    let worker = super::webhooks::Worker::start(&app);
+    let events: Vec<String> = invoices
+        .iter()
+        .flat_map(|i| {
+            ["invoice.created", "invoice.finalized", "invoice.paid"]
+                .map(|kind| fake.event(kind, i.clone()))
+        })
+        .collect();
+    deliver_all(&app, &events).await;
+    worker.stop().await;
+    let first = app.gql(&owner, q, json!({"w": ws})).await;
+    let page = &first["data"]["workspace"]["billingAccounts"][0]["invoices"];
+    assert_eq!(page["pageInfo"]["hasNextPage"], true, "{first}");
+    let newest = &page["edges"][0]["node"];
+    // Newest first: the ENTERPRISE subscription's invoice.
+    assert_eq!(newest["stripeInvoiceId"], invoices[1]["id"]);
+    assert_eq!(newest["currency"], "usd");
+    assert_eq!(newest["status"], invoices[1]["status"]);
+    assert_eq!(newest["lines"][0]["priceId"], "price_enterprise_monthly");
+    let cursor = page["edges"][0]["cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_string();
+    let second = app.gql(&owner, q, json!({"w": ws, "after": cursor})).await;
+    let page = &second["data"]["workspace"]["billingAccounts"][0]["invoices"];
+    assert_eq!(
+        page["edges"][0]["node"]["stripeInvoiceId"],
+        invoices[0]["id"]
+    );
+    assert_eq!(page["pageInfo"]["hasNextPage"], false);
+    // The summary: list prices of the live subscriptions.
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { billingSummary { periodStart periodEnd currentPeriodCents projectedCents baseFeesCents
+                byResource { resource capacity monthlyCents } byBillingAccount { billingAccount { id } monthlyCents invoiced paid } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_ok(&r);
+    let s = &r["data"]["workspace"]["billingSummary"];
+    assert_eq!(s["projectedCents"], 2_999 + 3 * 800 + 19_999, "{s}");
+    assert_eq!(s["baseFeesCents"], 2_999 + 19_999);
+    let current = s["currentPeriodCents"].as_i64().expect("current");
+    assert!((0..=2_999 + 3 * 800 + 19_999).contains(&current), "{s}");
+    let users = s["byResource"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["resource"] == "users"))
+        .expect("users");
+    assert_eq!(
+        (users["capacity"].as_i64(), users["monthlyCents"].as_i64()),
+        (Some(58), Some(2_400))
+    );
+    let by_account = &s["byBillingAccount"][0];
+    assert_eq!(by_account["billingAccount"]["id"], a.as_str());
+    let invoiced: i64 = invoices
+        .iter()
+        .map(|i| i["total"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(by_account["invoiced"].as_i64(), Some(invoiced));
+    // Viewers see none of it.
+    app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
+        .await;
+    let viewer = app.user("viewer@example.com");
+    let r = app
+        .gql(
+            &viewer,
+            "query($w: ID!) { workspace(id: $w) { billingSummary { projectedCents } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_code(&r, "FORBIDDEN");
 }

@@ -1102,6 +1102,66 @@ pub async fn pool_usage(
     Ok(r.n)
 }
 
+/// What usage views need of the billing pools of workspaces whose billing is active: one
+/// row per root organization (`root_id`, its `pool_id`, `None` when unassigned) and one per
+/// pool and pooled resource (`resource`, `capacity`, `used` now).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct PoolViewRow {
+    /// Workspace.
+    #[diesel(sql_type = SqlUuid)]
+    pub workspace_id: Uuid,
+    /// A root organization (root rows).
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub root_id: Option<Uuid>,
+    /// Its pool (root rows), or the pool (pool rows).
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub pool_id: Option<Uuid>,
+    /// A pooled resource (pool rows).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub resource: Option<String>,
+    /// The pool's capacity (pool rows).
+    #[diesel(sql_type = BigInt)]
+    pub capacity: i64,
+    /// What its organizations use now (pool rows).
+    #[diesel(sql_type = BigInt)]
+    pub used: i64,
+}
+
+/// The pools of `ws_ids` for usage views (see [`PoolViewRow`]); nothing for workspaces
+/// without an active billing account. Takes `&AsyncPgConnection` so that it pipelines with
+/// the view's other statements.
+pub async fn pool_views(
+    conn: &AsyncPgConnection,
+    ws_ids: &[Uuid],
+    window: DateTime<Utc>,
+) -> QueryResult<Vec<PoolViewRow>> {
+    diesel::sql_query(
+        "WITH ws AS (
+            SELECT w.id, w.billing_mode FROM workspaces w
+             WHERE w.id = ANY($1)
+               AND EXISTS (SELECT 1 FROM billing_accounts b WHERE b.workspace_id = w.id AND b.state = 'ACTIVE')
+         ), roots AS (
+            SELECT o.workspace_id, o.id,
+                   CASE WHEN ws.billing_mode = 'ASSIGNED' THEN o.billing_account_id ELSE o.workspace_id END AS pool_id
+              FROM organizations o JOIN ws ON ws.id = o.workspace_id
+             WHERE o.parent_id IS NULL
+         )
+         SELECT workspace_id, id AS root_id, pool_id, NULL::text AS resource, 0::bigint AS capacity, 0::bigint AS used
+           FROM roots
+         UNION ALL
+         SELECT pc.workspace_id, NULL, pc.pool_id, pc.resource, pc.capacity,
+                coalesce((SELECT sum(u.subtree) FROM roots r
+                            JOIN usage_counters u ON u.organization_id = r.id AND u.resource = pc.resource AND u.period_start = $2
+                           WHERE r.pool_id = pc.pool_id), 0)::bigint
+           FROM pool_capacities pc JOIN ws ON ws.id = pc.workspace_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ws_ids)
+    .bind::<Timestamptz, _>(window)
+    .cached()
+    .load(&mut { conn })
+    .await
+}
+
 // ----- invoices -----
 
 /// Inserts or updates an invoice unless the stored state is later (by status rank).

@@ -391,6 +391,43 @@ pub async fn find_readable(
     }
 }
 
+/// The billing account a new organization of workspace `w` is assigned (`root`: it has no
+/// parent): only roots of ASSIGNED workspaces take one, and they must once the workspace
+/// has an active account. Call with the workspace row locked.
+pub async fn account_for_new_org(
+    conn: &mut AsyncPgConnection,
+    w: &crate::db::models::WorkspaceRow,
+    root: bool,
+    requested: Option<BillingAccountId>,
+) -> DomainResult<Option<Uuid>> {
+    let assigned = BillingMode::parse(&w.billing_mode) == Some(BillingMode::Assigned);
+    match requested {
+        Some(_) if !root => Err(DomainError::bad_input(
+            "billingAccountId",
+            "children inherit their root's billing account: leave billingAccountId out",
+        )),
+        Some(_) if !assigned => Err(DomainError::bad_input(
+            "billingAccountId",
+            format!(
+                "only roots of ASSIGNED workspaces take a billing account; this workspace is {}",
+                w.billing_mode
+            ),
+        )),
+        Some(id) => repo::account(conn, id.0)
+            .await?
+            .filter(|a| a.state == "ACTIVE" && a.workspace_id == w.id)
+            .map(|a| Some(a.id))
+            .ok_or(DomainError::NotFound("billing account")),
+        None if root && assigned && !repo::active_accounts(conn, &[w.id]).await?.is_empty() => {
+            Err(DomainError::bad_input(
+                "billingAccountId",
+                "a root organization of an ASSIGNED workspace needs a billingAccountId",
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Input of `assign`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Assignment {
@@ -497,6 +534,48 @@ async fn assign_effect(
     )
     .await?;
     Ok(org)
+}
+
+/// Before `moved`'s subtree moves under `new_prefix` (empty: it becomes a root): in an
+/// ASSIGNED workspace whose billing is active, its pooled usage moves to the pool of its new
+/// root's account (refused when it does not fit); a root that becomes a child gives up its
+/// own account (it inherits its new root's), and a subtree that becomes a root has none.
+/// Call with the workspace and the subtree locked.
+pub async fn carry_pool_usage(
+    conn: &mut AsyncPgConnection,
+    w: &crate::db::models::WorkspaceRow,
+    moved: &OrganizationRow,
+    new_prefix: &[Uuid],
+) -> DomainResult<()> {
+    if BillingMode::parse(&w.billing_mode) != Some(BillingMode::Assigned) {
+        return Ok(());
+    }
+    let old_root = moved.ancestors.first().copied().unwrap_or(moved.id);
+    let old = repo::root_account(conn, old_root).await?;
+    let new = match new_prefix.first() {
+        Some(r) => repo::root_account(conn, *r).await?,
+        None if moved.parent_id.is_none() => old,
+        None => None,
+    };
+    let pool = |id: Option<Uuid>| {
+        id.map(|id| Pool {
+            id,
+            per_account: true,
+        })
+    };
+    move_pool_usage(
+        conn,
+        w.id,
+        moved,
+        pool(old),
+        pool(new),
+        "moving this organization",
+    )
+    .await?;
+    if moved.parent_id.is_none() && !new_prefix.is_empty() && old.is_some() {
+        repo::assign_root(conn, moved.id, None).await?;
+    }
+    Ok(())
 }
 
 /// Moves the pooled usage of `root`'s subtree from pool `from` to pool `to` (either may be
