@@ -24,6 +24,21 @@ enum Command {
     Migrate,
     /// Print the GraphQL schema (SDL) and exit.
     PrintSchema,
+    /// List jobs that failed for good (`Failed`, `Killed`), newest first, one JSON object a
+    /// line: id, queue, status, attempts, runs, doneAt, error, payload.
+    FailedJobs {
+        /// Only this queue (e.g. `stripe-events`, `billing-intents`).
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put a failed job back on its queue (fresh attempts and run count).
+    RetryJob {
+        /// The job's id (from `failed-jobs`).
+        id: String,
+    },
     /// Print a signed development token (needs JWT_HS256_SECRET).
     DevToken {
         /// E-mail of the user.
@@ -41,7 +56,7 @@ enum Command {
     },
 }
 
-/// Runs the `api` command line (`api [--no-worker] [serve|migrate|print-schema|dev-token]`)
+/// Runs the `api` command line (`api [--no-worker] [serve|migrate|print-schema|failed-jobs|retry-job|dev-token]`)
 /// and returns the process's exit code.
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -56,7 +71,13 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init_tracing(config.log_format);
+    // Commands that print data keep stdout for it: no logs.
+    if !matches!(
+        cli.command,
+        Some(Command::FailedJobs { .. } | Command::RetryJob { .. } | Command::DevToken { .. })
+    ) {
+        crate::telemetry::init_tracing(config.log_format);
+    }
     let result = match cli.command {
         Some(Command::DevToken {
             email,
@@ -72,6 +93,8 @@ pub async fn run() -> ExitCode {
             .await
             .map(|_| ())
             .map_err(Into::into),
+        Some(Command::FailedJobs { queue, limit }) => failed_jobs(&config, queue, limit).await,
+        Some(Command::RetryJob { id }) => retry_job(&config, &id).await,
         Some(Command::Serve) | None => serve(config, !cli.no_worker).await,
         Some(Command::PrintSchema) => Ok(()),
     };
@@ -132,4 +155,32 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
         let _ = w.await;
     }
     Ok(())
+}
+
+async fn failed_jobs(config: &Config, queue: Option<String>, limit: i64) -> anyhow::Result<()> {
+    let pool = crate::prepare_database(config, Default::default()).await?;
+    let mut conn = pool.get().await?;
+    for job in
+        crate::db::repo::jobs::failed(&mut conn, queue.as_deref(), limit.clamp(1, 10_000)).await?
+    {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": job.id, "queue": job.queue, "status": job.status, "attempts": job.attempts,
+                "runs": job.runs, "doneAt": job.done_at, "error": job.error, "payload": job.payload,
+            })
+        );
+    }
+    Ok(())
+}
+
+async fn retry_job(config: &Config, id: &str) -> anyhow::Result<()> {
+    let pool = crate::prepare_database(config, Default::default()).await?;
+    let mut conn = pool.get().await?;
+    if crate::db::repo::jobs::retry(&mut conn, id).await? {
+        println!("job {id} is queued again");
+        Ok(())
+    } else {
+        anyhow::bail!("no failed or killed job {id}")
+    }
 }

@@ -299,11 +299,16 @@ impl Config {
             locations: var("STRIPE_PRICE_LOCATIONS"),
             sso_connections: var("STRIPE_PRICE_SSO_CONNECTIONS"),
         };
+        let meters = list("BILLING_METERS")
+            .iter()
+            .map(|e| crate::domain::billing::catalog::Meter::parse(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| err("BILLING_METERS", m))?;
         let billing = crate::domain::billing::BillingConfig {
             stripe_secret_key,
             stripe_publishable_key: var("STRIPE_PUBLISHABLE_KEY"),
             stripe_api_base,
-            catalog: crate::domain::billing::catalog::Catalog::new(prices),
+            catalog: crate::domain::billing::catalog::Catalog::new(prices).with_meters(meters),
             recovery_delay: Duration::from_secs(parse(
                 &var,
                 "STRIPE_RECOVERY_DELAY_SECS",

@@ -172,6 +172,9 @@ async fn run_queues(
 /// How often expired idempotency keys and finished jobs are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How often metered usage is reported to Stripe and stale billing requests are looked at.
+pub const BILLING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What the workers need from the configuration.
 #[derive(Clone)]
 pub struct Settings {
@@ -219,6 +222,23 @@ pub async fn purge_finished_jobs(pool: &DbPool, settings: &Settings) -> anyhow::
     }
 }
 
+/// How long completed billing requests (`stripe_intents`) are kept.
+pub const INTENT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
+/// Deletes completed billing requests past `INTENT_RETENTION`, a batch at a time.
+pub async fn purge_done_intents(pool: &DbPool) -> anyhow::Result<usize> {
+    let mut conn = pool.get().await?;
+    let secs = i64::try_from(INTENT_RETENTION.as_secs()).unwrap_or(i64::MAX);
+    let mut total = 0;
+    loop {
+        let n = crate::db::repo::billing::purge_done_intents(&mut conn, secs, PURGE_BATCH).await?;
+        total += n;
+        if (n as i64) < PURGE_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
 /// Deletes expired idempotency keys once; returns how many.
 pub async fn purge_expired_idempotency_keys(pool: &DbPool) -> anyhow::Result<usize> {
     let mut conn = pool.get().await?;
@@ -240,13 +260,32 @@ pub async fn run(pool: DbPool, settings: Settings, mut shutdown: watch::Receiver
         shutdown.clone(),
     ));
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    let mut billing_tick = tokio::time::interval(BILLING_INTERVAL);
     loop {
         tokio::select! {
+            _ = billing_tick.tick() => {
+                let billing = &settings.billing;
+                match crate::domain::billing::meters::report(&pool, billing, chrono::Utc::now()).await {
+                    Ok(r) if r == Default::default() => {}
+                    Ok(r) => tracing::info!(stored = r.stored, sent = r.sent, failed = r.failed, "reported metered usage to Stripe"),
+                    Err(e) => tracing::warn!(error = %e, "reporting metered usage failed"),
+                }
+                match crate::domain::billing::intents::requeue_stale(&pool, billing).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(requeued = n, "re-enqueued stale billing requests"),
+                    Err(e) => tracing::warn!(error = %e, "re-enqueuing stale billing requests failed"),
+                }
+            }
             _ = tick.tick() => {
                 match purge_expired_idempotency_keys(&pool).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
                     Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+                }
+                match purge_done_intents(&pool).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "purged completed billing requests"),
+                    Err(e) => tracing::warn!(error = %e, "purging completed billing requests failed"),
                 }
                 match purge_finished_jobs(&pool, &settings).await {
                     Ok(0) => {}

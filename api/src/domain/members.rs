@@ -74,7 +74,10 @@ pub fn check_email(email: &str) -> DomainResult<String> {
     } else {
         Err(DomainError::bad_input(
             "email",
-            format!("`{}` is not a valid e-mail address", email.trim()),
+            format!(
+                "`{}` is not a valid e-mail address",
+                super::excerpt(email.trim())
+            ),
         ))
     }
 }

@@ -210,6 +210,21 @@ impl From<diesel::result::Error> for DomainError {
 /// Result of a domain function.
 pub type DomainResult<T> = Result<T, DomainError>;
 
+/// A client's input as an error message may quote it: at most 40 characters (then `…`),
+/// control characters replaced, so that a refusal never grows with its input.
+pub fn excerpt(input: &str) -> String {
+    const MAX: usize = 40;
+    let mut out: String = input
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if input.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Checks a display name: trimmed length within `min..=max` characters.
 pub fn check_name(field: &'static str, value: &str, max: usize) -> DomainResult<String> {
     let v = value.trim();
@@ -260,5 +275,21 @@ impl Services {
             .get()
             .await
             .map_err(|e| DomainError::Unavailable(std::sync::Arc::new(e.into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_bounded_and_printable() {
+        assert_eq!(excerpt("short"), "short");
+        let long = "z".repeat(500_000);
+        let e = excerpt(&long);
+        assert_eq!(e.chars().count(), 41);
+        assert!(e.ends_with('…'));
+        assert_eq!(excerpt("a\u{0}b\nc"), "a\u{FFFD}b\u{FFFD}c");
+        assert_eq!(excerpt(&"é".repeat(40)), "é".repeat(40));
     }
 }

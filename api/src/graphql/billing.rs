@@ -198,19 +198,19 @@ crate::object! {
     /// Subscriptions, oldest first (canceled ones included).
     async fn subscriptions(&self, ctx: &Context<'_>) -> Result<Vec<Subscription>> {
         let rc = rc(ctx);
-        let (subs, caps) = domain::subscriptions::of_accounts(&rc.services, &[self.0.id])
+        let subs = rc
+            .loaders
+            .subscriptions
+            .load_one(self.0.id)
             .await
             .map_err(|e| rc.err(e))?;
         Ok(subs
+            .unwrap_or_default()
             .into_iter()
-            .map(|s| {
+            .map(|(s, caps)| {
                 let quantities = caps
-                    .iter()
-                    .filter(|c| c.0 == s.id)
-                    .map(|c| ResourceQuantity {
-                        resource: c.1.clone(),
-                        quantity: c.2,
-                    })
+                    .into_iter()
+                    .map(|(resource, quantity)| ResourceQuantity { resource, quantity })
                     .collect();
                 Subscription(s, Some(quantities))
             })
@@ -220,14 +220,18 @@ crate::object! {
     /// Payment methods, oldest first (at most five).
     async fn payment_methods(&self, ctx: &Context<'_>) -> Result<Vec<PaymentMethod>> {
         let rc = rc(ctx);
-        let rows = domain::payment_methods::of_accounts(&rc.services, &[self.0.id])
+        let rows = rc
+            .loaders
+            .payment_methods
+            .load_one(self.0.id)
             .await
             .map_err(|e| rc.err(e))?;
-        let default = self.0.default_payment_method.clone();
+        let default = self.0.default_payment_method.as_deref();
         Ok(rows
+            .unwrap_or_default()
             .into_iter()
             .map(|r| {
-                let is_default = default.as_deref() == Some(r.stripe_payment_method_id.as_str());
+                let is_default = default == Some(r.stripe_payment_method_id.as_str());
                 PaymentMethod(r, is_default)
             })
             .collect())
@@ -508,9 +512,12 @@ pub enum BillingPeriod {
 pub struct ResourceCost {
     /// Resource key.
     pub resource: String,
-    /// Capacity funded by live subscriptions.
+    /// Capacity funded by live subscriptions (pooled resources).
     pub capacity: i64,
-    /// Monthly list price of its add-ons, in cents.
+    /// Units used in the period (metered resources with a price).
+    pub used: i64,
+    /// Monthly list price of its add-ons (pooled resources), or the list price of the
+    /// metered units used so far beyond those included (metered resources), in cents.
     pub monthly_cents: i64,
 }
 
@@ -540,6 +547,8 @@ pub struct BillingSummary {
     pub projected_cents: i64,
     /// The plans' base fees per month, in cents.
     pub base_fees_cents: i64,
+    /// Metered usage so far in the period, in cents.
+    pub metered_cents: i64,
     /// By resource.
     pub by_resource: Vec<ResourceCost>,
     /// By billing account.
@@ -567,12 +576,14 @@ pub async fn summary_of(
         current_period_cents: s.current_cents,
         projected_cents: s.projected_cents,
         base_fees_cents: s.base_fees_cents,
+        metered_cents: s.metered_cents,
         by_resource: s
             .by_resource
             .into_iter()
             .map(|r| ResourceCost {
                 resource: r.resource,
                 capacity: r.capacity,
+                used: r.used,
                 monthly_cents: r.monthly_cents,
             })
             .collect(),

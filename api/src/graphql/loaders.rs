@@ -37,6 +37,10 @@ pub struct Loaders {
     pub resources: DataLoader<ResourceLoader>,
     /// Usage histories per (organization, resource, windows).
     pub histories: DataLoader<HistoryLoader>,
+    /// Subscriptions (with their capacities) per billing account.
+    pub subscriptions: DataLoader<SubscriptionLoader>,
+    /// Payment methods per billing account.
+    pub payment_methods: DataLoader<PaymentMethodLoader>,
 }
 
 impl Loaders {
@@ -66,6 +70,10 @@ impl Loaders {
             resources: DataLoader::new(ResourceLoader(s()), tokio::spawn)
                 .delay(services.loader_delay),
             histories: DataLoader::new(HistoryLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            subscriptions: DataLoader::new(SubscriptionLoader(s()), tokio::spawn)
+                .delay(services.loader_delay),
+            payment_methods: DataLoader::new(PaymentMethodLoader(s()), tokio::spawn)
                 .delay(services.loader_delay),
         }
     }
@@ -289,5 +297,55 @@ impl Loader<domain::usage::HistoryKey> for HistoryLoader {
             .await?
             .into_iter()
             .collect())
+    }
+}
+
+/// A subscription with its capacity per resource.
+pub type SubscriptionWithCapacities = (
+    crate::db::repo::billing::SubscriptionRow,
+    Vec<(String, i64)>,
+);
+
+/// Subscriptions (oldest first, with their capacities) per billing account (readers are
+/// checked where the account was read).
+pub struct SubscriptionLoader(Services);
+
+impl Loader<Uuid> for SubscriptionLoader {
+    type Value = Vec<SubscriptionWithCapacities>;
+    type Error = DomainError;
+
+    async fn load(
+        &self,
+        keys: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<SubscriptionWithCapacities>>, DomainError> {
+        let (subs, caps) = domain::billing::subscriptions::of_accounts(&self.0, keys).await?;
+        let mut out: HashMap<Uuid, Vec<SubscriptionWithCapacities>> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
+        for s in subs {
+            let mine = caps
+                .iter()
+                .filter(|c| c.0 == s.id)
+                .map(|c| (c.1.clone(), c.2))
+                .collect();
+            out.entry(s.billing_account_id).or_default().push((s, mine));
+        }
+        Ok(out)
+    }
+}
+
+/// Payment methods (oldest first) per billing account.
+pub struct PaymentMethodLoader(Services);
+
+impl Loader<Uuid> for PaymentMethodLoader {
+    type Value = Vec<crate::db::repo::billing::PaymentMethodRow>;
+    type Error = DomainError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, DomainError> {
+        let rows = domain::billing::payment_methods::of_accounts(&self.0, keys).await?;
+        let mut out: HashMap<Uuid, Self::Value> = keys.iter().map(|k| (*k, Vec::new())).collect();
+        for r in rows {
+            out.entry(r.billing_account_id).or_default().push(r);
+        }
+        Ok(out)
     }
 }

@@ -106,7 +106,7 @@ pub(crate) async fn subscribe(
     r["data"]["createSubscription"]["subscription"].clone()
 }
 
-async fn attach(app: &TestApp, token: &str, account: &str, pm: &str) -> Value {
+pub(crate) async fn attach(app: &TestApp, token: &str, account: &str, pm: &str) -> Value {
     app.gql(
         token,
         "mutation($a: ID!, $p: String!) { attachPaymentMethod(input: {billingAccountId: $a, paymentMethodId: $p}) {
@@ -804,7 +804,7 @@ async fn deliver_all(app: &TestApp, events: &[String]) {
 }
 
 /// The mirror's state that events change, as one comparable value.
-async fn mirror_state(app: &TestApp, token: &str, ws: &str) -> Value {
+pub(crate) async fn mirror_state(app: &TestApp, token: &str, ws: &str) -> Value {
     let r = app
         .gql(
             token,
@@ -1169,4 +1169,120 @@ async fn invoices_are_mirrored_newest_first_with_the_upcoming_one_and_a_cost_sum
         )
         .await;
     assert_code(&r, "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn metered_usage_is_priced_and_reported_to_stripe_meters_once() {
+    let fake = FakeStripe::start().await;
+    let mut env: std::collections::HashMap<String, String> = PRICES
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.insert("STRIPE_SECRET_KEY".into(), "sk_test_fake_0123456789".into());
+    env.insert("STRIPE_API_BASE".into(), fake.url());
+    env.insert(
+        "BILLING_METERS".into(),
+        "executions=workflow_executions:10/1000:5000".into(),
+    );
+    let app = TestApp::with(tests::Options { env }).await;
+    let owner = app.user("owner@example.com");
+    let ws = workspace(&app, &owner, "SINGLE").await;
+    let r = app
+        .gql(
+            &owner,
+            "mutation($w: ID!) { defineResource(input: {workspaceId: $w, key: \"executions\", name: \"Executions\", unit: \"runs\", kind: METERED, resetPeriod: MONTH}) { resource { key } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_ok(&r);
+    let org = app.create_org(&owner, &ws, None, "Org").await;
+    // Before the workspace has an account there is no one to bill.
+    assert_ok(&app.record(&owner, &org, "executions", 100).await);
+    let billing = api::domain::billing::Billing::new(&app.config.billing);
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    let round = api::domain::billing::meters::report(&app.pool, &billing, later)
+        .await
+        .expect("report");
+    assert_eq!((round.stored, round.sent), (0, 0));
+    account(&app, &owner, &ws, "Main").await;
+    for _ in 0..7 {
+        assert_ok(&app.record(&owner, &org, "executions", 1_000).await);
+    }
+    // The summary prices the usage beyond the included 5,000: 10 cents per 1,000.
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { billingSummary { meteredCents currentPeriodCents projectedCents byResource { resource used monthlyCents } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_ok(&r);
+    let s = &r["data"]["workspace"]["billingSummary"];
+    assert_eq!(
+        s["meteredCents"], 21,
+        "7,100 − 5,000 = 2,100 units at 10¢/1,000: {s}"
+    );
+    let ex = s["byResource"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["resource"] == "executions"))
+        .expect("executions");
+    assert_eq!(
+        (ex["used"].as_i64(), ex["monthlyCents"].as_i64()),
+        (Some(7_100), Some(21))
+    );
+    assert!(
+        s["projectedCents"].as_i64() >= s["currentPeriodCents"].as_i64(),
+        "{s}"
+    );
+    // Once the hour closed, the hour's usage is one meter event for the account's customer.
+    let round = api::domain::billing::meters::report(&app.pool, &billing, later)
+        .await
+        .expect("report");
+    assert_eq!((round.stored, round.sent, round.failed), (1, 1, 0));
+    let events = fake.meter_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event_name"], "workflow_executions");
+    assert_eq!(events[0]["payload"]["value"], "7100");
+    assert!(
+        events[0]["payload"]["stripe_customer_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cus_"))
+    );
+    let identifier = events[0]["identifier"]
+        .as_str()
+        .expect("identifier")
+        .to_string();
+    let sent = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/billing/meter_events")
+        .expect("sent");
+    assert_eq!(sent.idempotency_key.as_deref(), Some(identifier.as_str()));
+    // Another round reports nothing again.
+    let round = api::domain::billing::meters::report(&app.pool, &billing, later)
+        .await
+        .expect("report");
+    assert_eq!((round.stored, round.sent), (0, 0));
+    // Usage of another hour, reported during a Stripe outage: kept, then sent once.
+    assert_ok(&app.record(&owner, &org, "executions", 50).await);
+    app.sql_count(
+        "WITH u AS (UPDATE usage_events SET created_at = created_at - interval '3 hours'
+                     WHERE id = (SELECT id FROM usage_events ORDER BY created_at DESC LIMIT 1) RETURNING 1)
+         SELECT count(*) AS n FROM u",
+    )
+    .await;
+    fake.fail_next(50, 500);
+    let round = api::domain::billing::meters::report(&app.pool, &billing, later)
+        .await
+        .expect("report");
+    assert_eq!((round.stored, round.sent, round.failed), (1, 0, 1));
+    fake.fail_next(0, 500);
+    let round = api::domain::billing::meters::report(&app.pool, &billing, later)
+        .await
+        .expect("report");
+    assert_eq!((round.stored, round.sent, round.failed), (0, 1, 0));
+    let events = fake.meter_events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["payload"]["value"], "50");
+    assert_ne!(events[1]["identifier"], events[0]["identifier"]);
 }

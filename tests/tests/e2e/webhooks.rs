@@ -372,3 +372,76 @@ async fn finished_jobs_are_deleted_after_their_retention() {
         3
     );
 }
+
+/// Runs `api <args>` on the test's database; its exit status and stdout.
+fn api_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let env = tests::processes::env_for(&app.db.url, &[]);
+    let out = std::process::Command::new(tests::processes::binary("api"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run the api command line");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn failed_jobs_are_listed_with_their_error_and_can_be_retried() {
+    let app = app().await;
+    let body = event("evt_failed_for_good", "customer.updated");
+    let t = now();
+    let (status, _) = deliver(
+        &app,
+        Some(&format!("t={t},v1={}", sign(SECRET, t, &body))),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // As apalis leaves a job whose attempts ran out.
+    let n = app
+        .sql_count(
+            "WITH j AS (UPDATE apalis.jobs SET status = 'Failed', attempts = 25, done_at = now(),
+                          last_result = '{\"Err\": \"Stripe unavailable: boom\"}'
+                        WHERE job_type = 'stripe-events' RETURNING 1)
+             SELECT count(*) AS n FROM j",
+        )
+        .await;
+    assert_eq!(n, 1);
+    let (ok, out) = api_cli(&app, &["failed-jobs", "--queue", "stripe-events"]);
+    assert!(ok, "{out}");
+    let jobs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(jobs.len(), 1, "{out}");
+    assert_eq!(jobs[0]["status"], "Failed");
+    assert_eq!(jobs[0]["error"], "Stripe unavailable: boom");
+    assert!(
+        jobs[0]["payload"]
+            .as_str()
+            .is_some_and(|p| p.contains("evt_failed_for_good"))
+    );
+    let (ok, out) = api_cli(&app, &["failed-jobs", "--queue", "billing-intents"]);
+    assert!(ok && out.is_empty(), "{out}");
+    let id = jobs[0]["id"].as_str().expect("id").to_string();
+    assert!(!api_cli(&app, &["retry-job", "01NOSUCHJOB0000000000000000"]).0);
+    let (ok, out) = api_cli(&app, &["retry-job", &id]);
+    assert!(ok, "{out}");
+    assert!(
+        !api_cli(&app, &["retry-job", &id]).0,
+        "only failed jobs are retried"
+    );
+    let worker = Worker::start(&app);
+    eventually(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE id = 'evt_failed_for_good' AND processed_at IS NOT NULL",
+        1,
+    )
+    .await;
+    worker.stop().await;
+    let (_, out) = api_cli(&app, &["failed-jobs"]);
+    assert!(out.is_empty(), "{out}");
+}

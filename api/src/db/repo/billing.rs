@@ -1162,6 +1162,37 @@ pub async fn pool_views(
     .await
 }
 
+/// Net units of each of `resources` a workspace's organizations used in `[from, to)` (the
+/// usage ledger's changes).
+pub async fn metered_units(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    resources: &[&str],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> QueryResult<Vec<(String, i64)>> {
+    #[derive(QueryableByName)]
+    struct U {
+        #[diesel(sql_type = Text)]
+        resource: String,
+        #[diesel(sql_type = BigInt)]
+        units: i64,
+    }
+    let rows: Vec<U> = diesel::sql_query(
+        "SELECT resource, sum(delta)::bigint AS units FROM usage_events
+          WHERE workspace_id = $1 AND resource = ANY($2)
+            AND created_at >= $3 AND created_at < $4
+          GROUP BY resource",
+    )
+    .bind::<SqlUuid, _>(ws)
+    .bind::<Array<Text>, _>(resources)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|u| (u.resource, u.units)).collect())
+}
+
 // ----- invoices -----
 
 /// Inserts or updates an invoice unless the stored state is later (by status rank).
@@ -1301,6 +1332,43 @@ pub async fn intent(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Optio
         .first(conn)
         .await
         .optional()
+}
+
+/// Deletes up to `batch` completed intents older than `older_than_secs` (a retried mutation
+/// whose key is still kept replays from its key, not its intent); returns how many.
+pub async fn purge_done_intents(
+    conn: &mut AsyncPgConnection,
+    older_than_secs: i64,
+    batch: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM stripe_intents WHERE id IN (
+            SELECT id FROM stripe_intents
+             WHERE state = 'DONE' AND updated_at < now() - make_interval(secs => $1)
+             LIMIT $2)",
+    )
+    .bind::<BigInt, _>(older_than_secs)
+    .bind::<BigInt, _>(batch)
+    .execute(conn)
+    .await
+}
+
+/// Pending intents created more than `older_than_secs` ago, oldest first.
+pub async fn stale_intents(
+    conn: &mut AsyncPgConnection,
+    older_than_secs: i64,
+    limit: i64,
+) -> QueryResult<Vec<Uuid>> {
+    stripe_intents::table
+        .filter(stripe_intents::state.eq("PENDING"))
+        .filter(
+            stripe_intents::created_at.lt(Utc::now() - chrono::Duration::seconds(older_than_secs)),
+        )
+        .order(stripe_intents::created_at)
+        .limit(limit)
+        .select(stripe_intents::id)
+        .load(conn)
+        .await
 }
 
 /// Completes a pending intent with Stripe's answer; `false` when it was not pending.

@@ -127,3 +127,67 @@ pub async fn purge_finished(
     .await?;
     Ok(usize::try_from(deleted.n).unwrap_or(0))
 }
+
+/// A job that ended `Failed` or `Killed`, with its last error.
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct FailedJob {
+    /// The job's ULID.
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// Its queue.
+    #[diesel(sql_type = Text)]
+    pub queue: String,
+    /// `Failed` or `Killed`.
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    /// apalis's attempt count.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// Runs counted by `count_run`.
+    #[diesel(sql_type = Integer)]
+    pub runs: i32,
+    /// When it ended.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub done_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its last error.
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub error: Option<String>,
+    /// Its payload.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+}
+
+/// Failed and killed jobs, newest first (of one queue, or all).
+pub async fn failed(
+    conn: &mut AsyncPgConnection,
+    queue: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<FailedJob>> {
+    diesel::sql_query(
+        "SELECT j.id, j.job_type AS queue, j.status, j.attempts, coalesce(r.runs, 0) AS runs,
+                j.done_at, coalesce(j.last_result->>'Err', j.last_result::text) AS error,
+                convert_from(j.job, 'UTF8') AS payload
+           FROM apalis.jobs j LEFT JOIN job_runs r ON r.job_id = j.id
+          WHERE j.status IN ('Failed', 'Killed') AND ($1::text IS NULL OR j.job_type = $1)
+          ORDER BY j.done_at DESC NULLS LAST, j.id DESC LIMIT $2",
+    )
+    .bind::<diesel::sql_types::Nullable<Text>, _>(queue)
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(conn)
+    .await
+}
+
+/// Puts a failed or killed job back on its queue with fresh attempts and run count; `false`
+/// when there is no such failed job.
+pub async fn retry(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "WITH r AS (DELETE FROM job_runs WHERE job_id = $1)
+         UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(), done_at = NULL,
+                lock_at = NULL, lock_by = NULL, last_result = NULL
+          WHERE id = $1 AND status IN ('Failed', 'Killed')",
+    )
+    .bind::<Text, _>(id)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}

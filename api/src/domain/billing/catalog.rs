@@ -107,16 +107,91 @@ pub enum PriceOf {
     Addon(&'static str),
 }
 
+/// A metered resource with a per-unit price, reported to a Stripe billing meter
+/// (`BILLING_METERS`: `resource=event_name:cents/units[:included]`, comma-separated; e.g.
+/// `executions=workflow_executions:10/1000:5000` is 10 cents per 1,000 executions beyond
+/// 5,000 a month).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meter {
+    /// The workspace resource key (a METERED resource the workspace defines).
+    pub resource: String,
+    /// The Stripe meter's `event_name`.
+    pub event_name: String,
+    /// Price in cents of `per` units (list price, for projections; Stripe's meter price bills).
+    pub cents: i64,
+    /// Units the price is for.
+    pub per: i64,
+    /// Units a month included before the price applies.
+    pub included: i64,
+}
+
+impl Meter {
+    /// Parses one `BILLING_METERS` entry.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{entry}` is not resource=event_name:cents/units[:included] (e.g. executions=workflow_executions:10/1000:5000)"
+            )
+        };
+        let (resource, rest) = entry.split_once('=').ok_or_else(bad)?;
+        let mut parts = rest.split(':');
+        let event_name = parts.next().filter(|e| !e.is_empty()).ok_or_else(bad)?;
+        let (cents, per) = parts
+            .next()
+            .and_then(|p| p.split_once('/'))
+            .ok_or_else(bad)?;
+        let number = |s: &str| s.trim().parse::<i64>().ok().filter(|n| *n >= 0);
+        let meter = Meter {
+            resource: resource.trim().to_string(),
+            event_name: event_name.trim().to_string(),
+            cents: number(cents).ok_or_else(bad)?,
+            per: number(per).filter(|n| *n > 0).ok_or_else(bad)?,
+            included: match parts.next() {
+                Some(i) => number(i).ok_or_else(bad)?,
+                None => 0,
+            },
+        };
+        if parts.next().is_some()
+            || crate::domain::usage::check_resource_key(&meter.resource).is_err()
+        {
+            return Err(bad());
+        }
+        Ok(meter)
+    }
+
+    /// The list price in cents of `units` in a month (beyond the included ones).
+    pub fn cost_cents(&self, units: i64) -> i64 {
+        let billable = (units - self.included).max(0);
+        i64::try_from(i128::from(billable) * i128::from(self.cents) / i128::from(self.per))
+            .unwrap_or(i64::MAX)
+    }
+}
+
 /// The catalog of the deployment.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     prices: Prices,
+    meters: Vec<Meter>,
 }
 
 impl Catalog {
     /// The catalog over the configured prices.
     pub fn new(prices: Prices) -> Self {
-        Self { prices }
+        Self {
+            prices,
+            meters: Vec::new(),
+        }
+    }
+
+    /// The catalog with metered prices.
+    pub fn with_meters(mut self, meters: Vec<Meter>) -> Self {
+        self.meters = meters;
+        self
+    }
+
+    /// The metered prices.
+    pub fn meters(&self) -> &[Meter] {
+        &self.meters
     }
 
     /// The Stripe price of a plan, with the variable that configures it.
@@ -204,6 +279,39 @@ mod tests {
             locations: Some("price_loc".into()),
             sso_connections: Some("price_sso".into()),
         })
+    }
+
+    #[test]
+    fn meters_parse_and_price_overage() {
+        let m = Meter::parse("executions=workflow_executions:10/1000:5000").expect("valid");
+        assert_eq!(
+            (
+                m.resource.as_str(),
+                m.event_name.as_str(),
+                m.cents,
+                m.per,
+                m.included
+            ),
+            ("executions", "workflow_executions", 10, 1000, 5000)
+        );
+        assert_eq!(m.cost_cents(4_000), 0);
+        assert_eq!(m.cost_cents(7_000), 20);
+        let g = Meter::parse("storage_gb=storage:25/1").expect("valid");
+        assert_eq!((g.included, g.cost_cents(3)), (0, 75));
+        for bad in [
+            "",
+            "x",
+            "x=",
+            "x=e",
+            "x=e:10",
+            "x=e:10/0",
+            "x=e:-1/1",
+            "X=e:1/1",
+            "x=e:1/1:2:3",
+            "x=e:1/1:z",
+        ] {
+            assert!(Meter::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use super::super::{Actor, DomainError, DomainResult, Services};
 use super::{Billing, stripe_error};
 use crate::db::DbPool;
 use crate::db::repo::billing::{self as repo, IntentRow};
-use crate::db::repo::jobs;
+use crate::db::repo::{idempotency, jobs};
 use crate::ids::{UserId, WorkspaceId};
 use crate::stripe::{self, StripeApi, StripeError};
 
@@ -275,6 +275,23 @@ where
     let fingerprint = mutation::fingerprint(operation, input, selection)?;
     let delay = recovery_delay_secs(&services.billing);
     let mut conn = services.conn().await?;
+    // A key already used: by another request, refused; by this one and completed, replayed
+    // (its intent may be gone by now) without a second call.
+    if let Some(k) = &client_key
+        && let Some(stored) = idempotency::find(&mut conn, actor.user_id.0, k).await?
+    {
+        if stored.operation != operation || stored.fingerprint != fingerprint {
+            return Err(DomainError::IdempotencyKeyReused);
+        }
+        if stored.response.is_some() {
+            drop(conn);
+            return mutation::run(services, actor, operation, key, input, |_, _| {
+                // Reached only if the key expired in between: the caller retries.
+                Box::pin(async { Err(DomainError::IdempotencyKeyInUse) })
+            })
+            .await;
+        }
+    }
     // 1. The intent: found under the caller's key, or recorded now.
     let intent = loop {
         if let Some(k) = &client_key
@@ -283,6 +300,8 @@ where
             if found.operation != operation || found.fingerprint != fingerprint {
                 return Err(DomainError::IdempotencyKeyReused);
             }
+            // Whoever retries must still be allowed what the first attempt was.
+            reauthorize(&mut conn, actor, &found).await?;
             break found;
         }
         let recorded = conn
@@ -367,6 +386,30 @@ where
         })
     })
     .await
+}
+
+/// What a caller who may no longer see an intent's target is told: exactly what a missing
+/// target answers.
+fn target_name(operation: &str) -> &'static str {
+    match operation {
+        "createBillingAccount" => "workspace",
+        "setDefaultPaymentMethod" | "detachPaymentMethod" => "payment method",
+        "updateSubscription" | "cancelSubscription" => "subscription",
+        _ => "billing account",
+    }
+}
+
+/// Checks that the caller of a retry is still an owner of the intent's workspace.
+async fn reauthorize(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    intent: &IntentRow,
+) -> DomainResult<()> {
+    match super::require_owner(conn, actor, WorkspaceId(intent.workspace_id)).await {
+        Ok(_) => Ok(()),
+        Err(DomainError::NotFound(_)) => Err(DomainError::NotFound(target_name(&intent.operation))),
+        Err(e) => Err(e),
+    }
 }
 
 /// Completes a pending intent with Stripe's answer and applies it (a no-op when it was
@@ -466,6 +509,32 @@ pub async fn recover(
         }
         Err(StripeError::Unavailable(e)) => anyhow::bail!("Stripe unavailable: {e}"),
     }
+}
+
+/// Enqueues a recovery job again for every request still pending long after its first one
+/// was due (its job gave up during a long Stripe outage, or was purged), at most once an
+/// hour per request; returns how many.
+pub async fn requeue_stale(pool: &DbPool, billing: &Billing) -> anyhow::Result<usize> {
+    let mut conn = pool.get().await?;
+    let delay = recovery_delay_secs(billing);
+    let stale = repo::stale_intents(&mut conn, delay.saturating_mul(10).max(600), 100).await?;
+    let hour = chrono::Utc::now().timestamp() / 3600;
+    let mut n = 0;
+    for id in stale {
+        let key = format!("{id}:{hour}");
+        if jobs::enqueue(
+            &mut conn,
+            QUEUE,
+            &serde_json::json!({"v": 1, "intent": id}),
+            &key,
+            RECOVERY_ATTEMPTS,
+        )
+        .await?
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -69,9 +69,12 @@ pub fn month_of(t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
 pub struct ResourceCost {
     /// Resource key.
     pub resource: String,
-    /// Capacity funded by live subscriptions.
+    /// Capacity funded by live subscriptions (pooled resources).
     pub capacity: i64,
-    /// Monthly list price of its add-ons, in cents.
+    /// Units used in the period (metered resources).
+    pub used: i64,
+    /// Monthly list price of its add-ons, in cents (pooled resources), or the price of its
+    /// metered units so far (metered resources).
     pub monthly_cents: i64,
 }
 
@@ -95,10 +98,14 @@ pub struct Summary {
     pub period_start: DateTime<Utc>,
     /// First instant of the next month.
     pub period_end: DateTime<Utc>,
-    /// Fixed fees accrued so far in the period (list prices, prorated by time elapsed).
+    /// Fixed fees accrued so far in the period (list prices, prorated by time elapsed) plus
+    /// the metered usage so far.
     pub current_cents: i64,
-    /// Projected cost of the whole month: fixed fees in full (linear projection).
+    /// Projected cost of the whole month: fixed fees in full plus the metered usage so far
+    /// projected linearly to the month's end.
     pub projected_cents: i64,
+    /// Metered usage so far, in cents.
+    pub metered_cents: i64,
     /// Plans' base fees per month.
     pub base_fees_cents: i64,
     /// By resource.
@@ -161,7 +168,7 @@ pub async fn summary(
             paid,
         });
     }
-    let by_resource = catalog::POOLED_RESOURCES
+    let mut by_resource: Vec<ResourceCost> = catalog::POOLED_RESOURCES
         .iter()
         .map(|r| {
             let capacity = caps.iter().filter(|c| c.1 == *r).map(|c| c.2).sum();
@@ -173,20 +180,53 @@ pub async fn summary(
             ResourceCost {
                 resource: (*r).to_string(),
                 capacity,
+                used: 0,
                 monthly_cents: units * catalog::addon_cents(r),
             }
         })
         .collect();
+    // Metered resources: what was used so far, at the meter's list price.
+    let meters = catalog.meters();
+    let names: Vec<&str> = meters.iter().map(|m| m.resource.as_str()).collect();
+    let units = if names.is_empty() {
+        Vec::new()
+    } else {
+        repo::metered_units(&mut conn, ws, &names, start, now.min(end)).await?
+    };
+    let mut metered = 0i64;
+    for m in meters {
+        let used = units
+            .iter()
+            .find(|(r, _)| *r == m.resource)
+            .map_or(0, |(_, u)| *u);
+        let cents = m.cost_cents(used);
+        metered = metered.saturating_add(cents);
+        by_resource.push(ResourceCost {
+            resource: m.resource.clone(),
+            capacity: 0,
+            used,
+            monthly_cents: cents,
+        });
+    }
     let monthly: i64 = by_account.iter().map(|a| a.monthly_cents).sum();
     let span = (end - start).num_seconds().max(1);
     let elapsed = (now.min(end) - start).num_seconds().clamp(0, span);
-    let current = i64::try_from(i128::from(monthly) * i128::from(elapsed) / i128::from(span))
-        .unwrap_or(i64::MAX);
+    let fraction = |n: i64, num: i64, den: i64| {
+        i64::try_from(i128::from(n) * i128::from(num) / i128::from(den.max(1))).unwrap_or(i64::MAX)
+    };
+    let current = fraction(monthly, elapsed, span).saturating_add(metered);
+    // Metered usage so far, projected linearly over the month (nothing elapsed: as is).
+    let metered_projection = if elapsed > 0 {
+        fraction(metered, span, elapsed)
+    } else {
+        metered
+    };
     Ok(Summary {
         period_start: start,
         period_end: end,
         current_cents: current,
-        projected_cents: monthly,
+        projected_cents: monthly.saturating_add(metered_projection),
+        metered_cents: metered,
         base_fees_cents: base_fees,
         by_resource,
         by_account,

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod catalog;
 pub mod intents;
 pub mod invoices;
+pub mod meters;
 pub mod mirror;
 pub mod payment_methods;
 pub mod pools;

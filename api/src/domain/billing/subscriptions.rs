@@ -67,13 +67,13 @@ fn check_metadata(m: &[(String, String)]) -> DomainResult<()> {
         if RESERVED_METADATA.contains(&k.as_str()) {
             return Err(DomainError::bad_input(
                 "metadata",
-                format!("metadata key `{k}` is reserved"),
+                format!("metadata key `{}` is reserved", crate::domain::excerpt(k)),
             ));
         }
         if !seen.insert(k) {
             return Err(DomainError::bad_input(
                 "metadata",
-                format!("metadata key `{k}` repeats"),
+                format!("metadata key `{}` repeats", crate::domain::excerpt(k)),
             ));
         }
     }
@@ -90,7 +90,7 @@ fn check_quantities(q: &[Quantity], min: i64) -> DomainResult<()> {
                 "quantities",
                 format!(
                     "`{}` has no add-on: quantities are for {}",
-                    item.resource,
+                    crate::domain::excerpt(&item.resource),
                     catalog::POOLED_RESOURCES.join(", ")
                 ),
             ));
@@ -104,7 +104,10 @@ fn check_quantities(q: &[Quantity], min: i64) -> DomainResult<()> {
         if !seen.insert(&item.resource) {
             return Err(DomainError::bad_input(
                 "quantities",
-                format!("`{}` is listed twice", item.resource),
+                format!(
+                    "`{}` is listed twice",
+                    crate::domain::excerpt(&item.resource)
+                ),
             ));
         }
     }
@@ -119,7 +122,7 @@ fn addon_price<'a>(catalog: &'a catalog::Catalog, resource: &str) -> DomainResul
         ))),
         None => Err(DomainError::bad_input(
             "quantities",
-            format!("`{resource}` has no add-on"),
+            format!("`{}` has no add-on", crate::domain::excerpt(resource)),
         )),
     }
 }
