@@ -1286,3 +1286,61 @@ async fn metered_usage_is_priced_and_reported_to_stripe_meters_once() {
     assert_eq!(events[1]["payload"]["value"], "50");
     assert_ne!(events[1]["identifier"], events[0]["identifier"]);
 }
+
+#[tokio::test]
+async fn without_an_api_key_events_applied_out_of_order_keep_the_latest_state() {
+    let fake = FakeStripe::start().await;
+    let (app, owner, ws, events, _) = story(&fake, false).await;
+    // Stripe's `created` orders the events: after the subscription was created here, ten
+    // seconds apart.
+    let t0 = chrono::Utc::now().timestamp() + 1;
+    let events: Vec<String> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut v: Value = serde_json::from_str(e).expect("event");
+            v["created"] = json!(t0 + 10 * i64::try_from(i).expect("small"));
+            v.to_string()
+        })
+        .collect();
+    // Newest first, then all again: each stored once, applied by a worker without a key.
+    let mut late: Vec<String> = events.iter().rev().cloned().collect();
+    late.extend(events.iter().cloned());
+    for body in &late {
+        let t = super::webhooks::now();
+        let sig = format!(
+            "t={t},v1={}",
+            super::webhooks::sign(super::webhooks::SECRET, t, body)
+        );
+        assert_eq!(
+            super::webhooks::deliver(&app, Some(&sig), body).await.0,
+            200
+        );
+    }
+    let mut config = app.config.billing.clone();
+    config.stripe_secret_key = None;
+    let keyless = api::domain::billing::Billing::new(&config);
+    for body in &late {
+        let id: Value = serde_json::from_str(body).expect("event");
+        api::domain::webhooks::process(&app.pool, &keyless, &json!({"v": 1, "event_id": id["id"]}))
+            .await
+            .expect("processed");
+    }
+    let state = mirror_state(&app, &owner, &ws).await;
+    let sub = &state["graph"]["workspace"]["billingAccounts"][0]["subscriptions"][0];
+    assert_eq!(sub["status"], "CANCELED", "{state}");
+    assert_eq!(
+        quantity(sub, "users"),
+        15,
+        "5 from the plan, 10 add-ons: {state}"
+    );
+    assert_eq!(state["capacity"], 0);
+    let invoice =
+        &state["graph"]["workspace"]["billingAccounts"][0]["invoices"]["edges"][0]["node"];
+    assert_eq!(invoice["status"], "paid");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_events WHERE processed_at IS NULL")
+            .await,
+        0
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
+use tests::fake_stripe::FakeStripe;
 use tests::tokens::Tokens;
 use tests::{Options, Ordered, TestApp, assert_code, assert_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1115,4 +1116,1078 @@ async fn stripe_webhook_deliveries_are_refused_before_any_work() {
         (400, Some("WEBHOOK_SIGNATURE_INVALID"))
     );
     assert_eq!(webhooks::stored(&app).await, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Billing mutations with huge, malformed and reserved inputs: each is refused with a clear
+// code before anything happens (no Stripe request, no stored change, no internal detail).
+
+/// What a refusal's message must never hold: SQL, the database's or the driver's words.
+const INTERNAL_WORDS: [&str; 10] = [
+    "sql",
+    "diesel",
+    "postgres",
+    "constraint",
+    "violates",
+    "relation ",
+    "syntax error at",
+    "panicked",
+    "deserializ",
+    "serde",
+];
+
+/// A billing tenant whose sane requests would succeed: a POOLED workspace, an account with
+/// a default payment method, a live subscription with `users` and `locations` add-ons, and
+/// a root organization.
+struct Tenant {
+    owner: String,
+    ws: String,
+    account: String,
+    customer: String,
+    subscription: String,
+    stripe_subscription: String,
+    method: String,
+    stripe_method: String,
+    org: String,
+}
+
+async fn billing_tenant(app: &TestApp, fake: &FakeStripe) -> Tenant {
+    let owner = app.user("hostile-billing@example.com");
+    let ws = super::billing::workspace(app, &owner, "POOLED").await;
+    let r = super::billing::try_account(app, &owner, &ws, "Main", None).await;
+    let account = r["data"]["createBillingAccount"]["billingAccount"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("createBillingAccount: {r}"))
+        .to_string();
+    let customer = r["data"]["createBillingAccount"]["billingAccount"]["stripeCustomerId"]
+        .as_str()
+        .expect("customer")
+        .to_string();
+    let sub = super::billing::subscribe(
+        app,
+        &owner,
+        &account,
+        "STARTER",
+        json!([{"resource": "users", "quantity": 2}, {"resource": "locations", "quantity": 2}]),
+    )
+    .await;
+    let stripe_method = fake.create_card("visa", "4242", 12, 2030);
+    let r = super::billing::attach(app, &owner, &account, &stripe_method).await;
+    assert_ok(&r);
+    let method = r["data"]["attachPaymentMethod"]["billingAccount"]["paymentMethods"][0]["id"]
+        .as_str()
+        .expect("payment method")
+        .to_string();
+    let org = app.create_org(&owner, &ws, None, "Root").await;
+    Tenant {
+        owner,
+        ws,
+        account,
+        customer,
+        subscription: sub["id"].as_str().expect("id").to_string(),
+        stripe_subscription: sub["stripeSubscriptionId"]
+            .as_str()
+            .expect("stripe id")
+            .to_string(),
+        method,
+        stripe_method,
+        org,
+    }
+}
+
+/// `base` with the keys of `patch` replaced.
+fn with(base: &Value, patch: Value) -> Value {
+    let mut v = base.clone();
+    if let (Some(o), Some(p)) = (v.as_object_mut(), patch.as_object()) {
+        for (k, x) in p {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    v
+}
+
+/// The start of a body, for assertion messages about bodies that may be huge.
+fn head(v: &Value) -> String {
+    v.to_string().chars().take(600).collect()
+}
+
+/// Sends `query` with `vars` as `token`: it must be refused with `code` (and name `field`,
+/// when given) before anything happens: no Stripe request, no stored change, no internal
+/// error or detail. Returns the HTTP status and the body.
+#[allow(clippy::too_many_arguments)]
+async fn refused(
+    app: &TestApp,
+    fake: &FakeStripe,
+    what: &str,
+    token: &str,
+    query: &str,
+    vars: Value,
+    code: &str,
+    field: Option<&str>,
+) -> (u16, Value) {
+    let requests = fake.requests().len();
+    let state = super::isolation::db_state(app).await;
+    let (status, r) = app
+        .gql_raw(Some(token), json!({"query": query, "variables": vars}))
+        .await;
+    assert_eq!(tests::error_code(&r), Some(code), "{what}: {}", head(&r));
+    if let Some(f) = field {
+        assert_eq!(
+            r["errors"][0]["extensions"]["field"],
+            f,
+            "{what}: {}",
+            head(&r)
+        );
+    }
+    assert!(r["data"].is_null(), "{what}: {}", head(&r));
+    assert!(status < 500, "{what}: HTTP {status}");
+    for e in r["errors"].as_array().into_iter().flatten() {
+        assert_ne!(
+            e["extensions"]["code"],
+            "INTERNAL_SERVER_ERROR",
+            "{what}: {}",
+            head(&r)
+        );
+        let m = e["message"].as_str().unwrap_or_default().to_lowercase();
+        for word in INTERNAL_WORDS {
+            assert!(!m.contains(word), "{what}: {word:?} in {}", head(&r));
+        }
+    }
+    let after = fake.requests();
+    assert_eq!(
+        after.len(),
+        requests,
+        "{what}: reached Stripe: {:?}",
+        after[requests.min(after.len())..]
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        super::isolation::db_state(app).await,
+        state,
+        "{what}: stored data changed"
+    );
+    (status, r)
+}
+
+const CREATE_ACCOUNT: &str = "mutation($w: ID!, $n: String!, $e: String!, $c: String, $ph: String, $d: String, $addr: BillingAddressInput, $k: String) {
+  createBillingAccount(input: {workspaceId: $w, name: $n, email: $e, currency: $c, phone: $ph, description: $d, address: $addr, idempotencyKey: $k}) {
+    billingAccount { id name email currency phone description address { line1 line2 city state postalCode country } stripeCustomerId } } }";
+const UPDATE_ACCOUNT: &str = "mutation($a: ID!, $n: String, $e: String, $ph: String, $d: String, $addr: BillingAddressInput, $k: String) {
+  updateBillingAccount(input: {billingAccountId: $a, name: $n, email: $e, phone: $ph, description: $d, address: $addr, idempotencyKey: $k}) {
+    billingAccount { id name email phone description address { line1 city postalCode country } } } }";
+const CREATE_SUB: &str = "mutation($a: ID!, $p: Plan!, $q: [ResourceQuantityInput!]!, $m: [MetadataEntryInput!]!, $k: String) {
+  createSubscription(input: {billingAccountId: $a, plan: $p, quantities: $q, metadata: $m, idempotencyKey: $k}) {
+    subscription { id stripeSubscriptionId status quantities { resource quantity } metadata { key value } } } }";
+const UPDATE_SUB: &str = "mutation($s: ID!, $q: [ResourceQuantityInput!]!, $k: String) {
+  updateSubscription(input: {subscriptionId: $s, quantities: $q, idempotencyKey: $k}) { subscription { id quantities { resource quantity } } } }";
+const ATTACH_PM: &str = "mutation($a: ID!, $p: String!, $k: String) {
+  attachPaymentMethod(input: {billingAccountId: $a, paymentMethodId: $p, idempotencyKey: $k}) { billingAccount { id paymentMethods { id } } } }";
+
+#[tokio::test]
+async fn billing_account_fields_past_their_caps_are_refused_before_stripe() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let base = json!({"w": t.ws, "n": "Second payer", "e": "payer@example.com", "c": "usd"});
+    let long_email = format!("{}@example.com", "a".repeat(139));
+    assert_eq!(long_email.chars().count(), 151);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("empty name", json!({"n": ""}), "name"),
+        ("blank name", json!({"n": "   \t "}), "name"),
+        ("name of 101", json!({"n": "x".repeat(101)}), "name"),
+        (
+            "name of 101 two-byte characters",
+            json!({"n": "é".repeat(101)}),
+            "name",
+        ),
+        ("name of 900 kB", json!({"n": "x".repeat(900_000)}), "name"),
+        ("NUL in name", json!({"n": "a\u{0}b"}), "name"),
+        (
+            "escape sequence in name",
+            json!({"n": "\u{1b}[2Jcleared"}),
+            "name",
+        ),
+        ("line feed in name", json!({"n": "two\nlines"}), "name"),
+        ("C1 control in name", json!({"n": "next\u{85}line"}), "name"),
+        ("empty e-mail", json!({"e": ""}), "email"),
+        ("not an e-mail", json!({"e": "not-an-email"}), "email"),
+        ("e-mail of 151", json!({"e": long_email}), "email"),
+        (
+            "e-mail of 312",
+            json!({"e": format!("{}@example.com", "a".repeat(300))}),
+            "email",
+        ),
+        (
+            "bell in e-mail",
+            json!({"e": "payer@example.com\u{7}"}),
+            "email",
+        ),
+        ("phone of 51", json!({"ph": "1".repeat(51)}), "phone"),
+        ("NUL in phone", json!({"ph": "555\u{0}"}), "phone"),
+        (
+            "description of 201",
+            json!({"d": "d".repeat(201)}),
+            "description",
+        ),
+        (
+            "backspace in description",
+            json!({"d": "bell\u{8}"}),
+            "description",
+        ),
+        ("unknown currency", json!({"c": "JPY"}), "currency"),
+        ("empty currency", json!({"c": ""}), "currency"),
+        ("two-letter currency", json!({"c": "us"}), "currency"),
+        ("four-letter currency", json!({"c": "usdd"}), "currency"),
+        ("emoji currency", json!({"c": "💵"}), "currency"),
+        (
+            "SQL in currency",
+            json!({"c": "usd'; DROP TABLE billing_accounts; --"}),
+            "currency",
+        ),
+        (
+            "currency of 10 kB",
+            json!({"c": "u".repeat(10_000)}),
+            "currency",
+        ),
+        ("NUL in currency", json!({"c": "us\u{0}d"}), "currency"),
+        (
+            "three-letter country",
+            json!({"addr": {"country": "USA"}}),
+            "address.country",
+        ),
+        (
+            "one-letter country",
+            json!({"addr": {"country": "U"}}),
+            "address.country",
+        ),
+        (
+            "digit in country",
+            json!({"addr": {"country": "1A"}}),
+            "address.country",
+        ),
+        (
+            "non-ASCII country",
+            json!({"addr": {"country": "ÜS"}}),
+            "address.country",
+        ),
+        (
+            "spaced country",
+            json!({"addr": {"country": "u s"}}),
+            "address.country",
+        ),
+        (
+            "country of 10 kB",
+            json!({"addr": {"country": "D".repeat(10_000)}}),
+            "address.country",
+        ),
+        (
+            "NUL in country",
+            json!({"addr": {"country": "U\u{0}"}}),
+            "country",
+        ),
+        (
+            "address line of 201",
+            json!({"addr": {"line1": "l".repeat(201)}}),
+            "address.line1",
+        ),
+        (
+            "city of 201",
+            json!({"addr": {"city": "c".repeat(201)}}),
+            "address.city",
+        ),
+        (
+            "postal code of 21",
+            json!({"addr": {"postalCode": "9".repeat(21)}}),
+            "address.postalCode",
+        ),
+        ("empty idempotency key", json!({"k": ""}), "idempotencyKey"),
+        (
+            "idempotency key of 256",
+            json!({"k": "k".repeat(256)}),
+            "idempotencyKey",
+        ),
+    ];
+    for (what, patch, field) in cases {
+        let vars = with(&base, patch);
+        refused(
+            &app,
+            &fake,
+            &format!("createBillingAccount: {what}"),
+            &t.owner,
+            CREATE_ACCOUNT,
+            vars,
+            "BAD_USER_INPUT",
+            Some(field),
+        )
+        .await;
+    }
+    // The same fields on updates, and nothing of the account changed.
+    let base = json!({"a": t.account});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("empty name", json!({"n": ""}), "name"),
+        ("name of 101", json!({"n": "x".repeat(101)}), "name"),
+        ("name of 900 kB", json!({"n": "x".repeat(900_000)}), "name"),
+        (
+            "escape sequence in name",
+            json!({"n": "\u{1b}]0;title\u{7}"}),
+            "name",
+        ),
+        ("not an e-mail", json!({"e": "payer at example"}), "email"),
+        ("e-mail of 151", json!({"e": long_email}), "email"),
+        ("phone of 51", json!({"ph": "+".repeat(51)}), "phone"),
+        (
+            "description of 201",
+            json!({"d": "é".repeat(201)}),
+            "description",
+        ),
+        (
+            "three-letter country",
+            json!({"addr": {"country": "DEU"}}),
+            "address.country",
+        ),
+        (
+            "postal code of 21",
+            json!({"addr": {"postalCode": "9".repeat(21)}}),
+            "address.postalCode",
+        ),
+        (
+            "idempotency key of 256",
+            json!({"k": "k".repeat(256)}),
+            "idempotencyKey",
+        ),
+    ];
+    for (what, patch, field) in cases {
+        refused(
+            &app,
+            &fake,
+            &format!("updateBillingAccount: {what}"),
+            &t.owner,
+            UPDATE_ACCOUNT,
+            with(&base, patch),
+            "BAD_USER_INPUT",
+            Some(field),
+        )
+        .await;
+    }
+    assert_eq!(
+        fake.customer(&t.customer).expect("customer")["name"],
+        "Main"
+    );
+    // Sane input passes: the refusals were about the input.
+    let r = app.gql(&t.owner, CREATE_ACCOUNT, base_ok(&t)).await;
+    assert_ok(&r);
+}
+
+fn base_ok(t: &Tenant) -> Value {
+    json!({"w": t.ws, "n": "Second payer", "e": "payer@example.com", "c": "usd"})
+}
+
+#[tokio::test]
+async fn subscription_metadata_past_its_caps_is_refused_before_stripe() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let base = json!({"a": t.account, "p": "STARTER", "q": [], "m": []});
+    let pairs = |n: usize| -> Value {
+        (0..n)
+            .map(|i| json!({"key": format!("k{i}"), "value": "v"}))
+            .collect()
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("11 pairs", pairs(11), "metadata"),
+        ("10,000 pairs", pairs(10_000), "metadata"),
+        (
+            "key of 41",
+            json!([{"key": "k".repeat(41), "value": "v"}]),
+            "metadata",
+        ),
+        (
+            "key of 41 two-byte characters",
+            json!([{"key": "ü".repeat(41), "value": "v"}]),
+            "metadata",
+        ),
+        (
+            "key of 100 kB",
+            json!([{"key": "k".repeat(100_000), "value": "v"}]),
+            "metadata",
+        ),
+        ("empty key", json!([{"key": "", "value": "v"}]), "metadata"),
+        (
+            "value of 501",
+            json!([{"key": "team", "value": "v".repeat(501)}]),
+            "metadata",
+        ),
+        (
+            "value of 500 kB",
+            json!([{"key": "team", "value": "v".repeat(500_000)}]),
+            "metadata",
+        ),
+        (
+            "reserved workspace_id",
+            json!([{"key": "workspace_id", "value": "ws_x"}]),
+            "metadata",
+        ),
+        (
+            "reserved subscription_id",
+            json!([{"key": "subscription_id", "value": "subs_x"}]),
+            "metadata",
+        ),
+        (
+            "reserved billing_account_id",
+            json!([{"key": "billing_account_id", "value": "ba_x"}]),
+            "metadata",
+        ),
+        (
+            "reserved key after sane ones",
+            json!([{"key": "team", "value": "ops"}, {"key": "workspace_id", "value": "ws_x"}]),
+            "metadata",
+        ),
+        (
+            "duplicate keys",
+            json!([{"key": "team", "value": "ops"}, {"key": "team", "value": "sales"}]),
+            "metadata",
+        ),
+        (
+            "brackets in key",
+            json!([{"key": "a[b]", "value": "v"}]),
+            "metadata",
+        ),
+        (
+            "NUL in value",
+            json!([{"key": "team", "value": "o\u{0}ps"}]),
+            "value",
+        ),
+        (
+            "escape in key",
+            json!([{"key": "t\u{1b}eam", "value": "ops"}]),
+            "key",
+        ),
+    ];
+    for (what, m, field) in cases {
+        refused(
+            &app,
+            &fake,
+            &format!("createSubscription metadata: {what}"),
+            &t.owner,
+            CREATE_SUB,
+            with(&base, json!({"m": m})),
+            "BAD_USER_INPUT",
+            Some(field),
+        )
+        .await;
+    }
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM subscriptions")
+            .await,
+        1
+    );
+    // Sane metadata passes.
+    let r = app
+        .gql(
+            &t.owner,
+            CREATE_SUB,
+            with(&base, json!({"m": [{"key": "team", "value": "ops"}]})),
+        )
+        .await;
+    assert_ok(&r);
+}
+
+#[tokio::test]
+async fn subscription_quantities_out_of_bounds_are_refused_before_stripe() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let base = json!({"a": t.account, "p": "STARTER", "q": [], "m": []});
+    let users = |n: i64| json!([{"resource": "users", "quantity": n}]);
+    let many_users: Value = (0..10_000)
+        .map(|_| json!({"resource": "users", "quantity": 1}))
+        .collect();
+    let many_unknown: Value = (0..10_000)
+        .map(|i| json!({"resource": format!("r{i}"), "quantity": 1}))
+        .collect();
+    let cases: Vec<(&str, Value, Option<&str>)> = vec![
+        (
+            "unknown resource",
+            json!([{"resource": "widgets", "quantity": 1}]),
+            Some("quantities"),
+        ),
+        (
+            "empty resource",
+            json!([{"resource": "", "quantity": 1}]),
+            Some("quantities"),
+        ),
+        (
+            "upper-case resource",
+            json!([{"resource": "USERS", "quantity": 1}]),
+            Some("quantities"),
+        ),
+        (
+            "a metered or custom resource",
+            json!([{"resource": "executions", "quantity": 1}]),
+            Some("quantities"),
+        ),
+        ("negative", users(-1), Some("quantities")),
+        ("zero on creation", users(0), Some("quantities")),
+        ("over 100,000", users(100_001), Some("quantities")),
+        ("largest Int", users(2_147_483_647), Some("quantities")),
+        ("smallest Int", users(-2_147_483_648), Some("quantities")),
+        ("past Int", users(2_147_483_648), None),
+        (
+            "a fraction",
+            json!([{"resource": "users", "quantity": 1.5}]),
+            None,
+        ),
+        (
+            "a string",
+            json!([{"resource": "users", "quantity": "3"}]),
+            None,
+        ),
+        (
+            "repeated resource",
+            json!([{"resource": "users", "quantity": 1}, {"resource": "users", "quantity": 2}]),
+            Some("quantities"),
+        ),
+        (
+            "10,000 times the same resource",
+            many_users.clone(),
+            Some("quantities"),
+        ),
+        (
+            "10,000 unknown resources",
+            many_unknown.clone(),
+            Some("quantities"),
+        ),
+    ];
+    for (what, q, field) in cases {
+        refused(
+            &app,
+            &fake,
+            &format!("createSubscription quantities: {what}"),
+            &t.owner,
+            CREATE_SUB,
+            with(&base, json!({"q": q})),
+            "BAD_USER_INPUT",
+            field,
+        )
+        .await;
+    }
+    for (what, patch, field) in [
+        ("an unknown plan", json!({"p": "FREE"}), None),
+        (
+            "a CUSTOM plan without a price or add-ons",
+            json!({"p": "CUSTOM"}),
+            Some("quantities"),
+        ),
+    ] {
+        refused(
+            &app,
+            &fake,
+            &format!("createSubscription: {what}"),
+            &t.owner,
+            CREATE_SUB,
+            with(&base, patch),
+            "BAD_USER_INPUT",
+            field,
+        )
+        .await;
+    }
+    // Updates: the subscription has 2 users and 2 locations as add-ons.
+    let base = json!({"s": t.subscription});
+    let cases: Vec<(&str, Value, Option<&str>)> = vec![
+        ("no quantities", json!([]), Some("quantities")),
+        (
+            "unknown resource",
+            json!([{"resource": "gadgets", "quantity": 1}]),
+            Some("quantities"),
+        ),
+        ("negative", users(-1), Some("quantities")),
+        ("over 100,000", users(100_001), Some("quantities")),
+        ("smallest Int", users(-2_147_483_648), Some("quantities")),
+        ("past Int", users(-2_147_483_649), None),
+        (
+            "repeated resource",
+            json!([{"resource": "users", "quantity": 3}, {"resource": "users", "quantity": 4}]),
+            Some("quantities"),
+        ),
+        (
+            "10,000 times the same resource",
+            many_users,
+            Some("quantities"),
+        ),
+        ("10,000 unknown resources", many_unknown, Some("quantities")),
+        (
+            "raise and lower at once",
+            json!([{"resource": "users", "quantity": 5}, {"resource": "locations", "quantity": 1}]),
+            Some("quantities"),
+        ),
+        ("unchanged", users(2), Some("quantities")),
+    ];
+    for (what, q, field) in cases {
+        refused(
+            &app,
+            &fake,
+            &format!("updateSubscription: {what}"),
+            &t.owner,
+            UPDATE_SUB,
+            with(&base, json!({"q": q})),
+            "BAD_USER_INPUT",
+            field,
+        )
+        .await;
+    }
+    let sub = fake
+        .subscription(&t.stripe_subscription)
+        .expect("subscription");
+    let quantities: Vec<i64> = sub["items"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["quantity"].as_i64())
+        .collect();
+    assert!(quantities.iter().all(|q| *q <= 2), "{quantities:?}");
+    // A sane raise passes.
+    assert_ok(
+        &app.gql(&t.owner, UPDATE_SUB, with(&base, json!({"q": users(3)})))
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn payment_method_ids_that_are_not_stripe_s_are_refused_before_stripe() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let longest = format!("pm_{}", "a".repeat(253));
+    assert_eq!(longest.len(), 256);
+    for pm in [
+        "card_1234".to_string(),
+        "seti_1234".to_string(),
+        "PM_1234".to_string(),
+        "pm_".to_string(),
+        String::new(),
+        " pm_1234".to_string(),
+        "pm_1234 ".to_string(),
+        "pm_12 34".to_string(),
+        "pm_abc/../../v1/customers".to_string(),
+        "pm_abc%2F..%2F..%2Fv1%2Fcustomers".to_string(),
+        "pm_abc?expand[]=customer".to_string(),
+        "pm_abc#frag".to_string(),
+        "pm_abc&customer=cus_other".to_string(),
+        "pm_ünïcödé".to_string(),
+        "pm_١٢٣".to_string(),
+        longest,
+        format!("pm_{}", "a".repeat(10_000)),
+    ] {
+        refused(
+            &app,
+            &fake,
+            &format!(
+                "attachPaymentMethod {:?}",
+                pm.chars().take(40).collect::<String>()
+            ),
+            &t.owner,
+            ATTACH_PM,
+            json!({"a": t.account, "p": pm}),
+            "BAD_USER_INPUT",
+            Some("paymentMethodId"),
+        )
+        .await;
+    }
+    refused(
+        &app,
+        &fake,
+        "attachPaymentMethod with a NUL",
+        &t.owner,
+        ATTACH_PM,
+        json!({"a": t.account, "p": "pm_abc\u{0}"}),
+        "BAD_USER_INPUT",
+        Some("paymentMethodId"),
+    )
+    .await;
+    // setDefault and detach take our `pmt_…` ids: Stripe's, and anything else, are ids
+    // that do not exist.
+    for q in [
+        "mutation($p: ID!) { setDefaultPaymentMethod(input: {paymentMethodId: $p}) { billingAccount { id } } }",
+        "mutation($p: ID!) { detachPaymentMethod(input: {paymentMethodId: $p}) { billingAccount { id } } }",
+    ] {
+        for p in [
+            t.stripe_method.clone(),
+            format!("pmt_{}", "0".repeat(10_000)),
+            t.account.clone(),
+            t.method.to_uppercase(),
+            String::new(),
+        ] {
+            refused(
+                &app,
+                &fake,
+                &format!("{q} with {:?}", p.chars().take(40).collect::<String>()),
+                &t.owner,
+                q,
+                json!({"p": p}),
+                "NOT_FOUND",
+                None,
+            )
+            .await;
+        }
+    }
+    // A real card passes.
+    let pm = fake.create_card("visa", "1881", 1, 2031);
+    assert_ok(
+        &app.gql(&t.owner, ATTACH_PM, json!({"a": t.account, "p": pm}))
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn billing_ids_with_wrong_prefixes_read_as_missing_and_reach_nothing() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let huge = |prefix: &str| format!("{prefix}_{}", "0".repeat(10_000));
+    let non_hex = |prefix: &str| format!("{prefix}_{}", "g".repeat(32));
+    let upper = |id: &str| id.to_uppercase();
+    let cases: Vec<(&str, Value)> = vec![
+        // createBillingAccount: workspaceId.
+        (CREATE_ACCOUNT, with(&base_ok(&t), json!({"w": t.org}))),
+        (CREATE_ACCOUNT, with(&base_ok(&t), json!({"w": t.account}))),
+        (CREATE_ACCOUNT, with(&base_ok(&t), json!({"w": huge("ws")}))),
+        (
+            CREATE_ACCOUNT,
+            with(&base_ok(&t), json!({"w": upper(&t.ws)})),
+        ),
+        (CREATE_ACCOUNT, with(&base_ok(&t), json!({"w": ""}))),
+        // updateBillingAccount: billingAccountId.
+        (UPDATE_ACCOUNT, json!({"a": t.ws, "n": "X"})),
+        (UPDATE_ACCOUNT, json!({"a": t.subscription, "n": "X"})),
+        (UPDATE_ACCOUNT, json!({"a": t.customer, "n": "X"})),
+        (UPDATE_ACCOUNT, json!({"a": non_hex("ba"), "n": "X"})),
+        (UPDATE_ACCOUNT, json!({"a": huge("ba"), "n": "X"})),
+        (
+            "mutation($a: ID!) { deleteBillingAccount(input: {billingAccountId: $a}) { deletedBillingAccountId } }",
+            json!({"a": t.customer}),
+        ),
+        (
+            "mutation($a: ID!) { deleteBillingAccount(input: {billingAccountId: $a}) { deletedBillingAccountId } }",
+            json!({"a": t.method}),
+        ),
+        (
+            "mutation($a: ID!) { createSetupIntent(input: {billingAccountId: $a}) { clientSecret } }",
+            json!({"a": t.customer}),
+        ),
+        (
+            "mutation($a: ID!) { createSetupIntent(input: {billingAccountId: $a}) { clientSecret } }",
+            json!({"a": huge("ba")}),
+        ),
+        (ATTACH_PM, json!({"a": t.ws, "p": "pm_1234"})),
+        (
+            CREATE_SUB,
+            json!({"a": t.stripe_subscription, "p": "STARTER", "q": [], "m": []}),
+        ),
+        (
+            CREATE_SUB,
+            json!({"a": t.ws, "p": "STARTER", "q": [], "m": []}),
+        ),
+        (
+            UPDATE_SUB,
+            json!({"s": t.stripe_subscription, "q": [{"resource": "users", "quantity": 3}]}),
+        ),
+        (
+            UPDATE_SUB,
+            json!({"s": t.account, "q": [{"resource": "users", "quantity": 3}]}),
+        ),
+        (
+            "mutation($s: ID!) { cancelSubscription(input: {subscriptionId: $s}) { subscription { id } } }",
+            json!({"s": t.stripe_subscription}),
+        ),
+        (
+            "mutation($s: ID!) { cancelSubscription(input: {subscriptionId: $s}) { subscription { id } } }",
+            json!({"s": non_hex("subs")}),
+        ),
+        (
+            "mutation($o: ID!, $a: ID!) { assignBillingAccount(input: {organizationId: $o, billingAccountId: $a}) { billingAccountId } }",
+            json!({"o": t.ws, "a": t.account}),
+        ),
+        (
+            "mutation($o: ID!, $a: ID!) { assignBillingAccount(input: {organizationId: $o, billingAccountId: $a}) { billingAccountId } }",
+            json!({"o": t.org, "a": t.customer}),
+        ),
+        (
+            "mutation($w: ID!, $a: ID) { createOrganization(input: {workspaceId: $w, name: \"X\", billingAccountId: $a}) { organization { id } } }",
+            json!({"w": t.ws, "a": t.subscription}),
+        ),
+    ];
+    for (q, vars) in cases {
+        let what = format!(
+            "{} with {}",
+            q.chars().take(60).collect::<String>(),
+            head(&vars)
+        );
+        refused(&app, &fake, &what, &t.owner, q, vars, "NOT_FOUND", None).await;
+    }
+    // Keys are checked before anything is looked up.
+    for (q, vars) in [
+        (
+            "mutation($a: ID!, $k: String) { createSetupIntent(input: {billingAccountId: $a, idempotencyKey: $k}) { clientSecret } }",
+            json!({"a": t.account, "k": "k".repeat(256)}),
+        ),
+        (
+            "mutation($a: ID!, $k: String) { createSetupIntent(input: {billingAccountId: $a, idempotencyKey: $k}) { clientSecret } }",
+            json!({"a": t.account, "k": ""}),
+        ),
+        (
+            CREATE_SUB,
+            json!({"a": t.account, "p": "STARTER", "q": [], "m": [], "k": "k".repeat(256)}),
+        ),
+    ] {
+        refused(
+            &app,
+            &fake,
+            &format!("{} with a bad key", q.chars().take(60).collect::<String>()),
+            &t.owner,
+            q,
+            vars,
+            "BAD_USER_INPUT",
+            Some("idempotencyKey"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_megabyte_billing_input_is_refused_by_the_body_cap() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let megabyte = "x".repeat(1 << 20);
+    for (what, q, vars) in [
+        (
+            "createBillingAccount name",
+            CREATE_ACCOUNT,
+            with(&base_ok(&t), json!({"n": megabyte})),
+        ),
+        (
+            "updateBillingAccount description",
+            UPDATE_ACCOUNT,
+            json!({"a": t.account, "d": megabyte}),
+        ),
+        (
+            "createSubscription metadata value",
+            CREATE_SUB,
+            json!({"a": t.account, "p": "STARTER", "q": [], "m": [{"key": "team", "value": megabyte}]}),
+        ),
+    ] {
+        let requests = fake.requests().len();
+        let state = super::isolation::db_state(&app).await;
+        let body = json!({"query": q, "variables": vars}).to_string();
+        let head_ = post_head(&format!(
+            "Authorization: Bearer {}\r\nContent-Length: {}\r\n",
+            t.owner,
+            body.len()
+        ));
+        let raw = raw_exchange(&app, &head_, body.as_bytes(), Duration::from_secs(10)).await;
+        assert!(
+            raw.starts_with("HTTP/1.1 413"),
+            "{what}: {:?}",
+            raw.chars().take(300).collect::<String>()
+        );
+        let r = json_body_of(&raw);
+        assert_code(&r, "BAD_USER_INPUT");
+        assert!(
+            message(&r).contains("GRAPHQL_MAX_BODY_BYTES"),
+            "{what}: {r}"
+        );
+        assert_eq!(fake.requests().len(), requests, "{what}: reached Stripe");
+        assert_eq!(
+            super::isolation::db_state(&app).await,
+            state,
+            "{what}: stored data changed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn billing_inputs_at_their_caps_and_with_form_metacharacters_are_accepted_as_written() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    // An account with every field at its cap, in characters (not bytes).
+    let email = format!("{}@example.com", "a".repeat(138));
+    let vars = json!({
+        "w": t.ws, "n": "é".repeat(100), "e": email, "c": " EUR ", "ph": format!("+{}", "1".repeat(49)),
+        "d": "ü".repeat(200),
+        "addr": {"line1": "l".repeat(200), "line2": "m".repeat(200), "city": "c".repeat(200), "state": "s".repeat(200), "postalCode": "9".repeat(20), "country": "de"},
+    });
+    let r = app.gql(&t.owner, CREATE_ACCOUNT, vars).await;
+    assert_ok(&r);
+    let a = &r["data"]["createBillingAccount"]["billingAccount"];
+    assert_eq!(a["name"], "é".repeat(100));
+    assert_eq!(a["email"], email);
+    assert_eq!(a["currency"], "eur");
+    assert_eq!(a["address"]["country"], "DE");
+    let customer = fake
+        .customer(a["stripeCustomerId"].as_str().expect("customer"))
+        .expect("in Stripe");
+    assert_eq!(customer["name"], "é".repeat(100));
+    // A refused subscription leaves its key free for the corrected request.
+    let bad = json!({"a": t.account, "p": "STARTER", "q": [], "m": [{"key": "workspace_id", "value": "mine"}], "k": "corrected-1"});
+    refused(
+        &app,
+        &fake,
+        "reserved metadata key under a key",
+        &t.owner,
+        CREATE_SUB,
+        bad,
+        "BAD_USER_INPUT",
+        Some("metadata"),
+    )
+    .await;
+    // Ten pairs at the caps, two of them full of form-encoding metacharacters: they reach
+    // Stripe as written, never as extra parameters.
+    let mut metadata: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("{i}{}", "k".repeat(39)), "v".repeat(500)))
+        .collect();
+    metadata.push((
+        "a&b=c".to_string(),
+        "x&trial_period_days=365&items[0][price]=price_free&metadata[workspace_id]=ws_evil"
+            .to_string(),
+    ));
+    metadata.push(("100% sure?".to_string(), "a=b&c=d%26e+f".to_string()));
+    let m: Value = metadata
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect();
+    let good = json!({"a": t.account, "p": "STARTER", "q": [{"resource": "users", "quantity": 100_000}], "m": m, "k": "corrected-1"});
+    let r = app.gql(&t.owner, CREATE_SUB, good).await;
+    assert_ok(&r);
+    let sub = &r["data"]["createSubscription"]["subscription"];
+    let mut got: Vec<(String, String)> = sub["metadata"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap_or_default().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut sent = metadata.clone();
+    sent.sort();
+    assert_eq!(got, sent);
+    let create = fake
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "POST" && r.path == "/v1/subscriptions")
+        .expect("POST /v1/subscriptions");
+    for (k, v) in &metadata {
+        assert_eq!(
+            create.field(&format!("metadata[{k}]")),
+            Some(v.as_str()),
+            "{k}"
+        );
+    }
+    assert_eq!(create.field("trial_period_days"), None, "{:?}", create.form);
+    assert!(
+        create
+            .form
+            .iter()
+            .all(|(_, v)| v != "price_free" && v != "ws_evil" || v.contains('&')),
+        "{:?}",
+        create.form
+    );
+    assert_eq!(
+        create.field("metadata[workspace_id]"),
+        Some(t.ws.as_str()),
+        "{:?}",
+        create.form
+    );
+    let in_stripe = fake
+        .subscription(sub["stripeSubscriptionId"].as_str().expect("id"))
+        .expect("in Stripe");
+    assert_eq!(in_stripe["metadata"]["a&b=c"], metadata[8].1.as_str());
+    let users = sub["quantities"]
+        .as_array()
+        .and_then(|q| q.iter().find(|e| e["resource"] == "users"))
+        .and_then(|e| e["quantity"].as_i64());
+    assert_eq!(users, Some(100_005), "{sub}");
+}
+
+#[tokio::test]
+async fn billing_refusals_answer_in_bounded_messages_whatever_the_input_size() {
+    let fake = FakeStripe::start().await;
+    let app = super::billing::app_with(&fake).await;
+    let t = billing_tenant(&app, &fake).await;
+    let big = "z".repeat(500_000);
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "an invalid e-mail of 500 kB",
+            CREATE_ACCOUNT,
+            with(&base_ok(&t), json!({"e": big})),
+            "email",
+        ),
+        (
+            "an invalid e-mail of 500 kB on update",
+            UPDATE_ACCOUNT,
+            json!({"a": t.account, "e": big}),
+            "email",
+        ),
+        (
+            "an unknown resource of 500 kB",
+            CREATE_SUB,
+            json!({"a": t.account, "p": "STARTER", "q": [{"resource": big, "quantity": 1}], "m": []}),
+            "quantities",
+        ),
+        (
+            "an unknown resource of 500 kB on update",
+            UPDATE_SUB,
+            json!({"s": t.subscription, "q": [{"resource": big, "quantity": 1}]}),
+            "quantities",
+        ),
+        (
+            "a currency of 500 kB",
+            CREATE_ACCOUNT,
+            with(&base_ok(&t), json!({"c": big})),
+            "currency",
+        ),
+        (
+            "a metadata key of 500 kB",
+            CREATE_SUB,
+            json!({"a": t.account, "p": "STARTER", "q": [], "m": [{"key": big, "value": "v"}]}),
+            "metadata",
+        ),
+        (
+            "a payment method of 500 kB",
+            ATTACH_PM,
+            json!({"a": t.account, "p": format!("pm_{big}")}),
+            "paymentMethodId",
+        ),
+    ];
+    let mut echoed = Vec::new();
+    for (what, q, vars, field) in cases {
+        let (_, r) = refused(
+            &app,
+            &fake,
+            what,
+            &t.owner,
+            q,
+            vars,
+            "BAD_USER_INPUT",
+            Some(field),
+        )
+        .await;
+        let len = message(&r).len();
+        if len > 1_000 {
+            echoed.push(format!(
+                "{what}: a message of {len} bytes ({:?}…)",
+                message(&r).chars().take(60).collect::<String>()
+            ));
+        }
+    }
+    assert!(
+        echoed.is_empty(),
+        "refusals that echo the input: {echoed:#?}"
+    );
 }

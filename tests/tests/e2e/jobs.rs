@@ -1,15 +1,17 @@
 //! The job queues under failure: a job that keeps coming back as an orphan gives up, a worker
 //! killed with `kill -9` mid-job loses nothing, several processes share the queues and do
-//! each job once. The last two run the real `worker` and `api` binaries
-//! (`tests::processes`).
+//! each job once, the billing story included. The last three run the real `worker` and `api`
+//! binaries (`tests::processes`).
 
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use serde_json::{Value, json};
 use tests::TestApp;
+use tests::fake_stripe::FakeStripe;
 use tests::processes::{ApiProcess, spawn_api_without_worker, spawn_worker};
 
+use super::billing::{PRICES, account, app_with, mirror_state, subscribe, workspace};
 use super::webhooks::{SECRET, Worker, app, deliver, event, now, sign};
 
 async fn connect(app: &TestApp) -> AsyncPgConnection {
@@ -400,4 +402,340 @@ async fn jobs_two_workers_and_an_api_process_do_each_job_once() {
     for w in &mut workers {
         assert!(w.is_running());
     }
+}
+
+/// The Stripe key `billing::app_with` configures.
+const STRIPE_KEY: &str = "sk_test_fake_0123456789";
+
+/// Delivers `body` (a signed event) to an api process twice at once, as Stripe sometimes
+/// does; returns both answers.
+async fn deliver_twice(api: &ApiProcess, body: &str) -> [(u16, Value); 2] {
+    let t = now();
+    let header = format!("t={t},v1={}", sign(SECRET, t, body));
+    let (a, b) = futures::join!(
+        post(api, header.clone(), body.to_string()),
+        post(api, header, body.to_string())
+    );
+    [a, b]
+}
+
+#[tokio::test]
+async fn jobs_two_workers_and_an_api_process_apply_the_billing_story_once() {
+    // The workspace, its account (a Stripe customer) and a subscription, created through
+    // GraphQL against the fake Stripe (this enqueues a recovery job per billing request).
+    let fake = FakeStripe::start().await;
+    let app = app_with(&fake).await;
+    let owner = app.user("owner@example.com");
+    let ws = workspace(&app, &owner, "SINGLE").await;
+    let account_id = account(&app, &owner, &ws, "Main").await;
+    let customer = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { billingAccounts { stripeCustomerId } } }",
+            json!({"w": ws}),
+        )
+        .await["data"]["workspace"]["billingAccounts"][0]["stripeCustomerId"]
+        .as_str()
+        .expect("customer")
+        .to_string();
+    let sub = subscribe(
+        &app,
+        &owner,
+        &account_id,
+        "STARTER",
+        json!([{"resource": "users", "quantity": 2}]),
+    )
+    .await;
+    let sub_id = sub["stripeSubscriptionId"]
+        .as_str()
+        .expect("subscription")
+        .to_string();
+    let inv_id = fake.invoices_for(&customer)[0]["id"]
+        .as_str()
+        .expect("first invoice")
+        .to_string();
+    let audit_before = app
+        .sql_count("SELECT count(*) AS n FROM audit_events")
+        .await;
+    // Two workers and an api process without a worker, on the same database, with the same
+    // Stripe as the server above.
+    let url = app.db.url.clone();
+    let fake_url = fake.url();
+    let mut env: Vec<(&str, &str)> = PRICES.to_vec();
+    env.extend([
+        ("STRIPE_SECRET_KEY", STRIPE_KEY),
+        ("STRIPE_API_BASE", fake_url.as_str()),
+        ("STRIPE_WEBHOOK_SECRET", SECRET),
+        ("STRIPE_RECOVERY_DELAY_SECS", "1"),
+    ]);
+    let mut api = spawn_api_without_worker("api", &url, &env).await;
+    let mut workers = [
+        spawn_worker("worker-1", &url, &env),
+        spawn_worker("worker-2", &url, &env),
+    ];
+    // Both workers listen on both queues before Stripe sends anything (a worker that starts
+    // late finds every job taken).
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM apalis.workers
+          WHERE worker_type IN ('stripe-events', 'billing-intents')",
+        4,
+        Duration::from_secs(30),
+    )
+    .await;
+    let reads_before = |path: &str| fake.count("GET", path);
+    let (customer_reads, sub_reads, inv_reads) = (
+        reads_before(&format!("/v1/customers/{customer}")),
+        reads_before(&format!("/v1/subscriptions/{sub_id}")),
+        reads_before(&format!("/v1/invoices/{inv_id}")),
+    );
+    // The story of `billing::story`: each change happens in Stripe, then its event is
+    // delivered twice at once, while the workers process the earlier ones.
+    let obj = |v: Option<Value>| v.expect("object in the fake");
+    let mut events: Vec<String> = Vec::new();
+    let mut answers: Vec<(u16, Value)> = Vec::new();
+    let mut emit = async |event: String| {
+        answers.extend(deliver_twice(&api, &event).await);
+        events.push(event);
+    };
+    emit(fake.event("customer.created", obj(fake.customer(&customer)))).await;
+    emit(fake.event(
+        "customer.subscription.created",
+        obj(fake.subscription(&sub_id)),
+    ))
+    .await;
+    fake.set_invoice(&inv_id, |i| {
+        i["status"] = json!("paid");
+        i["amount_paid"] = i["amount_due"].clone();
+        i["amount_remaining"] = json!(0);
+    });
+    emit(fake.event("invoice.paid", obj(fake.invoice(&inv_id)))).await;
+    // Raised to 10 users, trial over.
+    fake.set_subscription(&sub_id, |s| {
+        s["status"] = json!("active");
+        for item in s["items"]["data"].as_array_mut().into_iter().flatten() {
+            if item["price"]["id"] == "price_users_unit" {
+                item["quantity"] = json!(10);
+            }
+        }
+    });
+    emit(fake.event(
+        "customer.subscription.updated",
+        obj(fake.subscription(&sub_id)),
+    ))
+    .await;
+    fake.set_invoice(&inv_id, |i| i["status"] = json!("paid"));
+    emit(fake.event("invoice.payment_failed", obj(fake.invoice(&inv_id)))).await;
+    fake.set_subscription(&sub_id, |s| s["status"] = json!("past_due"));
+    emit(fake.event(
+        "customer.subscription.updated",
+        obj(fake.subscription(&sub_id)),
+    ))
+    .await;
+    fake.set_subscription(&sub_id, |s| {
+        s["status"] = json!("canceled");
+        s["canceled_at"] = json!(chrono::Utc::now().timestamp());
+        s["ended_at"] = json!(chrono::Utc::now().timestamp());
+    });
+    emit(fake.event(
+        "customer.subscription.deleted",
+        obj(fake.subscription(&sub_id)),
+    ))
+    .await;
+    // Stripe delivers the whole story again, late, newest first, all at once.
+    let late = futures::future::join_all(events.iter().rev().map(|e| deliver_twice(&api, e)));
+    answers.extend(late.await.into_iter().flatten());
+    let n = i64::try_from(events.len()).expect("few events");
+    // Every delivery was acknowledged; each event was new exactly once.
+    for (status, r) in &answers {
+        assert_eq!((*status, &r["received"]), (200, &json!(true)), "{r}");
+    }
+    let new = answers
+        .iter()
+        .filter(|(_, r)| r["duplicate"] == json!(false))
+        .count();
+    assert_eq!(new, events.len(), "{answers:?}");
+    // Every job of every queue done: the events' and the billing requests' recovery jobs
+    // (due a second after their requests).
+    let intents = app
+        .sql_count("SELECT count(*) AS n FROM stripe_intents")
+        .await;
+    assert_eq!(intents, 2, "the account's and the subscription's");
+    let timeout = Duration::from_secs(30);
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM stripe_events WHERE processed_at IS NOT NULL",
+        n,
+        timeout,
+    )
+    .await;
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM apalis.jobs WHERE status = 'Done'",
+        n + intents,
+        timeout,
+    )
+    .await;
+    // One event, one job, one run; nothing else was enqueued.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_events")
+            .await,
+        n
+    );
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.jobs j JOIN stripe_events e ON e.id = j.idempotency_key
+              WHERE j.job_type = 'stripe-events'"
+        )
+        .await,
+        n
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type = 'billing-intents'")
+            .await,
+        intents
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs").await,
+        n + intents
+    );
+    // No job of any queue ran twice: each started once, in one attempt.
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.jobs j JOIN job_runs r ON r.job_id = j.id
+              WHERE j.status = 'Done' AND j.attempts = 1 AND r.runs = 1"
+        )
+        .await,
+        n + intents
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM job_runs WHERE runs <> 1")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM job_runs").await,
+        n + intents
+    );
+    // Each event read its object from Stripe once (a second application would read again).
+    assert_eq!(
+        (
+            reads_before(&format!("/v1/customers/{customer}")) - customer_reads,
+            reads_before(&format!("/v1/subscriptions/{sub_id}")) - sub_reads,
+            reads_before(&format!("/v1/invoices/{inv_id}")) - inv_reads,
+        ),
+        (1, 4, 2)
+    );
+    // The billing requests finished once (their recovery jobs found them done), with their
+    // audit events once; applying events writes no audit event.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM stripe_intents WHERE state = 'DONE'")
+            .await,
+        intents
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM audit_events")
+            .await,
+        audit_before
+    );
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM audit_events
+              WHERE action IN ('billing_account.create', 'subscription.create')"
+        )
+        .await,
+        2
+    );
+    // The mirror: one subscription, one invoice per Stripe invoice, in Stripe's final state.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM billing_accounts")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM subscriptions")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM subscriptions s
+              WHERE s.stripe_subscription_id = '{sub_id}' AND s.status = 'CANCELED'
+                AND s.canceled_at IS NOT NULL
+                AND (SELECT quantity FROM subscription_items i
+                      WHERE i.subscription_id = s.id AND i.stripe_price_id = 'price_users_unit') = 10"
+        ))
+        .await,
+        1
+    );
+    let invoices = fake.invoices_for(&customer);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM invoices").await,
+        i64::try_from(invoices.len()).expect("few invoices")
+    );
+    for i in &invoices {
+        assert_eq!(
+            app.sql_count(&format!(
+                "SELECT count(*) AS n FROM invoices WHERE stripe_invoice_id = {} AND status = {}
+                    AND amount_due = {} AND amount_paid = {} AND amount_remaining = {}",
+                quoted(&i["id"]),
+                quoted(&i["status"]),
+                i["amount_due"],
+                i["amount_paid"],
+                i["amount_remaining"]
+            ))
+            .await,
+            1,
+            "{i}"
+        );
+    }
+    assert_eq!(
+        app.sql_count("SELECT coalesce(sum(capacity), 0)::bigint AS n FROM pool_capacities")
+            .await,
+        0,
+        "a canceled subscription funds nothing"
+    );
+    // The same through GraphQL.
+    let state = mirror_state(&app, &owner, &ws).await;
+    let graph = &state["graph"]["workspace"]["billingAccounts"][0];
+    let subs = graph["subscriptions"].as_array().expect("subscriptions");
+    assert_eq!(subs.len(), 1, "{state}");
+    assert_eq!(
+        (&subs[0]["stripeSubscriptionId"], &subs[0]["status"]),
+        (&json!(sub_id), &json!("CANCELED")),
+        "{state}"
+    );
+    let edges = graph["invoices"]["edges"].as_array().expect("invoices");
+    assert_eq!(edges.len(), invoices.len(), "{state}");
+    assert_eq!(
+        (
+            &edges[0]["node"]["stripeInvoiceId"],
+            &edges[0]["node"]["status"]
+        ),
+        (&json!(inv_id), &json!("paid")),
+        "{state}"
+    );
+    assert_eq!(state["capacity"], 0);
+    // The two worker processes ran the queues (the api process none), and none of the three
+    // stopped.
+    for queue in ["stripe-events", "billing-intents"] {
+        assert_eq!(
+            app.sql_count(&format!(
+                "SELECT count(*) AS n FROM apalis.workers
+                  WHERE worker_type = '{queue}' AND last_seen > now() - interval '15 seconds'"
+            ))
+            .await,
+            2,
+            "{queue}"
+        );
+    }
+    assert!(api.process.is_running());
+    for w in &mut workers {
+        assert!(w.is_running());
+    }
+}
+
+/// `v` (a JSON string) as an SQL literal.
+fn quoted(v: &Value) -> String {
+    format!("'{}'", v.as_str().expect("a string").replace('\'', "''"))
 }

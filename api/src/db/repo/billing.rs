@@ -713,6 +713,8 @@ pub struct SubscriptionState<'a> {
     pub canceled_at: Option<DateTime<Utc>>,
     /// Metadata.
     pub metadata: &'a serde_json::Value,
+    /// When this state was read from Stripe (orders the states of one subscription).
+    pub seen_at: DateTime<Utc>,
 }
 
 /// Writes Stripe's state onto a subscription row.
@@ -731,7 +733,7 @@ pub async fn write_subscription_state(
             subscriptions::trial_end.eq(s.trial_end),
             subscriptions::canceled_at.eq(s.canceled_at),
             subscriptions::metadata.eq(s.metadata),
-            subscriptions::stripe_seen_at.eq(diesel::dsl::now),
+            subscriptions::stripe_seen_at.eq(s.seen_at),
             subscriptions::updated_at.eq(diesel::dsl::now),
         ))
         .execute(conn)
@@ -763,7 +765,7 @@ pub async fn insert_subscription_from_stripe(
             subscriptions::trial_end.eq(s.trial_end),
             subscriptions::canceled_at.eq(s.canceled_at),
             subscriptions::metadata.eq(s.metadata),
-            subscriptions::stripe_seen_at.eq(diesel::dsl::now),
+            subscriptions::stripe_seen_at.eq(s.seen_at),
         ))
         .on_conflict(subscriptions::stripe_subscription_id)
         .do_nothing()

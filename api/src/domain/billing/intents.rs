@@ -355,7 +355,7 @@ where
         let call: StripeCall =
             serde_json::from_value(intent.request.clone()).map_err(DomainError::internal)?;
         match execute(&api, &call, &intent.stripe_key).await {
-            Ok(a) => Some(a),
+            Ok(a) => Some((a, chrono::Utc::now())),
             Err(e @ StripeError::Refused { .. }) => {
                 conn.transaction(async |c| discard(c, intent.id).await)
                     .await?;
@@ -376,7 +376,7 @@ where
         let actor = actor.clone();
         Box::pin(async move {
             if let Some(answer) = &answer {
-                complete(c, &catalog, intent_id, answer, Some(&actor)).await?;
+                complete(c, &catalog, intent_id, &answer.0, answer.1, Some(&actor)).await?;
             }
             let target = repo::intent(c, intent_id)
                 .await?
@@ -420,6 +420,7 @@ pub async fn complete(
     catalog: &super::catalog::Catalog,
     intent_id: Uuid,
     answer: &StripeAnswer,
+    answered_at: chrono::DateTime<chrono::Utc>,
     actor: Option<&Actor>,
 ) -> DomainResult<()> {
     let Some(intent) = repo::lock_intent(conn, intent_id).await? else {
@@ -441,7 +442,7 @@ pub async fn complete(
             &job_actor
         }
     };
-    super::mirror::apply_intent(conn, catalog, &intent, answer, actor).await
+    super::mirror::apply_intent(conn, catalog, &intent, answer, answered_at, actor).await
 }
 
 /// Removes a refused intent and its local side (a no-op when it is no longer pending).
@@ -493,8 +494,9 @@ pub async fn recover(
     let call: StripeCall = serde_json::from_value(intent.request.clone())?;
     match execute(api, &call, &intent.stripe_key).await {
         Ok(answer) => {
+            let answered = chrono::Utc::now();
             let catalog = billing.catalog.clone();
-            conn.transaction(async |c| complete(c, &catalog, id, &answer, None).await)
+            conn.transaction(async |c| complete(c, &catalog, id, &answer, answered, None).await)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(intent = %id, operation = intent.operation, "recovered a billing request");

@@ -9,7 +9,7 @@
 //! (`stripe_seen_at`, the event's `created`). Every application is idempotent.
 
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -44,6 +44,7 @@ pub async fn apply_intent(
     catalog: &Catalog,
     intent: &IntentRow,
     answer: &StripeAnswer,
+    answered_at: DateTime<Utc>,
     actor: &Actor,
 ) -> DomainResult<()> {
     let ws = intent.workspace_id;
@@ -135,7 +136,7 @@ pub async fn apply_intent(
             )
         }
         (StripeCall::CreateSubscription { items, .. }, StripeAnswer::Subscription(s)) => {
-            apply_subscription(conn, catalog, s, Utc::now(), Some(target)).await?;
+            apply_subscription(conn, catalog, s, answered_at, Some(target)).await?;
             (
                 "subscription.create",
                 "Subscription",
@@ -151,7 +152,7 @@ pub async fn apply_intent(
             },
             StripeAnswer::Subscription(s),
         ) => {
-            apply_subscription(conn, catalog, s, Utc::now(), Some(target)).await?;
+            apply_subscription(conn, catalog, s, answered_at, Some(target)).await?;
             let action = if cancel_at_period_end.is_some() {
                 "subscription.cancel"
             } else {
@@ -275,11 +276,17 @@ pub async fn apply_subscription(
         trial_end: s.trial_end.and_then(ts),
         canceled_at: s.canceled_at.and_then(ts),
         metadata: &metadata,
+        seen_at,
     };
     let (id, ws, account, previous_start, was_pending) = match row {
         Some(r) => {
             if r.stripe_seen_at.is_some_and(|seen| seen > seen_at) {
                 // A later state was applied already.
+                return Ok(Some(r.id));
+            }
+            // Stripe never revives an ended subscription: a non-final state is older.
+            let ended = |s: &str| matches!(s, "CANCELED" | "INCOMPLETE_EXPIRED");
+            if ended(&r.status) && !ended(&status) {
                 return Ok(Some(r.id));
             }
             repo::write_subscription_state(conn, r.id, &state).await?;
@@ -547,6 +554,16 @@ pub async fn apply_event(
         tracing::debug!(kind, "event about a customer that is not ours");
         return Ok(());
     }
+    // One object at a time across workers: its current state is read under this lock, so
+    // the states of one object are applied in the order they were read.
+    let object_id = object
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<diesel::sql_types::Text, _>(object_id)
+        .execute(conn)
+        .await?;
     let api = billing.stripe.as_ref();
     let fail = |e: DomainError| anyhow::anyhow!("{e}");
     match what {
