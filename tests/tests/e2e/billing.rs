@@ -171,6 +171,49 @@ async fn accounts_create_stripe_customers_within_the_modes_caps() {
         &try_account(&app, &owner, &pooled, "Eleventh", None).await,
         "LIMIT_EXCEEDED",
     );
+    // Deleting one frees its place and deletes its Stripe customer.
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { billingAccounts { id stripeCustomerId } } }",
+            json!({"w": pooled}),
+        )
+        .await;
+    let victim = r["data"]["workspace"]["billingAccounts"][0].clone();
+    let del = "mutation($a: ID!) { deleteBillingAccount(input: {billingAccountId: $a}) { deletedBillingAccountId } }";
+    let r = app.gql(&owner, del, json!({"a": victim["id"]})).await;
+    assert_ok(&r);
+    assert_eq!(
+        r["data"]["deleteBillingAccount"]["deletedBillingAccountId"],
+        victim["id"]
+    );
+    let customer = victim["stripeCustomerId"].as_str().expect("customer");
+    assert!(
+        fake.customer(customer).is_none_or(|c| c["deleted"] == true),
+        "the Stripe customer is deleted"
+    );
+    assert_code(
+        &app.gql(&owner, del, json!({"a": victim["id"]})).await,
+        "NOT_FOUND",
+    );
+    account(&app, &owner, &pooled, "Replacement").await;
+    // The mode is fixed: updateWorkspace has no billingMode.
+    let r = app
+        .gql(
+            &owner,
+            "mutation($w: ID!) { updateWorkspace(input: {workspaceId: $w, billingMode: SINGLE}) { workspace { billingMode } } }",
+            json!({"w": pooled}),
+        )
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { billingMode } }",
+            json!({"w": pooled}),
+        )
+        .await;
+    assert_eq!(r["data"]["workspace"]["billingMode"], "POOLED");
     let r = app
         .gql(
             &owner,
@@ -409,6 +452,19 @@ async fn payment_methods_are_capped_at_five_and_detached_by_the_rules() {
         .iter()
         .map(|m| m["id"].as_str().expect("id").to_string())
         .collect();
+    // The default moves, in Stripe too, and back.
+    let set_default = "mutation($p: ID!) { setDefaultPaymentMethod(input: {paymentMethodId: $p}) { billingAccount { stripeCustomerId paymentMethods { id isDefault } } } }";
+    let r = app.gql(&owner, set_default, json!({"p": ids[1]})).await;
+    assert_ok(&r);
+    let account_json = &r["data"]["setDefaultPaymentMethod"]["billingAccount"];
+    assert_eq!(account_json["paymentMethods"][1]["isDefault"], true, "{r}");
+    assert_eq!(account_json["paymentMethods"][0]["isDefault"], false);
+    let customer = account_json["stripeCustomerId"].as_str().expect("customer");
+    assert_eq!(
+        fake.customer(customer).expect("customer")["invoice_settings"]["default_payment_method"],
+        pms[1].as_str()
+    );
+    assert_ok(&app.gql(&owner, set_default, json!({"p": ids[0]})).await);
     let detach = "mutation($p: ID!) { detachPaymentMethod(input: {paymentMethodId: $p}) { billingAccount { paymentMethods { id isDefault } } } }";
     assert_code(
         &app.gql(&owner, detach, json!({"p": ids[0]})).await,
@@ -764,6 +820,39 @@ async fn decreases_and_cancellations_never_leave_usage_unfunded() {
         .rfind(|r| r.path.starts_with("/v1/subscriptions/"))
         .expect("update");
     assert_eq!(last.field("proration_behavior"), Some("none"));
+    // Stripe starts the next period: the decrease takes effect when its event says so.
+    let stripe_id = sub["stripeSubscriptionId"]
+        .as_str()
+        .expect("sub")
+        .to_string();
+    let month = 30 * 86_400;
+    fake.set_subscription(&stripe_id, |s| {
+        for item in s["items"]["data"].as_array_mut().into_iter().flatten() {
+            for f in ["current_period_start", "current_period_end"] {
+                item[f] = json!(item[f].as_i64().unwrap_or(0) + month);
+            }
+        }
+    });
+    let worker = super::webhooks::Worker::start(&app);
+    let updated = fake.event(
+        "customer.subscription.updated",
+        fake.subscription(&stripe_id).expect("sub"),
+    );
+    deliver_all(&app, &[updated]).await;
+    let q = "query($w: ID!) { workspace(id: $w) { billingAccounts { subscriptions { status cancelAtPeriodEnd quantities { resource quantity } } } } }";
+    let r = app.gql(&owner, q, json!({"w": ws})).await;
+    let current = &r["data"]["workspace"]["billingAccounts"][0]["subscriptions"][0];
+    assert_eq!(
+        quantity(current, "users"),
+        13,
+        "5 + 8 from the new period: {r}"
+    );
+    assert_ok(&app.record(&owner, &org, "users", 1).await);
+    assert_eq!(
+        usage_error(&app, &owner, &org, 1).await["limit"].as_i64(),
+        Some(13)
+    );
+    assert_ok(&app.record(&owner, &org, "users", -1).await);
     // Cancelling would leave 12 users unfunded.
     let cancel = "mutation($s: ID!) { cancelSubscription(input: {subscriptionId: $s}) { subscription { cancelAtPeriodEnd status } } }";
     assert_code(&app.gql(&owner, cancel, json!({"s": id})).await, "CONFLICT");
@@ -773,6 +862,27 @@ async fn decreases_and_cancellations_never_leave_usage_unfunded() {
     assert_eq!(
         r["data"]["cancelSubscription"]["subscription"]["cancelAtPeriodEnd"],
         true
+    );
+    // The capacity stays until Stripe ends the subscription.
+    assert_ok(&app.record(&owner, &org, "users", 1).await);
+    fake.set_subscription(&stripe_id, |s| {
+        s["status"] = json!("canceled");
+        s["canceled_at"] = json!(chrono::Utc::now().timestamp());
+    });
+    let deleted = fake.event(
+        "customer.subscription.deleted",
+        fake.subscription(&stripe_id).expect("sub"),
+    );
+    deliver_all(&app, &[deleted]).await;
+    worker.stop().await;
+    let r = app.gql(&owner, q, json!({"w": ws})).await;
+    let current = &r["data"]["workspace"]["billingAccounts"][0]["subscriptions"][0];
+    assert_eq!(current["status"], "CANCELED", "{r}");
+    let e = usage_error(&app, &owner, &org, 1).await;
+    assert_eq!(
+        (e["limit"].as_i64(), e["used"].as_i64()),
+        (Some(0), Some(1)),
+        "{e}"
     );
 }
 
