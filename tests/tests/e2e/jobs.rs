@@ -335,6 +335,15 @@ async fn jobs_two_workers_and_an_api_process_do_each_job_once() {
         spawn_worker("worker-1", &url, &[]),
         spawn_worker("worker-2", &url, &[]),
     ];
+    // Both workers listen before the events come (a worker that starts late finds every
+    // job taken, and the test would prove nothing about two).
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM apalis.workers WHERE worker_type = 'stripe-events'",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
     // Thirty events, each delivered twice at once, through the api process.
     const EVENTS: i64 = 30;
     let deliveries = (0..EVENTS).flat_map(|i| {
