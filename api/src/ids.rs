@@ -127,9 +127,55 @@ typed_id!(
     "inv"
 );
 
+/// A background job: apalis's ULID behind the `job_` prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub String);
+
+impl JobId {
+    /// The wire prefix.
+    pub const PREFIX: &'static str = "job";
+
+    /// The opaque external form, `job_<ULID>`.
+    pub fn encode(&self) -> String {
+        format!("job_{}", self.0)
+    }
+
+    /// Parses the external form: `job_` and 26 characters of Crockford's base32 (upper
+    /// case, as apalis writes them); `None` for anything else.
+    pub fn decode(s: &str) -> Option<Self> {
+        let ulid = s.strip_prefix("job_")?;
+        let valid = ulid.len() == 26
+            && ulid.as_bytes()[0] <= b'7'
+            && ulid
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)));
+        valid.then(|| Self(ulid.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_ids_are_ulids_behind_their_prefix() {
+        let id = JobId::decode("job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ").expect("valid");
+        assert_eq!(id.encode(), "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ");
+        for bad in [
+            "",
+            "job_",
+            "01KB2ZJ0R5V8Y3T6W9X2M4N7PQ",
+            "job_01kb2zj0r5v8y3t6w9x2m4n7pq",
+            "job_01KB2ZJ0R5V8Y3T6W9X2M4N7P",
+            "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQQ",
+            "job_81KB2ZJ0R5V8Y3T6W9X2M4N7PQ",
+            "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PI",
+            "ws_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ",
+        ] {
+            assert_eq!(JobId::decode(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn round_trip_and_reject_foreign_prefix() {

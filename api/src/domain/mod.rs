@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod billing;
+pub mod jobs;
 pub mod members;
 pub mod mutation;
 pub mod organizations;

@@ -116,14 +116,14 @@ impl From<BillingAddress> for intents::Address {
     }
 }
 
-fn reader_error(rc: &super::RequestCtx) -> async_graphql::Error {
-    rc.err(DomainError::Forbidden(
-        "only owners and admins can read billing".into(),
-    ))
-}
-
 /// Whether the caller may read `ws`'s billing (owners and admins).
 pub async fn may_read(ctx: &Context<'_>, ws: Uuid) -> Result<()> {
+    may_manage(ctx, ws, "read billing").await
+}
+
+/// Whether the caller is an owner or admin of `ws` (`FORBIDDEN` for a viewer, `NOT_FOUND`
+/// for anyone else); `what` names what a viewer may not do.
+pub async fn may_manage(ctx: &Context<'_>, ws: Uuid, what: &str) -> Result<()> {
     let rc = rc(ctx);
     let access = rc
         .loaders
@@ -134,7 +134,9 @@ pub async fn may_read(ctx: &Context<'_>, ws: Uuid) -> Result<()> {
     match access {
         None => Err(rc.err(DomainError::NotFound("workspace"))),
         Some((_, role)) if role.is_manager() => Ok(()),
-        Some(_) => Err(reader_error(rc)),
+        Some(_) => Err(rc.err(DomainError::Forbidden(format!(
+            "only owners and admins can {what}"
+        )))),
     }
 }
 

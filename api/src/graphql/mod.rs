@@ -5,6 +5,7 @@ pub mod audit;
 pub mod billing;
 pub mod documents;
 pub mod error;
+pub mod jobs;
 pub mod json;
 pub mod limits;
 pub mod loaders;
@@ -32,6 +33,7 @@ pub struct Query(
     workspaces::WorkspaceQuery,
     organizations::OrganizationQuery,
     node::NodeQuery,
+    jobs::JobQuery,
 );
 
 /// The mutation root.
@@ -42,6 +44,7 @@ pub struct Mutation(
     organizations::OrganizationMutation,
     resources::ResourceMutation,
     billing::BillingMutation,
+    jobs::JobMutation,
 );
 
 /// The executable schema.

@@ -181,6 +181,19 @@ impl Workspace {
         super::billing::summary_of(ctx, self.0.id, period).await
     }
 
+    /// Background jobs of the workspace, newest first (of one status, or all). Owners and
+    /// admins only (`FORBIDDEN` otherwise). At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn jobs(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<super::jobs::JobStatus>,
+    ) -> Result<Connection<String, super::jobs::Job>> {
+        super::jobs::jobs_of(ctx, self.0.id, first, after, status).await
+    }
+
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).
     #[graphql(complexity = "complexity(first, child_complexity)")]
     async fn audit_log(

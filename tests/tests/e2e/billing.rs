@@ -1454,3 +1454,113 @@ async fn without_an_api_key_events_applied_out_of_order_keep_the_latest_state() 
         0
     );
 }
+
+#[tokio::test]
+async fn a_workspace_s_jobs_are_shown_to_its_managers_and_failed_ones_retried() {
+    let fake = FakeStripe::start().await;
+    let app = app_with(&fake).await;
+    let owner = app.user("owner@example.com");
+    let ws = workspace(&app, &owner, "POOLED").await;
+    account(&app, &owner, &ws, "Main").await;
+    account(&app, &owner, &ws, "Second").await;
+    let q = "query($w: ID!, $s: JobStatus) { workspace(id: $w) { jobs(first: 10, status: $s) {
+        edges { cursor node { id kind status attempts lastError createdAt runAt startedAt finishedAt } } pageInfo { hasNextPage } } } }";
+    let r = app.gql(&owner, q, json!({"w": ws})).await;
+    assert_ok(&r);
+    let edges = r["data"]["workspace"]["jobs"]["edges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(edges.len(), 2, "one recovery job per billing request: {r}");
+    assert!(
+        edges
+            .iter()
+            .all(|e| e["node"]["kind"] == "billing.request" && e["node"]["status"] == "PENDING")
+    );
+    // Newest first.
+    assert!(edges[0]["node"]["id"].as_str() > edges[1]["node"]["id"].as_str());
+    // One fails for good (as apalis leaves a job past its run limit).
+    let id = edges[1]["node"]["id"].as_str().expect("id").to_string();
+    let ulid = id.trim_start_matches("job_").to_string();
+    app.sql_count(&format!(
+        "WITH j AS (UPDATE apalis.jobs SET status = 'Killed', attempts = 11, done_at = now(),
+                     last_result = '{{\"Err\": \"AbortError: gave up\"}}' WHERE id = '{ulid}' RETURNING 1)
+         SELECT count(*) AS n FROM j"
+    ))
+    .await;
+    let r = app.gql(&owner, q, json!({"w": ws, "s": "FAILED"})).await;
+    let failed = r["data"]["workspace"]["jobs"]["edges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(failed[0]["node"]["lastError"], "AbortError: gave up");
+    assert!(failed[0]["node"]["finishedAt"].is_string());
+    let one = "query($j: ID!) { job(id: $j) { id status kind } }";
+    let r = app.gql(&owner, one, json!({"j": id})).await;
+    assert_eq!(r["data"]["job"]["status"], "FAILED");
+    // Viewers and strangers see nothing of it.
+    app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
+        .await;
+    let viewer = app.user("viewer@example.com");
+    let stranger = app.user("stranger@example.com");
+    assert_code(&app.gql(&viewer, q, json!({"w": ws})).await, "FORBIDDEN");
+    for who in [&viewer, &stranger] {
+        let r = app.gql(who, one, json!({"j": id})).await;
+        assert_eq!(r["data"]["job"], Value::Null, "{r}");
+    }
+    let missing = app
+        .gql(
+            &stranger,
+            one,
+            json!({"j": "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ"}),
+        )
+        .await;
+    assert_eq!(missing, app.gql(&stranger, one, json!({"j": id})).await);
+    let retry = "mutation($j: ID!) { retryJob(input: {jobId: $j}) { job { id status attempts lastError } } }";
+    let r1 = app.gql(&stranger, retry, json!({"j": id})).await;
+    let r2 = app
+        .gql(
+            &stranger,
+            retry,
+            json!({"j": "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ"}),
+        )
+        .await;
+    assert_code(&r1, "NOT_FOUND");
+    assert_eq!(r1["errors"][0]["message"], r2["errors"][0]["message"]);
+    assert_code(
+        &app.gql(&viewer, retry, json!({"j": id})).await,
+        "FORBIDDEN",
+    );
+    // The owner puts it back; a second retry finds nothing failed.
+    let r = app.gql(&owner, retry, json!({"j": id})).await;
+    assert_ok(&r);
+    let job = &r["data"]["retryJob"]["job"];
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("PENDING"), Some(0))
+    );
+    assert_eq!(job["lastError"], Value::Null);
+    assert_code(&app.gql(&owner, retry, json!({"j": id})).await, "CONFLICT");
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM audit_events WHERE action = 'job.retry'")
+            .await,
+        1
+    );
+    // A worker runs both: the requests were completed by their mutations already.
+    let worker = super::webhooks::Worker::start(&app);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = app.gql(&owner, q, json!({"w": ws, "s": "SUCCEEDED"})).await;
+        if r["data"]["workspace"]["jobs"]["edges"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    worker.stop().await;
+}

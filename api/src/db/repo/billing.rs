@@ -1355,12 +1355,13 @@ pub async fn purge_done_intents(
     .await
 }
 
-/// Pending intents created more than `older_than_secs` ago, oldest first.
+/// Pending intents created more than `older_than_secs` ago, oldest first: id, workspace,
+/// caller.
 pub async fn stale_intents(
     conn: &mut AsyncPgConnection,
     older_than_secs: i64,
     limit: i64,
-) -> QueryResult<Vec<Uuid>> {
+) -> QueryResult<Vec<(Uuid, Uuid, Option<Uuid>)>> {
     stripe_intents::table
         .filter(stripe_intents::state.eq("PENDING"))
         .filter(
@@ -1368,7 +1369,11 @@ pub async fn stale_intents(
         )
         .order(stripe_intents::created_at)
         .limit(limit)
-        .select(stripe_intents::id)
+        .select((
+            stripe_intents::id,
+            stripe_intents::workspace_id,
+            stripe_intents::caller_id,
+        ))
         .load(conn)
         .await
 }

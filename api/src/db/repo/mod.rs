@@ -11,6 +11,7 @@ pub mod resources;
 pub mod stripe_events;
 pub mod usage;
 pub mod users;
+pub mod workspace_jobs;
 pub mod workspaces;
 
 /// A keyset page request: at most `limit` rows after the row with id `after`.

@@ -30,12 +30,15 @@ use super::super::{Actor, DomainError, DomainResult, Services};
 use super::{Billing, stripe_error};
 use crate::db::DbPool;
 use crate::db::repo::billing::{self as repo, IntentRow};
-use crate::db::repo::{idempotency, jobs};
+use crate::db::repo::{idempotency, workspace_jobs};
 use crate::ids::{UserId, WorkspaceId};
 use crate::stripe::{self, StripeApi, StripeError};
 
 /// The queue of recovery jobs.
 pub const QUEUE: &str = "billing-intents";
+
+/// What a recovery job is in `Workspace.jobs`.
+pub const JOB_KIND: &str = "billing.request";
 
 /// A call to Stripe, as stored with its intent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,8 +337,11 @@ where
                     // A concurrent request with the same key recorded its intent first.
                     return Ok(None);
                 }
-                jobs::enqueue_at(
+                workspace_jobs::enqueue(
                     c,
+                    workspace.0,
+                    JOB_KIND,
+                    Some(actor.user_id.0),
                     QUEUE,
                     &serde_json::json!({"v": 1, "intent": row.id}),
                     &row.id.to_string(),
@@ -522,16 +528,22 @@ pub async fn requeue_stale(pool: &DbPool, billing: &Billing) -> anyhow::Result<u
     let stale = repo::stale_intents(&mut conn, delay.saturating_mul(10).max(600), 100).await?;
     let hour = chrono::Utc::now().timestamp() / 3600;
     let mut n = 0;
-    for id in stale {
+    for (id, ws, caller) in stale {
         let key = format!("{id}:{hour}");
-        if jobs::enqueue(
+        let payload = serde_json::json!({"v": 1, "intent": id});
+        if workspace_jobs::enqueue(
             &mut conn,
+            ws,
+            JOB_KIND,
+            caller,
             QUEUE,
-            &serde_json::json!({"v": 1, "intent": id}),
+            &payload,
             &key,
             RECOVERY_ATTEMPTS,
+            0,
         )
         .await?
+        .is_some()
         {
             n += 1;
         }

@@ -359,6 +359,7 @@ pub fn check_all() -> Result<(), String> {
     check::<crate::graphql::billing::Subscription>()?;
     check::<crate::graphql::billing::PaymentMethod>()?;
     check::<crate::graphql::billing::Invoice>()?;
+    check::<crate::graphql::jobs::Job>()?;
     Ok(())
 }
 

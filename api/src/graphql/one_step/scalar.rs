@@ -135,6 +135,7 @@ json_enums!(
     crate::graphql::resources::ResetPeriod,
     crate::graphql::billing::SubscriptionStatus,
     crate::graphql::billing::Plan,
+    crate::graphql::jobs::JobStatus,
 );
 
 #[cfg(test)]
