@@ -47,6 +47,8 @@ pub struct Metrics {
     pool_waiting: IntGauge,
     pool_max: IntGauge,
     statements: IntCounter,
+    jobs: prometheus::IntGaugeVec,
+    job_latency: prometheus::GaugeVec,
     statement_source: crate::db::StatementCounter,
     operation_names: Mutex<HashSet<String>>,
 }
@@ -128,7 +130,22 @@ impl Metrics {
             "SQL statements sent, BEGIN and COMMIT included",
         )?;
         registry.register(Box::new(statements.clone()))?;
+        let jobs = prometheus::IntGaugeVec::new(
+            Opts::new("jobs", "Jobs in apalis.jobs by queue and status"),
+            &["queue", "status"],
+        )?;
+        let job_latency = prometheus::GaugeVec::new(
+            Opts::new(
+                "job_latency_seconds",
+                "From due to done, of the jobs finished in the last 15 minutes, by queue",
+            ),
+            &["queue", "quantile"],
+        )?;
+        registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(job_latency.clone()))?;
         Ok(Self {
+            jobs,
+            job_latency,
             registry,
             http_requests,
             http_duration,
@@ -191,6 +208,39 @@ impl Metrics {
             name.to_string()
         } else {
             "other".into()
+        }
+    }
+
+    /// Reads the job gauges from the queue tables (skipped, with a warning, when the
+    /// database does not answer within a second).
+    pub async fn read_jobs(&self, pool: &DbPool) {
+        let read = async {
+            let mut conn = pool.get().await?;
+            let counts = crate::db::repo::job_stats::counts(&mut conn).await?;
+            let latencies = crate::db::repo::job_stats::latencies(&mut conn, 900).await?;
+            anyhow::Ok((counts, latencies))
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(1), read).await {
+            Ok(Ok((counts, latencies))) => {
+                self.jobs.reset();
+                for c in counts {
+                    self.jobs
+                        .with_label_values(&[c.queue.as_str(), c.status.as_str()])
+                        .set(c.jobs);
+                }
+                self.job_latency.reset();
+                for l in latencies {
+                    for (q, v) in [("0.5", l.p50), ("0.99", l.p99)] {
+                        if let Some(v) = v {
+                            self.job_latency
+                                .with_label_values(&[l.queue.as_str(), q])
+                                .set(v);
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading job metrics failed"),
+            Err(_) => tracing::warn!("reading job metrics timed out"),
         }
     }
 

@@ -1563,4 +1563,22 @@ async fn a_workspace_s_jobs_are_shown_to_its_managers_and_failed_ones_retried() 
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     worker.stop().await;
+    // /metrics shows the queues by status, and their latency.
+    assert_eq!(
+        app.metric("jobs{queue=\"billing-intents\",status=\"Done\"}").await,
+        2
+    );
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("job_latency_seconds{quantile=\"0.99\",queue=\"billing-intents\"}"),
+        "{text}"
+    );
 }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod billing;
 pub mod idempotency;
+pub mod job_stats;
 pub mod jobs;
 pub mod members;
 pub mod organizations;
