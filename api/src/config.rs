@@ -80,6 +80,9 @@ pub struct Config {
     pub job_retention: Duration,
     /// How long failed jobs stay, with their errors (`JOB_FAILED_RETENTION_HOURS`).
     pub failed_job_retention: Duration,
+    /// The schedules of the periodic jobs (`SCHEDULE_<NAME>`, one per job of
+    /// `jobs::maintenance::PERIODIC`; `off` turns one off in this process).
+    pub schedules: crate::jobs::Schedules,
     /// Signing secrets of the Stripe webhook endpoint (`STRIPE_WEBHOOK_SECRET`, several
     /// comma-separated while a secret is rolled); empty, `/webhooks/stripe` refuses every
     /// delivery with 503 so that Stripe keeps retrying until it is configured.
@@ -255,6 +258,7 @@ impl Config {
         };
         let job_retention = hours("JOB_RETENTION_HOURS", "168")?;
         let failed_job_retention = hours("JOB_FAILED_RETENTION_HOURS", "720")?;
+        let schedules = crate::jobs::Schedules::from_lookup(&var)?;
         // A comma-separated list (empty items dropped).
         let list = |name: &'static str| -> Vec<String> {
             var(name)
@@ -343,6 +347,7 @@ impl Config {
             cors_origins,
             job_retention,
             failed_job_retention,
+            schedules,
             stripe_webhook_secrets,
         })
     }

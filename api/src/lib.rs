@@ -35,6 +35,9 @@ pub struct AppState {
     pub documents: Arc<graphql::documents::DocumentCache>,
     /// Large documents run on the blocking pool, this many at a time (the cores).
     pub heavy: Arc<tokio::sync::Semaphore>,
+    /// One connection for `/metrics`' reads of the job queues, outside the statement count
+    /// of the request pool (a scrape is not the service's work).
+    pub metrics_pool: db::DbPool,
 }
 
 impl AppState {
@@ -53,7 +56,14 @@ impl AppState {
             identities: Default::default(),
             billing: domain::billing::Billing::new(&config.billing),
         };
+        let metrics_pool = db::build_pool_for(
+            &config.database_url,
+            1,
+            config.lock_timeout,
+            Default::default(),
+        )?;
         Ok(Self {
+            metrics_pool,
             schema: graphql::schema(&config),
             verifier: Arc::new(auth::Verifier::new(&config)),
             metrics: Arc::new(telemetry::Metrics::new(statements)?),

@@ -42,7 +42,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.read_jobs(&state.services.pool).await;
+    state.metrics.read_jobs(&state.metrics_pool).await;
     (
         [(
             header::CONTENT_TYPE,

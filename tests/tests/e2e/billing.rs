@@ -1565,7 +1565,8 @@ async fn a_workspace_s_jobs_are_shown_to_its_managers_and_failed_ones_retried() 
     worker.stop().await;
     // /metrics shows the queues by status, and their latency.
     assert_eq!(
-        app.metric("jobs{queue=\"billing-intents\",status=\"Done\"}").await,
+        app.metric("jobs{queue=\"billing-intents\",status=\"Done\"}")
+            .await,
         2
     );
     let text = app

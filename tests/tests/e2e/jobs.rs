@@ -221,6 +221,7 @@ async fn jobs_run_counts_are_deleted_with_their_jobs() {
         database_url: app.db.url.clone(),
         done_retention: Duration::from_secs(7 * 86_400),
         failed_retention: Duration::from_secs(30 * 86_400),
+        schedules: api::jobs::Schedules::none(),
     };
     let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)
         .await
@@ -580,12 +581,13 @@ async fn jobs_two_workers_and_an_api_process_apply_the_billing_story_once() {
     .await;
     wait_for(
         &app,
-        "SELECT count(*) AS n FROM apalis.jobs WHERE status = 'Done'",
+        "SELECT count(*) AS n FROM apalis.jobs WHERE status = 'Done' AND job_type <> 'maintenance'",
         n + intents,
         timeout,
     )
     .await;
-    // One event, one job, one run; nothing else was enqueued.
+    // One event, one job, one run; nothing else was enqueued (but the periodic jobs' ticks, on
+    // the maintenance queue, if a tick fell within the test).
     assert_eq!(
         app.sql_count("SELECT count(*) AS n FROM stripe_events")
             .await,
@@ -605,14 +607,16 @@ async fn jobs_two_workers_and_an_api_process_apply_the_billing_story_once() {
         intents
     );
     assert_eq!(
-        app.sql_count("SELECT count(*) AS n FROM apalis.jobs").await,
+        app.sql_count("SELECT count(*) AS n FROM apalis.jobs WHERE job_type <> 'maintenance'")
+            .await,
         n + intents
     );
     // No job of any queue ran twice: each started once, in one attempt.
     assert_eq!(
         app.sql_count(
             "SELECT count(*) AS n FROM apalis.jobs j JOIN job_runs r ON r.job_id = j.id
-              WHERE j.status = 'Done' AND j.attempts = 1 AND r.runs = 1"
+              WHERE j.status = 'Done' AND j.attempts = 1 AND r.runs = 1
+                AND j.job_type <> 'maintenance'"
         )
         .await,
         n + intents
@@ -623,7 +627,11 @@ async fn jobs_two_workers_and_an_api_process_apply_the_billing_story_once() {
         0
     );
     assert_eq!(
-        app.sql_count("SELECT count(*) AS n FROM job_runs").await,
+        app.sql_count(
+            "SELECT count(*) AS n FROM job_runs r JOIN apalis.jobs j ON j.id = r.job_id
+              WHERE j.job_type <> 'maintenance'"
+        )
+        .await,
         n + intents
     );
     // Each event read its object from Stripe once (a second application would read again).
@@ -747,4 +755,274 @@ async fn jobs_two_workers_and_an_api_process_apply_the_billing_story_once() {
 /// `v` (a JSON string) as an SQL literal.
 fn quoted(v: &Value) -> String {
     format!("'{}'", v.as_str().expect("a string").replace('\'', "''"))
+}
+
+/// The schedule every test below sets for `idempotency-expiry`: every second.
+const EVERY_SECOND: &str = "* * * * * *";
+
+/// The `schedule ticked` lines of a worker's JSON log: (tick, whether this process enqueued
+/// its job), of schedule `name`.
+fn ticks_logged(output: &str, name: &str) -> Vec<(String, bool)> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "schedule ticked" && l["schedule"] == name)
+        .filter_map(|l| Some((l["tick"].as_str()?.to_string(), l["enqueued"].as_bool()?)))
+        .collect()
+}
+
+#[tokio::test]
+async fn jobs_two_workers_enqueue_one_job_per_tick() {
+    let app = app().await;
+    let url = app.db.url.clone();
+    let env = [
+        ("SCHEDULE_IDEMPOTENCY_EXPIRY", EVERY_SECOND),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,api::jobs::schedule=debug"),
+    ];
+    let mut workers = [
+        spawn_worker("worker-1", &url, &env),
+        spawn_worker("worker-2", &url, &env),
+    ];
+    // Both schedulers tick before the window opens.
+    for w in &mut workers {
+        w.wait_for_output("schedule ticked", Duration::from_secs(30))
+            .await;
+    }
+    let opened = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let closed = chrono::Utc::now();
+    // The ticks of the window: every whole second after it opened, up to its close.
+    let (first, last) = (opened.timestamp() + 1, closed.timestamp());
+    let seconds = last - first + 1;
+    // Let the last tick's enqueue land.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let key = "idempotency-expiry:";
+    let window = format!(
+        "job_type = 'maintenance' AND idempotency_key LIKE '{key}%'
+         AND substr(idempotency_key, {})::timestamptz BETWEEN to_timestamp({first}) AND to_timestamp({last})",
+        key.len() + 1
+    );
+    let jobs = app
+        .sql_count(&format!(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE {window}"
+        ))
+        .await;
+    // One job a tick: no key twice, one key a second, about as many as seconds went by (a
+    // tick that both processes missed while the machine was busy is skipped, not doubled).
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM (SELECT idempotency_key FROM apalis.jobs WHERE {window}
+              GROUP BY idempotency_key HAVING count(*) > 1) d"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(DISTINCT substr(idempotency_key, {})::timestamptz) AS n
+               FROM apalis.jobs WHERE {window}",
+            key.len() + 1
+        ))
+        .await,
+        jobs
+    );
+    assert!(
+        (seconds - 1..=seconds).contains(&jobs),
+        "{jobs} jobs for {seconds} ticks"
+    );
+    // Each key is the schedule and its tick to the second in UTC, and so is the payload.
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM apalis.jobs WHERE {window}
+                AND idempotency_key = '{key}' || to_char(substr(idempotency_key, {})::timestamptz
+                        AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                AND convert_from(job, 'UTF8')::jsonb = jsonb_build_object('v', 1,
+                        'schedule', 'idempotency-expiry', 'tick', substr(idempotency_key, {}))",
+            key.len() + 1,
+            key.len() + 1
+        ))
+        .await,
+        jobs
+    );
+    // Both processes ticked every tick and tried to enqueue it; for each tick one of them
+    // did, the other found its job there.
+    let logs: Vec<Vec<(String, bool)>> = workers
+        .iter()
+        .map(|w| ticks_logged(&w.output(), "idempotency-expiry"))
+        .collect();
+    let in_window = |tick: &str| {
+        chrono::DateTime::parse_from_rfc3339(tick)
+            .is_ok_and(|t| (first..=last).contains(&t.timestamp()))
+    };
+    let mut by_tick: std::collections::BTreeMap<String, Vec<bool>> = Default::default();
+    for (tick, enqueued) in logs.iter().flatten() {
+        if in_window(tick) {
+            by_tick.entry(tick.clone()).or_default().push(*enqueued);
+        }
+    }
+    assert_eq!(
+        i64::try_from(by_tick.len()).expect("few"),
+        jobs,
+        "{by_tick:?}"
+    );
+    for (tick, tries) in &by_tick {
+        assert_eq!(
+            tries.iter().filter(|e| **e).count(),
+            1,
+            "{tick} enqueued by exactly one process: {by_tick:?}"
+        );
+    }
+    let both = by_tick.values().filter(|t| t.len() == 2).count();
+    assert!(
+        i64::try_from(both).expect("few") >= jobs - 1,
+        "most ticks fired in both processes: {by_tick:?}"
+    );
+    // Each tick's job ran once, on one of the workers.
+    wait_for(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM apalis.jobs j JOIN job_runs r ON r.job_id = j.id
+              WHERE {window} AND j.status = 'Done' AND r.runs = 1"
+        ),
+        jobs,
+        Duration::from_secs(15),
+    )
+    .await;
+    for w in &mut workers {
+        assert!(w.is_running());
+    }
+}
+
+#[tokio::test]
+async fn jobs_a_tick_runs_its_periodic_job() {
+    let app = app().await;
+    // An expired idempotency key and a live one (of callers that need not exist).
+    app.sql_count(
+        "WITH k AS (INSERT INTO idempotency_keys (caller_id, key, operation, fingerprint, expires_at)
+            VALUES (gen_random_uuid(), 'tick-expired', 'test', 'f', now() - interval '1 minute'),
+                   (gen_random_uuid(), 'tick-live', 'test', 'f', now() + interval '1 hour')
+            RETURNING 1) SELECT count(*) AS n FROM k",
+    )
+    .await;
+    let _worker = spawn_worker(
+        "worker",
+        &app.db.url,
+        &[("SCHEDULE_IDEMPOTENCY_EXPIRY", EVERY_SECOND)],
+    );
+    // A tick's job deletes the expired key, and only it.
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM idempotency_keys WHERE key = 'tick-expired'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM idempotency_keys WHERE key = 'tick-live'")
+            .await,
+        1
+    );
+    // It ran as a job of the maintenance queue, counted once, done.
+    wait_for(
+        &app,
+        "SELECT least(count(*), 1) AS n FROM apalis.jobs j JOIN job_runs r ON r.job_id = j.id
+          WHERE j.job_type = 'maintenance' AND j.idempotency_key LIKE 'idempotency-expiry:%'
+            AND j.status = 'Done' AND j.attempts = 1 AND r.runs = 1 AND j.max_attempts = 5",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM apalis.jobs
+              WHERE job_type = 'maintenance' AND status IN ('Failed', 'Killed')"
+        )
+        .await,
+        0
+    );
+}
+
+/// The configuration with `SCHEDULE_*` variables `vars` (the rest unset).
+fn config_with(vars: &[(&str, &str)]) -> Result<api::config::Config, api::config::ConfigError> {
+    api::config::Config::from_lookup(|k| {
+        vars.iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+#[tokio::test]
+async fn jobs_schedules_are_configured_and_a_bad_one_stops_the_process() {
+    // Every periodic job is scheduled by default, each by its own variable.
+    let config = config_with(&[]).expect("the defaults");
+    for p in api::jobs::maintenance::PERIODIC {
+        assert_eq!(
+            p.var,
+            format!("SCHEDULE_{}", p.name.to_uppercase().replace('-', "_"))
+        );
+        let schedule = config.schedules.get(p.name).expect("scheduled by default");
+        assert_eq!(schedule.source(), p.default);
+    }
+    let config = config_with(&[
+        ("SCHEDULE_METER_REPORT", " 0 */5 * * * * "),
+        ("SCHEDULE_JOB_RETENTION", "@daily"),
+        ("SCHEDULE_IDEMPOTENCY_EXPIRY", "off"),
+    ])
+    .expect("valid schedules");
+    assert_eq!(
+        config.schedules.get("meter-report").map(|s| s.source()),
+        Some("0 */5 * * * *")
+    );
+    assert_eq!(
+        config.schedules.get("job-retention").map(|s| s.source()),
+        Some("@daily")
+    );
+    assert!(config.schedules.get("idempotency-expiry").is_none());
+    // A bad schedule is a configuration error naming its variable, in one line.
+    let error = |var: &str, value: &str| {
+        let e = config_with(&[(var, value)]).expect_err("refused");
+        assert_eq!(e.var, var);
+        let message = e.to_string();
+        assert!(!message.contains('\n'), "{message}");
+        message
+    };
+    let m = error("SCHEDULE_METER_REPORT", "every minute");
+    assert!(
+        m.starts_with(
+            "configuration error: SCHEDULE_METER_REPORT: `every minute` is not a cron schedule ("
+        ) && m.contains("expected 6 or 7 fields, seconds first"),
+        "{m}"
+    );
+    let m = error("SCHEDULE_JOB_RETENTION", "*/5 * * * *");
+    assert!(
+        m.starts_with(
+            "configuration error: SCHEDULE_JOB_RETENTION: `*/5 * * * *` has 5 fields (a crontab line?)"
+        ),
+        "{m}"
+    );
+    let m = error("SCHEDULE_IDEMPOTENCY_EXPIRY", "0 0 0 1 1 * 2020");
+    assert_eq!(
+        m,
+        "configuration error: SCHEDULE_IDEMPOTENCY_EXPIRY: `0 0 0 1 1 * 2020` never fires again"
+    );
+    // The worker process stops at start with that line.
+    let app = app().await;
+    let mut worker = spawn_worker(
+        "worker-bad-schedule",
+        &app.db.url,
+        &[("SCHEDULE_METER_REPORT", "61 * * * * *")],
+    );
+    let start = Instant::now();
+    while worker.is_running() {
+        assert!(start.elapsed() < Duration::from_secs(30), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = worker.output();
+    assert!(
+        output.contains(
+            "configuration error: SCHEDULE_METER_REPORT: `61 * * * * *` is not a cron schedule ("
+        ),
+        "{output}"
+    );
 }

@@ -1,0 +1,226 @@
+//! Background work shared by the `worker` binary and the in-process worker of `api`.
+//!
+//! Every task here is idempotent and safe to run in several processes at once.
+//!
+//! Jobs are rows of apalis-postgres's `apalis.jobs`, enqueued in the transaction of the
+//! change that causes them (`db::repo::jobs::enqueue`) and run by apalis workers, one per
+//! queue, named explicitly (the default name is a Rust type path). Designed around
+//! apalis-postgres 1.0:
+//! - workers listen for new jobs (`with_pubsub`): without it a job waits for the next poll;
+//! - a job whose worker stopped heartbeating is taken back after `HEARTBEAT` × `MISSED`
+//!   (15 s; the default is 5 minutes);
+//! - failures are retried in the worker with exponential backoff (without a retry layer a
+//!   failed job is fetched again at once), then stay `Failed` in `apalis.jobs` with their
+//!   error;
+//! - payloads are decoded as plain JSON and read defensively by each job: a payload that does
+//!   not decode into the worker's type would stop the worker;
+//! - a worker that exits on a database error is restarted by the monitor;
+//! - a job re-queued because its worker stopped heartbeating is fetched whatever its
+//!   `max_attempts`: every handler starts with [`count_run`], which gives up past
+//!   [`MAX_RUNS`].
+//!
+//! Queues: `stripe-events` (`domain::webhooks`), `billing-intents`
+//! (`domain::billing::intents`) and `maintenance` (the periodic jobs: [`maintenance`], put
+//! there by the schedulers of [`schedule`], which run on the same monitor).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::layers::retry::RetryPolicy;
+use apalis::layers::retry::backoff::MakeBackoff;
+use apalis::prelude::*;
+use apalis_postgres::{Config as QueueConfig, PgPool, PostgresStorage};
+use tokio::sync::watch;
+
+use crate::db::DbPool;
+use crate::domain::billing::Billing;
+
+pub mod maintenance;
+pub mod schedule;
+
+pub use maintenance::{purge_done_intents, purge_expired_idempotency_keys, purge_finished_jobs};
+pub use schedule::Schedules;
+
+/// How often a worker tells the queue it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Heartbeats missed before a worker's jobs are taken back by another.
+pub const MISSED: usize = 3;
+/// Attempts of a job inside one worker before it is left `Failed`.
+pub const RETRIES: usize = 5;
+
+/// Runs of one job (starts of its handler, however the earlier ones ended) after which it
+/// gives up.
+pub const MAX_RUNS: i32 = 10;
+
+/// Counts a run of job `id` of `queue`; every job handler calls it first. apalis-postgres 1.0
+/// re-queues the jobs of a worker that stopped heartbeating as `Pending`, and fetches
+/// `Pending` jobs whatever their `max_attempts`: a job that kills its process (a crash, out
+/// of memory) would run forever. Each start is counted in `job_runs` by a statement of its
+/// own, committed before the work, so a run that dies is counted too; past [`MAX_RUNS`] the
+/// job gives up with an [`AbortError`], which apalis records as `Killed` (not retried, never
+/// fetched again) with the message. Returns the runs so far, this one included.
+pub async fn count_run(pool: &DbPool, queue: &str, id: &TaskId) -> Result<i32, BoxDynError> {
+    let job = id.to_string();
+    let mut conn = pool.get().await?;
+    let runs = crate::db::repo::jobs::count_run(&mut conn, &job).await?;
+    if runs <= MAX_RUNS {
+        return Ok(runs);
+    }
+    let last = crate::db::repo::jobs::last_error(&mut conn, &job)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "none".into());
+    let message = format!(
+        "gave up: run {runs} of a job that may run {MAX_RUNS} times (its earlier runs failed \
+         or their worker died); last result: {last}"
+    );
+    tracing::error!(queue, job = %job, runs, "{message}");
+    Err(Box::new(AbortError::new(message)))
+}
+
+/// Runs one job of the Stripe events queue (see `domain::webhooks::process`).
+async fn stripe_event(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    settings: Data<Arc<Settings>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    count_run(&pool, crate::domain::webhooks::QUEUE, &id).await?;
+    crate::domain::webhooks::process(&pool, &settings.billing, &payload).await?;
+    Ok(())
+}
+
+/// Runs one job of the billing recovery queue (see `domain::billing::intents::recover`).
+async fn billing_intent(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    settings: Data<Arc<Settings>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    count_run(&pool, crate::domain::billing::intents::QUEUE, &id).await?;
+    crate::domain::billing::intents::recover(&pool, &settings.billing, &payload).await?;
+    Ok(())
+}
+
+/// Runs one job of the maintenance queue: one tick of a periodic job (see [`maintenance`]).
+async fn maintenance_job(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    settings: Data<Arc<Settings>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    count_run(&pool, maintenance::QUEUE, &id).await?;
+    maintenance::run(&pool, &settings, &payload).await?;
+    Ok(())
+}
+
+/// The queue workers and the schedulers until `shutdown` turns true; `false` when they could
+/// not start.
+async fn run_workers(
+    pool: DbPool,
+    settings: Arc<Settings>,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
+    let queue_pool = match PgPool::connect_lazy(&settings.database_url) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "the job queue cannot use DATABASE_URL");
+            return false;
+        }
+    };
+    // One worker per queue, each named explicitly, with the settings of the module docs.
+    macro_rules! register_queue {
+        ($monitor:expr, $queue:expr, $handler:expr) => {{
+            let (queue_pool, pool, settings) = (queue_pool.clone(), pool.clone(), settings.clone());
+            $monitor.register(move |n| {
+                let backend = PostgresStorage::<serde_json::Value>::new(&queue_pool)
+                    .with_config(
+                        QueueConfig::default()
+                            .queue($queue)
+                            .heartbeat_interval(HEARTBEAT)
+                            .missed_heartbeats(MISSED),
+                    )
+                    .with_pubsub();
+                let mut backoff =
+                    apalis::layers::retry::backoff::ExponentialBackoffMaker::default();
+                WorkerBuilder::new(format!("{}-{}-{}", $queue, ulid_suffix(), n))
+                    .backend(backend)
+                    .data(pool.clone())
+                    .data(settings.clone())
+                    .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.make_backoff()))
+                    .catch_panic()
+                    .build($handler)
+            })
+        }};
+    }
+    let mut monitor = Monitor::new().should_restart(|worker, error| {
+        tracing::warn!(worker = worker.name(), %error, "job worker stopped; restarting it");
+        true
+    });
+    monitor = register_queue!(monitor, crate::domain::webhooks::QUEUE, stripe_event);
+    monitor = register_queue!(
+        monitor,
+        crate::domain::billing::intents::QUEUE,
+        billing_intent
+    );
+    monitor = register_queue!(monitor, maintenance::QUEUE, maintenance_job);
+    // The schedulers: each tick of a periodic job enqueues its job on the maintenance queue,
+    // once however many processes tick (see `schedule`).
+    for scheduled in settings.schedules.iter() {
+        monitor = schedule::register(monitor, scheduled.clone(), pool.clone());
+    }
+    if !settings.schedules.is_empty() {
+        tracing::info!(schedules = %settings.schedules, "periodic jobs scheduled");
+    }
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        Ok(())
+    };
+    if let Err(e) = monitor.run_with_signal(stop).await {
+        tracing::error!(error = %e, "job workers stopped");
+    }
+    true
+}
+
+/// What the workers need from the configuration.
+#[derive(Clone)]
+pub struct Settings {
+    /// Stripe and the catalog (the mirror reads objects from Stripe).
+    pub billing: Arc<Billing>,
+    /// `DATABASE_URL` (the job queue opens its own connections).
+    pub database_url: String,
+    /// How long finished jobs are kept.
+    pub done_retention: Duration,
+    /// How long failed jobs are kept.
+    pub failed_retention: Duration,
+    /// The periodic jobs this process schedules (`SCHEDULE_*`; see [`schedule`]).
+    pub schedules: Schedules,
+}
+
+impl From<&crate::config::Config> for Settings {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            billing: Billing::new(&c.billing),
+            database_url: c.database_url.clone(),
+            done_retention: c.job_retention,
+            failed_retention: c.failed_job_retention,
+            schedules: c.schedules.clone(),
+        }
+    }
+}
+
+/// A name part unique to this process (worker names are unique across processes).
+fn ulid_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Runs the job queues and the schedules of the periodic jobs until `shutdown` turns true.
+pub async fn run(pool: DbPool, settings: Settings, mut shutdown: watch::Receiver<bool>) {
+    tracing::info!("worker started");
+    if !run_workers(pool, Arc::new(settings), shutdown.clone()).await {
+        // The queues could not start: nothing runs, but the process stops when told to.
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    }
+    tracing::info!("worker stopped");
+}
