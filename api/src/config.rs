@@ -80,6 +80,8 @@ pub struct Config {
     pub job_retention: Duration,
     /// How long failed jobs stay, with their errors (`JOB_FAILED_RETENTION_HOURS`).
     pub failed_job_retention: Duration,
+    /// How long processed Stripe events are kept (`STRIPE_EVENT_RETENTION_DAYS`).
+    pub stripe_event_retention: Duration,
     /// The schedules of the periodic jobs (`SCHEDULE_<NAME>`, one per job of
     /// `jobs::maintenance::PERIODIC`; `off` turns one off in this process).
     pub schedules: crate::jobs::Schedules,
@@ -258,6 +260,16 @@ impl Config {
         };
         let job_retention = hours("JOB_RETENTION_HOURS", "168")?;
         let failed_job_retention = hours("JOB_FAILED_RETENTION_HOURS", "720")?;
+        let stripe_event_days: u64 = parse(
+            &var,
+            "STRIPE_EVENT_RETENTION_DAYS",
+            "90",
+            "a whole number of days",
+        )?;
+        if stripe_event_days == 0 {
+            return Err(err("STRIPE_EVENT_RETENTION_DAYS", "must be at least 1"));
+        }
+        let stripe_event_retention = Duration::from_secs(stripe_event_days * 86_400);
         let schedules = crate::jobs::Schedules::from_lookup(&var)?;
         // A comma-separated list (empty items dropped).
         let list = |name: &'static str| -> Vec<String> {
@@ -347,6 +359,7 @@ impl Config {
             cors_origins,
             job_retention,
             failed_job_retention,
+            stripe_event_retention,
             schedules,
             stripe_webhook_secrets,
         })

@@ -1,6 +1,7 @@
 //! Domain services: who may do what, the invariants, and orchestration of repositories.
 //! Nothing here knows about HTTP or GraphQL.
 
+pub mod analytics;
 pub mod audit;
 pub mod billing;
 pub mod jobs;
@@ -8,6 +9,7 @@ pub mod members;
 pub mod mutation;
 pub mod organizations;
 pub mod resources;
+pub mod retention;
 pub mod usage;
 pub mod users;
 pub mod webhooks;

@@ -1,6 +1,7 @@
 //! The GraphQL schema: one module per domain concept; resolvers read arguments, call one
 //! domain function and shape the result.
 
+pub mod analytics;
 pub mod audit;
 pub mod billing;
 pub mod documents;
@@ -16,6 +17,7 @@ pub mod organizations;
 pub mod pagination;
 pub mod replay;
 pub mod resources;
+pub mod retention;
 pub mod shape;
 pub mod users;
 pub mod workspaces;
@@ -45,6 +47,8 @@ pub struct Mutation(
     resources::ResourceMutation,
     billing::BillingMutation,
     jobs::JobMutation,
+    analytics::AnalyticsMutation,
+    retention::RetentionMutation,
 );
 
 /// The executable schema.

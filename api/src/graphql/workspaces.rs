@@ -181,6 +181,14 @@ impl Workspace {
         super::billing::summary_of(ctx, self.0.id, period).await
     }
 
+    /// How long the workspace keeps each kind of its data. Owners and admins only.
+    async fn retention_settings(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<super::retention::RetentionSettings> {
+        super::retention::settings_of(ctx, self.0.id).await
+    }
+
     /// Background jobs of the workspace, newest first (of one status, or all). Owners and
     /// admins only (`FORBIDDEN` otherwise). At most 100 per page.
     #[graphql(complexity = "complexity(first, child_complexity)")]
@@ -192,6 +200,17 @@ impl Workspace {
         status: Option<super::jobs::JobStatus>,
     ) -> Result<Connection<String, super::jobs::Job>> {
         super::jobs::jobs_of(ctx, self.0.id, first, after, status).await
+    }
+
+    /// The latest analytics snapshot of a month (members, usage, jobs, cost; see
+    /// `generateAnalytics`), null until one was computed. Owners and admins only
+    /// (`FORBIDDEN` otherwise).
+    async fn analytics(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] period: super::analytics::AnalyticsPeriod,
+    ) -> Result<Option<super::analytics::Analytics>> {
+        super::analytics::analytics_of(ctx, self.0.id, period).await
     }
 
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).

@@ -39,10 +39,22 @@ pub const PERIODIC: &[Periodic] = &[
         |pool, settings| job_retention(pool, settings).boxed(),
     ),
     Periodic::new(
+        "retention",
+        "SCHEDULE_RETENTION",
+        "0 15 3 * * *",
+        |pool, settings| retention(pool, settings).boxed(),
+    ),
+    Periodic::new(
         "meter-report",
         "SCHEDULE_METER_REPORT",
         "0 * * * * *",
         |pool, settings| meter_report(pool, settings).boxed(),
+    ),
+    Periodic::new(
+        "analytics",
+        "SCHEDULE_ANALYTICS",
+        "0 45 * * * *",
+        |pool, _| crate::domain::analytics::refresh_periodic(pool).boxed(),
     ),
 ];
 
@@ -173,3 +185,19 @@ pub async fn purge_expired_idempotency_keys(pool: &DbPool) -> anyhow::Result<usi
     let mut conn = pool.get().await?;
     Ok(idempotency::purge_expired(&mut conn).await?)
 }
+
+/// `retention`: deletes every workspace's data past its retention and the service's
+/// (see `domain::retention`), a batch at a time.
+async fn retention(pool: &DbPool, settings: &Settings) -> anyhow::Result<()> {
+    let days =
+        i64::try_from(settings.stripe_event_retention.as_secs() / 86_400).unwrap_or(i64::MAX);
+    let done =
+        crate::domain::retention::cleanup(pool, chrono::Utc::now(), days, RETENTION_BATCH).await?;
+    if done != Default::default() {
+        tracing::info!(?done, "retention cleanup");
+    }
+    Ok(())
+}
+
+/// Rows one retention statement deletes at the most (a short lock, whatever the backlog).
+pub const RETENTION_BATCH: i64 = 5_000;

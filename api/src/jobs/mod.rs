@@ -165,6 +165,11 @@ async fn run_workers(
         billing_intent
     );
     monitor = register_queue!(monitor, maintenance::QUEUE, maintenance_job);
+    monitor = register_queue!(
+        monitor,
+        crate::domain::analytics::QUEUE,
+        crate::domain::analytics::job
+    );
     // The schedulers: each tick of a periodic job enqueues its job on the maintenance queue,
     // once however many processes tick (see `schedule`).
     for scheduled in settings.schedules.iter() {
@@ -194,6 +199,8 @@ pub struct Settings {
     pub done_retention: Duration,
     /// How long failed jobs are kept.
     pub failed_retention: Duration,
+    /// How long processed Stripe events are kept.
+    pub stripe_event_retention: Duration,
     /// The periodic jobs this process schedules (`SCHEDULE_*`; see [`schedule`]).
     pub schedules: Schedules,
 }
@@ -205,6 +212,7 @@ impl From<&crate::config::Config> for Settings {
             database_url: c.database_url.clone(),
             done_retention: c.job_retention,
             failed_retention: c.failed_job_retention,
+            stripe_event_retention: c.stripe_event_retention,
             schedules: c.schedules.clone(),
         }
     }

@@ -221,6 +221,7 @@ async fn jobs_run_counts_are_deleted_with_their_jobs() {
         database_url: app.db.url.clone(),
         done_retention: Duration::from_secs(7 * 86_400),
         failed_retention: Duration::from_secs(30 * 86_400),
+        stripe_event_retention: std::time::Duration::from_secs(90 * 86_400),
         schedules: api::jobs::Schedules::none(),
     };
     let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)

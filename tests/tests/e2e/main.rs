@@ -1,5 +1,6 @@
 //! End-to-end tests: HTTP against a real server and a real PostgreSQL database.
 
+mod analytics;
 mod auth;
 mod billing;
 mod graphiql;
@@ -10,6 +11,7 @@ mod jobs;
 mod limits;
 mod ops;
 mod organizations;
+mod retention;
 mod roles;
 mod stripe_api;
 mod usage;

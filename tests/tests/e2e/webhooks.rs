@@ -192,6 +192,7 @@ impl Worker {
             database_url: app.db.url.clone(),
             done_retention: std::time::Duration::from_secs(7 * 86_400),
             failed_retention: std::time::Duration::from_secs(30 * 86_400),
+            stripe_event_retention: std::time::Duration::from_secs(90 * 86_400),
             schedules: api::jobs::Schedules::none(),
         };
         let run = tokio::spawn(api::jobs::run(app.pool.clone(), settings, stopped));
@@ -352,6 +353,7 @@ async fn finished_jobs_are_deleted_after_their_retention() {
         database_url: app.db.url.clone(),
         done_retention: std::time::Duration::from_secs(7 * 86_400),
         failed_retention: std::time::Duration::from_secs(30 * 86_400),
+        stripe_event_retention: std::time::Duration::from_secs(90 * 86_400),
         schedules: api::jobs::Schedules::none(),
     };
     let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)

@@ -1,6 +1,7 @@
 //! Repositories: every SQL statement of the system lives here. Functions take a
 //! connection (not the pool) so that they compose inside one transaction.
 
+pub mod analytics;
 pub mod audit;
 pub mod billing;
 pub mod idempotency;

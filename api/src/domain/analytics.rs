@@ -1,0 +1,503 @@
+//! Analytics of a workspace: monthly snapshots of its members, usage, jobs and cost,
+//! computed by a job of the `analytics` queue and read back as stored.
+//!
+//! `generateAnalytics` enqueues one job (kind [`JOB_KIND`]) in the transaction of its
+//! mutation; the hourly periodic job `analytics` ([`refresh`]) enqueues the same job for
+//! every live workspace whose current month's snapshot is missing, older than its latest
+//! audit or usage event (member changes are audited), or older than [`STALE_AFTER`]. The
+//! job ([`job`]) computes the snapshot with aggregate statements (the database counts; no
+//! event is loaded) and upserts it into `analytics_snapshots`, keeping the newer of two
+//! racing runs, so it is idempotent and safe on several workers.
+//!
+//! Job idempotency keys: `analytics:{workspace}:{YYYY-MM}:{bucket}` with the start of the
+//! [`BUCKET_SECS`] time bucket of the request (requests of one workspace and month within a
+//! bucket share one job, whether from clients or the schedule), or
+//! `analytics:{workspace}:{YYYY-MM}:key:{caller}:{client key}` when the client sent an
+//! idempotency key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BoxDynError, Data, TaskId};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{self, Change};
+use super::billing::Billing;
+use super::billing::invoices::{self, month_of};
+use super::mutation::{self, Effect};
+use super::workspaces::require_role;
+use super::{Actor, DomainError, DomainResult, Role, Services};
+use crate::db::DbPool;
+use crate::db::repo::analytics as repo;
+use crate::db::repo::workspace_jobs::{self, JobRow};
+use crate::ids::{JobId, WorkspaceId};
+
+pub use super::billing::invoices::Period;
+
+/// The queue of analytics jobs.
+pub const QUEUE: &str = "analytics";
+/// The kind of an analytics job (`Workspace.jobs`).
+pub const JOB_KIND: &str = "analytics.generate";
+/// Attempts of an analytics job.
+pub const MAX_ATTEMPTS: i32 = 5;
+/// Requests of one workspace and month within this many seconds share one job.
+pub const BUCKET_SECS: i64 = 300;
+/// Workspaces looked at (and jobs enqueued) per transaction of the periodic refresh.
+pub const REFRESH_BATCH: i64 = 500;
+/// A snapshot older than this is refreshed even when nothing was audited or used since.
+pub const STALE_AFTER: Duration = Duration::from_secs(86_400);
+/// Version of the stored snapshot (`data.v`).
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The first instant of the month `period` names at `now`, and of the month after.
+pub fn bounds(period: Period, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    match period {
+        Period::CurrentMonth => month_of(now),
+        Period::PreviousMonth => month_of(month_of(now).0 - chrono::Duration::days(1)),
+    }
+}
+
+/// A workspace's analytics for one month, as stored in `analytics_snapshots.data`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`].
+    pub v: u32,
+    /// First instant of the month.
+    pub period_start: DateTime<Utc>,
+    /// First instant of the next month.
+    pub period_end: DateTime<Utc>,
+    /// Members and activity.
+    pub users: Users,
+    /// Usage per resource per UTC day, by resource then day.
+    pub usage: Vec<UsageDay>,
+    /// API requests per day and operation. Always empty for now: the gateway's
+    /// per-workspace request counters come with the governance work.
+    pub api_usage: Vec<ApiUsageDay>,
+    /// The workspace's jobs enqueued in the month.
+    pub jobs: Jobs,
+    /// Cost of the month (`billing::invoices::summary`).
+    pub cost: Cost,
+}
+
+/// Members and activity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Users {
+    /// Members at the end of the month (those still members; pending invitations included).
+    pub total: i64,
+    /// Distinct users who acted in the month: actors of audit events or usage events.
+    pub active: i64,
+    /// Members who joined in the month.
+    pub new_members: i64,
+    /// Members by role: owners, admins, viewers (zeros included).
+    pub by_role: Vec<RoleCount>,
+}
+
+/// Members of one role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleCount {
+    /// The role.
+    pub role: Role,
+    /// Members with it.
+    pub count: i64,
+}
+
+/// Usage of one resource on one day.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UsageDay {
+    /// Resource key.
+    pub resource: String,
+    /// The UTC day.
+    pub day: NaiveDate,
+    /// Sum of the recorded deltas.
+    pub total: i64,
+    /// Usage events recorded.
+    pub events: i64,
+}
+
+/// API requests of one operation on one day.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiUsageDay {
+    /// The UTC day.
+    pub day: NaiveDate,
+    /// GraphQL operation name.
+    pub operation: String,
+    /// Requests.
+    pub requests: i64,
+    /// Requests that returned errors.
+    pub errors: i64,
+}
+
+/// Jobs by outcome (the analytics jobs themselves left out: they would drown the rest).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Jobs {
+    /// Jobs enqueued in the month.
+    pub total: i64,
+    /// Done.
+    pub succeeded: i64,
+    /// Failed for good.
+    pub failed: i64,
+    /// Waiting or running.
+    pub pending: i64,
+    /// Succeeded / (succeeded + failed); `None` while none has finished.
+    pub success_rate: Option<f64>,
+    /// Failed / (succeeded + failed); `None` while none has finished.
+    pub failure_rate: Option<f64>,
+}
+
+/// Cost of the month, in cents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cost {
+    /// Fixed fees accrued until the snapshot (or the month's end) plus metered usage.
+    pub current_cents: i64,
+    /// Projection for the whole month.
+    pub projected_cents: i64,
+    /// Metered usage so far.
+    pub metered_cents: i64,
+    /// Plans' base fees per month.
+    pub base_fees_cents: i64,
+}
+
+/// A stored snapshot.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// When its computation started.
+    pub generated_at: DateTime<Utc>,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+}
+
+fn month_label(start: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}", start.year(), start.month())
+}
+
+/// The job key of a request at `now` without a client key.
+fn bucket_key(ws: Uuid, start: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let t = now.timestamp();
+    let bucket = DateTime::from_timestamp(t - t.rem_euclid(BUCKET_SECS), 0).unwrap_or(now);
+    format!(
+        "analytics:{ws}:{}:{}",
+        month_label(start),
+        bucket.to_rfc3339_opts(SecondsFormat::Secs, true)
+    )
+}
+
+fn payload(ws: Uuid, start: DateTime<Utc>) -> serde_json::Value {
+    json!({"v": 1, "workspace": ws, "periodStart": start.to_rfc3339_opts(SecondsFormat::Secs, true)})
+}
+
+/// Enqueues the analytics job of `ws` for the month starting at `start` under `key`, in
+/// the caller's transaction; the job (the one already enqueued under `key`, if any).
+async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    start: DateTime<Utc>,
+    requested_by: Option<Uuid>,
+    key: &str,
+) -> DomainResult<JobRow> {
+    let id = workspace_jobs::enqueue(
+        conn,
+        ws,
+        JOB_KIND,
+        requested_by,
+        QUEUE,
+        &payload(ws, start),
+        key,
+        MAX_ATTEMPTS,
+        0,
+    )
+    .await?;
+    let id = match id {
+        Some(id) => id,
+        None => repo::job_by_key(conn, QUEUE, key).await?.ok_or_else(|| {
+            DomainError::internal(anyhow::anyhow!("analytics job {key} vanished"))
+        })?,
+    };
+    workspace_jobs::find(conn, &id)
+        .await?
+        .ok_or_else(|| DomainError::internal(anyhow::anyhow!("analytics job {id} vanished")))
+}
+
+/// `generateAnalytics`: enqueues the job that computes the snapshot of `ws` for `period`
+/// (owners and admins); the job.
+pub async fn generate(
+    services: &Services,
+    actor: &Actor,
+    ws: WorkspaceId,
+    period: Period,
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<JobRow>> {
+    let now = Utc::now();
+    let (start, _) = bounds(period, now);
+    let job_key = match key {
+        Some(k) => format!(
+            "analytics:{}:{}:key:{}:{}",
+            ws.0,
+            month_label(start),
+            actor.user_id.0,
+            k.key
+        ),
+        None => bucket_key(ws.0, start, now),
+    };
+    let input = json!({"workspaceId": ws.encode(), "period": month_label(start)});
+    mutation::run(
+        services,
+        actor,
+        "generateAnalytics",
+        key,
+        &input,
+        |c, _| -> Effect<'_, _> {
+            Box::pin(generate_effect(
+                c,
+                actor.clone(),
+                ws,
+                start,
+                job_key.clone(),
+            ))
+        },
+    )
+    .await
+}
+
+async fn generate_effect(
+    conn: &mut AsyncPgConnection,
+    actor: Actor,
+    ws: WorkspaceId,
+    start: DateTime<Utc>,
+    key: String,
+) -> DomainResult<JobRow> {
+    require_role(conn, &actor, ws, Role::is_manager, "generate analytics").await?;
+    let job = enqueue(conn, ws.0, start, Some(actor.user_id.0), &key).await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: ws,
+            action: "analytics.generate",
+            target_type: "Job",
+            target_id: JobId(job.id.clone()).encode(),
+            summary: json!({"period": month_label(start)}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(job)
+}
+
+/// The stored snapshot of `ws` for `period` (the caller checked the reader); `None` until
+/// one was generated.
+pub async fn latest(
+    services: &Services,
+    ws: WorkspaceId,
+    period: Period,
+) -> DomainResult<Option<Stored>> {
+    let (start, _) = bounds(period, Utc::now());
+    let mut conn = services.conn().await?;
+    let Some(row) = repo::find(&mut conn, ws.0, start).await? else {
+        return Ok(None);
+    };
+    let snapshot = serde_json::from_value(row.data).map_err(DomainError::internal)?;
+    Ok(Some(Stored {
+        generated_at: row.generated_at,
+        snapshot,
+    }))
+}
+
+/// Computes the snapshot of `ws` for the month `[start, end)` as of `now`.
+pub async fn compute(
+    services: &Services,
+    ws: Uuid,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> DomainResult<Snapshot> {
+    let mut conn = services.conn().await?;
+    let roles = repo::members_by_role(&mut conn, ws, start, end).await?;
+    let active = repo::active_users(&mut conn, ws, start, end).await?;
+    let usage = repo::usage_per_day(&mut conn, ws, start, end).await?;
+    let jobs = repo::job_counts(&mut conn, ws, start, end, JOB_KIND).await?;
+    drop(conn);
+    // The summary of the month as of `now`, or of its last second once it is over.
+    let at = now.min(end - chrono::Duration::seconds(1));
+    let cost = invoices::summary(services, ws, Period::CurrentMonth, at).await?;
+    let by_role = [Role::Owner, Role::Admin, Role::Viewer]
+        .into_iter()
+        .map(|role| RoleCount {
+            role,
+            count: roles
+                .iter()
+                .filter(|r| r.role == role.as_str())
+                .map(|r| r.members)
+                .sum(),
+        })
+        .collect();
+    let finished = jobs.succeeded + jobs.failed;
+    let rate = |n: i64| (finished > 0).then(|| n as f64 / finished as f64);
+    Ok(Snapshot {
+        v: SNAPSHOT_VERSION,
+        period_start: start,
+        period_end: end,
+        users: Users {
+            total: roles.iter().map(|r| r.members).sum(),
+            active,
+            new_members: roles.iter().map(|r| r.new_members).sum(),
+            by_role,
+        },
+        usage: usage
+            .into_iter()
+            .map(|u| UsageDay {
+                resource: u.resource,
+                day: u.day,
+                total: u.total,
+                events: u.events,
+            })
+            .collect(),
+        api_usage: Vec::new(),
+        jobs: Jobs {
+            total: jobs.total,
+            succeeded: jobs.succeeded,
+            failed: jobs.failed,
+            pending: jobs.pending,
+            success_rate: rate(jobs.succeeded),
+            failure_rate: rate(jobs.failed),
+        },
+        cost: Cost {
+            current_cents: cost.current_cents,
+            projected_cents: cost.projected_cents,
+            metered_cents: cost.metered_cents,
+            base_fees_cents: cost.base_fees_cents,
+        },
+    })
+}
+
+/// Does one analytics job: computes and stores the snapshot its payload names. A payload of
+/// an unknown shape, or of a workspace deleted since, is logged and dropped.
+pub async fn run(
+    pool: &DbPool,
+    billing: &Arc<Billing>,
+    job: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let ws = job["workspace"]
+        .as_str()
+        .and_then(|w| Uuid::parse_str(w).ok());
+    let start = job["periodStart"]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|s| s.with_timezone(&Utc));
+    let (Some(1), Some(ws), Some(start)) = (job["v"].as_i64(), ws, start) else {
+        tracing::warn!(%job, "dropping an analytics job of an unknown shape");
+        return Ok(());
+    };
+    let (start, end) = month_of(start);
+    if !repo::is_live(&mut *pool.get().await?, ws).await? {
+        tracing::info!(workspace.id = %ws, "analytics job of a deleted workspace; dropped");
+        return Ok(());
+    }
+    let services = Services {
+        pool: pool.clone(),
+        idempotency_ttl: Duration::ZERO,
+        lock_timeout: Duration::ZERO,
+        loader_delay: Duration::ZERO,
+        billing: billing.clone(),
+        identities: Default::default(),
+    };
+    let now = Utc::now();
+    let snapshot = compute(&services, ws, start, end, now)
+        .await
+        .map_err(|e| anyhow::anyhow!("computing analytics of {ws}: {e:?}"))?;
+    let data = serde_json::to_value(&snapshot)?;
+    repo::upsert(&mut *pool.get().await?, ws, start, now, &data).await?;
+    Ok(())
+}
+
+/// Runs one job of the analytics queue (registered in `jobs::run_workers`).
+pub async fn job(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    settings: Data<Arc<crate::jobs::Settings>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    crate::jobs::count_run(&pool, QUEUE, &id).await?;
+    run(&pool, &settings.billing, &payload).await?;
+    Ok(())
+}
+
+/// The periodic job `analytics`: enqueues the analytics job of the current month for every
+/// live workspace whose snapshot is missing or stale, [`REFRESH_BATCH`] workspaces per
+/// transaction; how many jobs it enqueued.
+pub async fn refresh(pool: &DbPool) -> anyhow::Result<usize> {
+    let now = Utc::now();
+    let (start, _) = month_of(now);
+    let stale_before = now - chrono::Duration::from_std(STALE_AFTER)?;
+    let mut conn = pool.get().await?;
+    let mut after = None;
+    let mut enqueued = 0;
+    loop {
+        let batch =
+            repo::needing_refresh(&mut conn, after, REFRESH_BATCH, start, stale_before).await?;
+        let Some(last) = batch.last().copied() else {
+            return Ok(enqueued);
+        };
+        enqueued += conn
+            .transaction(async |c| {
+                for ws in &batch {
+                    enqueue(c, *ws, start, None, &bucket_key(*ws, start, now)).await?;
+                }
+                Ok::<_, DomainError>(batch.len())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("enqueuing analytics jobs: {e:?}"))?;
+        if (batch.len() as i64) < REFRESH_BATCH {
+            return Ok(enqueued);
+        }
+        after = Some(last);
+    }
+}
+
+/// The periodic job `analytics` as `jobs::maintenance::PERIODIC` runs it.
+pub async fn refresh_periodic(pool: &DbPool) -> anyhow::Result<()> {
+    let n = refresh(pool).await?;
+    if n > 0 {
+        tracing::info!(enqueued = n, "enqueued analytics refreshes");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn requests_within_a_bucket_share_a_key() {
+        let ws = Uuid::nil();
+        let t = |m, s| {
+            Utc.with_ymd_and_hms(2026, 11, 30, 10, m, s)
+                .single()
+                .expect("valid")
+        };
+        let (start, _) = month_of(t(0, 0));
+        assert_eq!(
+            bucket_key(ws, start, t(0, 1)),
+            bucket_key(ws, start, t(4, 59))
+        );
+        assert_ne!(
+            bucket_key(ws, start, t(4, 59)),
+            bucket_key(ws, start, t(5, 0))
+        );
+        assert!(bucket_key(ws, start, t(7, 0)).ends_with(":2026-11:2026-11-30T10:05:00Z"));
+    }
+
+    #[test]
+    fn the_previous_month_wraps_the_year() {
+        let jan = Utc
+            .with_ymd_and_hms(2027, 1, 3, 0, 0, 0)
+            .single()
+            .expect("valid");
+        let (s, e) = bounds(Period::PreviousMonth, jan);
+        assert_eq!(month_label(s), "2026-12");
+        assert_eq!(month_label(e), "2027-01");
+    }
+}

@@ -1,0 +1,341 @@
+//! Retention: how long each kind of data is kept, and the job that deletes what is past it.
+//!
+//! Per workspace (`RetentionSettings`, days; owners change them):
+//! | category | tables | default |
+//! |---|---|---|
+//! | audit logs | `audit_events` | 7 years |
+//! | usage events | `usage_events` (the ledger; counters keep current totals) and past windows of `usage_counters` | 2 years |
+//! | execution logs | none yet: a declared requirement for workflow execution logs | 1 year |
+//! | workflow data | none yet: a declared requirement | 7 years |
+//! | user data | removed members' personal data (erasure comes with the GDPR work) | 7 years |
+//!
+//! For the service as a whole (configuration): finished jobs (`JOB_RETENTION_HOURS`,
+//! `JOB_FAILED_RETENTION_HOURS`), processed Stripe events (`STRIPE_EVENT_RETENTION_DAYS`),
+//! `apalis.workers` rows of workers gone for a day (after the jobs that name them: a job's
+//! `lock_by` references its worker), completed billing requests (30 days).
+//!
+//! The cleanup deletes oldest first, in batches of at most `batch` rows per statement, so it
+//! never holds many row locks for long; it runs daily (`SCHEDULE_RETENTION`) and catches up by
+//! itself.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{self, Change};
+use super::mutation::{self, Effect};
+use super::workspaces::require_role;
+use super::{Actor, DomainError, DomainResult, Role, Services};
+use crate::db::DbPool;
+use crate::ids::WorkspaceId;
+
+/// A workspace's retention settings, in days.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, QueryableByName, serde::Serialize, serde::Deserialize,
+)]
+pub struct RetentionSettings {
+    /// Audit events.
+    #[diesel(sql_type = Integer)]
+    pub audit_logs_days: i32,
+    /// The usage ledger.
+    #[diesel(sql_type = Integer)]
+    pub usage_events_days: i32,
+    /// Execution logs (declared).
+    #[diesel(sql_type = Integer)]
+    pub execution_logs_days: i32,
+    /// Workflow data (declared).
+    #[diesel(sql_type = Integer)]
+    pub workflow_data_days: i32,
+    /// Removed members' personal data.
+    #[diesel(sql_type = Integer)]
+    pub user_data_days: i32,
+}
+
+/// The seed's defaults: 7 years of audit logs, workflow data and user data, 1 year of
+/// execution logs; 2 years of the usage ledger.
+pub const DEFAULTS: RetentionSettings = RetentionSettings {
+    audit_logs_days: 2555,
+    usage_events_days: 730,
+    execution_logs_days: 365,
+    workflow_data_days: 2555,
+    user_data_days: 2555,
+};
+
+/// Allowed days per category: (field, least, most).
+const BOUNDS: [(&str, i32, i32); 5] = [
+    ("auditLogsDays", 30, 3650),
+    ("usageEventsDays", 30, 3650),
+    ("executionLogsDays", 1, 3650),
+    ("workflowDataDays", 1, 3650),
+    ("userDataDays", 1, 3650),
+];
+
+/// A workspace's settings (the defaults without a row).
+pub async fn settings_of(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+) -> DomainResult<RetentionSettings> {
+    let row: Option<RetentionSettings> = diesel::sql_query(
+        "SELECT audit_logs_days, usage_events_days, execution_logs_days, workflow_data_days, user_data_days
+           FROM retention_settings WHERE workspace_id = $1",
+    )
+    .bind::<SqlUuid, _>(ws)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.unwrap_or(DEFAULTS))
+}
+
+/// The settings of a workspace the actor manages (owners and admins).
+pub async fn read(
+    services: &Services,
+    actor: &Actor,
+    ws: WorkspaceId,
+) -> DomainResult<RetentionSettings> {
+    let mut conn = services.conn().await?;
+    require_role(
+        &mut conn,
+        actor,
+        ws,
+        Role::is_manager,
+        "read retention settings",
+    )
+    .await?;
+    settings_of(&mut conn, ws.0).await
+}
+
+/// Input of `update`: absent categories keep their value.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetentionChange {
+    /// Workspace.
+    pub workspace_id: WorkspaceId,
+    /// Days per category, in the order of `BOUNDS`.
+    pub days: [Option<i32>; 5],
+}
+
+/// Changes a workspace's retention (owners), audited with the values before and after.
+pub async fn update(
+    services: &Services,
+    actor: &Actor,
+    input: RetentionChange,
+    key: Option<&mutation::Key>,
+) -> DomainResult<mutation::Done<RetentionSettings>> {
+    for ((field, least, most), days) in BOUNDS.iter().zip(input.days) {
+        if let Some(d) = days
+            && !(*least..=*most).contains(&d)
+        {
+            return Err(DomainError::bad_input(
+                field,
+                format!("{field} must be between {least} and {most} days"),
+            ));
+        }
+    }
+    mutation::run(
+        services,
+        actor,
+        "updateRetentionSettings",
+        key,
+        &input,
+        |c, _| -> Effect<'_, _> { Box::pin(update_effect(c, input.clone(), actor.clone())) },
+    )
+    .await
+}
+
+async fn update_effect(
+    conn: &mut AsyncPgConnection,
+    input: RetentionChange,
+    actor: Actor,
+) -> DomainResult<RetentionSettings> {
+    let ws = input.workspace_id;
+    require_role(
+        conn,
+        &actor,
+        ws,
+        |r| r == Role::Owner,
+        "change retention settings",
+    )
+    .await?;
+    crate::db::repo::workspaces::lock(conn, ws.0)
+        .await?
+        .ok_or(DomainError::NotFound("workspace"))?;
+    let before = settings_of(conn, ws.0).await?;
+    let [a, u, e, w, d] = input.days;
+    let after = RetentionSettings {
+        audit_logs_days: a.unwrap_or(before.audit_logs_days),
+        usage_events_days: u.unwrap_or(before.usage_events_days),
+        execution_logs_days: e.unwrap_or(before.execution_logs_days),
+        workflow_data_days: w.unwrap_or(before.workflow_data_days),
+        user_data_days: d.unwrap_or(before.user_data_days),
+    };
+    diesel::sql_query(
+        "INSERT INTO retention_settings (workspace_id, audit_logs_days, usage_events_days,
+                 execution_logs_days, workflow_data_days, user_data_days)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (workspace_id) DO UPDATE SET
+                 audit_logs_days = EXCLUDED.audit_logs_days, usage_events_days = EXCLUDED.usage_events_days,
+                 execution_logs_days = EXCLUDED.execution_logs_days,
+                 workflow_data_days = EXCLUDED.workflow_data_days,
+                 user_data_days = EXCLUDED.user_data_days, updated_at = now()",
+    )
+    .bind::<SqlUuid, _>(ws.0)
+    .bind::<Integer, _>(after.audit_logs_days)
+    .bind::<Integer, _>(after.usage_events_days)
+    .bind::<Integer, _>(after.execution_logs_days)
+    .bind::<Integer, _>(after.workflow_data_days)
+    .bind::<Integer, _>(after.user_data_days)
+    .execute(conn)
+    .await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: ws,
+            action: "retention.update",
+            target_type: "Workspace",
+            target_id: ws.encode(),
+            summary: json!({"before": before, "after": after}),
+            actor: &actor,
+        },
+    )
+    .await?;
+    Ok(after)
+}
+
+/// What one cleanup deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Audit events.
+    pub audit_events: usize,
+    /// Usage ledger entries.
+    pub usage_events: usize,
+    /// Counters of past windows.
+    pub usage_windows: usize,
+    /// Processed Stripe events.
+    pub stripe_events: usize,
+    /// `apalis.workers` rows.
+    pub workers: usize,
+    /// Statements run (each deletes at most a batch).
+    pub batches: usize,
+}
+
+/// Deletes, a batch at a time, the rows matched by `sql` (a `DELETE … WHERE ctid IN (SELECT
+/// ctid … LIMIT $3)` over workspace `$1` and cut-off `$2`) until a batch comes back short.
+async fn drain(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    ws: Uuid,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+    batches: &mut usize,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = diesel::sql_query(sql)
+            .bind::<SqlUuid, _>(ws)
+            .bind::<Timestamptz, _>(cutoff)
+            .bind::<BigInt, _>(batch)
+            .execute(conn)
+            .await?;
+        *batches += 1;
+        total += n;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
+/// One cleanup as of `now` (tests pass their own clock): every workspace's data past its
+/// retention, then the service's, oldest first, at most `batch` rows per statement.
+pub async fn cleanup(
+    pool: &DbPool,
+    now: DateTime<Utc>,
+    stripe_event_days: i64,
+    batch: i64,
+) -> anyhow::Result<Cleanup> {
+    let mut conn = pool.get().await?;
+    let mut done = Cleanup::default();
+    let mut after = Uuid::nil();
+    loop {
+        #[derive(QueryableByName)]
+        struct Ws {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+        }
+        let page: Vec<Ws> =
+            diesel::sql_query("SELECT id FROM workspaces WHERE id > $1 ORDER BY id LIMIT 500")
+                .bind::<SqlUuid, _>(after)
+                .load(&mut conn)
+                .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for ws in page {
+            let s = settings_of(&mut conn, ws.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let days = |d: i32| chrono::Duration::days(i64::from(d));
+            done.audit_events += drain(
+                &mut conn,
+                "DELETE FROM audit_events WHERE ctid IN (
+                    SELECT ctid FROM audit_events WHERE workspace_id = $1 AND created_at < $2
+                     ORDER BY created_at LIMIT $3)",
+                ws.id,
+                now - days(s.audit_logs_days),
+                batch,
+                &mut done.batches,
+            )
+            .await?;
+            done.usage_events += drain(
+                &mut conn,
+                "DELETE FROM usage_events WHERE ctid IN (
+                    SELECT ctid FROM usage_events WHERE workspace_id = $1 AND created_at < $2
+                     ORDER BY created_at LIMIT $3)",
+                ws.id,
+                now - days(s.usage_events_days),
+                batch,
+                &mut done.batches,
+            )
+            .await?;
+            // Past windows of metered resources (allocated ones have one window, at the epoch).
+            done.usage_windows += drain(
+                &mut conn,
+                "DELETE FROM usage_counters WHERE ctid IN (
+                    SELECT ctid FROM usage_counters WHERE workspace_id = $1
+                       AND period_start > 'epoch' AND period_start < $2
+                     LIMIT $3)",
+                ws.id,
+                now - days(s.usage_events_days),
+                batch,
+                &mut done.batches,
+            )
+            .await?;
+        }
+    }
+    done.stripe_events += drain(
+        &mut conn,
+        "DELETE FROM stripe_events WHERE ctid IN (
+            SELECT ctid FROM stripe_events WHERE $1::uuid IS NOT NULL AND processed_at IS NOT NULL
+               AND received_at < $2 LIMIT $3)",
+        Uuid::nil(),
+        now - chrono::Duration::days(stripe_event_days),
+        batch,
+        &mut done.batches,
+    )
+    .await?;
+    // Workers gone for a day that no job names any more.
+    done.workers += drain(
+        &mut conn,
+        "DELETE FROM apalis.workers w WHERE w.ctid IN (
+            SELECT x.ctid FROM apalis.workers x
+             WHERE $1::uuid IS NOT NULL AND x.last_seen < $2
+               AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = x.id)
+             LIMIT $3)",
+        Uuid::nil(),
+        now - chrono::Duration::days(1),
+        batch,
+        &mut done.batches,
+    )
+    .await?;
+    Ok(done)
+}
