@@ -1,9 +1,13 @@
 //! `just bench`: seeds a realistic workspace, starts the real `api` (release build) and
 //! drives it over HTTP with many concurrent connections, then measures the physical limit
-//! of one allocation sent straight to PostgreSQL, and prints one table.
+//! of one allocation sent straight to PostgreSQL and how fast one job worker processes a
+//! backlog of Stripe events, and prints one table.
 //!
 //! Environment: `BENCH_SECONDS` (per row, default 10), `BENCH_CONCURRENCY` (default 16),
-//! `BENCH_AB` (compare with another build or mode, see `compare`),
+//! `BENCH_AB` (compare with another build or mode, see `compare`), `BENCH_EVENTS` (each
+//! backlog of the worker rows, default 5,000), `BENCH_CUSTOMERS` (the customers the main
+//! worker row's events are about, default 50), `BENCH_WORKER_TIMEOUT` (seconds, default 300),
+//! `BENCH_ONLY=worker` (only the worker rows, on a fresh database),
 //! `TEST_DATABASE_SERVER` (default `postgres://postgres@127.0.0.1:5432`).
 
 use std::process::{Child, Command, Stdio};
@@ -351,10 +355,19 @@ where
 /// The signing secret the bench's server is started with.
 const WEBHOOK_SECRET: &str = "whsec_bench_secret_0123456789abcdef";
 
+/// `Stripe-Signature` of `body`, signed now with [`WEBHOOK_SECRET`] as Stripe signs.
+fn stripe_signature(body: &str) -> String {
+    use hmac::Mac;
+    let t = chrono::Utc::now().timestamp();
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key");
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 /// Stripe deliveries to `/webhooks/stripe`: each a distinct event of a realistic size,
 /// signed as Stripe signs it (verify, store once, answer).
 async fn webhook_row(s: &Arc<Server>, workers: usize, seconds: u64) -> anyhow::Result<Row> {
-    use hmac::Mac;
     let before = s.statements().await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let s2 = s.clone();
@@ -373,11 +386,7 @@ async fn webhook_row(s: &Arc<Server>, workers: usize, seconds: u64) -> anyhow::R
                         "currency": "usd", "description": "1 × Starter (at $29.99 / month)"}]}}},
             })
             .to_string();
-            let t = chrono::Utc::now().timestamp();
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes())
-                .expect("any key");
-            mac.update(format!("{t}.{body}").as_bytes());
-            let signature = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+            let signature = stripe_signature(&body);
             let r = s
                 .http
                 .post(format!("{}/webhooks/stripe", s.base))
@@ -398,6 +407,523 @@ async fn webhook_row(s: &Arc<Server>, workers: usize, seconds: u64) -> anyhow::R
         driven,
         statements,
     ))
+}
+
+/// The Stripe prices of the catalog, as the end-to-end tests configure them.
+const PRICES: [(&str, &str); 5] = [
+    ("STRIPE_PRICE_STARTER", "price_starter_monthly"),
+    ("STRIPE_PRICE_ENTERPRISE", "price_enterprise_monthly"),
+    ("STRIPE_PRICE_USERS", "price_users_unit"),
+    ("STRIPE_PRICE_LOCATIONS", "price_locations_unit"),
+    ("STRIPE_PRICE_SSO_CONNECTIONS", "price_sso_unit"),
+];
+
+/// Events of each backlog of the worker rows (`BENCH_EVENTS`).
+const BACKLOG_EVENTS: usize = 5_000;
+/// Customers the events of the main worker row are about (`BENCH_CUSTOMERS`).
+const CUSTOMERS: usize = 50;
+/// The main worker row's goal, in events per second.
+const WORKER_GOAL: f64 = 500.0;
+/// The pace and number of the live events after the backlog (their latency is measured).
+const LIVE_RATE: u64 = 100;
+const LIVE_EVENTS: usize = 300;
+
+/// Delivers `events` (JSON text) to `/webhooks/stripe`, `concurrency` at a time, each signed
+/// when sent; every one must be stored.
+async fn deliver_events(s: &Server, events: &[String], concurrency: usize) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut sent = futures::stream::iter(events)
+        .map(|body| deliver_event(s, body))
+        .buffer_unordered(concurrency);
+    while let Some(r) = sent.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn deliver_event(s: &Server, body: &str) -> anyhow::Result<()> {
+    let r = s
+        .http
+        .post(format!("{}/webhooks/stripe", s.base))
+        .header("stripe-signature", stripe_signature(body))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "/webhooks/stripe answered {}",
+        r.status()
+    );
+    Ok(())
+}
+
+/// One job worker, `api::jobs::run` (what the `worker` binary runs), on a multi-threaded
+/// runtime of its own thread, as in the `worker` binary (the bench's own runtime, which
+/// serves the fake Stripe, has one thread).
+struct BenchWorker {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The SQL statements of its pool (apalis's own connections are not counted).
+    statements: api::db::StatementCounter,
+}
+
+impl BenchWorker {
+    /// Starts it; returns it and when its jobs started.
+    async fn start(config: api::config::Config) -> anyhow::Result<(Self, Instant)> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let statements = api::db::StatementCounter::default();
+        let counter = statements.clone();
+        let (ready, started) = tokio::sync::oneshot::channel::<anyhow::Result<Instant>>();
+        let thread = std::thread::Builder::new()
+            .name("bench-worker".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(e.into()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let pool = match api::db::build_pool(&config, counter) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = ready.send(Err(anyhow::anyhow!("the worker's pool: {e}")));
+                            return;
+                        }
+                    };
+                    let settings = api::jobs::Settings::from(&config);
+                    let _ = ready.send(Ok(Instant::now()));
+                    api::jobs::run(pool, settings, stopped).await;
+                });
+            })?;
+        let at = started.await.context("the worker thread ended")??;
+        Ok((
+            Self {
+                stop,
+                thread: Some(thread),
+                statements,
+            },
+            at,
+        ))
+    }
+
+    fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(Duration::from_secs(30), joined)
+                .await
+                .is_err()
+            {
+                eprintln!("the bench worker did not stop within 30 s");
+            }
+        }
+    }
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
+    Ok(db.query_one(sql, &[]).await?.get(0))
+}
+
+/// Over the Stripe-event jobs of `events` that are done: how many, and the p50 and p99 of
+/// `done_at - {from}`. Waits up to 5 s for the last acknowledgements (apalis records a job
+/// done after its handler returned).
+async fn job_times(
+    db: &tokio_postgres::Client,
+    events: &[String],
+    from: &str,
+) -> anyhow::Result<(i64, Duration, Duration)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = db
+            .query_one(
+                &format!(
+                    "SELECT count(*),
+                            coalesce(extract(epoch FROM percentile_disc(0.5) WITHIN GROUP (ORDER BY done_at - {from}))::float8, 0),
+                            coalesce(extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (ORDER BY done_at - {from}))::float8, 0)
+                       FROM apalis.jobs
+                      WHERE job_type = 'stripe-events' AND status = 'Done' AND idempotency_key = ANY($1)"
+                ),
+                &[&events],
+            )
+            .await?;
+        let done: i64 = row.get(0);
+        if done as usize >= events.len() || Instant::now() >= deadline {
+            let secs = |i: usize| Duration::from_secs_f64(row.get::<_, f64>(i).max(0.0));
+            return Ok((done, secs(1), secs(2)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until no Stripe event is left unprocessed, or `deadline`; returns how many are left.
+async fn drain(db: &tokio_postgres::Client, deadline: Instant) -> anyhow::Result<i64> {
+    loop {
+        let left = count(
+            db,
+            "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL",
+        )
+        .await?;
+        if left == 0 || Instant::now() >= deadline {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How one backlog drained, for the summary.
+struct Drained {
+    events: usize,
+    processed: i64,
+    elapsed: Duration,
+    /// p50 and p99 from enqueue to done.
+    queued: (Duration, Duration),
+    stripe_reads: f64,
+    retried: i64,
+}
+
+impl Drained {
+    fn rate(&self) -> f64 {
+        self.processed as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// What the worker rows measured.
+struct WorkerReport {
+    rows: Vec<Row>,
+    customers: usize,
+    spread: Drained,
+    hot: Drained,
+}
+
+impl WorkerReport {
+    fn print_summary(&self) {
+        let line = |d: &Drained| {
+            format!(
+                "{} of {} events in {:.1} s: {:.0} events/s; {:.2} Stripe reads per event; {} jobs retried; enqueue → done p50 {}, p99 {}",
+                d.processed,
+                d.events,
+                d.elapsed.as_secs_f64(),
+                d.rate(),
+                d.stripe_reads,
+                d.retried,
+                ms(d.queued.0),
+                ms(d.queued.1),
+            )
+        };
+        let rate = self.spread.rate();
+        println!(
+            "One worker, a backlog about {} customers: {} (goal ≥ {WORKER_GOAL:.0} events/s: {}).",
+            self.customers,
+            line(&self.spread),
+            if rate >= WORKER_GOAL {
+                "met"
+            } else {
+                "NOT met"
+            },
+        );
+        println!(
+            "One worker, a backlog about one subscription and its invoice (applied one at a time per object): {}.",
+            line(&self.hot)
+        );
+    }
+}
+
+/// The events' ids (the jobs' idempotency keys).
+fn event_ids(bodies: &[String]) -> anyhow::Result<Vec<String>> {
+    bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b)?["id"]
+                .as_str()
+                .map(str::to_string)
+                .context("event id")
+        })
+        .collect()
+}
+
+/// Starts one worker on a stored backlog of `bodies` and waits until every event is
+/// processed; its row, how it drained, and the worker (still running).
+async fn drain_backlog(
+    db: &tokio_postgres::Client,
+    fake: &tests::fake_stripe::FakeStripe,
+    config: api::config::Config,
+    name: String,
+    bodies: &[String],
+) -> anyhow::Result<(Row, Drained, BenchWorker)> {
+    let ids = event_ids(bodies)?;
+    let events = bodies.len();
+    let reads_before = fake.requests().len();
+    let retried_before = count(db, "SELECT count(*) FROM job_runs WHERE runs > 1").await?;
+    let (worker, started) = BenchWorker::start(config).await?;
+    let timeout = Duration::from_secs(env_or("BENCH_WORKER_TIMEOUT", 300));
+    let left = drain(db, started + timeout).await?;
+    let elapsed = started.elapsed();
+    let statements = worker.statements();
+    let reads = fake.requests().len() - reads_before;
+    let processed = events as i64 - left;
+    if left > 0 {
+        eprintln!("the worker left {left} of {events} events unprocessed after {timeout:?}");
+    }
+    let (done, p50, p99) = job_times(db, &ids, "lock_at").await?;
+    let (_, queued_p50, queued_p99) = job_times(db, &ids, "run_at").await?;
+    let retried = count(db, "SELECT count(*) FROM job_runs WHERE runs > 1").await? - retried_before;
+    let per_event = |n: f64| n / processed.max(1) as f64;
+    let row = Row {
+        name,
+        unit: "events/s",
+        rate: processed as f64 / elapsed.as_secs_f64(),
+        p50,
+        p99,
+        statements: Some(per_event(statements as f64)),
+        errors: (events as i64 - done) as u64,
+    };
+    let drained = Drained {
+        events,
+        processed,
+        elapsed,
+        queued: (queued_p50, queued_p99),
+        stripe_reads: per_event(reads as f64),
+        retried,
+    };
+    Ok((row, drained, worker))
+}
+
+/// Stripe events processed by one worker. An api without worker stores backlogs of
+/// `events` distinct signed events (subscription updated, invoice paid; built from the fake
+/// Stripe's current objects) about customers the mirror knows, created through GraphQL (one
+/// workspace, billing account and subscription each: events about unknown customers are
+/// acknowledged without work); then one worker starts and the clock runs until every event
+/// is processed (each read again from Stripe and applied in a transaction). Rows: a backlog
+/// spread over `customers` customers; live events at `LIVE_RATE` per second (latency from
+/// enqueue to done when the worker keeps up); a backlog about one subscription and its
+/// invoice (the mirror applies one object's events one at a time, under a lock held
+/// across the read from Stripe).
+async fn worker_rows(
+    server_url: &str,
+    events: usize,
+    customers: usize,
+    concurrency: usize,
+) -> anyhow::Result<WorkerReport> {
+    // The worker's warnings (failed jobs, restarts) show; RUST_LOG filters.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let fake = tests::fake_stripe::FakeStripe::start().await;
+    let mut env: Vec<(String, String)> = PRICES
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(
+        [
+            ("STRIPE_SECRET_KEY", "sk_test_bench_0123456789".to_string()),
+            ("STRIPE_API_BASE", fake.url()),
+            ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET.to_string()),
+            // The recovery jobs of the seeding's billing requests stay out of the way.
+            ("STRIPE_RECOVERY_DELAY_SECS", "3600".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    // (The api migrates the database if it is new.)
+    let server = start_server(server_url, &own_api()?, &env).await?;
+    let url = format!("{server_url}/{DB}");
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    // The bench's own queries must weigh little on the server it measures: its count of
+    // unprocessed events (every 50 ms) reads the partial index of the unprocessed ones
+    // (the statistics, taken on a full backlog, would choose to scan the table: 3–7 ms
+    // of the server's CPU per poll, measured).
+    db.batch_execute("SET enable_seqscan = off").await?;
+    // Only this row's events: the delivery row left its own (about a customer that is not
+    // ours) unprocessed, with their jobs.
+    db.batch_execute(
+        "DELETE FROM apalis.jobs WHERE job_type = 'stripe-events';
+         DELETE FROM job_runs;
+         DELETE FROM stripe_events;",
+    )
+    .await?;
+    db.batch_execute("VACUUM ANALYZE apalis.jobs, job_runs, stripe_events")
+        .await?;
+
+    // Customers the mirror knows, each with a subscription (its workspace's first: a
+    // trial, no payment method needed) and that subscription's first invoice.
+    let t = Instant::now();
+    let customer = async |i: usize| -> anyhow::Result<(Value, Value)> {
+        let r = server
+            .gql(
+                "mutation($n: String!) { createWorkspace(input: {name: $n, billingMode: SINGLE}) { workspace { id } } }",
+                json!({"n": format!("Billing bench {i}")}),
+            )
+            .await?;
+        let ws = r["data"]["createWorkspace"]["workspace"]["id"]
+            .as_str()
+            .context("ws id")?
+            .to_string();
+        let r = server
+            .gql(
+                "mutation($w: ID!) { createBillingAccount(input: {workspaceId: $w, name: \"Bench payer\", email: \"billing@bench.example\",
+                    currency: \"usd\", address: {country: \"us\", city: \"Springfield\"}}) { billingAccount { id stripeCustomerId } } }",
+                json!({"w": ws}),
+            )
+            .await?;
+        let account = &r["data"]["createBillingAccount"]["billingAccount"];
+        let (account, customer) = (
+            account["id"].as_str().context("account id")?.to_string(),
+            account["stripeCustomerId"]
+                .as_str()
+                .context("customer id")?
+                .to_string(),
+        );
+        let r = server
+            .gql(
+                "mutation($a: ID!) { createSubscription(input: {billingAccountId: $a, plan: STARTER,
+                    quantities: [{resource: \"users\", quantity: 2}]}) { subscription { stripeSubscriptionId } } }",
+                json!({"a": account}),
+            )
+            .await?;
+        let sub = r["data"]["createSubscription"]["subscription"]["stripeSubscriptionId"]
+            .as_str()
+            .context("subscription id")?;
+        let subscription = fake
+            .subscription(sub)
+            .context("the subscription in the fake Stripe")?;
+        let invoice = fake
+            .invoices_for(&customer)
+            .last()
+            .cloned()
+            .context("the subscription's first invoice")?;
+        Ok((subscription, invoice))
+    };
+    let mut objects = Vec::new();
+    for i in 0..customers.max(1) {
+        objects.push(customer(i).await?);
+    }
+    eprintln!(
+        "created {} customers with a subscription in {:.1} s",
+        objects.len(),
+        t.elapsed().as_secs_f64()
+    );
+    // Event i is about customer (i / 2) mod n: its subscription, then its invoice.
+    let make = |n: usize, objects: &[(Value, Value)]| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let (subscription, invoice) = &objects[(i / 2) % objects.len()];
+                if i % 2 == 0 {
+                    fake.event("customer.subscription.updated", subscription.clone())
+                } else {
+                    fake.event("invoice.paid", invoice.clone())
+                }
+            })
+            .collect()
+    };
+    let store = async |bodies: &[String]| -> anyhow::Result<()> {
+        let t = Instant::now();
+        deliver_events(&server, bodies, concurrency).await?;
+        let stored = count(
+            &db,
+            "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL",
+        )
+        .await?;
+        anyhow::ensure!(
+            stored == bodies.len() as i64,
+            "{stored} unprocessed events stored, {} expected",
+            bodies.len()
+        );
+        eprintln!(
+            "stored a backlog of {} Stripe events in {:.1} s",
+            bodies.len(),
+            t.elapsed().as_secs_f64()
+        );
+        // Statistics as autovacuum would have them for a backlog built over time.
+        db.batch_execute("ANALYZE apalis.jobs, stripe_events")
+            .await?;
+        Ok(())
+    };
+    let vars: std::collections::HashMap<String, String> = env
+        .iter()
+        .cloned()
+        .chain([("DATABASE_URL".to_string(), url.clone())])
+        .collect();
+    let config = api::config::Config::from_lookup(|k| vars.get(k).cloned())
+        .map_err(|e| anyhow::anyhow!("the worker's configuration: {e}"))?;
+
+    // A backlog about many customers.
+    let backlog = make(events, &objects);
+    store(&backlog).await?;
+    let (row, spread, worker) = drain_backlog(
+        &db,
+        &fake,
+        config.clone(),
+        format!(
+            "Stripe events processed by one worker: a backlog of {events} about {} customers (subscription updated, invoice paid), each read again from Stripe and applied; p50/p99: job start → done",
+            objects.len()
+        ),
+        &backlog,
+    )
+    .await?;
+    let mut rows = vec![row];
+
+    // Live events at a steady pace the worker keeps up with.
+    if spread.processed == events as i64 {
+        let live = make(LIVE_EVENTS, &objects);
+        let live_ids = event_ids(&live)?;
+        let before = worker.statements();
+        let t = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LIVE_RATE));
+        for body in &live {
+            tick.tick().await;
+            deliver_event(&server, body).await?;
+        }
+        let sent = t.elapsed();
+        let left = drain(&db, Instant::now() + Duration::from_secs(60)).await?;
+        let (done, p50, p99) = job_times(&db, &live_ids, "run_at").await?;
+        rows.push(Row {
+            name: format!(
+                "the same worker, live: {LIVE_EVENTS} events delivered at {LIVE_RATE}/s; p50/p99: enqueue → done"
+            ),
+            unit: "events/s",
+            rate: (LIVE_EVENTS as i64 - left) as f64 / sent.as_secs_f64(),
+            p50,
+            p99,
+            statements: Some((worker.statements() - before) as f64 / LIVE_EVENTS as f64),
+            errors: (LIVE_EVENTS as i64 - done) as u64,
+        });
+    }
+    worker.stop().await;
+
+    // A backlog about one subscription and its invoice.
+    let backlog = make(events, &objects[..1]);
+    store(&backlog).await?;
+    let (row, hot, worker) = drain_backlog(
+        &db,
+        &fake,
+        config,
+        format!(
+            "the same, a backlog of {events} about one subscription and its invoice (one object's events apply one at a time)"
+        ),
+        &backlog,
+    )
+    .await?;
+    rows.push(row);
+    worker.stop().await;
+    Ok(WorkerReport {
+        rows,
+        customers: objects.len(),
+        spread,
+        hot,
+    })
 }
 
 async fn http_row(
@@ -704,6 +1230,23 @@ async fn compare(
     Ok(())
 }
 
+fn print_rows(rows: &[Row]) {
+    println!("| row | rate | p50 | p99 | SQL statements / request | errors |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        println!(
+            "| {} | {:.0} {} | {} | {} | {} | {} |",
+            r.name,
+            r.rate,
+            r.unit,
+            ms(r.p50),
+            ms(r.p99),
+            r.statements.map(|s| format!("{s:.1}")).unwrap_or_default(),
+            r.errors
+        );
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -717,6 +1260,16 @@ async fn main() -> anyhow::Result<()> {
     let workers: usize = env_or("BENCH_CONCURRENCY", 16);
     let server_url = tests::server_url();
     reset_database(&server_url).await?;
+    let events = env_or("BENCH_EVENTS", BACKLOG_EVENTS);
+    let customers = env_or("BENCH_CUSTOMERS", CUSTOMERS);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("worker") {
+        let worker = worker_rows(&server_url, events, customers, workers).await?;
+        println!("\nOne worker, deliveries at concurrency {workers}, release build.\n");
+        print_rows(&worker.rows);
+        println!();
+        worker.print_summary();
+        return Ok(());
+    }
     let server = Arc::new(start_server(&server_url, &own_api()?, &[]).await?);
     let t = Instant::now();
     let seeded = seed(&server, workers).await?;
@@ -828,25 +1381,25 @@ async fn main() -> anyhow::Result<()> {
     rows.push(mean(record_runs));
     rows.push(mean(physical_runs));
     rows.push(webhook_row(&server, workers, seconds).await?);
+    // The worker row starts an api of its own (with Stripe configured).
+    drop(server);
+    // A failure there leaves the other rows' table intact.
+    let mut worker = match worker_rows(&server_url, events, customers, workers).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("the worker rows failed: {e:#}");
+            None
+        }
+    };
+    if let Some(w) = &mut worker {
+        rows.append(&mut w.rows);
+    }
 
     let (nested, nested_physical) = (rows[0].rate, rows[1].rate);
     let record = rows[3].rate;
     let physical = rows[4].rate;
     println!("\nConcurrency {workers}, {seconds} s per row, release build, 2-core machine.\n");
-    println!("| row | rate | p50 | p99 | SQL statements / request | errors |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for r in &rows {
-        println!(
-            "| {} | {:.0} {} | {} | {} | {} | {} |",
-            r.name,
-            r.rate,
-            r.unit,
-            ms(r.p50),
-            ms(r.p99),
-            r.statements.map(|s| format!("{s:.1}")).unwrap_or_default(),
-            r.errors
-        );
-    }
+    print_rows(&rows);
     println!(
         "\nThe nested query reaches {:.0}% of its physical limit (goal ≥ 50%).",
         100.0 * nested / nested_physical
@@ -865,8 +1418,10 @@ async fn main() -> anyhow::Result<()> {
         100.0 * fallback as f64 / (answered + fallback).max(1) as f64,
         std::env::var("GRAPHQL_ONE_STEP").unwrap_or_else(|_| "on".into())
     );
+    if let Some(w) = &worker {
+        w.print_summary();
+    }
     if let Ok(b) = std::env::var("BENCH_AB") {
-        drop(server);
         compare(&server_url, &b, workers, seconds, nested_body, record_body).await?;
     }
     Ok(())
