@@ -6,7 +6,8 @@
 //! Environment: `BENCH_SECONDS` (per row, default 10), `BENCH_CONCURRENCY` (default 16),
 //! `BENCH_AB` (compare with another build or mode, see `compare`), `BENCH_EVENTS` (each
 //! backlog of the worker rows, default 5,000), `BENCH_CUSTOMERS` (the customers the main
-//! worker row's events are about, default 50), `BENCH_WORKER_TIMEOUT` (seconds, default 300),
+//! worker row's events are about, default 50), `BENCH_STRIPE_LATENCY_MS` (how late Stripe
+//! answers the worker, default 0), `BENCH_WORKER_TIMEOUT` (seconds, default 300),
 //! `BENCH_ONLY=worker` (only the worker rows, on a fresh database),
 //! `TEST_DATABASE_SERVER` (default `postgres://postgres@127.0.0.1:5432`).
 
@@ -698,6 +699,48 @@ async fn drain_backlog(
     Ok((row, drained, worker))
 }
 
+/// A proxy in front of the fake Stripe that forwards each request `delay` late: Stripe's
+/// own latency, which the in-process fake does not have (`BENCH_STRIPE_LATENCY_MS`). Returns
+/// its base URL.
+async fn slow_stripe(target: String, delay: Duration) -> anyhow::Result<String> {
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let client = reqwest::Client::new();
+    let forward = move |method: axum::http::Method,
+                        uri: axum::http::Uri,
+                        headers: axum::http::HeaderMap,
+                        body: axum::body::Bytes| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            tokio::time::sleep(delay).await;
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut headers = headers;
+            headers.remove(axum::http::header::HOST);
+            let answer = client
+                .request(method, format!("{target}{path}"))
+                .headers(headers)
+                .body(body)
+                .send()
+                .await;
+            match answer {
+                Ok(r) => {
+                    let (status, mut headers) = (r.status(), r.headers().clone());
+                    headers.remove(axum::http::header::TRANSFER_ENCODING);
+                    let body = r.bytes().await.unwrap_or_default();
+                    (status, headers, body).into_response()
+                }
+                Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
 /// Stripe events processed by one worker. An api without worker stores backlogs of
 /// `events` distinct signed events (subscription updated, invoice paid; built from the fake
 /// Stripe's current objects) about customers the mirror knows, created through GraphQL (one
@@ -851,11 +894,26 @@ async fn worker_rows(
             .await?;
         Ok(())
     };
+    // The worker reads from Stripe through the latency proxy, if any.
+    let latency = Duration::from_millis(env_or("BENCH_STRIPE_LATENCY_MS", 0));
+    let stripe = if latency.is_zero() {
+        fake.url()
+    } else {
+        slow_stripe(fake.url(), latency).await?
+    };
     let vars: std::collections::HashMap<String, String> = env
         .iter()
         .cloned()
-        .chain([("DATABASE_URL".to_string(), url.clone())])
+        .chain([
+            ("DATABASE_URL".to_string(), url.clone()),
+            ("STRIPE_API_BASE".to_string(), stripe),
+        ])
         .collect();
+    let reads = if latency.is_zero() {
+        String::new()
+    } else {
+        format!(", Stripe answering {} ms late", latency.as_millis())
+    };
     let config = api::config::Config::from_lookup(|k| vars.get(k).cloned())
         .map_err(|e| anyhow::anyhow!("the worker's configuration: {e}"))?;
 
@@ -867,7 +925,7 @@ async fn worker_rows(
         &fake,
         config.clone(),
         format!(
-            "Stripe events processed by one worker: a backlog of {events} about {} customers (subscription updated, invoice paid), each read again from Stripe and applied; p50/p99: job start → done",
+            "Stripe events processed by one worker: a backlog of {events} about {} customers (subscription updated, invoice paid), each read again from Stripe{reads} and applied; p50/p99: job start → done",
             objects.len()
         ),
         &backlog,
