@@ -118,7 +118,7 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let state = crate::AppState::new(config, pool.clone(), statements)?;
     let grace = state.config.shutdown_timeout;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let settings = crate::jobs::Settings::from(&*state.config);
+    let settings = crate::jobs::Settings::new(&state.config)?;
     let worker = with_worker
         .then(|| tokio::spawn(crate::jobs::run(pool.clone(), settings, stop_rx.clone())));
     let listener = tokio::net::TcpListener::bind(addr)

@@ -92,6 +92,17 @@ pub struct Config {
     /// Stripe's API and the catalog (`STRIPE_SECRET_KEY`, `STRIPE_PUBLISHABLE_KEY`,
     /// `STRIPE_API_BASE`, `STRIPE_PRICE_*`).
     pub billing: crate::domain::billing::BillingConfig,
+    /// Where archives and exports go (`ARCHIVE_URL`: `file:///dir`, `s3://bucket/prefix`,
+    /// `gs://…`, `az://…`); by default a directory of the user's data directory.
+    pub archive_url: String,
+    /// The object store's settings (`AWS_*`, `GOOGLE_*`, `AZURE_*` variables that
+    /// `object_store` knows, lower-cased).
+    pub archive_options: Vec<(String, String)>,
+    /// The key that wraps the data keys (`ARCHIVE_MASTER_KEY`: 64 hex digits or base64 of
+    /// 32 bytes); required in production, a public development key otherwise.
+    pub archive_master_key: [u8; 32],
+    /// Whether `ARCHIVE_MASTER_KEY` was set (a warning is logged at start when it was not).
+    pub archive_master_key_set: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -114,6 +125,7 @@ impl std::fmt::Debug for Config {
                 &self.billing.stripe_secret_key.as_ref().map(|_| "<set>"),
             )
             .field("stripe_api_base", &self.billing.stripe_api_base)
+            .field("archive_url", &self.archive_url)
             .finish_non_exhaustive()
     }
 }
@@ -271,6 +283,33 @@ impl Config {
         }
         let stripe_event_retention = Duration::from_secs(stripe_event_days * 86_400);
         let schedules = crate::jobs::Schedules::from_lookup(&var)?;
+        let archive_url = match var("ARCHIVE_URL") {
+            Some(u) => u,
+            None => default_archive_url(&var),
+        };
+        if let Err(e) = url::Url::parse(&archive_url) {
+            return Err(err("ARCHIVE_URL", format!("not a URL: {e}")));
+        }
+        let archive_options = ARCHIVE_OPTIONS
+            .iter()
+            .filter_map(|name| var(name).map(|v| (name.to_ascii_lowercase(), v)))
+            .collect();
+        let archive_master_key_set = var("ARCHIVE_MASTER_KEY").is_some();
+        let archive_master_key = match var("ARCHIVE_MASTER_KEY") {
+            Some(k) => crate::storage::parse_master_key(&k).ok_or_else(|| {
+                err(
+                    "ARCHIVE_MASTER_KEY",
+                    "must be 32 bytes as 64 hex digits or base64 (e.g. `openssl rand -hex 32`)",
+                )
+            })?,
+            None if production => {
+                return Err(err(
+                    "ARCHIVE_MASTER_KEY",
+                    "must be set in production (32 bytes as 64 hex digits or base64)",
+                ));
+            }
+            None => crate::storage::development_master_key(),
+        };
         // A comma-separated list (empty items dropped).
         let list = |name: &'static str| -> Vec<String> {
             var(name)
@@ -362,6 +401,10 @@ impl Config {
             stripe_event_retention,
             schedules,
             stripe_webhook_secrets,
+            archive_url,
+            archive_options,
+            archive_master_key,
+            archive_master_key_set,
         })
     }
 }
@@ -377,6 +420,46 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The object store settings read from the environment (see `object_store`'s builders).
+const ARCHIVE_OPTIONS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_ALLOW_HTTP",
+    "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+    "AWS_SERVER_SIDE_ENCRYPTION",
+    "AWS_SSE_KMS_KEY_ID",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_TENANT_ID",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_USE_EMULATOR",
+    "AZURE_STORAGE_ENDPOINT",
+];
+
+/// `file://` of `$XDG_DATA_HOME/workspaces/archives` (or `$HOME/.local/share/…`, or the
+/// system's temporary directory without a home).
+fn default_archive_url(var: &impl Fn(&'static str) -> Option<String>) -> String {
+    let base = var("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("workspaces").join("archives");
+    url::Url::from_directory_path(&dir)
+        .map(String::from)
+        .unwrap_or_else(|()| format!("file://{}", dir.display()))
 }
 
 fn err(var: &'static str, message: impl Into<String>) -> ConfigError {

@@ -11,6 +11,7 @@ pub mod graphql;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod storage;
 pub mod stripe;
 pub mod telemetry;
 
@@ -55,6 +56,11 @@ impl AppState {
             loader_delay: config.loader_delay,
             identities: Default::default(),
             billing: domain::billing::Billing::new(&config.billing),
+            vault: Arc::new(storage::Vault::open(
+                &config.archive_url,
+                &config.archive_options,
+                config.archive_master_key,
+            )?),
         };
         let metrics_pool = db::build_pool_for(
             &config.database_url,

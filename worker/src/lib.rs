@@ -11,7 +11,8 @@ pub async fn run_from_env() -> anyhow::Result<()> {
     api::telemetry::init_tracing(config.log_format);
     let pool = api::prepare_database(&config, Default::default()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = tokio::spawn(api::jobs::run(pool, (&config).into(), stop_rx));
+    let settings = api::jobs::Settings::new(&config)?;
+    let worker = tokio::spawn(api::jobs::run(pool, settings, stop_rx));
     api::shutdown_signal().await;
     let _ = stop_tx.send(true);
     // Work in flight gets SHUTDOWN_TIMEOUT_SECS; a stuck job must not keep the process alive.

@@ -26,7 +26,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Change};
-use super::billing::Billing;
 use super::billing::invoices::{self, month_of};
 use super::mutation::{self, Effect};
 use super::workspaces::require_role;
@@ -376,7 +375,7 @@ pub async fn compute(
 /// an unknown shape, or of a workspace deleted since, is logged and dropped.
 pub async fn run(
     pool: &DbPool,
-    billing: &Arc<Billing>,
+    settings: &crate::jobs::Settings,
     job: &serde_json::Value,
 ) -> anyhow::Result<()> {
     let ws = job["workspace"]
@@ -395,14 +394,7 @@ pub async fn run(
         tracing::info!(workspace.id = %ws, "analytics job of a deleted workspace; dropped");
         return Ok(());
     }
-    let services = Services {
-        pool: pool.clone(),
-        idempotency_ttl: Duration::ZERO,
-        lock_timeout: Duration::ZERO,
-        loader_delay: Duration::ZERO,
-        billing: billing.clone(),
-        identities: Default::default(),
-    };
+    let services = settings.services(pool);
     let now = Utc::now();
     let snapshot = compute(&services, ws, start, end, now)
         .await
@@ -420,7 +412,7 @@ pub async fn job(
     id: TaskId,
 ) -> Result<(), BoxDynError> {
     crate::jobs::count_run(&pool, QUEUE, &id).await?;
-    run(&pool, &settings.billing, &payload).await?;
+    run(&pool, &settings, &payload).await?;
     Ok(())
 }
 

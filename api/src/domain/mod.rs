@@ -267,6 +267,8 @@ pub struct Services {
     pub loader_delay: std::time::Duration,
     /// Stripe and the catalog.
     pub billing: std::sync::Arc<billing::Billing>,
+    /// Object storage of archives and exports, and the master key (`storage`).
+    pub vault: std::sync::Arc<crate::storage::Vault>,
     /// Recently seen identities, so that a signed-in caller costs no statement per request.
     pub identities: std::sync::Arc<users::IdentityCache>,
 }

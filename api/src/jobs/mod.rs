@@ -201,19 +201,49 @@ pub struct Settings {
     pub failed_retention: Duration,
     /// How long processed Stripe events are kept.
     pub stripe_event_retention: Duration,
+    /// Object storage of archives and exports.
+    pub vault: Arc<crate::storage::Vault>,
     /// The periodic jobs this process schedules (`SCHEDULE_*`; see [`schedule`]).
     pub schedules: Schedules,
 }
 
-impl From<&crate::config::Config> for Settings {
-    fn from(c: &crate::config::Config) -> Self {
-        Self {
+impl Settings {
+    /// The settings of `c`; fails when the object store of `ARCHIVE_URL` cannot be set up.
+    pub fn new(c: &crate::config::Config) -> anyhow::Result<Self> {
+        if !c.archive_master_key_set {
+            tracing::warn!(
+                "ARCHIVE_MASTER_KEY is not set: archives and exports are sealed under the public \
+                 development key"
+            );
+        }
+        Ok(Self {
+            vault: Arc::new(crate::storage::Vault::open(
+                &c.archive_url,
+                &c.archive_options,
+                c.archive_master_key,
+            )?),
             billing: Billing::new(&c.billing),
             database_url: c.database_url.clone(),
             done_retention: c.job_retention,
             failed_retention: c.failed_job_retention,
             stripe_event_retention: c.stripe_event_retention,
             schedules: c.schedules.clone(),
+        })
+    }
+}
+
+impl Settings {
+    /// Domain services over `pool` for a job (no request settings: jobs take no row-lock
+    /// waits of a client's and batch nothing).
+    pub fn services(&self, pool: &DbPool) -> crate::domain::Services {
+        crate::domain::Services {
+            pool: pool.clone(),
+            idempotency_ttl: Duration::ZERO,
+            lock_timeout: Duration::ZERO,
+            loader_delay: Duration::ZERO,
+            billing: self.billing.clone(),
+            vault: self.vault.clone(),
+            identities: Default::default(),
         }
     }
 }

@@ -497,7 +497,13 @@ impl BenchWorker {
                             return;
                         }
                     };
-                    let settings = api::jobs::Settings::from(&config);
+                    let settings = match api::jobs::Settings::new(&config) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready.send(Err(e.context("the worker's settings")));
+                            return;
+                        }
+                    };
                     let _ = ready.send(Ok(Instant::now()));
                     api::jobs::run(pool, settings, stopped).await;
                 });

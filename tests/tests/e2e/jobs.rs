@@ -217,12 +217,11 @@ async fn jobs_run_counts_are_deleted_with_their_jobs() {
     )
     .await;
     let settings = api::jobs::Settings {
-        billing: Default::default(),
-        database_url: app.db.url.clone(),
         done_retention: Duration::from_secs(7 * 86_400),
         failed_retention: Duration::from_secs(30 * 86_400),
         stripe_event_retention: std::time::Duration::from_secs(90 * 86_400),
         schedules: api::jobs::Schedules::none(),
+        ..api::jobs::Settings::new(&app.config).expect("job settings")
     };
     let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)
         .await

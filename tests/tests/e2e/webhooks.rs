@@ -188,12 +188,11 @@ impl Worker {
     pub(crate) fn start(app: &TestApp) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let settings = api::jobs::Settings {
-            billing: api::domain::billing::Billing::new(&app.config.billing),
-            database_url: app.db.url.clone(),
             done_retention: std::time::Duration::from_secs(7 * 86_400),
             failed_retention: std::time::Duration::from_secs(30 * 86_400),
             stripe_event_retention: std::time::Duration::from_secs(90 * 86_400),
             schedules: api::jobs::Schedules::none(),
+            ..api::jobs::Settings::new(&app.config).expect("job settings")
         };
         let run = tokio::spawn(api::jobs::run(app.pool.clone(), settings, stopped));
         Self(stop, run)
@@ -349,12 +348,11 @@ async fn finished_jobs_are_deleted_after_their_retention() {
     )
     .await;
     let settings = api::jobs::Settings {
-        billing: Default::default(),
-        database_url: app.db.url.clone(),
         done_retention: std::time::Duration::from_secs(7 * 86_400),
         failed_retention: std::time::Duration::from_secs(30 * 86_400),
         stripe_event_retention: std::time::Duration::from_secs(90 * 86_400),
         schedules: api::jobs::Schedules::none(),
+        ..api::jobs::Settings::new(&app.config).expect("job settings")
     };
     let deleted = api::jobs::purge_finished_jobs(&app.pool, &settings)
         .await
