@@ -138,7 +138,7 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
     let mut stopping = stop_rx;
     let stopped = crate::http::server::serve(
         listener,
-        crate::router(state),
+        crate::router(state.clone()),
         async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         },
@@ -150,6 +150,10 @@ async fn serve(config: Config, with_worker: bool) -> anyhow::Result<()> {
             connections = open,
             "closed connections still open at the shutdown deadline"
         );
+    }
+    // The requests served since the last periodic flush.
+    if let Err(e) = state.flush_api_usage().await {
+        tracing::warn!(error = %e, "storing the API usage counters at shutdown failed");
     }
     if let Some(w) = worker {
         let _ = w.await;

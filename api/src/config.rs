@@ -103,6 +103,14 @@ pub struct Config {
     pub archive_master_key: [u8; 32],
     /// Whether `ARCHIVE_MASTER_KEY` was set (a warning is logged at start when it was not).
     pub archive_master_key_set: bool,
+    /// Notification channels: `INTEGRATIONS_ALLOW_HTTP_LOOPBACK` (development: http to
+    /// loopback destinations), `SMTP_URL` and `SMTP_FROM` (`domain::notifications::channels`).
+    pub notifications: crate::domain::notifications::NotificationConfig,
+    /// How often each API process stores its request counters (`API_USAGE_FLUSH_SECS`, 10):
+    /// the counts a crash can lose (`domain::api_usage`).
+    pub api_usage_flush: Duration,
+    /// How long a download link stays valid (`DOWNLOAD_LINK_TTL_SECS`, 900; `http::downloads`).
+    pub download_link_ttl: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -283,6 +291,8 @@ impl Config {
         }
         let stripe_event_retention = Duration::from_secs(stripe_event_days * 86_400);
         let schedules = crate::jobs::Schedules::from_lookup(&var)?;
+        let notifications =
+            crate::domain::notifications::NotificationConfig::from_lookup(&var, production)?;
         let archive_url = match var("ARCHIVE_URL") {
             Some(u) => u,
             None => default_archive_url(&var),
@@ -371,7 +381,28 @@ impl Config {
                 "a whole number of seconds",
             )?),
         };
+        let api_usage_flush_secs: u64 = parse(
+            &var,
+            "API_USAGE_FLUSH_SECS",
+            "10",
+            "a whole number of seconds",
+        )?;
+        if !(1..=3600).contains(&api_usage_flush_secs) {
+            return Err(err("API_USAGE_FLUSH_SECS", "must be between 1 and 3600"));
+        }
+        let download_link_secs: u64 = parse(
+            &var,
+            "DOWNLOAD_LINK_TTL_SECS",
+            "900",
+            "a whole number of seconds",
+        )?;
+        if !(1..=86_400).contains(&download_link_secs) {
+            return Err(err("DOWNLOAD_LINK_TTL_SECS", "must be between 1 and 86400"));
+        }
         Ok(Self {
+            notifications,
+            api_usage_flush: Duration::from_secs(api_usage_flush_secs),
+            download_link_ttl: Duration::from_secs(download_link_secs),
             billing,
             database_url,
             database_pool_size,

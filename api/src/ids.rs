@@ -117,6 +117,12 @@ typed_id!(
     "pmt"
 );
 typed_id!(
+    /// An archive of a workspace's expired rows.
+    ArchiveId,
+    "arc"
+);
+
+typed_id!(
     /// A subscription of a billing account.
     SubscriptionId,
     "subs"
@@ -125,6 +131,26 @@ typed_id!(
     /// An invoice of a billing account.
     InvoiceId,
     "inv"
+);
+typed_id!(
+    /// A webhook endpoint of a workspace's integration settings.
+    WebhookEndpointId,
+    "we"
+);
+typed_id!(
+    /// A notification (something that happened that a workspace is told about).
+    NotificationId,
+    "ntf"
+);
+typed_id!(
+    /// A delivery of a notification to one destination.
+    NotificationDeliveryId,
+    "ndl"
+);
+typed_id!(
+    /// A data export: one sealed JSON document about one person.
+    DataExportId,
+    "dex"
 );
 
 /// A background job: apalis's ULID behind the `job_` prefix.

@@ -36,9 +36,13 @@ pub struct AppState {
     pub documents: Arc<graphql::documents::DocumentCache>,
     /// Large documents run on the blocking pool, this many at a time (the cores).
     pub heavy: Arc<tokio::sync::Semaphore>,
-    /// One connection for `/metrics`' reads of the job queues, outside the statement count
-    /// of the request pool (a scrape is not the service's work).
+    /// One connection for `/metrics`' reads of the job queues and the flushes of the API
+    /// usage counters, outside the statement count of the request pool (neither is a
+    /// request's work).
     pub metrics_pool: db::DbPool,
+    /// The API usage counters of this process (`domain::api_usage`), flushed every
+    /// `API_USAGE_FLUSH_SECS` by a task spawned with the state, and by [`Self::flush_api_usage`].
+    pub api_usage: Arc<domain::api_usage::ApiUsage>,
 }
 
 impl AppState {
@@ -55,6 +59,9 @@ impl AppState {
             lock_timeout: config.lock_timeout,
             loader_delay: config.loader_delay,
             identities: Default::default(),
+            notifier: Arc::new(domain::notifications::Notifier::new(
+                config.notifications.clone(),
+            )?),
             billing: domain::billing::Billing::new(&config.billing),
             vault: Arc::new(storage::Vault::open(
                 &config.archive_url,
@@ -68,7 +75,13 @@ impl AppState {
             config.lock_timeout,
             Default::default(),
         )?;
+        let api_usage = Arc::new(domain::api_usage::ApiUsage::default());
+        // Built outside a runtime (a tool, a unit test), the state has no periodic flush.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            api_usage.spawn_flusher(metrics_pool.clone(), config.api_usage_flush);
+        }
         Ok(Self {
+            api_usage,
             metrics_pool,
             schema: graphql::schema(&config),
             verifier: Arc::new(auth::Verifier::new(&config)),
@@ -83,6 +96,14 @@ impl AppState {
             services,
             config: Arc::new(config),
         })
+    }
+}
+
+impl AppState {
+    /// Stores the API usage counters recorded so far (at shutdown, and when a test needs the
+    /// numbers now); the counters written.
+    pub async fn flush_api_usage(&self) -> anyhow::Result<usize> {
+        self.api_usage.flush(&self.metrics_pool).await
     }
 }
 

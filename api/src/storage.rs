@@ -118,8 +118,9 @@ impl Vault {
             let dir = parsed
                 .to_file_path()
                 .map_err(|()| anyhow::anyhow!("ARCHIVE_URL: not a local path: {url}"))?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| anyhow::anyhow!("ARCHIVE_URL: cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                anyhow::anyhow!("ARCHIVE_URL: cannot create {}: {e}", dir.display())
+            })?;
             let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)?
                 .with_automatic_cleanup(true);
             (Arc::new(local), Path::default())
@@ -252,7 +253,12 @@ impl Vault {
 
     /// Compresses and encrypts `plaintext` under `key` (on the blocking pool) and writes it
     /// at `path`, replacing what was there.
-    pub async fn put(&self, key: &DataKey, path: &str, plaintext: Vec<u8>) -> anyhow::Result<Sealed> {
+    pub async fn put(
+        &self,
+        key: &DataKey,
+        path: &str,
+        plaintext: Vec<u8>,
+    ) -> anyhow::Result<Sealed> {
         let location = self.location(path)?;
         let aad = location.to_string();
         let key = key.clone();
@@ -293,6 +299,27 @@ impl Vault {
             .map_err(anyhow::Error::from)?
     }
 
+    /// Opens `object`, the bytes stored at `path`, with `key` (see [`Vault::get`]).
+    pub async fn open_bytes(
+        &self,
+        key: &DataKey,
+        path: &str,
+        object: Vec<u8>,
+        max_plaintext: usize,
+    ) -> Result<Opened, OpenError> {
+        let aad = self.location(path)?.to_string();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || open(&key, &aad, &object, max_plaintext))
+            .await
+            .map_err(anyhow::Error::from)?
+    }
+
+    /// Writes `bytes` at `path` as they are: only for what holds no personal data (archive
+    /// manifests).
+    pub async fn put_plain(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.put_raw(path, bytes).await
+    }
+
     /// Deletes the object at `path` (absent is fine).
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         match self.store.delete(&self.location(path)?).await {
@@ -305,7 +332,10 @@ impl Vault {
     /// it; nothing in the service writes unsealed bytes).
     pub async fn put_raw(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.store
-            .put(&self.location(path)?, PutPayload::from(bytes::Bytes::from(bytes)))
+            .put(
+                &self.location(path)?,
+                PutPayload::from(bytes::Bytes::from(bytes)),
+            )
             .await?;
         Ok(())
     }
@@ -343,7 +373,12 @@ fn seal(key: &DataKey, aad: &str, plaintext: &[u8]) -> anyhow::Result<(Vec<u8>, 
 }
 
 /// The inverse of [`seal`].
-fn open(key: &DataKey, aad: &str, object: &[u8], max_plaintext: usize) -> Result<Opened, OpenError> {
+fn open(
+    key: &DataKey,
+    aad: &str,
+    object: &[u8],
+    max_plaintext: usize,
+) -> Result<Opened, OpenError> {
     let object_sha256 = hex::encode(Sha256::digest(object));
     let corrupt = |m: &str| OpenError::Corrupt(m.to_string());
     let body = object
@@ -362,7 +397,9 @@ fn open(key: &DataKey, aad: &str, object: &[u8], max_plaintext: usize) -> Result
                 aad: aad.as_bytes(),
             },
         )
-        .map_err(|_| corrupt("authentication failed (altered, or not sealed for this path and key)"))?;
+        .map_err(|_| {
+            corrupt("authentication failed (altered, or not sealed for this path and key)")
+        })?;
     let plaintext = zstd::bulk::decompress(&compressed, max_plaintext)
         .map_err(|e| OpenError::Corrupt(format!("does not decompress within the size cap: {e}")))?;
     Ok(Opened {
@@ -418,15 +455,30 @@ mod tests {
         let opened = open(&key(1), "ws/x/1", &object, 1 << 20).expect("open");
         assert_eq!(opened.plaintext, text);
         assert_eq!(opened.plaintext_sha256, digest);
-        assert!(matches!(open(&key(2), "ws/x/1", &object, 1 << 20), Err(OpenError::Corrupt(_))));
-        assert!(matches!(open(&key(1), "ws/x/2", &object, 1 << 20), Err(OpenError::Corrupt(_))));
+        assert!(matches!(
+            open(&key(2), "ws/x/1", &object, 1 << 20),
+            Err(OpenError::Corrupt(_))
+        ));
+        assert!(matches!(
+            open(&key(1), "ws/x/2", &object, 1 << 20),
+            Err(OpenError::Corrupt(_))
+        ));
         let mut flipped = object.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert!(matches!(open(&key(1), "ws/x/1", &flipped, 1 << 20), Err(OpenError::Corrupt(_))));
-        assert!(matches!(open(&key(1), "ws/x/1", &object[..10], 1 << 20), Err(OpenError::Corrupt(_))));
+        assert!(matches!(
+            open(&key(1), "ws/x/1", &flipped, 1 << 20),
+            Err(OpenError::Corrupt(_))
+        ));
+        assert!(matches!(
+            open(&key(1), "ws/x/1", &object[..10], 1 << 20),
+            Err(OpenError::Corrupt(_))
+        ));
         // A plaintext over the cap is refused, not inflated.
-        assert!(matches!(open(&key(1), "ws/x/1", &object, 100), Err(OpenError::Corrupt(_))));
+        assert!(matches!(
+            open(&key(1), "ws/x/1", &object, 100),
+            Err(OpenError::Corrupt(_))
+        ));
     }
 
     #[test]

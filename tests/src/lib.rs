@@ -2,7 +2,9 @@
 //! database cloned from a migrated template, and a small GraphQL client.
 
 pub mod fake_stripe;
+pub mod moto;
 pub mod processes;
+pub mod smtp;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -178,6 +180,15 @@ impl Drop for TestDb {
     }
 }
 
+/// The `file://` URL of the archive directory of the test database `db` (under the system's
+/// temporary directory).
+pub fn archive_url_for(db: &str) -> String {
+    let dir = std::env::temp_dir()
+        .join("workspaces-test-archives")
+        .join(db);
+    format!("file://{}/", dir.display())
+}
+
 /// A running server and its database.
 pub struct TestApp {
     /// Base URL, e.g. `http://127.0.0.1:40123`.
@@ -192,6 +203,8 @@ pub struct TestApp {
     pub pool: api::db::DbPool,
     /// The server's configuration.
     pub config: api::config::Config,
+    /// The server's state (e.g. to flush its API usage counters now).
+    pub state: api::AppState,
 }
 
 /// Options for `TestApp::with`.
@@ -231,6 +244,8 @@ impl TestApp {
             ),
             ("JWT_ISSUER".into(), ISSUER.into()),
             ("JWT_AUDIENCE".into(), AUDIENCE.into()),
+            // Archives and exports of each test go to a directory of their own.
+            ("ARCHIVE_URL".into(), archive_url_for(&db.name)),
         ]);
         // The suite runs with the one-step path on and off (`.ci/run`): the process's choice
         // reaches every server the tests start.
@@ -251,7 +266,7 @@ impl TestApp {
         let grace = state.config.shutdown_timeout;
         tokio::spawn(api::http::server::serve(
             listener,
-            api::router(state),
+            api::router(state.clone()),
             std::future::pending(),
             grace,
         ));
@@ -262,7 +277,27 @@ impl TestApp {
             db,
             pool,
             config,
+            state,
         }
+    }
+
+    /// Stores the server's API usage counters now (as its periodic flush and its shutdown
+    /// do); the counters written.
+    pub async fn flush_api_usage(&self) -> usize {
+        self.state
+            .flush_api_usage()
+            .await
+            .expect("flushing API usage counters")
+    }
+
+    /// The server's object store of archives and exports.
+    pub fn vault(&self) -> api::storage::Vault {
+        api::storage::Vault::open(
+            &self.config.archive_url,
+            &self.config.archive_options,
+            self.config.archive_master_key,
+        )
+        .expect("archive store")
     }
 
     /// Sends a GraphQL operation as `token` and returns the whole JSON body.

@@ -73,8 +73,8 @@ pub struct Snapshot {
     pub users: Users,
     /// Usage per resource per UTC day, by resource then day.
     pub usage: Vec<UsageDay>,
-    /// API requests per day and operation. Always empty for now: the gateway's
-    /// per-workspace request counters come with the governance work.
+    /// API requests per UTC day and operation, by day then operation (the gateway's
+    /// counters, `domain::api_usage`).
     pub api_usage: Vec<ApiUsageDay>,
     /// The workspace's jobs enqueued in the month.
     pub jobs: Jobs,
@@ -122,7 +122,7 @@ pub struct UsageDay {
 pub struct ApiUsageDay {
     /// The UTC day.
     pub day: NaiveDate,
-    /// GraphQL operation name.
+    /// GraphQL operation name, or root fields (`domain::api_usage`).
     pub operation: String,
     /// Requests.
     pub requests: i64,
@@ -294,14 +294,255 @@ pub async fn latest(
 ) -> DomainResult<Option<Stored>> {
     let (start, _) = bounds(period, Utc::now());
     let mut conn = services.conn().await?;
-    let Some(row) = repo::find(&mut conn, ws.0, start).await? else {
-        return Ok(None);
-    };
+    repo::find(&mut conn, ws.0, start)
+        .await?
+        .map(stored)
+        .transpose()
+}
+
+fn stored(row: repo::SnapshotRow) -> DomainResult<Stored> {
     let snapshot = serde_json::from_value(row.data).map_err(DomainError::internal)?;
-    Ok(Some(Stored {
+    Ok(Stored {
         generated_at: row.generated_at,
         snapshot,
-    }))
+    })
+}
+
+/// The file format of an analytics export (`Workspace.analyticsExport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One CSV table, one number per row (see [`to_csv`]).
+    Csv,
+    /// The snapshot as `Workspace.analytics` shows it (see [`to_json`]).
+    Json,
+}
+
+impl ExportFormat {
+    /// The file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+        }
+    }
+
+    /// The media type of the file.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+        }
+    }
+}
+
+/// An export ready to send.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// File name to save it under (ASCII letters, digits, `-`, `_`, `.`).
+    pub filename: String,
+    /// Its media type.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: Vec<u8>,
+}
+
+/// The stored snapshot of `ws` for the month starting at `period_start`, as a file, for an
+/// owner or admin (checked now: a download link re-checks at download time); `NotFound`
+/// for anybody else or while no snapshot exists, `Forbidden` for viewers.
+pub async fn export(
+    services: &Services,
+    actor: &Actor,
+    ws: WorkspaceId,
+    period_start: DateTime<Utc>,
+    format: ExportFormat,
+) -> DomainResult<Export> {
+    let mut conn = services.conn().await?;
+    require_role(&mut conn, actor, ws, Role::is_manager, "export analytics").await?;
+    let row = repo::find(&mut conn, ws.0, period_start)
+        .await?
+        .ok_or(DomainError::NotFound("analytics snapshot"))?;
+    drop(conn);
+    let s = stored(row)?;
+    let body = match format {
+        ExportFormat::Csv => to_csv(&s).into_bytes(),
+        ExportFormat::Json => {
+            serde_json::to_vec_pretty(&to_json(&s)).map_err(DomainError::internal)?
+        }
+    };
+    Ok(Export {
+        filename: format!(
+            "analytics-{}-{}.{}",
+            ws.encode(),
+            month_label(period_start),
+            format.extension()
+        ),
+        content_type: format.content_type(),
+        body,
+    })
+}
+
+/// The snapshot as `Workspace.analytics` answers it with every field selected (same names,
+/// same values; a test compares the two).
+pub fn to_json(s: &Stored) -> serde_json::Value {
+    let a = &s.snapshot;
+    json!({
+        "periodStart": a.period_start.to_rfc3339(),
+        "periodEnd": a.period_end.to_rfc3339(),
+        "users": {
+            "total": a.users.total,
+            "active": a.users.active,
+            "newMembers": a.users.new_members,
+            "byRole": a.users.by_role.iter()
+                .map(|r| json!({"role": r.role.as_str(), "count": r.count}))
+                .collect::<Vec<_>>(),
+        },
+        "usage": a.usage.iter()
+            .map(|u| json!({"resource": u.resource, "day": u.day.to_string(), "total": u.total, "events": u.events}))
+            .collect::<Vec<_>>(),
+        "apiUsage": a.api_usage.iter()
+            .map(|u| json!({"day": u.day.to_string(), "operation": u.operation, "requests": u.requests, "errors": u.errors}))
+            .collect::<Vec<_>>(),
+        "jobs": {
+            "total": a.jobs.total,
+            "succeeded": a.jobs.succeeded,
+            "failed": a.jobs.failed,
+            "pending": a.jobs.pending,
+            "successRate": a.jobs.success_rate,
+            "failureRate": a.jobs.failure_rate,
+        },
+        "cost": {
+            "currentCents": a.cost.current_cents,
+            "projectedCents": a.cost.projected_cents,
+            "meteredCents": a.cost.metered_cents,
+            "baseFeesCents": a.cost.base_fees_cents,
+        },
+        "generatedAt": s.generated_at.to_rfc3339(),
+    })
+}
+
+/// The header of [`to_csv`].
+pub const CSV_HEADER: &str = "section,day,key,metric,value";
+
+/// The snapshot as one CSV table (RFC 4180, CRLF line ends), one number per row under
+/// [`CSV_HEADER`]: `section` is the path of the field in `Workspace.analytics` (`period`,
+/// `users`, `users.byRole`, `usage`, `apiUsage`, `jobs`, `cost`), `day` the UTC day
+/// (`YYYY-MM-DD`) of per-day rows, `key` the role, resource or operation of the row,
+/// `metric` the field's name, `value` the number (or the instant of `period` rows; empty
+/// for a null rate). Rows come in the order of the JSON export.
+pub fn to_csv(s: &Stored) -> String {
+    let a = &s.snapshot;
+    let mut out = String::with_capacity(256 + 64 * (a.usage.len() + a.api_usage.len()) * 2);
+    out.push_str(CSV_HEADER);
+    out.push_str("\r\n");
+    let mut row = |section: &str, day: Option<NaiveDate>, key: &str, metric: &str, value: &str| {
+        let day = day.map(|d| d.to_string()).unwrap_or_default();
+        for (i, cell) in [section, &day, key, metric].into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            csv_text(&mut out, cell);
+        }
+        out.push(',');
+        csv_cell(&mut out, value);
+        out.push_str("\r\n");
+    };
+    let instant = |t: DateTime<Utc>| t.to_rfc3339();
+    row("period", None, "", "start", &instant(a.period_start));
+    row("period", None, "", "end", &instant(a.period_end));
+    row("period", None, "", "generatedAt", &instant(s.generated_at));
+    row("users", None, "", "total", &a.users.total.to_string());
+    row("users", None, "", "active", &a.users.active.to_string());
+    row(
+        "users",
+        None,
+        "",
+        "newMembers",
+        &a.users.new_members.to_string(),
+    );
+    for r in &a.users.by_role {
+        row(
+            "users.byRole",
+            None,
+            r.role.as_str(),
+            "count",
+            &r.count.to_string(),
+        );
+    }
+    for u in &a.usage {
+        row(
+            "usage",
+            Some(u.day),
+            &u.resource,
+            "total",
+            &u.total.to_string(),
+        );
+        row(
+            "usage",
+            Some(u.day),
+            &u.resource,
+            "events",
+            &u.events.to_string(),
+        );
+    }
+    for u in &a.api_usage {
+        row(
+            "apiUsage",
+            Some(u.day),
+            &u.operation,
+            "requests",
+            &u.requests.to_string(),
+        );
+        row(
+            "apiUsage",
+            Some(u.day),
+            &u.operation,
+            "errors",
+            &u.errors.to_string(),
+        );
+    }
+    let j = &a.jobs;
+    for (metric, n) in [
+        ("total", j.total),
+        ("succeeded", j.succeeded),
+        ("failed", j.failed),
+        ("pending", j.pending),
+    ] {
+        row("jobs", None, "", metric, &n.to_string());
+    }
+    let rate = |r: Option<f64>| r.map(|r| r.to_string()).unwrap_or_default();
+    row("jobs", None, "", "successRate", &rate(j.success_rate));
+    row("jobs", None, "", "failureRate", &rate(j.failure_rate));
+    let c = &a.cost;
+    for (metric, n) in [
+        ("currentCents", c.current_cents),
+        ("projectedCents", c.projected_cents),
+        ("meteredCents", c.metered_cents),
+        ("baseFeesCents", c.base_fees_cents),
+    ] {
+        row("cost", None, "", metric, &n.to_string());
+    }
+    out
+}
+
+/// A CSV cell, quoted when it holds a separator, a quote or a line break.
+fn csv_cell(out: &mut String, cell: &str) {
+    if cell.contains([',', '"', '\r', '\n']) {
+        out.push('"');
+        out.push_str(&cell.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(cell);
+    }
+}
+
+/// A text cell: like [`csv_cell`], and one that a spreadsheet would read as a formula
+/// (`=`, `+`, `-`, `@`, tab, carriage return first) is prefixed with `'`.
+fn csv_text(out: &mut String, cell: &str) {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        csv_cell(out, &format!("'{cell}"));
+    } else {
+        csv_cell(out, cell);
+    }
 }
 
 /// Computes the snapshot of `ws` for the month `[start, end)` as of `now`.
@@ -317,6 +558,9 @@ pub async fn compute(
     let active = repo::active_users(&mut conn, ws, start, end).await?;
     let usage = repo::usage_per_day(&mut conn, ws, start, end).await?;
     let jobs = repo::job_counts(&mut conn, ws, start, end, JOB_KIND).await?;
+    let api =
+        crate::db::repo::api_usage::per_day(&mut conn, ws, start.date_naive(), end.date_naive())
+            .await?;
     drop(conn);
     // The summary of the month as of `now`, or of its last second once it is over.
     let at = now.min(end - chrono::Duration::seconds(1));
@@ -353,7 +597,15 @@ pub async fn compute(
                 events: u.events,
             })
             .collect(),
-        api_usage: Vec::new(),
+        api_usage: api
+            .into_iter()
+            .map(|a| ApiUsageDay {
+                day: a.day,
+                operation: a.operation,
+                requests: a.requests,
+                errors: a.errors,
+            })
+            .collect(),
         jobs: Jobs {
             total: jobs.total,
             succeeded: jobs.succeeded,
@@ -491,5 +743,85 @@ mod tests {
         let (s, e) = bounds(Period::PreviousMonth, jan);
         assert_eq!(month_label(s), "2026-12");
         assert_eq!(month_label(e), "2027-01");
+    }
+
+    fn sample() -> Stored {
+        let t = |d, h| {
+            Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0)
+                .single()
+                .expect("valid")
+        };
+        let day = NaiveDate::from_ymd_opt(2026, 11, 3).expect("date");
+        Stored {
+            generated_at: t(30, 10),
+            snapshot: Snapshot {
+                v: SNAPSHOT_VERSION,
+                period_start: t(1, 0),
+                period_end: Utc
+                    .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+                    .single()
+                    .expect("valid"),
+                users: Users {
+                    total: 2,
+                    active: 1,
+                    new_members: 2,
+                    by_role: vec![RoleCount {
+                        role: Role::Owner,
+                        count: 2,
+                    }],
+                },
+                usage: vec![UsageDay {
+                    resource: "=cmd".into(),
+                    day,
+                    total: -3,
+                    events: 2,
+                }],
+                api_usage: vec![ApiUsageDay {
+                    day,
+                    operation: "viewer,workspace".into(),
+                    requests: 5,
+                    errors: 1,
+                }],
+                jobs: Jobs {
+                    total: 0,
+                    succeeded: 0,
+                    failed: 0,
+                    pending: 0,
+                    success_rate: None,
+                    failure_rate: None,
+                },
+                cost: Cost {
+                    current_cents: 1,
+                    projected_cents: 2,
+                    metered_cents: 3,
+                    base_fees_cents: 4,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn the_csv_export_has_one_number_per_row_and_quotes_what_needs_it() {
+        let csv = to_csv(&sample());
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[1], "period,,,start,2026-11-01T00:00:00+00:00");
+        assert!(lines.contains(&"users.byRole,,OWNER,count,2"));
+        // A cell a spreadsheet would run as a formula is defused; numbers stay numbers.
+        assert!(lines.contains(&"usage,2026-11-03,'=cmd,total,-3"));
+        assert!(lines.contains(&"apiUsage,2026-11-03,\"viewer,workspace\",errors,1"));
+        assert!(lines.contains(&"jobs,,,successRate,"));
+        assert_eq!(lines.last(), Some(&""));
+        // 3 period + 3 users + 1 role + 2 usage + 2 api + 6 jobs + 4 cost, header, last.
+        assert_eq!(lines.len(), 23);
+    }
+
+    #[test]
+    fn the_json_export_uses_the_graphql_names() {
+        let j = to_json(&sample());
+        assert_eq!(j["users"]["byRole"][0]["role"], "OWNER");
+        assert_eq!(j["apiUsage"][0]["operation"], "viewer,workspace");
+        assert_eq!(j["jobs"]["successRate"], serde_json::Value::Null);
+        assert_eq!(j["generatedAt"], "2026-11-30T10:00:00+00:00");
     }
 }

@@ -11,8 +11,9 @@ use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::repo::workspace_jobs::{self as repo, JobRow};
 use crate::ids::{JobId, WorkspaceId};
 
-/// A job of a workspace the actor manages (owners and admins); `None` alike for missing
-/// jobs, other workspaces' and a viewer's.
+/// A job of a workspace the actor manages (owners and admins), or a job of no workspace the
+/// actor requested (their own data export or erasure); `None` alike for missing jobs, other
+/// workspaces' and people's, and a viewer's.
 pub async fn find_readable(
     services: &Services,
     actor: &Actor,
@@ -22,10 +23,13 @@ pub async fn find_readable(
     let Some(job) = repo::find(&mut conn, &id.0).await? else {
         return Ok(None);
     };
+    let Some(ws) = job.workspace_id else {
+        return Ok((job.requested_by == Some(actor.user_id.0)).then_some(job));
+    };
     match require_role(
         &mut conn,
         actor,
-        WorkspaceId(job.workspace_id),
+        WorkspaceId(ws),
         Role::is_manager,
         "read jobs",
     )
@@ -75,11 +79,18 @@ async fn retry_effect(
     let job = repo::find(conn, &id.0)
         .await?
         .ok_or(DomainError::NotFound("job"))?;
-    let ws = WorkspaceId(job.workspace_id);
-    match require_role(conn, &actor, ws, Role::is_manager, "retry jobs").await {
-        Err(DomainError::NotFound(_)) => return Err(DomainError::NotFound("job")),
-        other => other?,
+    // A job of no workspace is retried by whoever requested it, and audited nowhere.
+    let ws = match job.workspace_id {
+        Some(ws) => Some(WorkspaceId(ws)),
+        None if job.requested_by == Some(actor.user_id.0) => None,
+        None => return Err(DomainError::NotFound("job")),
     };
+    if let Some(ws) = ws {
+        match require_role(conn, &actor, ws, Role::is_manager, "retry jobs").await {
+            Err(DomainError::NotFound(_)) => return Err(DomainError::NotFound("job")),
+            other => other?,
+        };
+    }
     if job.status != "FAILED" {
         return Err(DomainError::Conflict(format!(
             "job {} is {}: only failed jobs are retried",
@@ -93,18 +104,20 @@ async fn retry_effect(
             id.encode()
         )));
     }
-    audit::record(
-        conn,
-        Change {
-            workspace: ws,
-            action: "job.retry",
-            target_type: "Job",
-            target_id: id.encode(),
-            summary: json!({"kind": job.kind, "lastError": job.last_error}),
-            actor: &actor,
-        },
-    )
-    .await?;
+    if let Some(ws) = ws {
+        audit::record(
+            conn,
+            Change {
+                workspace: ws,
+                action: "job.retry",
+                target_type: "Job",
+                target_id: id.encode(),
+                summary: json!({"kind": job.kind, "lastError": job.last_error}),
+                actor: &actor,
+            },
+        )
+        .await?;
+    }
     repo::find(conn, &id.0)
         .await?
         .ok_or(DomainError::NotFound("job"))

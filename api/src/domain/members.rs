@@ -141,6 +141,10 @@ async fn add_effect(
         actor: &actor,
     })
     .await?;
+    if role == Role::Owner {
+        let who = (MemberId(m.id), UserId(m.user_id));
+        super::notifications::owner_added(conn, ws, who, Some(&email), false, &actor).await?;
+    }
     Ok(m)
 }
 
@@ -247,6 +251,11 @@ async fn update_role_effect(
         actor: &actor,
     })
     .await?;
+    if role == Role::Owner {
+        let ws = WorkspaceId(m.workspace_id);
+        let who = (id, UserId(m.user_id));
+        super::notifications::owner_added(conn, ws, who, None, true, &actor).await?;
+    }
     Ok(updated)
 }
 

@@ -2,11 +2,16 @@
 //! Nothing here knows about HTTP or GraphQL.
 
 pub mod analytics;
+pub mod api_usage;
+pub mod archives;
 pub mod audit;
 pub mod billing;
+pub mod gdpr;
+pub mod integrations;
 pub mod jobs;
 pub mod members;
 pub mod mutation;
+pub mod notifications;
 pub mod organizations;
 pub mod resources;
 pub mod retention;
@@ -271,6 +276,9 @@ pub struct Services {
     pub vault: std::sync::Arc<crate::storage::Vault>,
     /// Recently seen identities, so that a signed-in caller costs no statement per request.
     pub identities: std::sync::Arc<users::IdentityCache>,
+    /// The notification channels and their settings (`INTEGRATIONS_ALLOW_HTTP_LOOPBACK`,
+    /// `SMTP_*`).
+    pub notifier: std::sync::Arc<notifications::Notifier>,
 }
 
 impl Services {

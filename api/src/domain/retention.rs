@@ -4,15 +4,22 @@
 //! | category | tables | default |
 //! |---|---|---|
 //! | audit logs | `audit_events` | 7 years |
-//! | usage events | `usage_events` (the ledger; counters keep current totals) and past windows of `usage_counters` | 2 years |
+//! | usage events | `usage_events` (the ledger; counters keep current totals), past windows of `usage_counters`, and the API request counters `api_request_counters` (by day) | 2 years |
 //! | execution logs | none yet: a declared requirement for workflow execution logs | 1 year |
 //! | workflow data | none yet: a declared requirement | 7 years |
 //! | user data | removed members' personal data (erasure comes with the GDPR work) | 7 years |
+//!
+//! Also per workspace: notification delivery logs (`notifications`, `notification_deliveries`,
+//! `notification_attempts`) [`DELIVERY_LOG_DAYS`] after they ended; analytics snapshots of
+//! months past the usage ledger's retention.
 //!
 //! For the service as a whole (configuration): finished jobs (`JOB_RETENTION_HOURS`,
 //! `JOB_FAILED_RETENTION_HOURS`), processed Stripe events (`STRIPE_EVENT_RETENTION_DAYS`),
 //! `apalis.workers` rows of workers gone for a day (after the jobs that name them: a job's
 //! `lock_by` references its worker), completed billing requests (30 days).
+//!
+//! With `archive_before_delete`, audit events and the ledger are archived to object storage
+//! before they go (`archives`).
 //!
 //! The cleanup deletes oldest first, in batches of at most `batch` rows per statement, so it
 //! never holds many row locks for long; it runs daily (`SCHEDULE_RETENTION`) and catches up by
@@ -25,12 +32,14 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::archives::{self, Category};
 use super::audit::{self, Change};
 use super::mutation::{self, Effect};
 use super::workspaces::require_role;
 use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::DbPool;
 use crate::ids::WorkspaceId;
+use crate::storage::Vault;
 
 /// A workspace's retention settings, in days.
 #[derive(
@@ -52,6 +61,9 @@ pub struct RetentionSettings {
     /// Removed members' personal data.
     #[diesel(sql_type = Integer)]
     pub user_data_days: i32,
+    /// Whether cleanup archives audit events and the usage ledger before deleting them.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub archive_before_delete: bool,
 }
 
 /// The seed's defaults: 7 years of audit logs, workflow data and user data, 1 year of
@@ -62,6 +74,7 @@ pub const DEFAULTS: RetentionSettings = RetentionSettings {
     execution_logs_days: 365,
     workflow_data_days: 2555,
     user_data_days: 2555,
+    archive_before_delete: false,
 };
 
 /// Allowed days per category: (field, least, most).
@@ -79,7 +92,8 @@ pub async fn settings_of(
     ws: Uuid,
 ) -> DomainResult<RetentionSettings> {
     let row: Option<RetentionSettings> = diesel::sql_query(
-        "SELECT audit_logs_days, usage_events_days, execution_logs_days, workflow_data_days, user_data_days
+        "SELECT audit_logs_days, usage_events_days, execution_logs_days, workflow_data_days,
+                user_data_days, archive_before_delete
            FROM retention_settings WHERE workspace_id = $1",
     )
     .bind::<SqlUuid, _>(ws)
@@ -114,6 +128,8 @@ pub struct RetentionChange {
     pub workspace_id: WorkspaceId,
     /// Days per category, in the order of `BOUNDS`.
     pub days: [Option<i32>; 5],
+    /// Whether cleanup archives before it deletes.
+    pub archive_before_delete: Option<bool>,
 }
 
 /// Changes a workspace's retention (owners), audited with the values before and after.
@@ -169,16 +185,20 @@ async fn update_effect(
         execution_logs_days: e.unwrap_or(before.execution_logs_days),
         workflow_data_days: w.unwrap_or(before.workflow_data_days),
         user_data_days: d.unwrap_or(before.user_data_days),
+        archive_before_delete: input
+            .archive_before_delete
+            .unwrap_or(before.archive_before_delete),
     };
     diesel::sql_query(
         "INSERT INTO retention_settings (workspace_id, audit_logs_days, usage_events_days,
-                 execution_logs_days, workflow_data_days, user_data_days)
-         VALUES ($1, $2, $3, $4, $5, $6)
+                 execution_logs_days, workflow_data_days, user_data_days, archive_before_delete)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (workspace_id) DO UPDATE SET
                  audit_logs_days = EXCLUDED.audit_logs_days, usage_events_days = EXCLUDED.usage_events_days,
                  execution_logs_days = EXCLUDED.execution_logs_days,
                  workflow_data_days = EXCLUDED.workflow_data_days,
-                 user_data_days = EXCLUDED.user_data_days, updated_at = now()",
+                 user_data_days = EXCLUDED.user_data_days,
+                 archive_before_delete = EXCLUDED.archive_before_delete, updated_at = now()",
     )
     .bind::<SqlUuid, _>(ws.0)
     .bind::<Integer, _>(after.audit_logs_days)
@@ -186,6 +206,7 @@ async fn update_effect(
     .bind::<Integer, _>(after.execution_logs_days)
     .bind::<Integer, _>(after.workflow_data_days)
     .bind::<Integer, _>(after.user_data_days)
+    .bind::<diesel::sql_types::Bool, _>(after.archive_before_delete)
     .execute(conn)
     .await?;
     audit::record(
@@ -203,6 +224,10 @@ async fn update_effect(
     Ok(after)
 }
 
+/// Days a notification's delivery log (deliveries and attempts) is kept once every delivery
+/// ended.
+pub const DELIVERY_LOG_DAYS: i64 = 90;
+
 /// What one cleanup deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Cleanup {
@@ -212,12 +237,22 @@ pub struct Cleanup {
     pub usage_events: usize,
     /// Counters of past windows.
     pub usage_windows: usize,
+    /// API request counters (days).
+    pub api_counters: usize,
     /// Processed Stripe events.
     pub stripe_events: usize,
     /// `apalis.workers` rows.
     pub workers: usize,
+    /// Notifications (with their deliveries and attempts).
+    pub notifications: usize,
+    /// Analytics snapshots.
+    pub analytics_snapshots: usize,
+    /// Archives written.
+    pub archives: usize,
     /// Statements run (each deletes at most a batch).
     pub batches: usize,
+    /// The longest transaction that deleted audit events or ledger entries, in microseconds.
+    pub longest_lock_us: u64,
 }
 
 /// Deletes, a batch at a time, the rows matched by `sql` (a `DELETE … WHERE ctid IN (SELECT
@@ -247,9 +282,11 @@ async fn drain(
 }
 
 /// One cleanup as of `now` (tests pass their own clock): every workspace's data past its
-/// retention, then the service's, oldest first, at most `batch` rows per statement.
+/// retention (archived first where the workspace asks for it, see `archives`), then the
+/// service's, oldest first, at most `batch` rows per statement.
 pub async fn cleanup(
     pool: &DbPool,
+    vault: &Vault,
     now: DateTime<Utc>,
     stripe_event_days: i64,
     batch: i64,
@@ -275,22 +312,50 @@ pub async fn cleanup(
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let days = |d: i32| chrono::Duration::days(i64::from(d));
-            done.audit_events += drain(
+            for (category, kept) in [
+                (Category::AuditEvents, s.audit_logs_days),
+                (Category::UsageEvents, s.usage_events_days),
+            ] {
+                let r = archives::retire(
+                    &mut conn,
+                    vault,
+                    ws.id,
+                    category,
+                    now - days(kept),
+                    now,
+                    batch,
+                    s.archive_before_delete,
+                )
+                .await?;
+                match category {
+                    Category::AuditEvents => done.audit_events += r.rows,
+                    Category::UsageEvents => done.usage_events += r.rows,
+                }
+                done.archives += r.archives;
+                done.batches += r.batches;
+                done.longest_lock_us = done.longest_lock_us.max(r.longest_lock_us);
+            }
+            // Delivery logs: notifications whose deliveries all ended, with their deliveries and
+            // attempts (by cascade).
+            done.notifications += drain(
                 &mut conn,
-                "DELETE FROM audit_events WHERE ctid IN (
-                    SELECT ctid FROM audit_events WHERE workspace_id = $1 AND created_at < $2
-                     ORDER BY created_at LIMIT $3)",
+                "DELETE FROM notifications WHERE ctid IN (
+                    SELECT n.ctid FROM notifications n WHERE n.workspace_id = $1 AND n.created_at < $2
+                       AND NOT EXISTS (SELECT 1 FROM notification_deliveries d
+                                        WHERE d.notification_id = n.id AND d.status = 'PENDING')
+                     ORDER BY n.created_at LIMIT $3)",
                 ws.id,
-                now - days(s.audit_logs_days),
+                now - chrono::Duration::days(DELIVERY_LOG_DAYS),
                 batch,
                 &mut done.batches,
             )
             .await?;
-            done.usage_events += drain(
+            // Analytics snapshots of months past the usage ledger's retention.
+            done.analytics_snapshots += drain(
                 &mut conn,
-                "DELETE FROM usage_events WHERE ctid IN (
-                    SELECT ctid FROM usage_events WHERE workspace_id = $1 AND created_at < $2
-                     ORDER BY created_at LIMIT $3)",
+                "DELETE FROM analytics_snapshots WHERE ctid IN (
+                    SELECT ctid FROM analytics_snapshots WHERE workspace_id = $1 AND period_start < $2
+                     LIMIT $3)",
                 ws.id,
                 now - days(s.usage_events_days),
                 batch,
@@ -304,6 +369,19 @@ pub async fn cleanup(
                     SELECT ctid FROM usage_counters WHERE workspace_id = $1
                        AND period_start > 'epoch' AND period_start < $2
                      LIMIT $3)",
+                ws.id,
+                now - days(s.usage_events_days),
+                batch,
+                &mut done.batches,
+            )
+            .await?;
+            // API request counters of days wholly before the cut-off.
+            done.api_counters += drain(
+                &mut conn,
+                "DELETE FROM api_request_counters WHERE ctid IN (
+                    SELECT ctid FROM api_request_counters WHERE workspace_id = $1
+                       AND day < ($2 AT TIME ZONE 'UTC')::date
+                     ORDER BY day LIMIT $3)",
                 ws.id,
                 now - days(s.usage_events_days),
                 batch,

@@ -474,6 +474,16 @@ async fn record_effect(
     };
     let applied = usage::check_and_apply(conn, &application).await?;
     if applied.len() == path.len() {
+        // A statement only when an allocation crosses 80 % or 100 % of a cap.
+        super::notifications::quota::after_allocation(
+            conn,
+            org.workspace_id,
+            &input.resource,
+            period,
+            input.delta,
+            &applied,
+        )
+        .await?;
         // The billing pool last: its row is the hottest lock of the allocation.
         if billing::catalog::is_pooled(&input.resource) {
             match pool {
@@ -490,6 +500,7 @@ async fn record_effect(
         }
         return Ok(org);
     }
+    let applied: Vec<Uuid> = applied.iter().map(|a| a.organization_id).collect();
     Err(refusal(conn, &org, &path, &applied, &input, period).await)
 }
 

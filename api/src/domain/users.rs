@@ -26,38 +26,64 @@ const IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 const IDENTITY_CAPACITY: usize = 50_000;
 
 /// Identities provisioned in the last minute, by their exact claims. A change of any claim
-/// misses the cache and goes through provisioning again.
+/// misses the cache and goes through provisioning again; an erasure forgets its user at once
+/// ([`IdentityCache::forget`]).
 #[derive(Default)]
-pub struct IdentityCache(
-    std::sync::Mutex<std::collections::HashMap<Claims, (UserRow, std::time::Instant)>>,
-);
+pub struct IdentityCache {
+    map: std::sync::Mutex<std::collections::HashMap<Claims, (UserRow, std::time::Instant)>>,
+    /// Bumped by every `forget`: a provisioning that started before one does not cache what
+    /// it read (it may be the user just forgotten).
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl IdentityCache {
     fn get(&self, claims: &Claims) -> Option<UserRow> {
-        let map = self.0.lock().ok()?;
+        let map = self.map.lock().ok()?;
         map.get(claims)
             .filter(|(_, at)| at.elapsed() < IDENTITY_TTL)
             .map(|(u, _)| u.clone())
     }
 
-    fn put(&self, claims: &Claims, user: &UserRow) {
-        if let Ok(mut map) = self.0.lock() {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn put(&self, claims: &Claims, user: &UserRow, generation: u64) {
+        if let Ok(mut map) = self.map.lock() {
+            // Checked under the lock that `forget` takes: nothing forgotten comes back.
+            if self.generation() != generation {
+                return;
+            }
             if map.len() >= IDENTITY_CAPACITY {
                 map.clear();
             }
             map.insert(claims.clone(), (user.clone(), std::time::Instant::now()));
         }
     }
+
+    /// Forgets every identity of `user` (its erasure was requested).
+    pub fn forget(&self, user: uuid::Uuid) {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        map.retain(|_, (u, _)| u.id != user);
+    }
 }
 
 /// Returns the user for these claims, creating or updating it as needed. A first sign-in
-/// with a verified e-mail claims the pending memberships addressed to that e-mail.
+/// with a verified e-mail claims the pending memberships addressed to that e-mail. The
+/// identity of an erased user is refused (`UNAUTHENTICATED`): it cannot sign in again, nor
+/// come back as a new user.
 pub async fn provision(services: &Services, claims: &Claims) -> DomainResult<UserRow> {
     if let Some(u) = services.identities.get(claims) {
         return Ok(u);
     }
+    let generation = services.identities.generation();
     let user = provision_uncached(services, claims).await?;
-    services.identities.put(claims, &user);
+    services.identities.put(claims, &user, generation);
     Ok(user)
 }
 
@@ -71,11 +97,16 @@ async fn provision_uncached(services: &Services, claims: &Claims) -> DomainResul
         return Ok(u);
     }
     let claims = claims.clone();
-    conn.transaction(async |conn| provision_tx(conn, &claims).await)
+    let closed = super::gdpr::closed_subject(&services.vault, &claims.subject);
+    conn.transaction(async |conn| provision_tx(conn, &claims, &closed).await)
         .await
 }
 
-async fn provision_tx(conn: &mut AsyncPgConnection, c: &Claims) -> DomainResult<UserRow> {
+async fn provision_tx(
+    conn: &mut AsyncPgConnection,
+    c: &Claims,
+    closed_subject: &str,
+) -> DomainResult<UserRow> {
     let name = c.name.as_deref();
     if let Some(u) = users::find_by_subject(conn, &c.subject).await? {
         let u = users::update_profile(conn, u.id, &c.email, name, c.email_verified).await?;
@@ -83,6 +114,12 @@ async fn provision_tx(conn: &mut AsyncPgConnection, c: &Claims) -> DomainResult<
             users::merge_pending_into(conn, u.id, &c.email).await?;
         }
         return Ok(u);
+    }
+    // A subject seen for the first time (or again): was it erased?
+    if crate::db::repo::erasure::subject_taken(conn, closed_subject).await? {
+        return Err(DomainError::Unauthenticated(
+            "this account was erased; it cannot sign in again".into(),
+        ));
     }
     if c.email_verified
         && let Some(u) = users::claim_pending(conn, &c.subject, &c.email, name).await?

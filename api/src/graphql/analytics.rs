@@ -10,6 +10,7 @@ use super::members::Role;
 use super::replay::{self, Replayable};
 use super::{error, rc};
 use crate::domain::{self, analytics as dom};
+use crate::http::downloads::{self, Download, LinkSettings};
 use crate::ids::WorkspaceId;
 
 /// Which month analytics cover (months are UTC calendar months).
@@ -75,7 +76,10 @@ pub struct AnalyticsUsageDay {
 pub struct AnalyticsApiUsageDay {
     /// The UTC day, `YYYY-MM-DD`.
     pub day: String,
-    /// GraphQL operation name.
+    /// The operation's name; for unnamed operations their root fields (sorted,
+    /// comma-separated); `(other)` past 200 distinct operations a day, `(invalid)` when no
+    /// operation could be chosen (a syntax error, an unknown operation name). At most 100
+    /// characters.
     pub operation: String,
     /// Requests.
     pub requests: i64,
@@ -158,8 +162,10 @@ impl Analytics {
             .collect()
     }
 
-    /// API requests and errors per day and operation. Empty for now: the gateway's
-    /// per-workspace request counters come with the governance work.
+    /// API requests and errors per UTC day and operation, by day then operation (days
+    /// without requests left out). A request counts for the workspaces its arguments name
+    /// (by workspace, organization, member or billing account id) that the caller belongs
+    /// to; the counters are stored every few seconds, so the latest requests may be missing.
     async fn api_usage(&self) -> Vec<AnalyticsApiUsageDay> {
         self.0
             .snapshot
@@ -219,6 +225,67 @@ pub async fn analytics_of(
     Ok(stored.map(Analytics))
 }
 
+/// File format of an analytics export.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum AnalyticsExportFormat {
+    /// One CSV table with a row per number: columns `section,day,key,metric,value`
+    /// (`section` is the field's path in `Workspace.analytics`, e.g. `users.byRole` or
+    /// `apiUsage`; `key` the role, resource or operation; `metric` the field's name).
+    Csv,
+    /// The snapshot as `Workspace.analytics` returns it with every field selected.
+    Json,
+}
+
+impl From<AnalyticsExportFormat> for dom::ExportFormat {
+    fn from(f: AnalyticsExportFormat) -> Self {
+        match f {
+            AnalyticsExportFormat::Csv => dom::ExportFormat::Csv,
+            AnalyticsExportFormat::Json => dom::ExportFormat::Json,
+        }
+    }
+}
+
+/// A download link to an analytics export.
+#[derive(SimpleObject)]
+pub struct AnalyticsExport {
+    /// Where to download the file with a plain `GET` (no `Authorization` header: the link
+    /// is the credential, so keep it private). A path on this API's origin
+    /// (`/downloads/…`). It works only for its requester, while they are an owner or admin
+    /// of the workspace, until `expiresAt`.
+    pub url: String,
+    /// When the link stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `Workspace.analyticsExport`: a link to the latest snapshot of `period` as a file (owners
+/// and admins, `FORBIDDEN` otherwise); null until a snapshot was generated.
+pub async fn export_of(
+    ctx: &Context<'_>,
+    ws: uuid::Uuid,
+    period: AnalyticsPeriod,
+    format: AnalyticsExportFormat,
+) -> Result<Option<AnalyticsExport>> {
+    super::billing::may_manage(ctx, ws, "export analytics").await?;
+    let rc = rc(ctx);
+    let Some(stored) = dom::latest(&rc.services, WorkspaceId(ws), period.into())
+        .await
+        .map_err(|e| rc.err(e))?
+    else {
+        return Ok(None);
+    };
+    let ttl = ctx
+        .data_opt::<LinkSettings>()
+        .map_or(downloads::DEFAULT_TTL, |s| s.ttl);
+    let download = Download::AnalyticsExport {
+        workspace: ws,
+        user: rc.actor.user_id.0,
+        period_start: stored.snapshot.period_start,
+        format: format.into(),
+    };
+    let (url, expires_at) = downloads::link(&rc.services.vault, &download, ttl, Utc::now());
+    Ok(Some(AnalyticsExport { url, expires_at }))
+}
+
 /// Input of `generateAnalytics`.
 #[derive(InputObject)]
 pub struct GenerateAnalyticsInput {
@@ -258,7 +325,7 @@ impl AnalyticsMutation {
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::analytics::generate(s, a, ws, period, k).await,
-            |j| Some(j.workspace_id),
+            |j| j.workspace_id,
             |j| GenerateAnalyticsPayload { job: Job(j) },
         )
         .await

@@ -127,7 +127,8 @@ pub struct JobQuery;
 
 #[Object]
 impl JobQuery {
-    /// A job of a workspace you manage; null for any other id.
+    /// A job of a workspace you manage, or a job of no workspace that you asked for (your
+    /// own data export or erasure); null for any other id.
     async fn job(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Job>> {
         let rc = rc(ctx);
         let Some(id) = JobId::decode(&id) else {
@@ -173,7 +174,7 @@ impl JobMutation {
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::jobs::retry(s, a, id, k).await,
-            |j| Some(j.workspace_id),
+            |j| j.workspace_id,
             |j| RetryJobPayload { job: Job(j) },
         )
         .await

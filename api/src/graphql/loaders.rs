@@ -41,6 +41,8 @@ pub struct Loaders {
     pub subscriptions: DataLoader<SubscriptionLoader>,
     /// Payment methods per billing account.
     pub payment_methods: DataLoader<PaymentMethodLoader>,
+    /// Data exports the caller asked for, per person.
+    pub data_exports: DataLoader<super::gdpr::DataExportLoader>,
 }
 
 impl Loaders {
@@ -75,6 +77,11 @@ impl Loaders {
                 .delay(services.loader_delay),
             payment_methods: DataLoader::new(PaymentMethodLoader(s()), tokio::spawn)
                 .delay(services.loader_delay),
+            data_exports: DataLoader::new(
+                super::gdpr::DataExportLoader(s(), actor.clone()),
+                tokio::spawn,
+            )
+            .delay(services.loader_delay),
         }
     }
 }

@@ -2,16 +2,21 @@
 //! domain function and shape the result.
 
 pub mod analytics;
+pub mod api_usage;
+pub mod archives;
 pub mod audit;
 pub mod billing;
 pub mod documents;
 pub mod error;
+pub mod gdpr;
+pub mod integrations;
 pub mod jobs;
 pub mod json;
 pub mod limits;
 pub mod loaders;
 pub mod members;
 pub mod node;
+pub mod notifications;
 pub mod one_step;
 pub mod organizations;
 pub mod pagination;
@@ -36,6 +41,8 @@ pub struct Query(
     organizations::OrganizationQuery,
     node::NodeQuery,
     jobs::JobQuery,
+    gdpr::GdprQuery,
+    archives::ArchiveQuery,
 );
 
 /// The mutation root.
@@ -49,6 +56,9 @@ pub struct Mutation(
     jobs::JobMutation,
     analytics::AnalyticsMutation,
     retention::RetentionMutation,
+    gdpr::GdprMutation,
+    integrations::IntegrationMutation,
+    archives::ArchiveMutation,
 );
 
 /// The executable schema.
@@ -100,7 +110,10 @@ pub fn schema(config: &Config) -> AppSchema {
         .limit_complexity(config.max_query_complexity)
         .limit_recursive_depth(64)
         .limit_directives(16)
-        .extension(shape::ShapeExtension);
+        .extension(shape::ShapeExtension)
+        .data(crate::http::downloads::LinkSettings {
+            ttl: config.download_link_ttl,
+        });
     if !config.introspection {
         b = b.disable_introspection();
     }

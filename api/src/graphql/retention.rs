@@ -20,6 +20,9 @@ pub struct RetentionSettings {
     pub workflow_data_days: i32,
     /// Removed members' personal data (1–3650; default 2555).
     pub user_data_days: i32,
+    /// Whether cleanup archives audit events and the usage ledger to object storage before it
+    /// deletes them (`Workspace.archives`; default false).
+    pub archive_before_delete: bool,
 }
 
 impl From<retention::RetentionSettings> for RetentionSettings {
@@ -30,6 +33,7 @@ impl From<retention::RetentionSettings> for RetentionSettings {
             execution_logs_days: s.execution_logs_days,
             workflow_data_days: s.workflow_data_days,
             user_data_days: s.user_data_days,
+            archive_before_delete: s.archive_before_delete,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct UpdateRetentionSettingsInput {
     pub workflow_data_days: Option<i32>,
     /// Removed members' personal data, 1–3650 days.
     pub user_data_days: Option<i32>,
+    /// Archive audit events and the usage ledger before deleting them.
+    pub archive_before_delete: Option<bool>,
     /// Makes the mutation safe to retry.
     pub idempotency_key: Option<String>,
 }
@@ -93,6 +99,7 @@ impl RetentionMutation {
                 input.workflow_data_days,
                 input.user_data_days,
             ],
+            archive_before_delete: input.archive_before_delete,
         };
         replay::mutate(
             ctx,

@@ -35,6 +35,22 @@ impl User {
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
+
+    /// The person's latest consent decision per purpose (`recordConsent` keeps the whole
+    /// history). Readable by the person alone: `FORBIDDEN` for anyone else.
+    async fn consents(&self, ctx: &Context<'_>) -> Result<Vec<super::gdpr::Consent>> {
+        super::gdpr::consents_of(ctx, self.0.id).await
+    }
+
+    /// Data exports about this person that you asked for (`requestDataExport`), newest
+    /// first (`first`: 0–50, default 10).
+    async fn data_exports(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> Result<Vec<super::gdpr::DataExport>> {
+        super::gdpr::exports_of(ctx, self.0.id, first).await
+    }
 }
 
 /// Queries about the caller.

@@ -189,6 +189,42 @@ impl Workspace {
         super::retention::settings_of(ctx, self.0.id).await
     }
 
+    /// Archives of the workspace's deleted rows, newest first (of one category, or all).
+    /// Owners and admins only (`FORBIDDEN` otherwise). At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn archives(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        category: Option<super::archives::ArchiveCategory>,
+    ) -> Result<Connection<String, super::archives::Archive>> {
+        super::archives::archives_of(ctx, self.0.id, first, after, category).await
+    }
+
+    /// Where the workspace's notifications go: webhook endpoints, Slack, e-mail recipients
+    /// (never a secret). Owners and admins only (`FORBIDDEN` otherwise).
+    async fn integrations(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<super::integrations::IntegrationSettings> {
+        super::integrations::integrations_of(ctx, self.0.id).await
+    }
+
+    /// Deliveries of the workspace's notifications, newest first (of one status, or all),
+    /// each with its attempts. Owners and admins only (`FORBIDDEN` otherwise). At most 100
+    /// per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn notification_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<super::notifications::NotificationDeliveryStatus>,
+    ) -> Result<Connection<String, super::notifications::NotificationDelivery>> {
+        super::notifications::deliveries_of(ctx, self.0.id, first, after, status).await
+    }
+
     /// Background jobs of the workspace, newest first (of one status, or all). Owners and
     /// admins only (`FORBIDDEN` otherwise). At most 100 per page.
     #[graphql(complexity = "complexity(first, child_complexity)")]
@@ -211,6 +247,18 @@ impl Workspace {
         #[graphql(default)] period: super::analytics::AnalyticsPeriod,
     ) -> Result<Option<super::analytics::Analytics>> {
         super::analytics::analytics_of(ctx, self.0.id, period).await
+    }
+
+    /// A short-lived download link to the latest analytics snapshot of a month as a CSV or
+    /// JSON file (see `AnalyticsExportFormat`); null until a snapshot was computed. Owners
+    /// and admins only (`FORBIDDEN` otherwise).
+    async fn analytics_export(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] period: super::analytics::AnalyticsPeriod,
+        format: super::analytics::AnalyticsExportFormat,
+    ) -> Result<Option<super::analytics::AnalyticsExport>> {
+        super::analytics::export_of(ctx, self.0.id, period, format).await
     }
 
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).

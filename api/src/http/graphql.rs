@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::{RequestId, refuse, request};
 use crate::AppState;
 use crate::domain::{Actor, DomainError, users};
+use crate::graphql::api_usage::Attribution;
 use crate::graphql::error::code;
 use crate::graphql::{RequestCtx, json, one_step};
 
@@ -68,6 +69,10 @@ pub async fn handle(
     };
     let user = match users::provision(&state.services, &claims).await {
         Ok(u) => u,
+        // An erased identity.
+        Err(DomainError::Unauthenticated(m)) => {
+            return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &m);
+        }
         Err(e) => {
             let unavailable = matches!(e, DomainError::Unavailable(_));
             let err = crate::graphql::error::to_graphql(e, &request_id);
@@ -179,31 +184,52 @@ async fn execute(
 /// Documents longer than this run on the blocking pool (see `execute`).
 pub const HEAVY_DOCUMENT_BYTES: usize = 16 * 1024;
 
-/// Parses, checks and executes one operation.
+/// Parses, checks and executes one operation, and counts it for the workspaces it names
+/// (`domain::api_usage`: in memory, no statement).
 async fn operation(
+    state: &AppState,
+    r: async_graphql::Request,
+    is_get: bool,
+    actor: Actor,
+) -> GqlResponse {
+    let user = actor.user_id.0;
+    let (resp, usage) = run_operation(state, r, is_get, actor).await;
+    state.api_usage.record(
+        &usage.owners,
+        user,
+        &usage.operation,
+        !resp.errors.is_empty(),
+        chrono::Utc::now().date_naive(),
+    );
+    resp
+}
+
+async fn run_operation(
     state: &AppState,
     mut r: async_graphql::Request,
     is_get: bool,
     actor: Actor,
-) -> GqlResponse {
+) -> (GqlResponse, Attribution) {
     let parsed = match state.documents.parse(&r.query) {
         Ok(p) => p,
         Err(e) => {
             let mut resp = GqlResponse::from_errors(vec![e]);
             label_errors(&mut resp.errors);
-            return resp;
+            return (resp, Attribution::unparsed(&r.variables));
         }
     };
+    let usage = Attribution::of(&parsed.doc, r.operation_name.as_deref(), &r.variables);
     if let Err(bad) = crate::graphql::limits::check_strings(&parsed.doc, &r.variables) {
         let mut e = ServerError::new(bad.message, None);
         let mut ext = ErrorExtensionValues::default();
         ext.set("code", code::BAD_USER_INPUT);
         ext.set("field", bad.field);
         e.extensions = Some(ext);
-        return GqlResponse::from_errors(vec![e]);
+        return (GqlResponse::from_errors(vec![e]), usage);
     }
     if is_get && is_mutation(&parsed.doc) {
-        return error_response(code::BAD_USER_INPUT, "mutations must be sent with POST");
+        let resp = error_response(code::BAD_USER_INPUT, "mutations must be sent with POST");
+        return (resp, usage);
     }
     let name = r
         .operation_name
@@ -227,7 +253,7 @@ async fn operation(
     let (answered, fallback) = switch.outcomes();
     state.metrics.observe_one_step(answered, fallback);
     label_errors(&mut resp.errors);
-    resp
+    (resp, usage)
 }
 
 /// The HTTP response of a (batch) GraphQL response: the headers async-graphql-axum would

@@ -1,5 +1,7 @@
-//! HTTP surface: GraphQL, GraphiQL, Stripe webhooks, health, readiness and metrics.
+//! HTTP surface: GraphQL, GraphiQL, Stripe webhooks, signed download links, health,
+//! readiness and metrics.
 
+pub mod downloads;
 mod graphiql;
 mod graphql;
 mod health;
@@ -30,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/webhooks/stripe", axum::routing::post(webhooks::stripe))
+        .route("/downloads/{token}", get(downloads::download))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::headers,

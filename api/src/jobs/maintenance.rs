@@ -56,6 +56,12 @@ pub const PERIODIC: &[Periodic] = &[
         "0 45 * * * *",
         |pool, _| crate::domain::analytics::refresh_periodic(pool).boxed(),
     ),
+    Periodic::new(
+        "notification-retry",
+        "SCHEDULE_NOTIFICATION_RETRY",
+        "30 * * * * *",
+        |pool, _| crate::domain::notifications::delivery::retry_periodic(pool).boxed(),
+    ),
 ];
 
 /// The periodic job named `name`.
@@ -191,8 +197,14 @@ pub async fn purge_expired_idempotency_keys(pool: &DbPool) -> anyhow::Result<usi
 async fn retention(pool: &DbPool, settings: &Settings) -> anyhow::Result<()> {
     let days =
         i64::try_from(settings.stripe_event_retention.as_secs() / 86_400).unwrap_or(i64::MAX);
-    let done =
-        crate::domain::retention::cleanup(pool, chrono::Utc::now(), days, RETENTION_BATCH).await?;
+    let done = crate::domain::retention::cleanup(
+        pool,
+        &settings.vault,
+        chrono::Utc::now(),
+        days,
+        RETENTION_BATCH,
+    )
+    .await?;
     if done != Default::default() {
         tracing::info!(?done, "retention cleanup");
     }

@@ -170,6 +170,21 @@ async fn run_workers(
         crate::domain::analytics::QUEUE,
         crate::domain::analytics::job
     );
+    monitor = register_queue!(
+        monitor,
+        crate::domain::notifications::QUEUE,
+        crate::domain::notifications::job
+    );
+    monitor = register_queue!(
+        monitor,
+        crate::domain::archives::QUEUE,
+        crate::domain::archives::job
+    );
+    monitor = register_queue!(
+        monitor,
+        crate::domain::gdpr::QUEUE,
+        crate::domain::gdpr::job
+    );
     // The schedulers: each tick of a periodic job enqueues its job on the maintenance queue,
     // once however many processes tick (see `schedule`).
     for scheduled in settings.schedules.iter() {
@@ -205,6 +220,8 @@ pub struct Settings {
     pub vault: Arc<crate::storage::Vault>,
     /// The periodic jobs this process schedules (`SCHEDULE_*`; see [`schedule`]).
     pub schedules: Schedules,
+    /// The notification channels (`domain::notifications`).
+    pub notifier: Arc<crate::domain::notifications::Notifier>,
 }
 
 impl Settings {
@@ -228,6 +245,9 @@ impl Settings {
             failed_retention: c.failed_job_retention,
             stripe_event_retention: c.stripe_event_retention,
             schedules: c.schedules.clone(),
+            notifier: Arc::new(crate::domain::notifications::Notifier::new(
+                c.notifications.clone(),
+            )?),
         })
     }
 }
@@ -244,6 +264,7 @@ impl Settings {
             billing: self.billing.clone(),
             vault: self.vault.clone(),
             identities: Default::default(),
+            notifier: self.notifier.clone(),
         }
     }
 }

@@ -181,7 +181,7 @@ async fn analytics_of_the_current_month_match_hand_computed_numbers() {
                "successRate": 0.75, "failureRate": 0.25}),
         "{r}"
     );
-    assert_eq!(a["apiUsage"], json!([]));
+    // (apiUsage: `api_usage_counts_requests_per_workspace_day_and_operation`.)
     // No billing account: nothing costs anything.
     assert_eq!(
         a["cost"],
@@ -355,4 +355,419 @@ async fn strangers_are_told_not_found_and_keys_make_generation_idempotent() {
         "{r}"
     );
     worker.stop().await;
+}
+
+/// A server whose API usage counters are stored only when the test flushes them.
+async fn app_flushed_by_hand(extra: &[(&str, &str)]) -> TestApp {
+    let mut env: std::collections::HashMap<String, String> =
+        [("API_USAGE_FLUSH_SECS".to_string(), "3600".to_string())].into();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    TestApp::with(tests::Options { env }).await
+}
+
+const DASH: &str = "query Dash($w: ID!) { workspace(id: $w) { name } }";
+const BILL: &str = "query Bill($w: ID!) { workspace(id: $w) { billingAccounts { id } } }";
+const EXPORT: &str = "query($w: ID!, $p: AnalyticsPeriod, $f: AnalyticsExportFormat!) {
+    workspace(id: $w) { analyticsExport(period: $p, format: $f) { url expiresAt } } }";
+
+fn usage_row(day: &str, operation: &str, requests: i64, errors: i64) -> Value {
+    json!({"day": day, "operation": operation, "requests": requests, "errors": errors})
+}
+
+#[tokio::test]
+async fn api_usage_counts_requests_per_workspace_day_and_operation() {
+    let app = app_flushed_by_hand(&[]).await;
+    let owner = app.user("api-owner@example.com");
+    let viewer = app.user("api-viewer@example.com");
+    let stranger = app.user("api-stranger@example.com");
+    // Named no workspace: nobody's.
+    let ws = app.create_workspace(&owner, "Api usage").await;
+    let theirs = app.create_workspace(&stranger, "Api theirs").await;
+    // addMember 1, createOrganization 1 (both name the workspace).
+    app.add_member(&owner, &ws, "api-viewer@example.com", "VIEWER")
+        .await;
+    let org = app.create_org(&owner, &ws, None, "Root").await;
+    let w = json!({"w": ws});
+    // Dash: 3 by the owner, 1 by the viewer.
+    for t in [&owner, &owner, &owner, &viewer] {
+        assert_ok(&app.gql(t, DASH, w.clone()).await);
+    }
+    // Bill: refused to the viewer (an error).
+    assert_code(&app.gql(&viewer, BILL, w.clone()).await, "FORBIDDEN");
+    // recordUsage names only the organization: counted for its workspace; one refused.
+    assert_ok(&app.record(&owner, &org, "users", 2).await);
+    assert_ok(&app.record(&owner, &org, "users", 1).await);
+    assert_code(&app.record(&owner, &org, "nope", 1).await, "BAD_USER_INPUT");
+    // Unnamed: its root fields.
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { id } viewer { id } }",
+            w.clone(),
+        )
+        .await;
+    assert_ok(&r);
+    // The workspace and one of its organizations: counted once.
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!, $o: ID!) { workspace(id: $w) { id } organization(id: $o) { id } }",
+            json!({"w": ws, "o": org}),
+        )
+        .await;
+    assert_ok(&r);
+    // A syntax error whose variables name the workspace.
+    let r = app
+        .gql(
+            &owner,
+            "query Broken($w: ID!) { workspace(id: $w) { id }",
+            w.clone(),
+        )
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    // A 150-character name is cut to 100.
+    let long = "A".repeat(150);
+    let r = app
+        .gql(
+            &owner,
+            &format!("query {long}($w: ID!) {{ workspace(id: $w) {{ id }} }}"),
+            w.clone(),
+        )
+        .await;
+    assert_ok(&r);
+    // A batch: each operation counts (Dash 5; Bill 2 with 1 error).
+    let (status, r) = app
+        .gql_raw(
+            Some(&owner),
+            json!([{"query": DASH, "variables": w}, {"query": BILL, "variables": w}]),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_ok(&r[0]);
+    assert_ok(&r[1]);
+    // A stranger naming the workspace counts for nothing; naming theirs too, for theirs.
+    let r = app.gql(&stranger, DASH, w.clone()).await;
+    assert!(r["data"]["workspace"].is_null(), "{r}");
+    let r = app
+        .gql(
+            &stranger,
+            "query Both($a: ID!, $b: ID!) { a: workspace(id: $a) { id } b: workspace(id: $b) { id } }",
+            json!({"a": ws, "b": theirs}),
+        )
+        .await;
+    assert_ok(&r);
+
+    // Nothing is stored before a flush; one flush stores it all.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM api_request_counters")
+            .await,
+        0
+    );
+    assert!(app.flush_api_usage().await > 0);
+    assert_eq!(app.flush_api_usage().await, 0);
+    let theirs_uuid = uuid_of(&app, "Api theirs").await;
+    assert_eq!(
+        text(
+            &app,
+            &format!(
+                "SELECT string_agg(operation || ':' || requests || ':' || errors, ' ') AS t
+                   FROM api_request_counters WHERE workspace_id = '{theirs_uuid}'"
+            )
+        )
+        .await,
+        "Both:1:0"
+    );
+
+    let worker = Worker::start(&app);
+    generate_and_wait(&app, &owner, &ws, "CURRENT_MONTH").await;
+    let today = chrono::Utc::now().date_naive().to_string();
+    let r = analytics(&app, &owner, &ws, "CURRENT_MONTH").await;
+    assert_ok(&r);
+    let a = &r["data"]["workspace"]["analytics"];
+    // By day, then operation in byte order. generateAnalytics and this query came after the
+    // flush.
+    let expected = json!([
+        usage_row(&today, "(invalid)", 1, 1),
+        usage_row(&today, &"A".repeat(100), 1, 0),
+        usage_row(&today, "Bill", 2, 1),
+        usage_row(&today, "Dash", 5, 0),
+        usage_row(&today, "addMember", 1, 0),
+        usage_row(&today, "createOrganization", 1, 0),
+        usage_row(&today, "organization,workspace", 1, 0),
+        usage_row(&today, "recordUsage", 3, 1),
+        usage_row(&today, "viewer,workspace", 1, 0),
+    ]);
+    assert_eq!(a["apiUsage"], expected, "{r}");
+
+    // The exports hold the same snapshot: JSON as the query answers it, CSV a row per number.
+    let json_export = fetch_export(&app, &owner, &ws, "JSON").await;
+    assert_eq!(
+        json_export.headers["content-type"], "application/json",
+        "{json_export:?}"
+    );
+    let body: Value = serde_json::from_slice(&json_export.body).expect("JSON export");
+    assert_eq!(&body, a);
+    let csv = fetch_export(&app, &owner, &ws, "CSV").await;
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    let text = String::from_utf8(csv.body.clone()).expect("UTF-8");
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], "section,day,key,metric,value");
+    for line in [
+        format!("apiUsage,{today},Dash,requests,5"),
+        format!("apiUsage,{today},Dash,errors,0"),
+        format!("apiUsage,{today},\"organization,workspace\",requests,1"),
+        format!("apiUsage,{today},(invalid),errors,1"),
+        format!("usage,{today},users,total,3"),
+        format!("usage,{today},users,events,2"),
+        "users,,,total,2".to_string(),
+        "users.byRole,,VIEWER,count,1".to_string(),
+        "jobs,,,successRate,".to_string(),
+        "cost,,,currentCents,0".to_string(),
+        format!(
+            "period,,,start,{}",
+            a["periodStart"].as_str().expect("start")
+        ),
+        format!(
+            "period,,,generatedAt,{}",
+            a["generatedAt"].as_str().expect("at")
+        ),
+    ] {
+        assert!(
+            lines.contains(&line.as_str()),
+            "{line} missing from\n{text}"
+        );
+    }
+    // Header, 3 period, 3 users, 3 roles, 2 usage, 9 × 2 apiUsage, 6 jobs, 4 cost, "".
+    assert_eq!(lines.len(), 1 + 3 + 3 + 3 + 2 + 18 + 6 + 4 + 1, "{text}");
+    worker.stop().await;
+
+    // Retention deletes the counters of days past the usage events' retention (730 days).
+    let ws_uuid = uuid_of(&app, "Api usage").await;
+    let old = |days: i32| {
+        format!(
+            "INSERT INTO api_request_counters (workspace_id, day, operation, requests, errors)
+             VALUES ('{ws_uuid}', (now() AT TIME ZONE 'UTC')::date - {days}, 'Old{days}', 1, 0)
+             RETURNING 1::bigint AS n"
+        )
+    };
+    assert_eq!(app.sql_count(&old(731)).await, 1);
+    assert_eq!(app.sql_count(&old(729)).await, 1);
+    let done =
+        api::domain::retention::cleanup(&app.pool, &app.vault(), chrono::Utc::now(), 90, 1_000)
+            .await
+            .expect("cleanup");
+    assert_eq!(done.api_counters, 1, "{done:?}");
+    let left =
+        format!("SELECT count(*) AS n FROM api_request_counters WHERE workspace_id = '{ws_uuid}'");
+    assert_eq!(app.sql_count(&left).await, 9 + 1);
+}
+
+/// An export fetched over HTTP without any credential.
+#[derive(Debug)]
+struct Fetched {
+    status: u16,
+    headers: std::collections::HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+async fn get(app: &TestApp, path: &str) -> Fetched {
+    let r = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .expect("download");
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let body = r.bytes().await.expect("body").to_vec();
+    Fetched {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn export_link(app: &TestApp, token: &str, ws: &str, format: &str) -> Value {
+    app.gql(
+        token,
+        EXPORT,
+        json!({"w": ws, "p": "CURRENT_MONTH", "f": format}),
+    )
+    .await
+}
+
+fn url_of(r: &Value) -> String {
+    r["data"]["workspace"]["analyticsExport"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no export link: {r}"))
+        .to_string()
+}
+
+/// Fetches the export of the current month in `format` through a link `token` asked for.
+async fn fetch_export(app: &TestApp, token: &str, ws: &str, format: &str) -> Fetched {
+    let r = export_link(app, token, ws, format).await;
+    assert_ok(&r);
+    let url = url_of(&r);
+    assert!(url.starts_with("/downloads/"), "{url}");
+    let f = get(app, &url).await;
+    assert_eq!(f.status, 200, "{f:?}");
+    assert_eq!(f.headers["cache-control"], "no-store");
+    let ext = if format == "CSV" { "csv" } else { "json" };
+    let month = chrono::Utc::now().format("%Y-%m");
+    assert_eq!(
+        f.headers["content-disposition"],
+        format!("attachment; filename=\"analytics-{ws}-{month}.{ext}\"")
+    );
+    f
+}
+
+async fn user_uuid(app: &TestApp, email: &str) -> uuid::Uuid {
+    text(
+        app,
+        &format!("SELECT id::text AS t FROM users WHERE email = '{email}'"),
+    )
+    .await
+    .parse()
+    .expect("uuid")
+}
+
+#[tokio::test]
+async fn export_links_open_only_as_issued_to_a_manager_until_they_expire() {
+    let app = app_flushed_by_hand(&[("DOWNLOAD_LINK_TTL_SECS", "600")]).await;
+    let owner = app.user("exp-owner@example.com");
+    let admin = app.user("exp-admin@example.com");
+    let viewer = app.user("exp-viewer@example.com");
+    let stranger = app.user("exp-stranger@example.com");
+    let ws = app.create_workspace(&owner, "Exports").await;
+    let theirs = app.create_workspace(&stranger, "Exports theirs").await;
+    app.add_member(&owner, &ws, "exp-admin@example.com", "ADMIN")
+        .await;
+    app.add_member(&owner, &ws, "exp-viewer@example.com", "VIEWER")
+        .await;
+
+    // No snapshot yet: no link.
+    let r = export_link(&app, &owner, &ws, "CSV").await;
+    assert_ok(&r);
+    assert!(r["data"]["workspace"]["analyticsExport"].is_null(), "{r}");
+    let worker = Worker::start(&app);
+    generate_and_wait(&app, &owner, &ws, "CURRENT_MONTH").await;
+    generate_and_wait(&app, &stranger, &theirs, "CURRENT_MONTH").await;
+    worker.stop().await;
+
+    // A viewer is refused; a stranger sees no workspace (as for every foreign id).
+    assert_code(&export_link(&app, &viewer, &ws, "CSV").await, "FORBIDDEN");
+    let r = export_link(&app, &stranger, &ws, "CSV").await;
+    assert_ok(&r);
+    assert!(r["data"]["workspace"].is_null(), "{r}");
+
+    // The link lives DOWNLOAD_LINK_TTL_SECS.
+    let r = export_link(&app, &admin, &ws, "JSON").await;
+    assert_ok(&r);
+    let expires = r["data"]["workspace"]["analyticsExport"]["expiresAt"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .expect("expiresAt");
+    let left = expires.timestamp() - chrono::Utc::now().timestamp();
+    assert!((595..=601).contains(&left), "{left}");
+    let admins = url_of(&r);
+    assert_eq!(get(&app, &admins).await.status, 200);
+
+    let not_found = get(&app, "/downloads/nothing").await;
+    assert_eq!(not_found.status, 404);
+    let refused = |f: &Fetched| {
+        assert_eq!(
+            (f.status, &f.body),
+            (404, &not_found.body),
+            "{f:?} {}",
+            String::from_utf8_lossy(&f.body)
+        );
+    };
+
+    // One character or one byte changed anywhere: refused alike.
+    let token = admins.trim_start_matches("/downloads/").to_string();
+    let mut chars: Vec<char> = token.chars().collect();
+    let middle = chars.len() / 2;
+    chars[middle] = if chars[middle] == 'A' { 'B' } else { 'A' };
+    refused(
+        &get(
+            &app,
+            &format!("/downloads/{}", chars.iter().collect::<String>()),
+        )
+        .await,
+    );
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let bytes = b64.decode(&token).expect("base64url token");
+    for i in [0, 5, 12, bytes.len() - 1] {
+        let mut b = bytes.clone();
+        b[i] ^= 0x20;
+        refused(&get(&app, &format!("/downloads/{}", b64.encode(&b))).await);
+    }
+
+    // Links minted with the deployment's key (as the resolver does), at a chosen time.
+    let vault = app.vault();
+    let ws_uuid: uuid::Uuid = uuid_of(&app, "Exports").await.parse().expect("uuid");
+    let theirs_uuid: uuid::Uuid = uuid_of(&app, "Exports theirs").await.parse().expect("uuid");
+    let owner_id = user_uuid(&app, "exp-owner@example.com").await;
+    let (start, _) = api::domain::analytics::bounds(
+        api::domain::analytics::Period::CurrentMonth,
+        chrono::Utc::now(),
+    );
+    let mint = |workspace, user, at: chrono::DateTime<chrono::Utc>| {
+        api::http::downloads::link(
+            &vault,
+            &api::http::downloads::Download::AnalyticsExport {
+                workspace,
+                user,
+                period_start: start,
+                format: api::domain::analytics::ExportFormat::Csv,
+            },
+            Duration::from_secs(900),
+            at,
+        )
+        .0
+    };
+    let now = chrono::Utc::now();
+    assert_eq!(get(&app, &mint(ws_uuid, owner_id, now)).await.status, 200);
+    // Expired a second ago.
+    refused(
+        &get(
+            &app,
+            &mint(ws_uuid, owner_id, now - chrono::Duration::seconds(901)),
+        )
+        .await,
+    );
+    // Another workspace, the owner not a member of it.
+    refused(&get(&app, &mint(theirs_uuid, owner_id, now)).await);
+    // Another deployment's key.
+    let other = api::storage::Vault::open("memory:///", &[], [7; 32]).expect("vault");
+    let foreign = api::http::downloads::link(
+        &other,
+        &api::http::downloads::Download::AnalyticsExport {
+            workspace: ws_uuid,
+            user: owner_id,
+            period_start: start,
+            format: api::domain::analytics::ExportFormat::Csv,
+        },
+        Duration::from_secs(900),
+        now,
+    )
+    .0;
+    refused(&get(&app, &foreign).await);
+
+    // Access is checked again at download time: the admin, now a viewer, is refused.
+    let member = app.member_id(&owner, &ws, "exp-admin@example.com").await;
+    let r = app
+        .gql(
+            &owner,
+            "mutation($m: ID!) { updateMemberRole(input: {memberId: $m, role: VIEWER}) { member { role } } }",
+            json!({"m": member}),
+        )
+        .await;
+    assert_ok(&r);
+    refused(&get(&app, &admins).await);
 }

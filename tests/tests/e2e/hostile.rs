@@ -2191,3 +2191,372 @@ async fn billing_refusals_answer_in_bounded_messages_whatever_the_input_size() {
         "refusals that echo the input: {echoed:#?}"
     );
 }
+
+/// `GET` of a raw request target on a new connection; the status and the body.
+async fn raw_get(app: &TestApp, target: &str) -> (u16, String) {
+    let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let raw = raw_exchange(app, &head, b"", Duration::from_secs(10)).await;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn download_tokens_that_are_huge_malformed_or_traversals_are_refused_alike() {
+    let app = TestApp::spawn().await;
+    let (status, refusal) = raw_get(&app, "/downloads/nothing").await;
+    assert_eq!(status, 404);
+    // 100 KB: refused by the HTTP layer before routing (URI too long).
+    let (status, _) = raw_get(&app, &format!("/downloads/{}", "A".repeat(100 * 1024))).await;
+    assert_eq!(status, 414);
+    let targets = [
+        // 20 KB reaches the handler, which looks at no more than 256 characters.
+        format!("/downloads/{}", "A".repeat(20 * 1024)),
+        "/downloads/..%2F..%2F..%2Fetc%2Fpasswd".to_string(),
+        "/downloads/%2e%2e".to_string(),
+        "/downloads/..".to_string(),
+        "/downloads/%ff%fe%00".to_string(),
+        "/downloads/%00".to_string(),
+        // A well-formed token of the right length signed with nothing.
+        format!("/downloads/{}", URL_SAFE_NO_PAD.encode([0u8; 83])),
+        format!("/downloads/{}", URL_SAFE_NO_PAD.encode([0xffu8; 200])),
+    ];
+    for target in &targets {
+        let (status, body) = raw_get(&app, target).await;
+        assert_eq!(
+            (status, &body),
+            (404, &refusal),
+            "{}",
+            &target[..target.len().min(80)]
+        );
+    }
+    // Paths past the token are not downloads.
+    let (status, _) = raw_get(&app, "/downloads/a/../../graphql").await;
+    assert_ne!(status, 200);
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn thousands_of_operation_names_fold_into_other_and_strangers_count_for_nothing() {
+    let app = TestApp::with(Options {
+        env: [
+            ("API_USAGE_FLUSH_SECS".to_string(), "3600".to_string()),
+            ("GRAPHQL_MAX_BATCH".to_string(), "100".to_string()),
+            ("GRAPHQL_LOADER_DELAY_MS".to_string(), "0".to_string()),
+        ]
+        .into(),
+    })
+    .await;
+    let owner = app.user("ops-owner@example.com");
+    let stranger = app.user("ops-stranger@example.com");
+    let ws = app.create_workspace(&owner, "Many operations").await;
+    let quiet = app.create_workspace(&owner, "Quiet").await;
+    let batch = |from: usize, n: usize, w: &str| {
+        let ops: Vec<Value> = (from..from + n)
+            .map(|i| {
+                json!({"query": format!("query Op{i}($w: ID!) {{ workspace(id: $w) {{ id }} }}"),
+                       "variables": {"w": w}})
+            })
+            .collect();
+        Value::Array(ops)
+    };
+    let send = |token: String, body: Value| {
+        let app = &app;
+        async move {
+            let (status, r) = app.gql_raw(Some(&token), body).await;
+            assert_eq!(status, 200, "{r}");
+        }
+    };
+    // 1,200 distinct names: 200 kept, the rest `(other)`.
+    futures::future::join_all((0..12).map(|b| send(owner.clone(), batch(b * 100, 100, &ws)))).await;
+    // A stranger floods the other workspace with names of their own, and names thousands of
+    // workspaces that do not exist (only the first few of a request are looked at).
+    futures::future::join_all((0..3).map(|b| send(stranger.clone(), batch(b * 100, 100, &quiet))))
+        .await;
+    let invented: Vec<String> = (0..10_000)
+        .map(|i| format!("ws_{}", uuid::Uuid::from_u128(i).simple()))
+        .collect();
+    let r = app
+        .gql(
+            &stranger,
+            "query Invented($w: ID!) { workspace(id: $w) { id } }",
+            json!({"w": invented}),
+        )
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    app.flush_api_usage().await;
+    let of = |name: &str, what: &str| {
+        format!(
+            "SELECT {what} AS n FROM api_request_counters c JOIN workspaces w ON w.id = c.workspace_id
+              WHERE w.name = '{name}'"
+        )
+    };
+    let rows = of("Many operations", "count(*)");
+    let total = of("Many operations", "COALESCE(sum(requests), 0)::bigint");
+    let other = format!(
+        "{} AND operation = '(other)'",
+        of("Many operations", "sum(requests)::bigint")
+    );
+    assert_eq!(app.sql_count(&rows).await, 201);
+    assert_eq!(app.sql_count(&total).await, 1_200);
+    assert_eq!(app.sql_count(&other).await, 1_000);
+    assert_eq!(app.sql_count(&of("Quiet", "count(*)")).await, 0);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM api_request_counters")
+            .await,
+        201
+    );
+    // More new names the same day: the workspace holds its 200 already, so all `(other)`.
+    futures::future::join_all(
+        (0..3).map(|b| send(owner.clone(), batch(5_000 + b * 100, 100, &ws))),
+    )
+    .await;
+    app.flush_api_usage().await;
+    assert_eq!(app.sql_count(&rows).await, 201);
+    assert_eq!(app.sql_count(&total).await, 1_500);
+    assert_eq!(app.sql_count(&other).await, 1_300);
+}
+
+#[tokio::test]
+async fn notification_destinations_refuse_hostile_input_without_echoing_it() {
+    use super::notifications::{CREATE, UPDATE};
+    // The development flag on: loopback is allowed, nothing else over http or private.
+    let app = TestApp::with(Options {
+        env: [(
+            "INTEGRATIONS_ALLOW_HTTP_LOOPBACK".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    })
+    .await;
+    let owner = app.user("owner@example.com");
+    let ws = app.create_workspace(&owner, "Targets").await;
+    let huge = format!("https://hooks.example.com/{}", "a".repeat(500_000));
+    let many: Vec<String> = (0..5_000).map(|i| format!("p{i}@example.com")).collect();
+    let long_address = format!("{}@example.com", "a".repeat(10_000));
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "a URL of 500 kB",
+            CREATE,
+            json!({"w": ws, "u": huge}),
+            "url",
+        ),
+        (
+            "a NUL in a URL",
+            CREATE,
+            json!({"w": ws, "u": "https://hooks.example.com/\u{0}x"}),
+            "url",
+        ),
+        (
+            "a header injected into a URL",
+            CREATE,
+            json!({"w": ws, "u": "https://hooks.example.com/\r\nX-Injected: 1"}),
+            "url",
+        ),
+        (
+            "http to a public address",
+            CREATE,
+            json!({"w": ws, "u": "http://203.0.113.7/hook"}),
+            "url",
+        ),
+        (
+            "http to a name that starts like localhost",
+            CREATE,
+            json!({"w": ws, "u": "http://localhost.attacker.example/hook"}),
+            "url",
+        ),
+        (
+            "https to a private address",
+            CREATE,
+            json!({"w": ws, "u": "https://192.168.1.1/hook"}),
+            "url",
+        ),
+        (
+            "https to the metadata service",
+            CREATE,
+            json!({"w": ws, "u": "http://169.254.169.254/latest/meta-data/"}),
+            "url",
+        ),
+        (
+            "a private address written as hex",
+            CREATE,
+            json!({"w": ws, "u": "https://0xa.0.0.1/hook"}),
+            "url",
+        ),
+        (
+            "a private address mapped into IPv6",
+            CREATE,
+            json!({"w": ws, "u": "https://[::ffff:a00:1]/hook"}),
+            "url",
+        ),
+        (
+            "five thousand event types",
+            CREATE,
+            json!({"w": ws, "u": "https://hooks.example.com/", "t": vec!["QUOTA_WARNING"; 5_000]}),
+            "eventTypes",
+        ),
+        (
+            "a Slack URL of 500 kB",
+            UPDATE,
+            json!({"w": ws, "s": format!("https://hooks.slack.com/{}", "a".repeat(500_000))}),
+            "slackWebhookUrl",
+        ),
+        (
+            "five thousand recipients",
+            UPDATE,
+            json!({"w": ws, "r": [{"category": "SECURITY_ALERTS", "addresses": many}]}),
+            "emailRecipients",
+        ),
+        (
+            "a recipient of 10 kB",
+            UPDATE,
+            json!({"w": ws, "r": [{"category": "SECURITY_ALERTS", "addresses": [long_address]}]}),
+            "emailRecipients",
+        ),
+        (
+            "a control character in a recipient",
+            UPDATE,
+            json!({"w": ws, "r": [{"category": "SECURITY_ALERTS", "addresses": ["a\u{7}@example.com"]}]}),
+            "addresses",
+        ),
+    ];
+    let mut echoed = Vec::new();
+    for (what, q, vars, field) in cases {
+        let r = app.gql(&owner, q, vars).await;
+        assert_code(&r, "BAD_USER_INPUT");
+        assert_eq!(r["errors"][0]["extensions"]["field"], field, "{what}: {r}");
+        if message(&r).len() > 300 {
+            echoed.push(format!("{what}: a message of {} bytes", message(&r).len()));
+        }
+    }
+    assert!(
+        echoed.is_empty(),
+        "refusals that echo the input: {echoed:#?}"
+    );
+    assert_eq!(
+        app.sql_count(
+            "SELECT (SELECT count(*) FROM webhook_endpoints) + (SELECT count(*) FROM notification_recipients)
+                  + (SELECT count(*) FROM integration_settings) AS n"
+        )
+        .await,
+        0
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Privacy (GDPR): consents with hostile purposes and versions, and exports and erasures of
+// people the caller has no say over. Each is refused with a clear code, in time linear in
+// the input, with a bounded message, and changes nothing.
+
+#[tokio::test]
+async fn hostile_consents_are_refused_before_anything_is_stored() {
+    const RECORD: &str = "mutation($p: String!, $v: String!) {
+        recordConsent(input: {purpose: $p, version: $v, granted: true}) { consent { purpose } } }";
+    let app = TestApp::spawn().await;
+    let mallory = app.user("gdpr-hostile-consent@example.com");
+    // A 1 MB purpose (and version).
+    let huge = "a".repeat(1_000_000);
+    for (p, v) in [(huge.as_str(), "1"), ("marketing", huge.as_str())] {
+        let started = std::time::Instant::now();
+        let (status, r) = app
+            .gql_raw(
+                Some(&mallory),
+                json!({"query": RECORD, "variables": {"p": p, "v": v}}),
+            )
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(status, 200, "{r}");
+        assert_code(&r, "BAD_USER_INPUT");
+        assert!(
+            r.to_string().len() < 1_000,
+            "the refusal grows with its input"
+        );
+    }
+    // Control characters, bidi overrides, case, spaces, markup, SQL.
+    for (p, v) in [
+        ("mark\u{0}eting", "1"),
+        ("marketing", "v\n1"),
+        ("marketing\u{202e}", "1"),
+        ("MARKETING", "1"),
+        (" marketing", "1"),
+        ("<script>", "1"),
+        ("marketing'; DROP TABLE consents; --", "1"),
+        ("marketing", ""),
+        ("", "1"),
+    ] {
+        let r = app.gql(&mallory, RECORD, json!({"p": p, "v": v})).await;
+        assert_code(&r, "BAD_USER_INPUT");
+    }
+    assert_eq!(app.sql_count("SELECT count(*) AS n FROM consents").await, 0);
+}
+
+#[tokio::test]
+async fn exporting_or_erasing_another_workspaces_member_tells_nothing_and_does_nothing() {
+    const EXPORT: &str = "mutation($u: ID!, $w: ID) {
+        requestDataExport(input: {userId: $u, workspaceId: $w}) { job { id } } }";
+    const ERASE: &str = "mutation($u: ID!) { eraseUser(input: {userId: $u}) { job { id } } }";
+    let app = TestApp::spawn().await;
+    let mallory = app.user("gdpr-hostile-mallory@example.com");
+    let owner = app.user("gdpr-hostile-owner@example.com");
+    let victim = app.user("gdpr-hostile-victim@example.com");
+    let mine = app.create_workspace(&mallory, "Mallory's").await;
+    let theirs = app.create_workspace(&owner, "Theirs").await;
+    app.add_member(&owner, &theirs, "gdpr-hostile-victim@example.com", "VIEWER")
+        .await;
+    let r = app.gql(&victim, "{ viewer { id } }", json!({})).await;
+    let victim_id = r["data"]["viewer"]["id"].as_str().expect("id").to_string();
+    let missing = format!("usr_{}", "0".repeat(32));
+    for query in [EXPORT, ERASE] {
+        // Another workspace's member, named outright or through Mallory's own workspace,
+        // answers exactly like an id that does not exist.
+        let of_theirs = app
+            .gql(&mallory, query, json!({"u": victim_id, "w": null}))
+            .await;
+        let of_nobody = app
+            .gql(&mallory, query, json!({"u": missing, "w": null}))
+            .await;
+        assert_code(&of_theirs, "NOT_FOUND");
+        assert_eq!(of_theirs, of_nobody);
+        if query == EXPORT {
+            for w in [&mine, &theirs] {
+                let r = app
+                    .gql(&mallory, query, json!({"u": victim_id, "w": w}))
+                    .await;
+                assert_code(&r, "NOT_FOUND");
+            }
+        }
+        // Malformed ids: another kind's, not hex, huge.
+        for bad in [
+            theirs.clone(),
+            "usr_nothex".to_string(),
+            format!("usr_{}", "a".repeat(100_000)),
+            "usr_00000000-0000-0000-0000-000000000000".to_string(),
+        ] {
+            let r = app.gql(&mallory, query, json!({"u": bad, "w": null})).await;
+            assert_code(&r, "NOT_FOUND");
+        }
+    }
+    for table in ["user_erasures", "data_exports", "workspace_jobs"] {
+        assert_eq!(
+            app.sql_count(&format!("SELECT count(*) AS n FROM {table}"))
+                .await,
+            0,
+            "{table}"
+        );
+    }
+    // The victim is untouched.
+    assert_ok(&app.gql(&victim, "{ viewer { id email } }", json!({})).await);
+}

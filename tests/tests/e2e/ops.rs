@@ -118,6 +118,8 @@ fn bad_configuration_names_the_variable() {
         ("DATABASE_POOL_SIZE", "1"),
         ("JWT_HS256_SECRET", "short"),
         ("GRAPHQL_INTROSPECTION", "maybe"),
+        ("ARCHIVE_MASTER_KEY", "too-short"),
+        ("ARCHIVE_URL", "not a url"),
     ];
     for (var, value) in cases {
         let err = api::config::Config::from_lookup(|k| (k == var).then(|| value.to_string()))
@@ -131,6 +133,10 @@ fn bad_configuration_names_the_variable() {
     })
     .expect_err("jwks without issuer accepted");
     assert_eq!(err.var, "JWT_ISSUER");
+    // Production refuses the public development master key.
+    let err = api::config::Config::from_lookup(|k| (k == "PRODUCTION").then(|| "true".to_string()))
+        .expect_err("production without a master key accepted");
+    assert_eq!(err.var, "ARCHIVE_MASTER_KEY");
     let ok = api::config::Config::from_lookup(|_| None).expect("defaults");
     assert_eq!(ok.database_url, api::config::DEFAULT_DATABASE_URL);
     assert!(ok.require_token_verification().is_err());
@@ -174,7 +180,12 @@ async fn production_mode_gives_no_field_suggestions() {
         .await;
     assert!(r.to_string().contains("Did you mean"), "{r}");
     let prod = TestApp::with(tests::Options {
-        env: [("PRODUCTION".to_string(), "true".to_string())].into(),
+        env: [
+            ("PRODUCTION".to_string(), "true".to_string()),
+            // Production refuses the public development master key.
+            ("ARCHIVE_MASTER_KEY".to_string(), "11".repeat(32)),
+        ]
+        .into(),
     })
     .await;
     let r = prod

@@ -125,7 +125,7 @@ async fn cleanup_deletes_what_is_past_each_workspace_s_retention_in_batches() {
     };
     assert_eq!(count(&app, &ledger(&short)).await, 5);
     // Batches of two: three old rows take two statements per table.
-    let done = api::domain::retention::cleanup(&app.pool, chrono::Utc::now(), 90, 2)
+    let done = api::domain::retention::cleanup(&app.pool, &app.vault(), chrono::Utc::now(), 90, 2)
         .await
         .expect("cleanup");
     assert_eq!(
@@ -151,14 +151,76 @@ async fn cleanup_deletes_what_is_past_each_workspace_s_retention_in_batches() {
     // Counters keep the totals.
     assert_eq!(app.numbers(&owner, &orgs[0], "users").await, (5, 5));
     // Again: nothing left to do. Later (the clock moves on), the long workspace's old rows go.
-    let again = api::domain::retention::cleanup(&app.pool, chrono::Utc::now(), 90, 2)
+    let again = api::domain::retention::cleanup(&app.pool, &app.vault(), chrono::Utc::now(), 90, 2)
         .await
         .expect("cleanup");
     assert_eq!((again.usage_events, again.audit_events), (0, 0));
     let later = chrono::Utc::now() + chrono::Duration::days(700);
-    let done = api::domain::retention::cleanup(&app.pool, later, 90, 1_000)
+    let done = api::domain::retention::cleanup(&app.pool, &app.vault(), later, 90, 1_000)
         .await
         .expect("cleanup");
     assert_eq!(done.usage_events, 3 + 2, "{done:?}");
     assert_eq!(count(&app, &ledger(&long)).await, 2);
+}
+
+#[tokio::test]
+async fn cleanup_deletes_ended_delivery_logs_and_old_analytics_snapshots() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner@example.com");
+    let ws = app.create_workspace(&owner, "Logs").await;
+    let uuid = ws.trim_start_matches("ws_").to_string();
+    // Notifications 100 days old: one delivered, one still being retried; one recent.
+    app.sql_count(&format!(
+        "WITH n AS (INSERT INTO notifications (id, workspace_id, type, category, data, dedupe_key, created_at)
+                    VALUES ('00000000-0000-7000-8000-000000000001', '{uuid}', 'quota.warning', 'QUOTA_WARNINGS', '{{}}', 'a', now() - interval '100 days'),
+                           ('00000000-0000-7000-8000-000000000002', '{uuid}', 'quota.warning', 'QUOTA_WARNINGS', '{{}}', 'b', now() - interval '100 days'),
+                           ('00000000-0000-7000-8000-000000000003', '{uuid}', 'quota.warning', 'QUOTA_WARNINGS', '{{}}', 'c', now())
+                    RETURNING id),
+              d AS (INSERT INTO notification_deliveries (id, workspace_id, notification_id, channel, target, destination, status, give_up_at, next_attempt_at)
+                    SELECT gen_random_uuid(), '{uuid}', id, 'SLACK', 'slack', 'slack',
+                           CASE WHEN id = '00000000-0000-7000-8000-000000000002' THEN 'PENDING' ELSE 'DELIVERED' END,
+                           now() + interval '1 day',
+                           CASE WHEN id = '00000000-0000-7000-8000-000000000002' THEN now() END
+                      FROM n RETURNING 1),
+              s AS (INSERT INTO analytics_snapshots (workspace_id, period_start, generated_at, data)
+                    VALUES ('{uuid}', date_trunc('month', now() - interval '800 days'), now(), '{{}}'),
+                           ('{uuid}', date_trunc('month', now()), now(), '{{}}') RETURNING 1)
+         SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) AS n"
+    ))
+    .await;
+    let done = api::domain::retention::cleanup(&app.pool, &app.vault(), chrono::Utc::now(), 90, 2)
+        .await
+        .expect("cleanup");
+    assert_eq!(
+        (done.notifications, done.analytics_snapshots),
+        (1, 1),
+        "{done:?}"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) AS n FROM notifications WHERE workspace_id = '{uuid}'")
+        )
+        .await,
+        2,
+        "a notification still being delivered stays, and so does a recent one"
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) AS n FROM notification_deliveries WHERE workspace_id = '{uuid}'"
+            )
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) AS n FROM analytics_snapshots WHERE workspace_id = '{uuid}'")
+        )
+        .await,
+        1
+    );
 }

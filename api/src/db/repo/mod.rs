@@ -2,12 +2,19 @@
 //! connection (not the pool) so that they compose inside one transaction.
 
 pub mod analytics;
+pub mod api_usage;
+pub mod archives;
 pub mod audit;
 pub mod billing;
+pub mod consents;
+pub mod data_exports;
+pub mod erasure;
 pub mod idempotency;
+pub mod integrations;
 pub mod job_stats;
 pub mod jobs;
 pub mod members;
+pub mod notifications;
 pub mod organizations;
 pub mod resources;
 pub mod stripe_events;

@@ -79,10 +79,19 @@ pub struct Application<'a> {
     pub completion: Option<(Uuid, &'a str, &'a serde_json::Value)>,
 }
 
-#[derive(QueryableByName)]
-struct Applied {
+/// A counter changed by `check_and_apply`, with its values after the change (what quota
+/// warnings compare with the cap, at no extra statement).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Applied {
+    /// Organization.
     #[diesel(sql_type = SqlUuid)]
-    organization_id: Uuid,
+    pub organization_id: Uuid,
+    /// Its subtree's usage after the change.
+    #[diesel(sql_type = BigInt)]
+    pub subtree: i64,
+    /// Its cap.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub limit: Option<i64>,
 }
 
 /// (PostgreSQL checks a proposed row's constraints before it finds the conflict, so rows
@@ -92,12 +101,12 @@ struct Applied {
 /// organization-id order (created if missing, taking its cap from `organization_limits`)
 /// and changed only if, for an allocation, its cap leaves room, and for a release, the
 /// organization's own usage stays non-negative. The ledger entry, the audit event and the
-/// result under the idempotency key are written only when every counter changed. Returns the organizations whose counters
-/// changed: fewer than the path means the change was refused (roll back).
+/// result under the idempotency key are written only when every counter changed. Returns the counters
+/// that changed: fewer than the path means the change was refused (roll back).
 pub async fn check_and_apply(
     conn: &mut AsyncPgConnection,
     a: &Application<'_>,
-) -> QueryResult<Vec<Uuid>> {
+) -> QueryResult<Vec<Applied>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH applied AS (
@@ -114,14 +123,14 @@ pub async fn check_and_apply(
                  WHERE ($5 < 0 OR ((c.\"limit\" IS NULL OR c.subtree + $5 <= c.\"limit\") AND c.subtree + $5 <= 2147483647))
                    AND (c.organization_id <> $2 OR c.direct + $5 >= 0)
                    AND c.subtree + $5 >= c.direct + CASE WHEN c.organization_id = $2 THEN $5 ELSE 0 END
-                RETURNING c.organization_id
+                RETURNING c.organization_id, c.subtree, c.\"limit\"
              ), complete AS (
                 SELECT count(*) = cardinality($3::uuid[]) AS ok FROM applied
              ), ev AS (
                 INSERT INTO usage_events (workspace_id, id, organization_id, resource, period_start, delta, actor_id, request_id)
                 SELECT $1, $7, $2, $4, $6, $5, $8, $9 FROM complete WHERE ok
              ), au AS ({audit}), idem AS ({store})
-             SELECT organization_id FROM applied",
+             SELECT organization_id, subtree, \"limit\" FROM applied",
             audit = super::audit::insert_sql(10, "(SELECT ok FROM complete)"),
             store = super::idempotency::store_sql(18, "(SELECT ok FROM complete)"),
         )
@@ -138,11 +147,10 @@ pub async fn check_and_apply(
         .bind::<Nullable<SqlUuid>, _>(a.audit.actor_id)
         .bind::<Nullable<Text>, _>(a.audit.request_id.as_deref());
     let q = super::audit::bind_event(q, a.audit);
-    let rows: Vec<Applied> = super::idempotency::bind_store(q, a.completion)
+    super::idempotency::bind_store(q, a.completion)
         .cached()
         .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|r| r.organization_id).collect())
+        .await
 }
 
 /// The counter of one organization (after a refused change: the values that refused it).

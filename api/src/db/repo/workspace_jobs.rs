@@ -1,4 +1,6 @@
-//! Jobs that belong to a workspace: `workspace_jobs` rows beside apalis's `apalis.jobs`.
+//! Jobs that belong to a workspace: `workspace_jobs` rows beside apalis's `apalis.jobs`. A
+//! person's own data export or erasure belongs to no workspace: its row has no workspace and
+//! is read by whoever requested it.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -14,9 +16,13 @@ pub struct JobRow {
     /// apalis's id (a ULID).
     #[diesel(sql_type = Text)]
     pub id: String,
-    /// Workspace.
-    #[diesel(sql_type = SqlUuid)]
-    pub workspace_id: Uuid,
+    /// Workspace; `None` for a person's own job (see `requested_by`).
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub workspace_id: Option<Uuid>,
+    /// Who asked for it, when someone did.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    #[serde(default)]
+    pub requested_by: Option<Uuid>,
     /// What it does, e.g. `billing.request`.
     #[diesel(sql_type = Text)]
     pub kind: String,
@@ -54,7 +60,7 @@ pub const STATUS_SQL: &str = "CASE WHEN j.status = 'Running' THEN 'RUNNING'
 
 fn select_sql(filter: &str) -> String {
     format!(
-        "SELECT j.id, w.workspace_id, w.kind, {STATUS_SQL} AS status, j.attempts,
+        "SELECT j.id, w.workspace_id, w.requested_by, w.kind, {STATUS_SQL} AS status, j.attempts,
                 CASE WHEN j.status IN ('Failed', 'Killed') THEN coalesce(j.last_result->>'Err', j.last_result::text) END AS last_error,
                 w.created_at, j.run_at, j.lock_at AS started_at, j.done_at AS finished_at
            FROM workspace_jobs w JOIN apalis.jobs j ON j.id = w.job_id
@@ -68,6 +74,57 @@ fn select_sql(filter: &str) -> String {
 pub async fn enqueue(
     conn: &mut AsyncPgConnection,
     ws: Uuid,
+    kind: &str,
+    requested_by: Option<Uuid>,
+    queue: &str,
+    payload: &serde_json::Value,
+    key: &str,
+    max_attempts: i32,
+    delay_secs: i64,
+) -> QueryResult<Option<String>> {
+    enqueue_owned(
+        conn,
+        Some(ws),
+        kind,
+        requested_by,
+        queue,
+        payload,
+        key,
+        max_attempts,
+        delay_secs,
+    )
+    .await
+}
+
+/// Enqueues a job of no workspace that `requested_by` alone reads (a person's own data
+/// export or erasure), unless the queue holds one with `key` already; the new job's id.
+pub async fn enqueue_personal(
+    conn: &mut AsyncPgConnection,
+    requested_by: Uuid,
+    kind: &str,
+    queue: &str,
+    payload: &serde_json::Value,
+    key: &str,
+    max_attempts: i32,
+) -> QueryResult<Option<String>> {
+    enqueue_owned(
+        conn,
+        None,
+        kind,
+        Some(requested_by),
+        queue,
+        payload,
+        key,
+        max_attempts,
+        0,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn enqueue_owned(
+    conn: &mut AsyncPgConnection,
+    ws: Option<Uuid>,
     kind: &str,
     requested_by: Option<Uuid>,
     queue: &str,
@@ -96,7 +153,7 @@ pub async fn enqueue(
     .bind::<Integer, _>(max_attempts)
     .bind::<Text, _>(key)
     .bind::<BigInt, _>(delay_secs)
-    .bind::<SqlUuid, _>(ws)
+    .bind::<Nullable<SqlUuid>, _>(ws)
     .bind::<Text, _>(kind)
     .bind::<Nullable<SqlUuid>, _>(requested_by)
     .cached()

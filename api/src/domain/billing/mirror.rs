@@ -605,5 +605,9 @@ pub async fn apply_event(
         }
         Object::Checkout(None) => {}
     }
+    // Payment failures, trials ending and cancellations notify the workspace.
+    crate::domain::notifications::stripe_event(conn, kind, payload)
+        .await
+        .map_err(fail)?;
     Ok(())
 }

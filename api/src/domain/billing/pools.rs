@@ -107,7 +107,17 @@ pub async fn apply(
     if delta > 0 && n.used > n.capacity {
         return Err(exhausted(pool, resource, n.used - delta, n.capacity, delta));
     }
-    Ok(())
+    // A statement only when the allocation crosses 80 % or 100 % of the capacity.
+    crate::domain::notifications::quota::after_pool_allocation(
+        conn,
+        ws,
+        &pool.external_id(),
+        resource,
+        n.capacity,
+        n.used,
+        delta,
+    )
+    .await
 }
 
 /// The error of an allocation the pool cannot fund.

@@ -136,6 +136,7 @@ json_enums!(
     crate::graphql::billing::SubscriptionStatus,
     crate::graphql::billing::Plan,
     crate::graphql::jobs::JobStatus,
+    crate::graphql::archives::ArchiveCategory,
 );
 
 #[cfg(test)]

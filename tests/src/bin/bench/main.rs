@@ -8,8 +8,12 @@
 //! backlog of the worker rows, default 5,000), `BENCH_CUSTOMERS` (the customers the main
 //! worker row's events are about, default 50), `BENCH_STRIPE_LATENCY_MS` (how late Stripe
 //! answers the worker, default 0), `BENCH_WORKER_TIMEOUT` (seconds, default 300),
-//! `BENCH_ONLY=worker` (only the worker rows, on a fresh database),
+//! `BENCH_ONLY=worker` (only the worker rows, on a fresh database), `BENCH_ONLY=lifecycle`
+//! (only the data lifecycle rows, see `lifecycle`; `BENCH_LIFECYCLE_SECONDS` is their
+//! recordUsage window, default 5),
 //! `TEST_DATABASE_SERVER` (default `postgres://postgres@127.0.0.1:5432`).
+
+mod lifecycle;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -1326,6 +1330,9 @@ async fn main() -> anyhow::Result<()> {
     reset_database(&server_url).await?;
     let events = env_or("BENCH_EVENTS", BACKLOG_EVENTS);
     let customers = env_or("BENCH_CUSTOMERS", CUSTOMERS);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("lifecycle") {
+        return lifecycle::run(&server_url, workers, seconds).await;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("worker") {
         let worker = worker_rows(&server_url, events, customers, workers).await?;
         println!("\nOne worker, deliveries at concurrency {workers}, release build.\n");
@@ -1487,6 +1494,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Ok(b) = std::env::var("BENCH_AB") {
         compare(&server_url, &b, workers, seconds, nested_body, record_body).await?;
+    }
+    // The lifecycle rows reset the database: last.
+    if let Err(e) = lifecycle::run(&server_url, workers, seconds).await {
+        eprintln!("the lifecycle rows failed: {e:#}");
     }
     Ok(())
 }

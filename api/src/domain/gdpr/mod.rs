@@ -1,0 +1,240 @@
+//! Privacy (GDPR): consents ([`consents`]), data exports ([`export`]) and erasure
+//! ([`erase`]). README.md, "Privacy (GDPR)", says what each covers and keeps.
+//!
+//! Who may ask about a person ([`scope_of`]): the person themself, for everything; or an
+//! owner of a workspace the person belongs to, for what relates to that workspace. Anyone
+//! else is told what a missing id tells (`NOT_FOUND`). Exports and erasures run as jobs of
+//! the `gdpr` queue; a job asked for by the person themself belongs to no workspace and is
+//! read by them alone (`Query.job`), one asked for by an owner belongs to the workspace.
+
+pub mod consents;
+pub mod erase;
+pub mod export;
+
+use std::sync::Arc;
+
+use apalis::prelude::{BoxDynError, Data, TaskId};
+use diesel_async::AsyncPgConnection;
+use hmac::Mac as _;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Actor, DomainError, DomainResult, Role};
+use crate::db::DbPool;
+use crate::db::repo::erasure::{self, Membership};
+use crate::db::repo::workspace_jobs::{self, JobRow};
+use crate::ids::{UserId, WorkspaceId};
+use crate::storage::Vault;
+
+/// The queue of export and erasure jobs.
+pub const QUEUE: &str = "gdpr";
+/// Attempts of a job of the queue.
+pub const MAX_ATTEMPTS: i32 = 5;
+
+/// HMAC-SHA256 of `data` under the master key's subkey for `purpose`, hex.
+fn keyed_hex(vault: &Vault, purpose: &str, data: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&vault.subkey(purpose))
+        .expect("any key size");
+    mac.update(data);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The pseudonym that replaces an erased person wherever they were named:
+/// `erased_` and 16 hex digits of a keyed hash of their id, the same in every row (so counts
+/// by person still add up), and not reversible without the master key.
+pub fn pseudonym(vault: &Vault, user: Uuid) -> String {
+    format!(
+        "erased_{}",
+        &keyed_hex(vault, "pseudonyms", user.as_bytes())[..16]
+    )
+}
+
+/// The subject an erased person's row holds instead of their token's `sub`: a keyed hash of
+/// it, so that a sign-in with that `sub` is recognized (and refused) without the `sub`
+/// itself being kept.
+pub fn closed_subject(vault: &Vault, subject: &str) -> String {
+    format!(
+        "erased:{}",
+        keyed_hex(vault, "erased-subjects", subject.as_bytes())
+    )
+}
+
+/// What a request about a person covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (the person's own request).
+    Everything,
+    /// What relates to one workspace (an owner's request, or the person's own narrowed one).
+    Workspace(Uuid),
+}
+
+impl Scope {
+    /// The workspace, for a narrowed scope.
+    pub fn workspace(self) -> Option<Uuid> {
+        match self {
+            Scope::Everything => None,
+            Scope::Workspace(w) => Some(w),
+        }
+    }
+}
+
+/// What `actor` may ask about `target` (see the module docs); `workspace` narrows it (and
+/// picks the workspace when an owner shares several with the person). `what` names the
+/// action in refusals.
+pub async fn scope_of(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    target: UserId,
+    workspace: Option<WorkspaceId>,
+    what: &str,
+) -> DomainResult<Scope> {
+    let theirs = erasure::live_memberships(conn, target.0).await?;
+    if target == actor.user_id {
+        return match workspace {
+            None => Ok(Scope::Everything),
+            Some(w) if theirs.iter().any(|m| m.workspace_id == w.0) => Ok(Scope::Workspace(w.0)),
+            Some(_) => Err(DomainError::NotFound("workspace")),
+        };
+    }
+    let mine = erasure::live_memberships(conn, actor.user_id.0).await?;
+    let shared: Vec<&Membership> = mine
+        .iter()
+        .filter(|m| theirs.iter().any(|t| t.workspace_id == m.workspace_id))
+        .filter(|m| workspace.is_none_or(|w| w.0 == m.workspace_id))
+        .collect();
+    if shared.is_empty() {
+        // Someone who shares no workspace with the caller, exactly like a missing id.
+        return Err(DomainError::NotFound("user"));
+    }
+    let owned: Vec<Uuid> = shared
+        .iter()
+        .filter(|m| Role::parse(&m.role) == Some(Role::Owner))
+        .map(|m| m.workspace_id)
+        .collect();
+    match owned.as_slice() {
+        [] => Err(DomainError::Forbidden(format!(
+            "only the person themself, or an owner of a workspace they belong to, may {what}"
+        ))),
+        [w] => Ok(Scope::Workspace(*w)),
+        _ => Err(DomainError::bad_input(
+            "workspaceId",
+            "this person belongs to several of your workspaces: name one with workspaceId",
+        )),
+    }
+}
+
+/// Enqueues a job of the queue in the caller's transaction: of the scope's workspace, or of
+/// no workspace and read by `actor`; the job (the one already enqueued under `key`, if any).
+async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    scope: Scope,
+    kind: &str,
+    payload: &serde_json::Value,
+    key: &str,
+) -> DomainResult<(JobRow, bool)> {
+    let who = actor.user_id.0;
+    let id = match scope {
+        Scope::Workspace(ws) => {
+            workspace_jobs::enqueue(
+                conn,
+                ws,
+                kind,
+                Some(who),
+                QUEUE,
+                payload,
+                key,
+                MAX_ATTEMPTS,
+                0,
+            )
+            .await?
+        }
+        Scope::Everything => {
+            workspace_jobs::enqueue_personal(conn, who, kind, QUEUE, payload, key, MAX_ATTEMPTS)
+                .await?
+        }
+    };
+    let (id, fresh) = match id {
+        Some(id) => (id, true),
+        None => (
+            crate::db::repo::analytics::job_by_key(conn, QUEUE, key)
+                .await?
+                .ok_or_else(|| DomainError::internal(anyhow::anyhow!("{kind} job vanished")))?,
+            false,
+        ),
+    };
+    let job = workspace_jobs::find(conn, &id)
+        .await?
+        .ok_or_else(|| DomainError::internal(anyhow::anyhow!("{kind} job {id} vanished")))?;
+    Ok((job, fresh))
+}
+
+/// Does one job of the queue. A payload of an unknown shape is logged and dropped.
+pub async fn run(
+    pool: &DbPool,
+    settings: &crate::jobs::Settings,
+    job: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let id = |field: &str| job[field].as_str().and_then(|s| Uuid::parse_str(s).ok());
+    match (
+        job["v"].as_i64(),
+        job["op"].as_str(),
+        id("export"),
+        id("user"),
+    ) {
+        (Some(1), Some("export"), Some(export), _) => export::run(pool, settings, export).await,
+        (Some(1), Some("erase"), _, Some(user)) => erase::run(pool, settings, user).await,
+        _ => {
+            tracing::warn!(%job, "dropping a gdpr job of an unknown shape");
+            Ok(())
+        }
+    }
+}
+
+/// Runs one job of the queue (registered in `jobs::run_workers`).
+pub async fn job(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    settings: Data<Arc<crate::jobs::Settings>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    crate::jobs::count_run(&pool, QUEUE, &id).await?;
+    run(&pool, &settings, &payload).await?;
+    Ok(())
+}
+
+/// The payload of an export job.
+fn export_payload(export: Uuid) -> serde_json::Value {
+    json!({"v": 1, "op": "export", "export": export})
+}
+
+/// The payload of an erasure job.
+fn erase_payload(user: Uuid) -> serde_json::Value {
+    json!({"v": 1, "op": "erase", "user": user})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> Vault {
+        Vault::open("memory:///", &[], [7; 32]).expect("vault")
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_keyed_and_shaped() {
+        let (v, u) = (vault(), Uuid::now_v7());
+        let p = pseudonym(&v, u);
+        assert_eq!(p, pseudonym(&v, u));
+        assert_ne!(p, pseudonym(&v, Uuid::now_v7()));
+        assert_ne!(
+            p,
+            pseudonym(&Vault::open("memory:///", &[], [8; 32]).expect("vault"), u)
+        );
+        assert!(p.starts_with("erased_") && p.len() == 23);
+        assert!(p[7..].bytes().all(|b| b.is_ascii_hexdigit()));
+        let s = closed_subject(&v, "auth0|someone");
+        assert!(s.starts_with("erased:") && !s.contains("someone"));
+        assert_eq!(s, closed_subject(&v, "auth0|someone"));
+    }
+}

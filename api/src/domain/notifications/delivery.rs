@@ -1,0 +1,346 @@
+//! Delivery of notifications: the jobs of the `notifications` queue and the periodic sweep.
+//!
+//! - `fanout` (one per notification, enqueued with it): creates a delivery per destination
+//!   configured now (webhook endpoints subscribed to the type, the Slack webhook, each e-mail
+//!   recipient of the category) and enqueues each one's first attempt, in one statement;
+//!   running it again creates nothing new.
+//! - `deliver` (one per attempt, keyed by the delivery and its due time): claims the attempt
+//!   (`repo::claim`: only while the delivery is still due at that time, so a duplicate or
+//!   stale job does nothing), makes it outside any transaction, then records it with its
+//!   effect (`repo::finish`): delivered, failed for good, or the next attempt scheduled after
+//!   [`super::RETRY_SCHEDULE`] with its job enqueued for that time. A failed attempt is an
+//!   outcome, not a job error: apalis retries only database errors.
+//! - the periodic `notification-retry` ([`retry_periodic`], every minute) enqueues the job
+//!   of any due attempt that has none (its worker died while attempting: the claim's lease
+//!   ran out), idempotently and with `FOR UPDATE SKIP LOCKED`, so any number of workers may
+//!   run it.
+//!
+//! Webhooks are signed in the Standard Webhooks format with the `standardwebhooks` crate:
+//! `webhook-id` (the delivery's id, the same on every attempt, for receivers to drop
+//! duplicates), `webhook-timestamp` (seconds) and `webhook-signature`
+//! (`v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` under the endpoint's
+//! secret); the body is `{"type", "timestamp", "data"}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use apalis::prelude::{BoxDynError, Data, TaskId};
+use chrono::SecondsFormat;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::channels::{Outcome, elapsed_ms};
+use super::{Category, EventType, JOB_MAX_ATTEMPTS, QUEUE, RETRY_WINDOW, backoff_secs, summary};
+use crate::db::DbPool;
+use crate::db::repo::integrations as settings;
+use crate::db::repo::notifications as repo;
+use crate::domain::integrations::{endpoint_aad, slack_aad, unseal};
+use crate::ids::{NotificationDeliveryId, NotificationId, WebhookEndpointId, WorkspaceId};
+
+/// How long a claimed attempt holds its delivery: past it, a dead worker's attempt is made
+/// again (far above the longest attempt, `channels::SMTP_TIMEOUT` × 3).
+pub const LEASE_SECS: i64 = 120;
+/// Deliveries whose due jobs one sweep enqueues, at most.
+pub const SWEEP_BATCH: i64 = 1_000;
+
+/// Runs one job of the notifications queue (registered in `jobs::run_workers`).
+pub async fn job(
+    payload: serde_json::Value,
+    pool: Data<DbPool>,
+    settings: Data<Arc<crate::jobs::Settings>>,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    crate::jobs::count_run(&pool, QUEUE, &id).await?;
+    run(&pool, &settings, &payload).await?;
+    Ok(())
+}
+
+/// Does one job of the notifications queue. A payload of an unknown shape is logged and
+/// dropped.
+pub async fn run(
+    pool: &DbPool,
+    settings: &crate::jobs::Settings,
+    payload: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let uuid = |k: &str| payload[k].as_str().and_then(|s| Uuid::parse_str(s).ok());
+    let kind = (payload["v"].as_i64(), payload["kind"].as_str());
+    match (
+        kind,
+        uuid("notification"),
+        uuid("delivery"),
+        payload["due"].as_str(),
+    ) {
+        ((Some(1), Some("fanout")), Some(n), _, _) => fan_out(pool, n).await,
+        ((Some(1), Some("deliver")), _, Some(d), Some(due)) => {
+            deliver(pool, settings, d, due).await
+        }
+        _ => {
+            tracing::warn!(%payload, "dropping a notification job of an unknown shape");
+            Ok(())
+        }
+    }
+}
+
+/// Creates the deliveries of notification `id` and enqueues their first attempts.
+pub async fn fan_out(pool: &DbPool, id: Uuid) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let Some(n) = repo::find(&mut conn, id).await? else {
+        tracing::warn!(notification = %id, "fan-out of a notification that is gone; dropped");
+        return Ok(());
+    };
+    if !n.live {
+        tracing::info!(workspace.id = %n.workspace_id, "notification of a deleted workspace; not delivered");
+        return Ok(());
+    }
+    let kind = EventType::parse(&n.r#type);
+    let category = Category::parse(&n.category);
+    let mut targets = Vec::new();
+    for e in settings::endpoints_of(&mut conn, n.workspace_id).await? {
+        if e.event_types.is_empty() || e.event_types.contains(&n.r#type) {
+            targets.push(repo::Target {
+                id: Uuid::now_v7(),
+                channel: "WEBHOOK",
+                target: e.id.to_string(),
+                destination: e.url,
+                endpoint_id: Some(e.id),
+            });
+        }
+    }
+    if let Some(slack) = settings::slack(&mut conn, n.workspace_id).await? {
+        targets.push(repo::Target {
+            id: Uuid::now_v7(),
+            channel: "SLACK",
+            target: "slack".into(),
+            destination: slack.hint,
+            endpoint_id: None,
+        });
+    }
+    if let Some(category) = category {
+        let recipients = settings::recipients_of(&mut conn, n.workspace_id).await?;
+        for r in recipients
+            .iter()
+            .filter(|r| r.category == category.as_str())
+        {
+            for address in &r.addresses {
+                targets.push(repo::Target {
+                    id: Uuid::now_v7(),
+                    channel: "EMAIL",
+                    target: address.clone(),
+                    destination: address.clone(),
+                    endpoint_id: None,
+                });
+            }
+        }
+    }
+    let window = i64::try_from(RETRY_WINDOW.as_secs()).unwrap_or(i64::MAX);
+    let created = repo::fan_out(
+        &mut conn,
+        n.workspace_id,
+        n.id,
+        &targets,
+        window,
+        QUEUE,
+        JOB_MAX_ATTEMPTS,
+    )
+    .await?;
+    tracing::debug!(
+        notification = %NotificationId(n.id),
+        kind = ?kind,
+        created,
+        "notification fanned out"
+    );
+    Ok(())
+}
+
+/// Makes the attempt of delivery `id` due at `due`, if it still is.
+pub async fn deliver(
+    pool: &DbPool,
+    settings: &crate::jobs::Settings,
+    id: Uuid,
+    due: &str,
+) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let Some(c) = repo::claim(&mut conn, id, due, LEASE_SECS).await? else {
+        tracing::debug!(delivery = %id, due, "delivery no longer due at that time; nothing to do");
+        return Ok(());
+    };
+    // Connections are for the statements, not for waiting on receivers.
+    drop(conn);
+    let started = Instant::now();
+    let outcome = attempt(pool, settings, &c).await?;
+    let duration_ms = elapsed_ms(started);
+    let (status_code, error, permanent) = match &outcome {
+        Outcome::Delivered { status } => (*status, None, false),
+        Outcome::Failed {
+            status,
+            error,
+            permanent,
+        } => (*status, Some(error.as_str()), *permanent),
+    };
+    let finished = repo::Finished {
+        duration_ms,
+        status_code,
+        error,
+        permanent,
+        backoff_secs: backoff_secs(c.attempt),
+    };
+    let after = repo::finish(
+        &mut *pool.get().await?,
+        c.id,
+        c.attempt,
+        &finished,
+        QUEUE,
+        JOB_MAX_ATTEMPTS,
+    )
+    .await?;
+    let delivery = NotificationDeliveryId(c.id);
+    match after {
+        Some(a) if a.status == "FAILED" => tracing::warn!(
+            %delivery, workspace.id = %c.workspace_id, channel = c.channel, attempt = c.attempt,
+            error = error.unwrap_or_default(), "notification delivery failed for good"
+        ),
+        Some(a) => tracing::debug!(
+            %delivery, channel = c.channel, attempt = c.attempt, status = a.status,
+            next = ?a.next_attempt_at, status_code, duration_ms, "notification delivery attempt"
+        ),
+        None => tracing::info!(
+            %delivery, attempt = c.attempt,
+            "attempt finished after its lease ran out; only the attempt was recorded"
+        ),
+    }
+    Ok(())
+}
+
+/// Makes one attempt on the delivery's channel. Destinations are read now: one removed
+/// since the notification fails for good.
+async fn attempt(
+    pool: &DbPool,
+    settings: &crate::jobs::Settings,
+    c: &repo::Claimed,
+) -> anyhow::Result<Outcome> {
+    let notifier = &settings.notifier;
+    let kind = EventType::parse(&c.r#type);
+    let title = kind.map_or("Notification", EventType::title);
+    let text = kind.map_or_else(|| c.r#type.clone(), |k| summary(k, &c.data));
+    Ok(match c.channel.as_str() {
+        "WEBHOOK" => {
+            let endpoint = match c.endpoint_id {
+                Some(e) => settings::endpoint_secret(&mut *pool.get().await?, e).await?,
+                None => None,
+            };
+            let Some(endpoint) = endpoint.filter(|e| e.workspace_id == c.workspace_id) else {
+                return Ok(Outcome::permanent("the webhook endpoint was deleted"));
+            };
+            let endpoint_id = c.endpoint_id.unwrap_or_default();
+            let secret = unseal(
+                &settings.vault,
+                &endpoint_aad(endpoint_id),
+                &endpoint.secret_sealed,
+            )?;
+            let body = serde_json::to_vec(&json!({
+                "type": c.r#type,
+                "timestamp": c.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "data": c.data,
+            }))?;
+            let msg_id = NotificationDeliveryId(c.id).encode();
+            let now = chrono::Utc::now().timestamp();
+            let signature = standardwebhooks::Webhook::new(&secret)
+                .and_then(|w| w.sign(&msg_id, now, &body))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "signing for endpoint {}: {e}",
+                        WebhookEndpointId(endpoint_id)
+                    )
+                })?;
+            let headers = [
+                (standardwebhooks::HEADER_WEBHOOK_ID, msg_id),
+                (standardwebhooks::HEADER_WEBHOOK_TIMESTAMP, now.to_string()),
+                (standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature),
+            ];
+            notifier.post_json(&endpoint.url, &headers, body).await
+        }
+        "SLACK" => {
+            let slack = settings::slack(&mut *pool.get().await?, c.workspace_id).await?;
+            let Some(slack) = slack else {
+                return Ok(Outcome::permanent("the Slack webhook was removed"));
+            };
+            let url = unseal(&settings.vault, &slack_aad(c.workspace_id), &slack.sealed)?;
+            // Slack reads `<…>` as links and mentions: the text is escaped as it asks.
+            let message = format!("*{title}* ({}): {text}", c.workspace_name)
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            let body = serde_json::to_vec(&json!({ "text": message }))?;
+            notifier.post_json(&url, &[], body).await
+        }
+        "EMAIL" => {
+            let still = settings::recipients_of(&mut *pool.get().await?, c.workspace_id)
+                .await?
+                .into_iter()
+                .any(|r| r.category == c.category && r.addresses.contains(&c.target));
+            if !still {
+                return Ok(Outcome::permanent("the recipient was removed"));
+            }
+            let subject = format!("[{}] {title}", c.workspace_name);
+            let body = format!(
+                "{title}\n\nWorkspace: {} ({})\nWhen: {}\n\n{text}.\n\nDetails:\n{}\n",
+                c.workspace_name,
+                WorkspaceId(c.workspace_id),
+                c.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                serde_json::to_string_pretty(&c.data).unwrap_or_default(),
+            );
+            notifier.send_email(&c.target, &subject, body).await
+        }
+        other => Outcome::permanent(format!("unknown channel {other}")),
+    })
+}
+
+/// Enqueues the jobs of due attempts that have none (see the module docs) and fails the
+/// deliveries whose window ended an hour ago without their last attempt; how many jobs.
+pub async fn enqueue_due(pool: &DbPool) -> anyhow::Result<i64> {
+    let mut conn = pool.get().await?;
+    let mut total = 0;
+    loop {
+        let n = repo::enqueue_due(&mut conn, SWEEP_BATCH, QUEUE, JOB_MAX_ATTEMPTS).await?;
+        total += n;
+        if n < SWEEP_BATCH {
+            break;
+        }
+    }
+    let failed = repo::fail_overdue(&mut conn, 3_600).await?;
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "notification deliveries failed: their retry window ended without their last attempt"
+        );
+    }
+    Ok(total)
+}
+
+/// The periodic job `notification-retry` as `jobs::maintenance::PERIODIC` runs it.
+pub async fn retry_periodic(pool: &DbPool) -> anyhow::Result<()> {
+    let n = enqueue_due(pool).await?;
+    if n > 0 {
+        tracing::info!(enqueued = n, "enqueued due notification deliveries");
+    }
+    Ok(())
+}
+
+/// A page of the deliveries of `ws` (of one status, or all), newest first, and the attempts
+/// of those shown; the caller checked the reader.
+pub async fn page(
+    services: &crate::domain::Services,
+    ws: WorkspaceId,
+    status: Option<&str>,
+    page: crate::db::repo::Page,
+) -> crate::domain::DomainResult<(Vec<repo::DeliveryRow>, Vec<repo::AttemptRow>)> {
+    let mut conn = services.conn().await?;
+    let rows = repo::page(&mut conn, ws.0, status, page.after, page.limit).await?;
+    let shown: Vec<Uuid> = rows.iter().take(page.size()).map(|r| r.id).collect();
+    let attempts = if shown.is_empty() {
+        Vec::new()
+    } else {
+        repo::attempts_of(&mut conn, &shown).await?
+    };
+    Ok((rows, attempts))
+}

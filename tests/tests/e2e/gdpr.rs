@@ -1,0 +1,949 @@
+//! Privacy (GDPR): consents, data exports (through the real worker, downloaded through the
+//! signed link) and erasure, after which no table of the database names the person.
+
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tests::{TestApp, assert_code, assert_ok, error_code};
+
+use super::webhooks::Worker;
+
+const RECORD: &str = "mutation($p: String!, $v: String!, $g: Boolean!, $k: String) {
+    recordConsent(input: {purpose: $p, version: $v, granted: $g, idempotencyKey: $k}) {
+        consent { purpose version granted recordedAt } } }";
+
+const CONSENTS: &str = "{ viewer { id consents { purpose version granted recordedAt } } }";
+
+const EXPORT: &str = "mutation($u: ID!, $w: ID, $k: String) {
+    requestDataExport(input: {userId: $u, workspaceId: $w, idempotencyKey: $k}) {
+        job { id kind status } dataExport { id status userId workspaceId } } }";
+
+const EXPORT_BY_ID: &str = "query($id: ID!) { dataExport(id: $id) {
+    id status workspaceId byteSize sha256 truncated createdAt completedAt expiresAt downloadUrl } }";
+
+const ERASE: &str = "mutation($u: ID!, $k: String) {
+    eraseUser(input: {userId: $u, idempotencyKey: $k}) { job { id kind status } pseudonym } }";
+
+const ADD_WITH_KEY: &str = "mutation($w: ID!, $e: String!) {
+    addMember(input: {workspaceId: $w, email: $e, role: ADMIN, idempotencyKey: \"add-zelda\"}) {
+        member { id user { email name } } } }";
+
+const JOB: &str = "query($id: ID!) { job(id: $id) { id kind status lastError } }";
+
+/// A signed-in token for `email` with the display name `name`.
+fn named(app: &TestApp, email: &str, name: &str) -> String {
+    let mut claims = tests::tokens::Tokens::claims(&format!("auth0|{email}"), email, true);
+    claims["name"] = json!(name);
+    app.tokens.hs256_claims(&claims)
+}
+
+/// The caller's `usr_…` id (signing them in).
+async fn viewer_id(app: &TestApp, token: &str) -> String {
+    let r = app.gql(token, "{ viewer { id } }", json!({})).await;
+    r["data"]["viewer"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("viewer: {r}"))
+        .to_string()
+}
+
+/// The UUID behind an external id (`usr_…`, `ws_…`, `dex_…`).
+fn uuid_of(id: &str) -> String {
+    let hex = id.split_once('_').map_or(id, |(_, h)| h);
+    uuid::Uuid::parse_str(hex)
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
+        .to_string()
+}
+
+async fn db(app: &TestApp) -> AsyncPgConnection {
+    AsyncPgConnection::establish(&app.db.url)
+        .await
+        .expect("connect")
+}
+
+/// The text `sql` selects as `t`.
+async fn text(app: &TestApp, sql: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    let r: T = diesel::sql_query(sql)
+        .get_result(&mut db(app).await)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    r.t
+}
+
+/// Waits until the job `id`, read by `token`, succeeded.
+async fn wait_job(app: &TestApp, token: &str, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = app.gql(token, JOB, json!({"id": id})).await;
+        match r["data"]["job"]["status"].as_str() {
+            Some("SUCCEEDED") => return r["data"]["job"].clone(),
+            Some("FAILED") => panic!("job {id} failed: {r}"),
+            _ if start.elapsed() > Duration::from_secs(60) => panic!("job never succeeded: {r}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Waits until `sql` counts `n`.
+async fn eventually(app: &TestApp, sql: &str, n: i64) {
+    let start = Instant::now();
+    while app.sql_count(sql).await != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{sql} never reached {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Requests an export as `token`; the payload.
+async fn export(app: &TestApp, token: &str, user: &str, ws: Option<&str>) -> Value {
+    let r = app
+        .gql(token, EXPORT, json!({"u": user, "w": ws, "k": null}))
+        .await;
+    assert_ok(&r);
+    r["data"]["requestDataExport"].clone()
+}
+
+/// Requests an export as `token`, waits for its job, and downloads it through its link;
+/// the export as `dataExport(id)` shows it and the document.
+async fn export_and_download(
+    app: &TestApp,
+    token: &str,
+    user: &str,
+    ws: Option<&str>,
+) -> (Value, Value, String) {
+    let p = export(app, token, user, ws).await;
+    assert_eq!(p["job"]["kind"], "gdpr.export", "{p}");
+    assert_eq!(p["dataExport"]["status"], "PENDING", "{p}");
+    let job = p["job"]["id"].as_str().expect("job id").to_string();
+    wait_job(app, token, &job).await;
+    let id = p["dataExport"]["id"].as_str().expect("export id");
+    let r = app.gql(token, EXPORT_BY_ID, json!({"id": id})).await;
+    let e = r["data"]["dataExport"].clone();
+    assert_eq!(e["status"], "READY", "{r}");
+    let url = e["downloadUrl"].as_str().expect("download url");
+    assert!(url.starts_with("/downloads/"), "{url}");
+    let resp = app
+        .http
+        .get(format!("{}{url}", app.base))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(resp.status().as_u16(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "application/json");
+    assert!(
+        h["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("attachment; filename=\"data-export-dex_"),
+        "{h:?}"
+    );
+    assert_eq!(h["cache-control"], "no-store");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(e["byteSize"], json!(body.len()));
+    assert_eq!(e["sha256"], json!(hex::encode(sha2::Sha256::digest(&body))));
+    let doc: Value = serde_json::from_slice(&body).expect("the export is JSON");
+    assert_eq!(doc["format"], "workspaces.data-export");
+    assert_eq!(doc["export"]["id"], e["id"]);
+    (e, doc, job)
+}
+
+#[tokio::test]
+async fn consents_keep_their_history_and_show_the_latest_per_purpose() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("consent-alice@example.com");
+    let owner = app.user("consent-owner@example.com");
+    for (p, v, g) in [
+        ("marketing.email", "v1", true),
+        ("analytics", "2024-01", true),
+        ("marketing.email", "v2", false),
+    ] {
+        let r = app
+            .gql(&alice, RECORD, json!({"p": p, "v": v, "g": g, "k": null}))
+            .await;
+        assert_ok(&r);
+        assert_eq!(r["data"]["recordConsent"]["consent"]["purpose"], p);
+        assert_eq!(r["data"]["recordConsent"]["consent"]["granted"], g);
+    }
+    let r = app.gql(&alice, CONSENTS, json!({})).await;
+    assert_ok(&r);
+    let latest: Vec<(String, String, bool)> = r["data"]["viewer"]["consents"]
+        .as_array()
+        .expect("consents")
+        .iter()
+        .map(|c| {
+            (
+                c["purpose"].as_str().unwrap_or_default().to_string(),
+                c["version"].as_str().unwrap_or_default().to_string(),
+                c["granted"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        latest,
+        vec![
+            ("analytics".into(), "2024-01".into(), true),
+            ("marketing.email".into(), "v2".into(), false),
+        ]
+    );
+    let alice_uuid = uuid_of(r["data"]["viewer"]["id"].as_str().expect("id"));
+    let rows = format!("SELECT count(*) AS n FROM consents WHERE user_id = '{alice_uuid}'");
+    assert_eq!(app.sql_count(&rows).await, 3, "the whole history is kept");
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM consents WHERE user_id = '{alice_uuid}' AND request_id IS NOT NULL"
+        ))
+        .await,
+        3
+    );
+    // An idempotency key: a repeat records nothing more; another input under it is refused.
+    let vars = json!({"p": "terms", "v": "3", "g": true, "k": "consent-key-1"});
+    let first = app.gql(&alice, RECORD, vars.clone()).await;
+    let again = app.gql(&alice, RECORD, vars).await;
+    assert_ok(&first);
+    assert_eq!(first, again);
+    assert_eq!(app.sql_count(&rows).await, 4);
+    let reused = app
+        .gql(
+            &alice,
+            RECORD,
+            json!({"p": "terms", "v": "3", "g": false, "k": "consent-key-1"}),
+        )
+        .await;
+    assert_code(&reused, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(app.sql_count(&rows).await, 4);
+    // History is append-only, in the database too.
+    let update = diesel::sql_query("UPDATE consents SET granted = true")
+        .execute(&mut db(&app).await)
+        .await;
+    assert!(update.is_err(), "consents can be rewritten");
+    // Only the person reads their consents: their owner sees the member, not the consents.
+    let ws = app.create_workspace(&owner, "Consent Co").await;
+    app.add_member(&owner, &ws, "consent-alice@example.com", "VIEWER")
+        .await;
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { members(first: 10) { edges { node { user { email consents { purpose } } } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert_code(&r, "FORBIDDEN");
+    assert!(!r.to_string().contains("marketing"), "{r}");
+}
+
+#[tokio::test]
+async fn a_person_exports_everything_about_them_and_nobody_else() {
+    let app = TestApp::spawn().await;
+    let worker = Worker::start(&app);
+    let owner = app.user("export-owner@example.com");
+    let alice = named(&app, "export-alice@example.com", "Alice Exportable");
+    let bob = app.user("export-bob@example.com");
+    let ws = app.create_workspace(&owner, "Export Co").await;
+    app.add_member(&owner, &ws, "export-alice@example.com", "ADMIN")
+        .await;
+    app.add_member(&owner, &ws, "export-bob@example.com", "ADMIN")
+        .await;
+    let alice_id = viewer_id(&app, &alice).await;
+    let org = app.create_org(&alice, &ws, None, "Alice's unit").await;
+    assert_ok(&app.record(&alice, &org, "users", 3).await);
+    assert_ok(
+        &app.gql(
+            &alice,
+            RECORD,
+            json!({"p": "marketing.email", "v": "v1", "g": true, "k": null}),
+        )
+        .await,
+    );
+    // Bob's doings must not show in Alice's export.
+    let bob_org = app.create_org(&bob, &ws, None, "Bob's unit").await;
+    assert_ok(&app.record(&bob, &bob_org, "users", 2).await);
+    assert_ok(
+        &app.gql(
+            &bob,
+            RECORD,
+            json!({"p": "bob.only.purpose", "v": "v9", "g": true, "k": null}),
+        )
+        .await,
+    );
+
+    let (e, doc, job) = export_and_download(&app, &alice, &alice_id, None).await;
+    assert_eq!(
+        e["workspaceId"],
+        Value::Null,
+        "her own export covers everything"
+    );
+    assert_eq!(e["truncated"], false);
+    assert_eq!(doc["export"]["scope"]["kind"], "EVERYTHING");
+    let profile = &doc["profile"];
+    assert_eq!(profile["id"], json!(alice_id));
+    assert_eq!(profile["email"], "export-alice@example.com");
+    assert_eq!(profile["name"], "Alice Exportable");
+    assert_eq!(profile["subject"], "auth0|export-alice@example.com");
+    let memberships = doc["memberships"].as_array().expect("memberships");
+    assert_eq!(memberships.len(), 1, "{doc}");
+    assert_eq!(memberships[0]["role"], "ADMIN");
+    assert_eq!(memberships[0]["workspace"]["id"], json!(ws));
+    assert_eq!(memberships[0]["workspace"]["name"], "Export Co");
+    let consents = doc["consents"].as_array().expect("consents");
+    assert_eq!(consents.len(), 1);
+    assert_eq!(consents[0]["purpose"], "marketing.email");
+    let audit = doc["auditEvents"]["items"].as_array().expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a["action"] == "organization.create" && a["targetId"] == json!(org)),
+        "{doc}"
+    );
+    assert_eq!(doc["auditEvents"]["truncated"], false);
+    let usage = doc["usageEvents"]["items"].as_array().expect("usage");
+    assert_eq!(usage.len(), 1, "{doc}");
+    assert_eq!(usage[0]["delta"], 3);
+    assert_eq!(usage[0]["organization"], json!(org));
+    let text = doc.to_string();
+    for absent in [
+        "export-bob@example.com",
+        "export-owner@example.com",
+        "bob.only.purpose",
+        "Bob's unit",
+    ] {
+        assert!(!text.contains(absent), "{absent} is in Alice's export");
+    }
+    // The job is hers alone; the export too: Bob gets what a missing id gets.
+    let listed = app
+        .gql(
+            &alice,
+            "{ viewer { dataExports { id status } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        listed["data"]["viewer"]["dataExports"][0]["id"], e["id"],
+        "{listed}"
+    );
+    assert_eq!(
+        listed["data"]["viewer"]["dataExports"][0]["status"],
+        "READY"
+    );
+    let hers = app.gql(&alice, JOB, json!({"id": job})).await;
+    assert_eq!(hers["data"]["job"]["kind"], "gdpr.export", "{hers}");
+    let seen = app.gql(&bob, JOB, json!({"id": job})).await;
+    let unknown = app
+        .gql(&bob, JOB, json!({"id": "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ"}))
+        .await;
+    assert_eq!(seen, unknown);
+    assert_eq!(seen["data"]["job"], Value::Null);
+    let exports = app.gql(&bob, EXPORT_BY_ID, json!({"id": e["id"]})).await;
+    assert_ok(&exports);
+    assert_eq!(exports["data"]["dataExport"], Value::Null);
+    let missing = app
+        .gql(
+            &bob,
+            EXPORT_BY_ID,
+            json!({"id": format!("dex_{}", "0".repeat(32))}),
+        )
+        .await;
+    assert_eq!(exports, missing);
+    // A changed link is refused like any unknown one.
+    let url = e["downloadUrl"].as_str().expect("url");
+    let forged = format!("{}{}x", app.base, url);
+    let r = app.http.get(forged).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 404);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_owner_exports_what_relates_to_their_workspace_and_a_stranger_learns_nothing() {
+    let app = TestApp::spawn().await;
+    let worker = Worker::start(&app);
+    let one = app.user("scope-owner1@example.com");
+    let two = app.user("scope-owner2@example.com");
+    let admin = app.user("scope-admin@example.com");
+    let stranger = app.user("scope-stranger@example.com");
+    let alice = app.user("scope-alice@example.com");
+    let ws1 = app.create_workspace(&one, "Scope One").await;
+    let ws2 = app.create_workspace(&two, "Scope Two").await;
+    app.add_member(&one, &ws1, "scope-alice@example.com", "ADMIN")
+        .await;
+    app.add_member(&one, &ws1, "scope-admin@example.com", "ADMIN")
+        .await;
+    app.add_member(&two, &ws2, "scope-alice@example.com", "ADMIN")
+        .await;
+    let _ = viewer_id(&app, &stranger).await;
+    let alice_id = viewer_id(&app, &alice).await;
+    let org1 = app.create_org(&alice, &ws1, None, "In one").await;
+    let org2 = app.create_org(&alice, &ws2, None, "In two").await;
+    assert_ok(
+        &app.gql(
+            &alice,
+            RECORD,
+            json!({"p": "private.choice", "v": "1", "g": true, "k": null}),
+        )
+        .await,
+    );
+
+    let (e, doc, _) = export_and_download(&app, &one, &alice_id, None).await;
+    assert_eq!(e["workspaceId"], json!(ws1));
+    assert_eq!(doc["export"]["scope"]["kind"], "WORKSPACE");
+    assert_eq!(doc["profile"]["email"], "scope-alice@example.com");
+    assert_eq!(doc["profile"]["subject"], Value::Null);
+    assert_eq!(
+        doc["consents"],
+        Value::Null,
+        "consents are not the workspace's"
+    );
+    let memberships = doc["memberships"].as_array().expect("memberships");
+    assert_eq!(memberships.len(), 1);
+    assert_eq!(memberships[0]["workspace"]["id"], json!(ws1));
+    let audit = doc["auditEvents"]["items"].as_array().expect("audit");
+    assert!(audit.iter().any(|a| a["targetId"] == json!(org1)));
+    assert!(audit.iter().all(|a| a["workspace"] == json!(ws1)), "{doc}");
+    let text = doc.to_string();
+    for absent in [org2.as_str(), ws2.as_str(), "Scope Two", "private.choice"] {
+        assert!(!text.contains(absent), "{absent} is in the owner's export");
+    }
+    // The owner's request is audited in their workspace; the job is the workspace's.
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM audit_events WHERE action = 'user.export' AND workspace_id = '{}'",
+            uuid_of(&ws1)
+        ))
+        .await,
+        1
+    );
+
+    // A stranger is told exactly what a missing id tells; an admin is not an owner.
+    let missing = format!("usr_{}", "0".repeat(32));
+    let theirs = app
+        .gql(
+            &stranger,
+            EXPORT,
+            json!({"u": alice_id, "w": null, "k": null}),
+        )
+        .await;
+    let none = app
+        .gql(
+            &stranger,
+            EXPORT,
+            json!({"u": missing, "w": null, "k": null}),
+        )
+        .await;
+    assert_code(&theirs, "NOT_FOUND");
+    assert_eq!(theirs["errors"][0]["message"], none["errors"][0]["message"]);
+    assert_eq!(theirs["data"], none["data"]);
+    let r = app
+        .gql(&admin, EXPORT, json!({"u": alice_id, "w": null, "k": null}))
+        .await;
+    assert_code(&r, "FORBIDDEN");
+    // What the owner asked for stays the owner's.
+    for token in [&stranger, &admin, &alice, &two] {
+        let r = app.gql(token, EXPORT_BY_ID, json!({"id": e["id"]})).await;
+        assert_eq!(r["data"]["dataExport"], Value::Null, "{r}");
+    }
+    let exports = app
+        .sql_count("SELECT count(*) AS n FROM data_exports")
+        .await;
+    assert_eq!(exports, 1, "refused requests leave nothing");
+    // An owner who is an owner no more reads it no more, nor downloads it through a link
+    // issued before.
+    const ROLE: &str = "mutation($m: ID!, $r: Role!) { updateMemberRole(input: {memberId: $m, role: $r}) { member { id } } }";
+    let admin_member = app.member_id(&one, &ws1, "scope-admin@example.com").await;
+    assert_ok(
+        &app.gql(&one, ROLE, json!({"m": admin_member, "r": "OWNER"}))
+            .await,
+    );
+    let one_member = app
+        .member_id(&admin, &ws1, "scope-owner1@example.com")
+        .await;
+    assert_ok(
+        &app.gql(&admin, ROLE, json!({"m": one_member, "r": "ADMIN"}))
+            .await,
+    );
+    let r = app.gql(&one, EXPORT_BY_ID, json!({"id": e["id"]})).await;
+    assert_eq!(r["data"]["dataExport"], Value::Null, "{r}");
+    let url = e["downloadUrl"].as_str().expect("url");
+    let resp = app
+        .http
+        .get(format!("{}{url}", app.base))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(resp.status().as_u16(), 404);
+    worker.stop().await;
+}
+
+/// The columns of every table (all schemas but the system's) whose text, JSON or text
+/// array holds any of `needles` (case-insensitively): one statement generated from
+/// `information_schema`.
+async fn columns_naming(app: &TestApp, needles: &[&str]) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Hit {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        col: String,
+    }
+    let needles: Vec<String> = needles.iter().map(|n| n.to_lowercase()).collect();
+    let hits: Vec<Hit> = diesel::sql_query(
+        "SELECT c.table_schema || '.' || c.table_name || '.' || c.column_name AS col
+           FROM information_schema.columns c
+           JOIN information_schema.tables t
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+            AND t.table_type = 'BASE TABLE'
+          WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
+            AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')
+                 OR (c.data_type = 'ARRAY' AND c.udt_name IN ('_text', '_varchar')))
+            AND (xpath('/row/n/text()', query_to_xml(format(
+                    'SELECT count(*) AS n FROM %I.%I WHERE EXISTS (SELECT 1 FROM unnest(%L::text[]) x WHERE strpos(lower(%I::text), x) > 0)',
+                    c.table_schema, c.table_name, $1, c.column_name), false, true, '')))[1]::text::bigint > 0
+          ORDER BY 1",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&needles)
+    .load(&mut db(app).await)
+    .await
+    .expect("search every table");
+    hits.into_iter().map(|h| h.col).collect()
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_personal_data_behind() {
+    let app = TestApp::spawn().await;
+    let worker = Worker::start(&app);
+    const EMAIL: &str = "zelda.erasure-7f3@example.com";
+    const NAME: &str = "Zelda Quixote-Erasure";
+    let owner = app.user("erasure-owner@example.com");
+    let zelda = named(&app, EMAIL, NAME);
+    let ws = app.create_workspace(&owner, "Erasure Co").await;
+    // Her e-mail in another workspace's text, and in renderings of the owner's responses.
+    let r = app
+        .gql(
+            &owner,
+            "mutation($d: String) { createWorkspace(input: {name: \"Elsewhere\", billingMode: SINGLE, description: $d}) { workspace { id } } }",
+            json!({"d": format!("ask {EMAIL} about it")}),
+        )
+        .await;
+    assert_ok(&r);
+    let r = app
+        .gql(&owner, ADD_WITH_KEY, json!({"w": ws, "e": EMAIL}))
+        .await;
+    assert_ok(&r);
+    let member = r["data"]["addMember"]["member"]["id"]
+        .as_str()
+        .expect("member")
+        .to_string();
+    let zelda_id = viewer_id(&app, &zelda).await;
+    let zelda_uuid = uuid_of(&zelda_id);
+    let r = app
+        .gql(
+            &owner,
+            "mutation($m: ID!) { updateMemberRole(input: {memberId: $m, role: ADMIN, idempotencyKey: \"role-zelda\"}) { member { user { email name } } } }",
+            json!({"m": member}),
+        )
+        .await;
+    assert_ok(&r);
+    assert_eq!(
+        r["data"]["updateMemberRole"]["member"]["user"]["name"],
+        NAME
+    );
+    // Her own doings: an organization, usage, consents, an idempotent request, exports.
+    let org = app.create_org(&zelda, &ws, None, "Desk").await;
+    assert_ok(&app.record(&zelda, &org, "users", 4).await);
+    assert_ok(&app.record(&zelda, &org, "users", -1).await);
+    for (p, g, k) in [
+        ("marketing.email", true, "c-1"),
+        ("marketing.email", false, "c-2"),
+    ] {
+        assert_ok(
+            &app.gql(&zelda, RECORD, json!({"p": p, "v": "v1", "g": g, "k": k}))
+                .await,
+        );
+    }
+    let (mine, _, _) = export_and_download(&app, &zelda, &zelda_id, None).await;
+    let (owners, _, _) = export_and_download(&app, &owner, &zelda_id, None).await;
+    // Data of features that name people by e-mail, when those tables exist.
+    let ws_uuid = uuid_of(&ws);
+    if app
+        .sql_count("SELECT count(*) AS n FROM pg_class WHERE relname = 'notification_recipients'")
+        .await
+        == 1
+    {
+        app.sql_count(&format!(
+            "WITH a AS (INSERT INTO notification_recipients (workspace_id, category, addresses)
+                        VALUES ('{ws_uuid}', 'SECURITY_ALERTS', ARRAY['keep@example.com', '{EMAIL}']),
+                               ('{ws_uuid}', 'BILLING_NOTIFICATIONS', ARRAY['{EMAIL}'])
+                        RETURNING 1),
+                  n AS (INSERT INTO notifications (id, workspace_id, type, category, data, dedupe_key)
+                        VALUES (gen_random_uuid(), '{ws_uuid}', 'owner.added', 'SECURITY_ALERTS',
+                                '{{\"who\": \"{NAME} <{EMAIL}>\", \"role\": \"ADMIN\"}}', 'gdpr-test')
+                        RETURNING 1)
+             SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM n) AS n"
+        ))
+        .await;
+    }
+    // An invitation to her address that nobody signed in for (as an unverified sign-in
+    // leaves one).
+    app.sql_count(&format!(
+        "WITH p AS (INSERT INTO users (id, subject, email) VALUES (gen_random_uuid(), NULL, upper('{EMAIL}'))
+                    RETURNING id),
+              m AS (INSERT INTO members (id, workspace_id, user_id, role)
+                    SELECT gen_random_uuid(), w.id, p.id, 'VIEWER' FROM p, workspaces w
+                     WHERE w.name = 'Elsewhere' RETURNING 1)
+         SELECT count(*) AS n FROM m"
+    ))
+    .await;
+    let before = columns_naming(&app, &[EMAIL, NAME]).await;
+    assert!(
+        before.contains(&"public.users.email".to_string())
+            && before.contains(&"public.audit_events.summary".to_string())
+            && before.contains(&"public.idempotency_keys.rendered".to_string()),
+        "the fixture names her: {before:?}"
+    );
+    assert!(before.contains(&"public.workspaces.description".to_string()));
+    let app_ref = &app;
+    let count = |sql: String| async move { app_ref.sql_count(&sql).await };
+    let audit_total = "SELECT count(*) AS n FROM audit_events".to_string();
+    let audit_hers =
+        format!("SELECT count(*) AS n FROM audit_events WHERE actor_id = '{zelda_uuid}'");
+    let usage_total = "SELECT count(*) AS n FROM usage_events".to_string();
+    let usage_hers =
+        format!("SELECT count(*) AS n FROM usage_events WHERE actor_id = '{zelda_uuid}'");
+    let usage_sum = format!(
+        "SELECT coalesce(sum(delta), 0)::bigint AS n FROM usage_events WHERE actor_id = '{zelda_uuid}'"
+    );
+    let (a0, ah0, u0, uh0, us0) = (
+        count(audit_total.clone()).await,
+        count(audit_hers.clone()).await,
+        count(usage_total.clone()).await,
+        count(usage_hers.clone()).await,
+        count(usage_sum.clone()).await,
+    );
+    assert!(ah0 >= 1 && uh0 == 2 && us0 == 3);
+
+    // She erases herself: signed out for good at once; the worker does the rest.
+    let r = app
+        .gql(&zelda, ERASE, json!({"u": zelda_id, "k": null}))
+        .await;
+    assert_ok(&r);
+    let pseudonym = r["data"]["eraseUser"]["pseudonym"]
+        .as_str()
+        .expect("pseudonym")
+        .to_string();
+    assert!(
+        pseudonym.starts_with("erased_") && pseudonym.len() == 23,
+        "{pseudonym}"
+    );
+    assert_eq!(r["data"]["eraseUser"]["job"]["kind"], "gdpr.erase");
+    let (status, again) = app
+        .gql_raw(Some(&zelda), json!({"query": "{ viewer { id email } }"}))
+        .await;
+    assert_eq!(
+        (status, error_code(&again)),
+        (401, Some("UNAUTHENTICATED")),
+        "{again}"
+    );
+    eventually(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM user_erasures WHERE user_id = '{zelda_uuid}' AND completed_at IS NOT NULL"
+        ),
+        1,
+    )
+    .await;
+
+    // Nothing in any table names her any more.
+    let after = columns_naming(&app, &[EMAIL, NAME, "auth0|zelda"]).await;
+    assert!(after.is_empty(), "still naming her: {after:?}");
+    // A repeat of the owner's keyed request shows her as she is now.
+    let replay = app
+        .gql(&owner, ADD_WITH_KEY, json!({"w": ws, "e": EMAIL}))
+        .await;
+    assert_ok(&replay);
+    assert_eq!(
+        replay["data"]["addMember"]["member"]["user"],
+        json!({"email": pseudonym, "name": null})
+    );
+    // The tombstone: same id, the pseudonym instead of the e-mail, no name.
+    assert_eq!(
+        text(&app, &format!("SELECT email || '|' || coalesce(name, '-') AS t FROM users WHERE id = '{zelda_uuid}'")).await,
+        format!("{pseudonym}|-")
+    );
+    // The audit trail and the usage ledger keep every row and every count; where they named
+    // her they name the pseudonym, and the erasure itself is audited without her data.
+    let erase_events = count(format!(
+        "SELECT count(*) AS n FROM audit_events WHERE action = 'user.erase' AND target_id = '{pseudonym}'"
+    ))
+    .await;
+    assert_eq!(erase_events, 1, "one event in her one workspace");
+    assert_eq!(count(audit_total).await, a0 + erase_events);
+    assert_eq!(count(audit_hers).await, ah0 + erase_events);
+    assert_eq!(count(usage_total).await, u0);
+    assert_eq!(count(usage_hers).await, uh0);
+    assert_eq!(count(usage_sum).await, us0);
+    assert!(
+        count(format!(
+            "SELECT count(*) AS n FROM audit_events WHERE action = 'member.add' AND summary->>'email' = '{pseudonym}'"
+        ))
+        .await
+            == 1
+    );
+    // What was hers is gone: memberships, consents, keys, exports (rows, objects and the
+    // key that sealed them).
+    for table in [
+        format!("members WHERE user_id = '{zelda_uuid}'"),
+        format!("consents WHERE user_id = '{zelda_uuid}'"),
+        format!("idempotency_keys WHERE caller_id = '{zelda_uuid}'"),
+        format!("data_exports WHERE user_id = '{zelda_uuid}'"),
+        format!("data_keys WHERE owner_id = '{zelda_uuid}'"),
+    ] {
+        assert_eq!(
+            count(format!("SELECT count(*) AS n FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+    let dir = std::env::temp_dir()
+        .join("workspaces-test-archives")
+        .join(&app.db.name)
+        .join("exports")
+        .join(&zelda_uuid);
+    let left = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "export objects left in {}", dir.display());
+    for e in [&mine, &owners] {
+        let r = app.gql(&owner, EXPORT_BY_ID, json!({"id": e["id"]})).await;
+        assert_eq!(r["data"]["dataExport"], Value::Null);
+    }
+    if app
+        .sql_count("SELECT count(*) AS n FROM pg_class WHERE relname = 'notification_recipients'")
+        .await
+        == 1
+    {
+        assert_eq!(
+            text(&app, "SELECT string_agg(array_to_string(addresses, ','), ';') AS t FROM notification_recipients").await,
+            "keep@example.com"
+        );
+    }
+    // Her identity cannot come back: not as herself, nor as a new user with that subject.
+    let other_email = app
+        .tokens
+        .hs256(&format!("auth0|{EMAIL}"), "new-address@example.com", true);
+    let (status, _) = app
+        .gql_raw(Some(&other_email), json!({"query": "{ viewer { id } }"}))
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        count("SELECT count(*) AS n FROM users WHERE email = 'new-address@example.com'".into())
+            .await,
+        0
+    );
+    // The owner sees a pseudonym where she was.
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { members(first: 10) { edges { node { user { email } } } } auditLog(first: 1) { edges { node { action targetId } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert!(!r.to_string().contains(EMAIL), "{r}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_owner_erases_a_member_of_their_workspace_only_and_once() {
+    let app = TestApp::spawn().await;
+    let worker = Worker::start(&app);
+    let owner = app.user("once-owner@example.com");
+    let other_owner = app.user("once-owner2@example.com");
+    let admin = app.user("once-admin@example.com");
+    let stranger = app.user("once-stranger@example.com");
+    let ws = app.create_workspace(&owner, "Once Co").await;
+    let other = app.create_workspace(&other_owner, "Other Co").await;
+    app.add_member(&owner, &ws, "once-admin@example.com", "ADMIN")
+        .await;
+    app.add_member(&owner, &ws, "once-member@example.com", "VIEWER")
+        .await;
+    app.add_member(&owner, &ws, "once-shared@example.com", "VIEWER")
+        .await;
+    app.add_member(&other_owner, &other, "once-shared@example.com", "VIEWER")
+        .await;
+    let member = app.user("once-member@example.com");
+    let shared = app.user("once-shared@example.com");
+    let member_id = viewer_id(&app, &member).await;
+    let shared_id = viewer_id(&app, &shared).await;
+    let _ = viewer_id(&app, &stranger).await;
+    let erasures = "SELECT count(*) AS n FROM user_erasures";
+
+    // Someone who also belongs to another workspace is theirs to erase, not the owner's.
+    let r = app
+        .gql(&owner, ERASE, json!({"u": shared_id, "k": null}))
+        .await;
+    assert_code(&r, "FORBIDDEN");
+    let message = r["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("another workspace"), "{message}");
+    // An admin is not an owner; a stranger learns what a missing id tells.
+    assert_code(
+        &app.gql(&admin, ERASE, json!({"u": member_id, "k": null}))
+            .await,
+        "FORBIDDEN",
+    );
+    let theirs = app
+        .gql(&stranger, ERASE, json!({"u": member_id, "k": null}))
+        .await;
+    let missing = app
+        .gql(
+            &stranger,
+            ERASE,
+            json!({"u": format!("usr_{}", "f".repeat(32)), "k": null}),
+        )
+        .await;
+    assert_code(&theirs, "NOT_FOUND");
+    assert_eq!(theirs, missing);
+    // The last owner of a workspace cannot erase themself.
+    assert_code(
+        &app.gql(
+            &other_owner,
+            ERASE,
+            json!({"u": viewer_id(&app, &other_owner).await, "k": null}),
+        )
+        .await,
+        "FAILED_PRECONDITION",
+    );
+    assert_eq!(app.sql_count(erasures).await, 0, "refusals erase nothing");
+
+    let r = app
+        .gql(&owner, ERASE, json!({"u": member_id, "k": "erase-1"}))
+        .await;
+    assert_ok(&r);
+    let first = r["data"]["eraseUser"].clone();
+    let job = first["job"]["id"].as_str().expect("job").to_string();
+    wait_job(&app, &owner, &job).await;
+    let (status, _) = app
+        .gql_raw(Some(&member), json!({"query": "{ viewer { id } }"}))
+        .await;
+    assert_eq!(status, 401);
+    let member_uuid = uuid_of(&member_id);
+    let state = format!(
+        "SELECT u.email || '|' || u.updated_at::text || '|' || e.completed_at::text || '|' ||
+                (SELECT count(*) FROM audit_events)::text AS t
+           FROM users u JOIN user_erasures e ON e.user_id = u.id WHERE u.id = '{member_uuid}'"
+    );
+    let erased = text(&app, &state).await;
+    assert!(erased.starts_with(first["pseudonym"].as_str().expect("pseudonym")));
+    // A second request changes nothing and returns the erasure's (finished) job.
+    let r = app
+        .gql(&owner, ERASE, json!({"u": member_id, "k": null}))
+        .await;
+    assert_ok(&r);
+    assert_eq!(r["data"]["eraseUser"]["job"]["id"], json!(job));
+    assert_eq!(r["data"]["eraseUser"]["job"]["status"], "SUCCEEDED");
+    assert_eq!(r["data"]["eraseUser"]["pseudonym"], first["pseudonym"]);
+    assert_eq!(text(&app, &state).await, erased);
+    assert_eq!(app.sql_count(erasures).await, 1);
+    // Its job is the workspace's: others see nothing of it.
+    for token in [&stranger, &other_owner] {
+        let r = app.gql(token, JOB, json!({"id": job})).await;
+        assert_eq!(r["data"]["job"], Value::Null, "{r}");
+    }
+    let r = app
+        .gql(
+            &owner,
+            "query($w: ID!) { workspace(id: $w) { members(first: 10) { edges { node { user { id } } } } } }",
+            json!({"w": ws}),
+        )
+        .await;
+    assert!(!r.to_string().contains(&member_id), "{r}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn erasure_rewrites_archived_rows_so_a_restore_brings_no_personal_data_back() {
+    let app = TestApp::spawn().await;
+    let worker = Worker::start(&app);
+    const EMAIL: &str = "archived-person@example.com";
+    let owner = app.user("archive-owner@example.com");
+    let ws = app.create_workspace(&owner, "Archive Co").await;
+    app.add_member(&owner, &ws, EMAIL, "VIEWER").await;
+    let person = app.user(EMAIL);
+    let person_id = viewer_id(&app, &person).await;
+    // Cleanup archives (and deletes) every audit event of the workspace, her invitation too.
+    let ws_uuid = uuid::Uuid::parse_str(&uuid_of(&ws)).expect("uuid");
+    let vault = api::storage::Vault::open(
+        &app.config.archive_url,
+        &app.config.archive_options,
+        app.config.archive_master_key,
+    )
+    .expect("vault");
+    let now = chrono::Utc::now();
+    let retired = api::domain::archives::retire(
+        &mut app.pool.get().await.expect("connection"),
+        &vault,
+        ws_uuid,
+        api::domain::archives::Category::AuditEvents,
+        now + chrono::Duration::minutes(1),
+        now,
+        1_000,
+        true,
+    )
+    .await
+    .expect("archive");
+    assert_eq!(retired.archives, 1);
+    let archived =
+        format!("SELECT count(*) AS n FROM audit_events WHERE workspace_id = '{ws_uuid}'");
+    assert_eq!(app.sql_count(&archived).await, 0);
+    let open = |path: String| {
+        let vault = vault.clone();
+        let pool = app.pool.clone();
+        async move {
+            let key = vault
+                .existing_key(&mut pool.get().await.expect("connection"), ws_uuid)
+                .await
+                .expect("key")
+                .expect("the workspace has a key");
+            let opened = vault.get(&key, &path, 1 << 30).await.expect("open");
+            String::from_utf8(opened.plaintext).expect("utf-8")
+        }
+    };
+    let path_sql = "SELECT path AS t FROM archives";
+    let old_path = text(&app, path_sql).await;
+    assert!(open(old_path.clone()).await.contains(EMAIL));
+
+    let r = app
+        .gql(&owner, ERASE, json!({"u": person_id, "k": null}))
+        .await;
+    assert_ok(&r);
+    let pseudonym = r["data"]["eraseUser"]["pseudonym"]
+        .as_str()
+        .expect("pseudonym")
+        .to_string();
+    wait_job(
+        &app,
+        &owner,
+        r["data"]["eraseUser"]["job"]["id"].as_str().expect("job"),
+    )
+    .await;
+    let new_path = text(&app, path_sql).await;
+    assert_ne!(new_path, old_path);
+    let redacted = open(new_path.clone()).await;
+    assert!(!redacted.to_lowercase().contains(EMAIL), "{redacted}");
+    assert!(redacted.contains(&pseudonym));
+    assert!(matches!(
+        vault.get_raw(&old_path).await,
+        Err(api::storage::OpenError::Missing)
+    ));
+    // The manifest matches the redacted object: a restore verifies it and puts the rows
+    // back, without her.
+    let id = uuid::Uuid::parse_str(&text(&app, "SELECT id::text AS t FROM archives").await)
+        .expect("archive id");
+    api::domain::archives::run_restore(&app.pool, &vault, id, chrono::Utc::now())
+        .await
+        .expect("restore");
+    assert!(app.sql_count(&archived).await > 0);
+    let after = columns_naming(&app, &[EMAIL]).await;
+    assert!(after.is_empty(), "still naming her: {after:?}");
+    worker.stop().await;
+}
