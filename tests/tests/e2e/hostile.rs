@@ -2560,3 +2560,60 @@ async fn exporting_or_erasing_another_workspaces_member_tells_nothing_and_does_n
     // The victim is untouched.
     assert_ok(&app.gql(&victim, "{ viewer { id email } }", json!({})).await);
 }
+
+#[tokio::test]
+async fn archive_ids_and_restores_of_every_shape_read_as_missing_and_enqueue_nothing() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner@example.com");
+    let ws = app.create_workspace(&owner, "Mine").await;
+    let restore = "mutation($a: ID!) { restoreArchive(input: {archiveId: $a}) { job { id } } }";
+    let read = "query($a: ID!) { archive(id: $a) { id } }";
+    let missing = app
+        .gql(
+            &owner,
+            restore,
+            json!({"a": "arc_0193a0a0a0a0a0a0a0a0a0a0a0a0a0a0"}),
+        )
+        .await;
+    assert_code(&missing, "NOT_FOUND");
+    for bad in [
+        format!("arc_{}", "a".repeat(100_000)),
+        "arc_' OR 1=1 --".to_string(),
+        ws.clone(),
+        "job_01KB2ZJ0R5V8Y3T6W9X2M4N7PQ".to_string(),
+        String::new(),
+    ] {
+        let r = app.gql(&owner, restore, json!({"a": bad})).await;
+        assert_code(&r, "NOT_FOUND");
+        assert_eq!(r["errors"][0]["message"], missing["errors"][0]["message"]);
+        let r = app.gql(&owner, read, json!({"a": bad})).await;
+        assert_ok(&r);
+        assert_eq!(r["data"]["archive"], Value::Null);
+    }
+    // Control characters are refused before anything runs, like in every text input.
+    let r = app
+        .gql(&owner, restore, json!({"a": "arc_\u{0}\u{1}"}))
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    // A page size out of bounds and a forged cursor are refused with the field named.
+    for (first, after, field) in [
+        (json!(101), Value::Null, "first"),
+        (json!(-1), Value::Null, "first"),
+        (json!(10), json!("not-a-cursor!"), "after"),
+    ] {
+        let r = app
+            .gql(
+                &owner,
+                "query($w: ID!, $f: Int, $a: String) { workspace(id: $w) { archives(first: $f, after: $a) { edges { node { id } } } } }",
+                json!({"w": ws, "f": first, "a": after}),
+            )
+            .await;
+        assert_code(&r, "BAD_USER_INPUT");
+        assert_eq!(r["errors"][0]["extensions"]["field"], field, "{r}");
+    }
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM workspace_jobs")
+            .await,
+        0
+    );
+}

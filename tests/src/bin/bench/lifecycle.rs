@@ -80,7 +80,7 @@ async fn seed(
 ) -> anyhow::Result<(uuid::Uuid, Vec<String>)> {
     let r = s
         .gql(
-            "mutation { createWorkspace(input: {name: \"Lifecycle\"}) { workspace { id } } }",
+            "mutation { createWorkspace(input: {name: \"Lifecycle\", billingMode: SINGLE}) { workspace { id } } }",
             json!({}),
         )
         .await?;
