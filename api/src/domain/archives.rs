@@ -16,6 +16,9 @@
 //! listed); after it, the rows are in the archive. One process archives a workspace at a time
 //! (a session advisory lock; another skips it until the next run).
 //!
+//! Between two batches, cleanup pauses as long as the last batch took (at most half of the
+//! database's time goes to it).
+//!
 //! Restore (a job of the `archives` queue) verifies the object before it trusts it — the
 //! SHA-256 of the stored bytes against the manifest, the AES-GCM tag, the SHA-256 of the
 //! plaintext, the row count, every row's workspace — then inserts the rows in one statement,
@@ -179,6 +182,7 @@ pub async fn retire(
             if (n as i64) < batch {
                 return Ok(done);
             }
+            yield_to_traffic(started).await;
         }
     }
     if !repo::try_lock(conn, ws).await? {
@@ -278,7 +282,15 @@ async fn archive_all(
         if !full {
             return Ok(());
         }
+        yield_to_traffic(started).await;
     }
+}
+
+/// Pauses between two batches as long as the last one's statement took: cleanup uses at
+/// most half of the database's time, so that the service's own traffic keeps its pace (a
+/// backlog takes twice as long, in a daily job).
+async fn yield_to_traffic(batch_started: Instant) {
+    tokio::time::sleep(batch_started.elapsed()).await;
 }
 
 /// An archive of a workspace the actor manages (owners and admins); `None` alike for

@@ -115,11 +115,12 @@ async fn seed(
            SELECT '{ws_id}', gen_random_uuid(), c.org, 'users', 'epoch', 1, c.actor,
                   now() - interval '800 days' - i * interval '1 second'
              FROM bench_ctx c, generate_series(1, {EXPIRED_USAGE}) i;
-         DROP TABLE bench_ctx;
-         VACUUM ANALYZE usage_events;
-         VACUUM ANALYZE audit_events;"
+         DROP TABLE bench_ctx;"
     ))
     .await?;
+    // (VACUUM runs outside the implicit transaction of a multi-statement batch.)
+    db.batch_execute("VACUUM ANALYZE usage_events").await?;
+    db.batch_execute("VACUUM ANALYZE audit_events").await?;
     eprintln!(
         "seeded {} usage events and {} audit events in {:.1} s",
         MONTH_USAGE + EXPIRED_USAGE,
@@ -306,10 +307,10 @@ pub async fn run(server_url: &str, workers: usize, seconds: u64) -> anyhow::Resu
                  workflow_data_days, user_data_days, archive_before_delete)
          VALUES ('{ws}', 2555, 730, 365, 2555, 2555, true)
          ON CONFLICT (workspace_id) DO UPDATE SET archive_before_delete = true;
-         UPDATE audit_events SET created_at = created_at - interval '3000 days' WHERE workspace_id = '{ws}';
-         VACUUM ANALYZE audit_events;"
+         UPDATE audit_events SET created_at = created_at - interval '3000 days' WHERE workspace_id = '{ws}';"
     ))
     .await?;
+    db.batch_execute("VACUUM ANALYZE audit_events").await?;
     let now = chrono::Utc::now();
     steps.extend(archive_round("local directory", &pool, &db, &settings.vault, now).await?);
     // Restored rows are held 30 days: the S3 round runs 31 days later.
