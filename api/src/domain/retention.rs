@@ -7,7 +7,7 @@
 //! | usage events | `usage_events` (the ledger; counters keep current totals), past windows of `usage_counters`, and the API request counters `api_request_counters` (by day) | 2 years |
 //! | execution logs | none yet: a declared requirement for workflow execution logs | 1 year |
 //! | workflow data | none yet: a declared requirement | 7 years |
-//! | user data | removed members' personal data (erasure comes with the GDPR work) | 7 years |
+//! | user data | removed members' personal data: their e-mail and name in the workspace's rows, replaced with their pseudonym (`removed_member_scrubs` records it) | 7 years |
 //!
 //! Also per workspace: notification delivery logs (`notifications`, `notification_deliveries`,
 //! `notification_attempts`) [`DELIVERY_LOG_DAYS`] after they ended; analytics snapshots of
@@ -224,6 +224,77 @@ async fn update_effect(
     Ok(after)
 }
 
+/// Former members of `ws` removed (or gone) before `cutoff`, not members again and not
+/// erased, whose data `ws` holds has not been pseudonymized since their last removal: their
+/// e-mail and name in `ws`'s rows are replaced with their pseudonym
+/// (`gdpr::erase::forget_in_workspace`); how many.
+async fn forget_former_members(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    ws: Uuid,
+    cutoff: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    #[derive(QueryableByName)]
+    struct Former {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        email: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        name: Option<String>,
+        #[diesel(sql_type = Timestamptz)]
+        removed_at: DateTime<Utc>,
+    }
+    let mut total = 0;
+    loop {
+        let page: Vec<Former> = diesel::sql_query(
+            "SELECT u.id, u.email, u.name, r.removed_at FROM (
+                SELECT substr(e.summary->>'userId', 5)::uuid AS user_id, max(e.created_at) AS removed_at
+                  FROM audit_events e
+                 WHERE e.workspace_id = $1 AND e.action IN ('member.remove', 'member.leave')
+                   AND e.summary->>'userId' ~ '^usr_[0-9a-f]{32}$'
+                 GROUP BY 1) r
+              JOIN users u ON u.id = r.user_id
+             WHERE r.removed_at < $2
+               AND NOT EXISTS (SELECT 1 FROM members m WHERE m.workspace_id = $1 AND m.user_id = r.user_id)
+               AND NOT EXISTS (SELECT 1 FROM user_erasures x WHERE x.user_id = r.user_id)
+               AND NOT EXISTS (SELECT 1 FROM removed_member_scrubs s
+                                WHERE s.workspace_id = $1 AND s.user_id = r.user_id
+                                  AND s.removed_at >= r.removed_at)
+             ORDER BY u.id LIMIT 100",
+        )
+        .bind::<SqlUuid, _>(ws)
+        .bind::<Timestamptz, _>(cutoff)
+        .load(conn)
+        .await?;
+        if page.is_empty() {
+            return Ok(total);
+        }
+        for f in page {
+            super::gdpr::erase::forget_in_workspace(
+                conn,
+                vault,
+                ws,
+                f.id,
+                &f.email,
+                f.name.as_deref(),
+            )
+            .await?;
+            diesel::sql_query(
+                "INSERT INTO removed_member_scrubs (workspace_id, user_id, removed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (workspace_id, user_id) DO UPDATE SET removed_at = EXCLUDED.removed_at,
+                        scrubbed_at = now()",
+            )
+            .bind::<SqlUuid, _>(ws)
+            .bind::<SqlUuid, _>(f.id)
+            .bind::<Timestamptz, _>(f.removed_at)
+            .execute(conn)
+            .await?;
+            total += 1;
+        }
+    }
+}
+
 /// Days a notification's delivery log (deliveries and attempts) is kept once every delivery
 /// ended.
 pub const DELIVERY_LOG_DAYS: i64 = 90;
@@ -247,6 +318,8 @@ pub struct Cleanup {
     pub notifications: usize,
     /// Analytics snapshots.
     pub analytics_snapshots: usize,
+    /// Former members pseudonymized in a workspace's rows.
+    pub former_members: usize,
     /// Archives written.
     pub archives: usize,
     /// Statements run (each deletes at most a batch).
@@ -335,6 +408,10 @@ pub async fn cleanup(
                 done.batches += r.batches;
                 done.longest_lock_us = done.longest_lock_us.max(r.longest_lock_us);
             }
+            // Removed members' personal data, `userDataDays` after their removal.
+            done.former_members +=
+                forget_former_members(&mut conn, vault, ws.id, now - days(s.user_data_days))
+                    .await?;
             // Delivery logs: notifications whose deliveries all ended, with their deliveries and
             // attempts (by cascade).
             done.notifications += drain(

@@ -224,3 +224,83 @@ async fn cleanup_deletes_ended_delivery_logs_and_old_analytics_snapshots() {
         1
     );
 }
+
+#[tokio::test]
+async fn removed_members_are_pseudonymized_in_the_workspace_after_user_data_days() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner@example.com");
+    let left = app.create_workspace(&owner, "Left").await;
+    let kept = app.create_workspace(&owner, "Kept").await;
+    let member = app
+        .add_member(&owner, &left, "bob@example.com", "ADMIN")
+        .await;
+    app.add_member(&owner, &kept, "bob@example.com", "VIEWER")
+        .await;
+    let r = app
+        .gql(
+            &owner,
+            "mutation($w: ID!) { updateRetentionSettings(input: {workspaceId: $w, userDataDays: 30}) { retentionSettings { userDataDays } } }",
+            json!({"w": left}),
+        )
+        .await;
+    assert_ok(&r);
+    let r = app
+        .gql(
+            &owner,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": member}),
+        )
+        .await;
+    assert_ok(&r);
+    let (l, k) = (
+        left.trim_start_matches("ws_").to_string(),
+        kept.trim_start_matches("ws_").to_string(),
+    );
+    let naming = |ws: &str| {
+        format!(
+            "SELECT count(*) AS n FROM audit_events WHERE workspace_id = '{ws}' AND summary::text ILIKE '%bob@example.com%'"
+        )
+    };
+    assert!(count(&app, &naming(&l)).await >= 1);
+    assert!(count(&app, &naming(&k)).await >= 1);
+    let cleanup = |now| {
+        let (pool, vault) = (app.pool.clone(), app.vault());
+        async move {
+            api::domain::retention::cleanup(&pool, &vault, now, 90, 100)
+                .await
+                .expect("cleanup")
+        }
+    };
+    // Within the 30 days nothing changes.
+    let done = cleanup(chrono::Utc::now() + chrono::Duration::days(29)).await;
+    assert_eq!(done.former_members, 0, "{done:?}");
+    assert!(count(&app, &naming(&l)).await >= 1);
+    // After them, the workspace left no longer names Bob; the one he stays in still does,
+    // and so does his account.
+    let done = cleanup(chrono::Utc::now() + chrono::Duration::days(31)).await;
+    assert_eq!(done.former_members, 1, "{done:?}");
+    assert_eq!(count(&app, &naming(&l)).await, 0);
+    assert!(count(&app, &naming(&k)).await >= 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) AS n FROM audit_events WHERE workspace_id = '{l}' AND summary::text LIKE '%erased\\_%'"
+            )
+        )
+        .await,
+        1,
+        "the member.add event names the pseudonym"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS n FROM users WHERE email = 'bob@example.com'"
+        )
+        .await,
+        1
+    );
+    // Once done, a later cleanup has nothing to do.
+    let done = cleanup(chrono::Utc::now() + chrono::Duration::days(32)).await;
+    assert_eq!(done.former_members, 0, "{done:?}");
+}

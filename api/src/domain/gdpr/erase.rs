@@ -401,6 +401,70 @@ pub async fn run(
     Ok(())
 }
 
+/// Retention of removed members' personal data (`userDataDays`): replaces the e-mail and
+/// name of `user`, no longer a member of workspace `ws`, with their pseudonym in the rows of
+/// `ws` only (every per-workspace text and JSON column but the financial records erasure
+/// keeps too). Their account, and what other workspaces hold, are untouched. Idempotent.
+pub async fn forget_in_workspace(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    ws: Uuid,
+    user: Uuid,
+    email: &str,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let p = pseudonym(vault, user);
+    let only = [ws];
+    let columns: Vec<TextColumn> = erasure::text_columns(conn)
+        .await?
+        .into_iter()
+        .filter(|c| c.per_workspace && !listed(KEPT, c) && !listed(HANDLED, c))
+        .collect();
+    let is_json = |c: &TextColumn| matches!(c.kind, TextKind::Json | TextKind::Jsonb);
+    let email_pattern = format!("(?i){}", regex_literal(email));
+    let email_needle = json_escaped(email).to_lowercase();
+    let email_raw = email.to_lowercase();
+    let name = name
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.chars().count() <= MAX_NAME_CHARS);
+    let name_pattern =
+        name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n)));
+    let name_escaped = name.map(json_escaped);
+    for c in &columns {
+        let sweep = Sweep {
+            pattern: &email_pattern,
+            replacement: &p,
+            needle: if is_json(c) {
+                &email_needle
+            } else {
+                &email_raw
+            },
+            fold_case: true,
+            workspaces: Some(&only),
+        };
+        erasure::sweep_column(conn, c, &sweep, BATCH)
+            .await
+            .map_err(|e| anyhow::anyhow!("rewriting {}.{}.{}: {e}", c.schema, c.table, c.column))?;
+        if let (Some(pattern), Some(needle), true) =
+            (name_pattern.as_deref(), name_escaped.as_deref(), is_json(c))
+        {
+            let sweep = Sweep {
+                pattern,
+                replacement: &p,
+                needle,
+                fold_case: false,
+                workspaces: Some(&only),
+            };
+            erasure::sweep_column(conn, c, &sweep, BATCH)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("rewriting {}.{}.{}: {e}", c.schema, c.table, c.column)
+                })?;
+        }
+    }
+    Ok(())
+}
+
 /// What erasure replaces in archived rows.
 struct Redaction<'a> {
     /// The e-mail, lower-case, as JSON holds it.

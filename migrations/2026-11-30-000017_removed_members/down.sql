@@ -1,0 +1,2 @@
+DROP INDEX audit_events_removals_idx;
+DROP TABLE removed_member_scrubs;
