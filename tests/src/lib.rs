@@ -290,6 +290,35 @@ impl TestApp {
             .expect("flushing API usage counters")
     }
 
+    /// Waits (at most a minute) until job `id`, as `token` reads it, has ended (`SUCCEEDED` or
+    /// `FAILED`); the job's `{ id kind status attempts lastError }`.
+    pub async fn job_ended(&self, token: &str, id: &str) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let r = self
+                .gql(
+                    token,
+                    "query($id: ID!) { job(id: $id) { id kind status attempts lastError } }",
+                    json!({"id": id}),
+                )
+                .await;
+            match r["data"]["job"]["status"].as_str() {
+                Some("SUCCEEDED" | "FAILED") => return r["data"]["job"].clone(),
+                _ if started.elapsed() > std::time::Duration::from_secs(60) => {
+                    panic!("job {id} never ended: {r}")
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// [`TestApp::job_ended`], and it succeeded.
+    pub async fn job_succeeded(&self, token: &str, id: &str) -> Value {
+        let job = self.job_ended(token, id).await;
+        assert_eq!(job["status"], "SUCCEEDED", "job {id} failed: {job}");
+        job
+    }
+
     /// The server's object store of archives and exports.
     pub fn vault(&self) -> api::storage::Vault {
         api::storage::Vault::open(

@@ -65,27 +65,8 @@ async fn generate_and_wait(app: &TestApp, token: &str, ws: &str, period: &str) -
     let job = r["data"]["generateAnalytics"]["job"].clone();
     assert_eq!(job["kind"], "analytics.generate", "{r}");
     let id = job["id"].as_str().expect("job id").to_string();
-    wait_succeeded(app, token, &id).await;
+    app.job_succeeded(token, &id).await;
     id
-}
-
-async fn wait_succeeded(app: &TestApp, token: &str, id: &str) {
-    let start = Instant::now();
-    loop {
-        let r = app
-            .gql(
-                token,
-                "query($id: ID!) { job(id: $id) { status lastError } }",
-                json!({"id": id}),
-            )
-            .await;
-        match r["data"]["job"]["status"].as_str() {
-            Some("SUCCEEDED") => return,
-            Some("FAILED") => panic!("the analytics job failed: {r}"),
-            _ if start.elapsed() > Duration::from_secs(60) => panic!("job never succeeded: {r}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// Job fixtures of workspace `name` that ended as `statuses` (apalis states a worker never
@@ -324,7 +305,7 @@ async fn strangers_are_told_not_found_and_keys_make_generation_idempotent() {
         let id = r["data"]["generateAnalytics"]["job"]["id"]
             .as_str()
             .expect("id");
-        wait_succeeded(&app, &owner, id).await;
+        app.job_succeeded(&owner, id).await;
     }
     let snapshots =
         format!("SELECT count(*) AS n FROM analytics_snapshots WHERE workspace_id = '{ws_uuid}'");

@@ -3,7 +3,7 @@
 //! verifies an archive and puts its rows back, through the real worker.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel_async::SimpleAsyncConnection as _;
 use serde_json::{Value, json};
@@ -81,25 +81,6 @@ async fn archives(app: &TestApp, token: &str, ws: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until job `id` ended; the job.
-async fn wait_job(app: &TestApp, token: &str, id: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let r = app
-            .gql(
-                token,
-                "query($id: ID!) { job(id: $id) { id kind status attempts lastError } }",
-                json!({"id": id}),
-            )
-            .await;
-        match r["data"]["job"]["status"].as_str() {
-            Some("SUCCEEDED" | "FAILED") => return r["data"]["job"].clone(),
-            _ if started.elapsed() > Duration::from_secs(60) => panic!("job never ended: {r}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 async fn restore(app: &TestApp, token: &str, archive: &str) -> Value {
     let r = app.gql(token, RESTORE, json!({"a": archive})).await;
     assert_ok(&r);
@@ -111,7 +92,7 @@ async fn restore(app: &TestApp, token: &str, archive: &str) -> Value {
         .as_str()
         .expect("job id")
         .to_string();
-    wait_job(app, token, &id).await
+    app.job_ended(token, &id).await
 }
 
 async fn cleanup(

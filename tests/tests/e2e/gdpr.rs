@@ -76,20 +76,6 @@ async fn text(app: &TestApp, sql: &str) -> String {
     r.t
 }
 
-/// Waits until the job `id`, read by `token`, succeeded.
-async fn wait_job(app: &TestApp, token: &str, id: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = app.gql(token, JOB, json!({"id": id})).await;
-        match r["data"]["job"]["status"].as_str() {
-            Some("SUCCEEDED") => return r["data"]["job"].clone(),
-            Some("FAILED") => panic!("job {id} failed: {r}"),
-            _ if start.elapsed() > Duration::from_secs(60) => panic!("job never succeeded: {r}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 /// Waits until `sql` counts `n`.
 async fn eventually(app: &TestApp, sql: &str, n: i64) {
     let start = Instant::now();
@@ -123,7 +109,7 @@ async fn export_and_download(
     assert_eq!(p["job"]["kind"], "gdpr.export", "{p}");
     assert_eq!(p["dataExport"]["status"], "PENDING", "{p}");
     let job = p["job"]["id"].as_str().expect("job id").to_string();
-    wait_job(app, token, &job).await;
+    app.job_succeeded(token, &job).await;
     let id = p["dataExport"]["id"].as_str().expect("export id");
     let r = app.gql(token, EXPORT_BY_ID, json!({"id": id})).await;
     let e = r["data"]["dataExport"].clone();
@@ -821,7 +807,7 @@ async fn an_owner_erases_a_member_of_their_workspace_only_and_once() {
     assert_ok(&r);
     let first = r["data"]["eraseUser"].clone();
     let job = first["job"]["id"].as_str().expect("job").to_string();
-    wait_job(&app, &owner, &job).await;
+    app.job_succeeded(&owner, &job).await;
     let (status, _) = app
         .gql_raw(Some(&member), json!({"query": "{ viewer { id } }"}))
         .await;
@@ -920,8 +906,7 @@ async fn erasure_rewrites_archived_rows_so_a_restore_brings_no_personal_data_bac
         .as_str()
         .expect("pseudonym")
         .to_string();
-    wait_job(
-        &app,
+    app.job_succeeded(
         &owner,
         r["data"]["eraseUser"]["job"]["id"].as_str().expect("job"),
     )
