@@ -106,6 +106,10 @@ pub struct Config {
     /// Notification channels: `INTEGRATIONS_ALLOW_HTTP_LOOPBACK` (development: http to
     /// loopback destinations), `SMTP_URL` and `SMTP_FROM` (`domain::notifications::channels`).
     pub notifications: crate::domain::notifications::NotificationConfig,
+    /// Workspace governance: `TRUSTED_PROXIES` (whose `X-Forwarded-For`/`-Proto` count),
+    /// `GOVERNANCE_CACHE_MS` (how long settings and API keys are cached, 2000) and
+    /// `RATE_LIMIT_WINDOW_SECS` (the rate limit window, 60).
+    pub governance: crate::domain::governance::GovernanceConfig,
     /// How often each API process stores its request counters (`API_USAGE_FLUSH_SECS`, 10):
     /// the counts a crash can lose (`domain::api_usage`).
     pub api_usage_flush: Duration,
@@ -293,6 +297,7 @@ impl Config {
         let schedules = crate::jobs::Schedules::from_lookup(&var)?;
         let notifications =
             crate::domain::notifications::NotificationConfig::from_lookup(&var, production)?;
+        let governance = crate::domain::governance::GovernanceConfig::from_lookup(&var)?;
         let archive_url = match var("ARCHIVE_URL") {
             Some(u) => u,
             None => default_archive_url(&var),
@@ -401,6 +406,7 @@ impl Config {
         }
         Ok(Self {
             notifications,
+            governance,
             api_usage_flush: Duration::from_secs(api_usage_flush_secs),
             download_link_ttl: Duration::from_secs(download_link_secs),
             billing,

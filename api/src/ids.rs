@@ -152,6 +152,21 @@ typed_id!(
     DataExportId,
     "dex"
 );
+typed_id!(
+    /// An API key (a service account of one workspace).
+    ApiKeyId,
+    "key"
+);
+typed_id!(
+    /// A sensitive mutation held for a second person's approval.
+    ApprovalRequestId,
+    "apr"
+);
+typed_id!(
+    /// A custom workspace template (built-in ones have fixed ids).
+    WorkspaceTemplateId,
+    "tpl"
+);
 
 /// A background job: apalis's ULID behind the `job_` prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -53,7 +53,17 @@ impl AppState {
         pool: db::DbPool,
         statements: db::StatementCounter,
     ) -> anyhow::Result<Self> {
+        let governance_pool = db::build_pool_for(
+            &config.database_url,
+            4,
+            config.lock_timeout,
+            statements.clone(),
+        )?;
         let services = domain::Services {
+            governance: Arc::new(domain::governance::Governance::new(
+                config.governance.clone(),
+                governance_pool,
+            )),
             pool,
             idempotency_ttl: config.idempotency_ttl,
             lock_timeout: config.lock_timeout,
@@ -79,6 +89,11 @@ impl AppState {
         // Built outside a runtime (a tool, a unit test), the state has no periodic flush.
         if tokio::runtime::Handle::try_current().is_ok() {
             api_usage.spawn_flusher(metrics_pool.clone(), config.api_usage_flush);
+            spawn_key_use_flusher(
+                Arc::downgrade(&services.governance),
+                metrics_pool.clone(),
+                config.api_usage_flush,
+            );
         }
         Ok(Self {
             api_usage,
@@ -103,8 +118,38 @@ impl AppState {
     /// Stores the API usage counters recorded so far (at shutdown, and when a test needs the
     /// numbers now); the counters written.
     pub async fn flush_api_usage(&self) -> anyhow::Result<usize> {
+        let mut conn = self.metrics_pool.get().await?;
+        self.services.governance.keys.flush(&mut conn).await?;
+        drop(conn);
         self.api_usage.flush(&self.metrics_pool).await
     }
+}
+
+/// Stores the API keys' last uses every `every` (with the API usage counters' cadence), on
+/// the connection outside the request pool.
+fn spawn_key_use_flusher(
+    governance: std::sync::Weak<domain::governance::Governance>,
+    pool: db::DbPool,
+    every: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(g) = governance.upgrade() else {
+                return;
+            };
+            let flushed = match pool.get().await {
+                Ok(mut conn) => g.keys.flush(&mut conn).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = flushed {
+                tracing::warn!(error = %e, "storing API keys' last use failed");
+            }
+        }
+    });
 }
 
 /// Makes sure the database exists and is migrated, then returns a pool over it.

@@ -130,8 +130,8 @@ impl Verifier {
         v
     }
 
-    /// Verifies `token` and returns the identity claims.
-    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// Verifies `token` and returns the identity claims and the session's.
+    pub async fn verify(&self, token: &str) -> Result<(Claims, Session), AuthError> {
         refuse_critical_header(token)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError("malformed token".into()))?;
@@ -180,12 +180,49 @@ impl Verifier {
             refuse_control_characters("name", n)?;
         }
         let _ = (c.exp, c.nbf);
-        Ok(Claims {
-            subject: c.sub,
-            email: email.trim().to_lowercase(),
-            name: name.filter(|n| !n.trim().is_empty()),
-            email_verified: verified,
-        })
+        let session = Session::of(&c.extra);
+        Ok((
+            Claims {
+                subject: c.sub,
+                email: email.trim().to_lowercase(),
+                name: name.filter(|n| !n.trim().is_empty()),
+                email_verified: verified,
+            },
+            session,
+        ))
+    }
+}
+
+/// What a token says about its sign-in, for the workspaces' policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// `amr` (RFC 8176) holds `mfa` (also under an Auth0-style namespaced `…/amr` claim).
+    pub mfa: bool,
+    /// `auth_time` (OpenID Connect), else `iat`, in seconds since the epoch.
+    pub authenticated_at: Option<i64>,
+}
+
+impl Session {
+    fn of(extra: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let amr = extra.get("amr").or_else(|| namespaced(extra, "amr"));
+        let mfa = match amr {
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().any(|v| v.as_str() == Some("mfa"))
+            }
+            Some(serde_json::Value::String(s)) => s == "mfa",
+            _ => false,
+        };
+        let time = |name: &str| {
+            extra
+                .get(name)
+                .and_then(serde_json::Value::as_f64)
+                .filter(|t| t.is_finite() && *t >= 0.0 && *t < 1e12)
+                .map(|t| t as i64)
+        };
+        Self {
+            mfa,
+            authenticated_at: time("auth_time").or_else(|| time("iat")),
+        }
     }
 }
 

@@ -111,6 +111,7 @@ diesel::table! {
         email_verified -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        service_account -> Bool,
     }
 }
 

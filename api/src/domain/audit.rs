@@ -49,7 +49,12 @@ pub async fn find_visible(
     id: AuditEventId,
 ) -> DomainResult<Option<AuditEventRow>> {
     let mut conn = services.conn().await?;
-    Ok(audit::find_visible(&mut conn, id.0, actor.user_id.0).await?)
+    let row = audit::find_visible(&mut conn, id.0, actor.user_id.0).await?;
+    drop(conn);
+    if let Some(e) = &row {
+        actor.admit(e.workspace_id).await?;
+    }
+    Ok(row)
 }
 
 /// Newest-first pages of audit events for several workspaces (the caller has checked access).

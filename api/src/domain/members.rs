@@ -21,9 +21,14 @@ pub async fn viewer_role(
     ws: WorkspaceId,
 ) -> DomainResult<Option<Role>> {
     let mut conn = services.conn().await?;
-    Ok(members::role_of(&mut conn, ws.0, actor.user_id.0)
+    let role = members::role_of(&mut conn, ws.0, actor.user_id.0)
         .await?
-        .and_then(|r| Role::parse(&r)))
+        .and_then(|r| Role::parse(&r));
+    drop(conn);
+    if role.is_some() {
+        actor.admit(ws.0).await?;
+    }
+    Ok(role)
 }
 
 /// Pages of members for several workspaces (the caller has checked membership).
@@ -43,7 +48,12 @@ pub async fn find_visible(
     id: MemberId,
 ) -> DomainResult<Option<MemberRow>> {
     let mut conn = services.conn().await?;
-    Ok(members::find_visible(&mut conn, id.0, actor.user_id.0).await?)
+    let row = members::find_visible(&mut conn, id.0, actor.user_id.0).await?;
+    drop(conn);
+    if let Some(m) = &row {
+        actor.admit(m.workspace_id).await?;
+    }
+    Ok(row)
 }
 
 /// Input of `add`.
@@ -162,6 +172,7 @@ async fn lock_member(
         .await?
         .and_then(|r| Role::parse(&r))
         .ok_or(DomainError::NotFound("member"))?;
+    actor.admit(m.workspace_id).await?;
     repo::workspaces::lock(conn, m.workspace_id)
         .await?
         .ok_or(DomainError::NotFound("member"))?;

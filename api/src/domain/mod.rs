@@ -7,6 +7,7 @@ pub mod archives;
 pub mod audit;
 pub mod billing;
 pub mod gdpr;
+pub mod governance;
 pub mod integrations;
 pub mod jobs;
 pub mod members;
@@ -94,10 +95,29 @@ impl BillingMode {
 /// Who is calling, and for which request.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    /// The signed-in user.
+    /// The signed-in user (an API key's service-account user for a key).
     pub user_id: UserId,
     /// The request id (also in logs and the `x-request-id` header).
     pub request_id: String,
+    /// The workspace policies' gate of this request (`governance::gate`).
+    pub gate: std::sync::Arc<governance::Gate>,
+}
+
+impl Actor {
+    /// An actor of the system itself (jobs, signed links): its gate admits everything.
+    pub fn system(user_id: UserId, request_id: String) -> Self {
+        Self {
+            user_id,
+            request_id,
+            gate: governance::Gate::system(),
+        }
+    }
+
+    /// Whether this request may act in `ws`, whose member the caller was just found to be
+    /// (see `governance::gate`).
+    pub async fn admit(&self, ws: uuid::Uuid) -> DomainResult<()> {
+        self.gate.admit(ws).await
+    }
 }
 
 /// Every failure a domain function can report. One mapping in `graphql::error` turns
@@ -176,9 +196,23 @@ pub enum DomainError {
     /// A request with this idempotency key is still running.
     #[error("a request with this idempotency key is still in progress; retry later")]
     IdempotencyKeyInUse,
-    /// Too many requests.
-    #[error("too many requests; retry later")]
-    RateLimited,
+    /// A policy or security setting of the workspace refuses this request (`FORBIDDEN` with
+    /// `extensions.reason`, one of `governance::gate::reason`).
+    #[error("{message}")]
+    PolicyRefused {
+        /// The reason code.
+        reason: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// Too many requests (`RATE_LIMITED`, HTTP 429 with `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        /// What limit.
+        message: String,
+        /// Seconds until the limit resets.
+        retry_after_secs: u64,
+    },
     /// The database cannot be reached (a connection could not be had or was lost).
     #[error("service unavailable")]
     Unavailable(std::sync::Arc<anyhow::Error>),
@@ -279,6 +313,8 @@ pub struct Services {
     /// The notification channels and their settings (`INTEGRATIONS_ALLOW_HTTP_LOOPBACK`,
     /// `SMTP_*`).
     pub notifier: std::sync::Arc<notifications::Notifier>,
+    /// Cached workspace settings, rate limits and API keys (`governance`).
+    pub governance: std::sync::Arc<governance::Governance>,
 }
 
 impl Services {

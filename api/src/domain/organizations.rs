@@ -50,7 +50,16 @@ pub async fn load_visible(
     ids: &[Uuid],
 ) -> DomainResult<Vec<OrganizationRow>> {
     let conn = services.conn().await?;
-    Ok(orgs::find_visible(&conn, ids, actor.user_id.0).await?)
+    let rows = orgs::find_visible(&conn, ids, actor.user_id.0).await?;
+    drop(conn);
+    for ws in rows
+        .iter()
+        .map(|o| o.workspace_id)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        actor.admit(ws).await?;
+    }
+    Ok(rows)
 }
 
 /// One page of a workspace's organizations (the caller checks access).
@@ -331,7 +340,11 @@ async fn managed(
     let a = orgs::access(conn, id.0, actor.user_id.0, None, lock)
         .await?
         .ok_or(DomainError::NotFound("organization"))?;
-    match a.role.as_deref().and_then(Role::parse) {
+    let role = a.role.as_deref().and_then(Role::parse);
+    if role.is_some() {
+        actor.admit(a.org.workspace_id).await?;
+    }
+    match role {
         None => Err(DomainError::NotFound("organization")),
         Some(r) if r.is_manager() => Ok(a.org),
         Some(r) => Err(DomainError::Forbidden(format!(

@@ -320,8 +320,12 @@ pub async fn histories(
 }
 
 /// Checks the caller may change usage or caps of the organization it reads.
-fn require_manager(access: &orgs::Access, what: &str) -> DomainResult<Role> {
-    match access.role.as_deref().and_then(Role::parse) {
+async fn require_manager(access: &orgs::Access, actor: &Actor, what: &str) -> DomainResult<Role> {
+    let role = access.role.as_deref().and_then(Role::parse);
+    if role.is_some() {
+        actor.admit(access.org.workspace_id).await?;
+    }
+    match role {
         None => Err(DomainError::NotFound("organization")),
         Some(r) if r.is_manager() => Ok(r),
         Some(r) => Err(DomainError::Forbidden(format!(
@@ -437,7 +441,7 @@ async fn record_effect(
         }
         None => return Err(DomainError::NotFound("organization")),
     };
-    require_manager(&a, "record usage")?;
+    require_manager(&a, &actor, "record usage").await?;
     let kind = a
         .resource_kind
         .ok_or_else(|| unknown_resource(&input.resource))?;
@@ -606,7 +610,7 @@ async fn set_limit_effect(
     )
     .await?
     .ok_or(DomainError::NotFound("organization"))?;
-    require_manager(&a, "set limits")?;
+    require_manager(&a, &actor, "set limits").await?;
     let kind = a
         .resource_kind
         .ok_or_else(|| unknown_resource(&input.resource))?;

@@ -50,10 +50,13 @@ pub(crate) async fn require_role(
     let role = members::role_of(conn, ws.0, actor.user_id.0)
         .await?
         .and_then(|r| Role::parse(&r));
+    let Some(role) = role else {
+        return Err(DomainError::NotFound("workspace"));
+    };
+    actor.admit(ws.0).await?;
     match role {
-        None => Err(DomainError::NotFound("workspace")),
-        Some(r) if allowed(r) => Ok(r),
-        Some(r) => Err(DomainError::Forbidden(format!(
+        r if allowed(r) => Ok(r),
+        r => Err(DomainError::Forbidden(format!(
             "your role {} may not {what}",
             r.as_str()
         ))),
@@ -284,9 +287,17 @@ pub async fn page_for(
     page: Page,
 ) -> DomainResult<Vec<(WorkspaceRow, Role)>> {
     let mut conn = services.conn().await?;
-    Ok(workspaces::page_for_user(&mut conn, actor.user_id.0, page)
-        .await?
-        .into_iter()
-        .filter_map(|(w, r)| Role::parse(&r).map(|r| (w, r)))
-        .collect())
+    let rows = workspaces::page_for_user(&mut conn, actor.user_id.0, page).await?;
+    drop(conn);
+    // A workspace whose policies refuse this request is left out (asking for it by id
+    // gives the reason).
+    let mut out = Vec::with_capacity(rows.len());
+    for (w, r) in rows {
+        if let Some(r) = Role::parse(&r)
+            && actor.gate.lists(w.id).await?
+        {
+            out.push((w, r));
+        }
+    }
+    Ok(out)
 }

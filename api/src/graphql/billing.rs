@@ -131,6 +131,9 @@ pub async fn may_manage(ctx: &Context<'_>, ws: Uuid, what: &str) -> Result<()> {
         .load_one(ws)
         .await
         .map_err(|e| rc.err(e))?;
+    if access.is_some() {
+        rc.actor.admit(ws).await.map_err(|e| rc.err(e))?;
+    }
     match access {
         None => Err(rc.err(DomainError::NotFound("workspace"))),
         Some((_, role)) if role.is_manager() => Ok(()),

@@ -104,7 +104,23 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
         }
         DomainError::IdempotencyKeyReused => (code::IDEMPOTENCY_KEY_REUSED, e.to_string(), None),
         DomainError::IdempotencyKeyInUse => (code::IDEMPOTENCY_KEY_IN_USE, e.to_string(), None),
-        DomainError::RateLimited => (code::RATE_LIMITED, e.to_string(), None),
+        DomainError::RateLimited {
+            message,
+            retry_after_secs,
+        } => {
+            let (message, retry) = (message.clone(), *retry_after_secs);
+            return async_graphql::Error::new(message).extend_with(move |_, ext| {
+                ext.set("code", code::RATE_LIMITED);
+                ext.set("retryAfter", retry);
+            });
+        }
+        DomainError::PolicyRefused { reason, message } => {
+            let (message, reason) = (message.clone(), *reason);
+            return async_graphql::Error::new(message).extend_with(move |_, ext| {
+                ext.set("code", code::FORBIDDEN);
+                ext.set("reason", reason);
+            });
+        }
         DomainError::Unavailable(cause) => {
             tracing::warn!(request.id = %request_id, error = %cause, "database unavailable");
             (

@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod api_usage;
+pub mod approvals;
 pub mod archives;
 pub mod audit;
 pub mod billing;

@@ -181,6 +181,7 @@ impl<P: OutputType + Sync> OutputType for Replayable<P> {
                     if visible.is_none() {
                         return Err(error::not_found("workspace").into_server_error(field.pos));
                     }
+                    rc.actor.admit(*ws).await.map_err(fail)?;
                 }
                 payload.resolve(ctx, field).await
             }

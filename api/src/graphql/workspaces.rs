@@ -306,7 +306,13 @@ pub(crate) async fn load_visible(ctx: &Context<'_>, id: WorkspaceId) -> Result<O
         .load_one(id.0)
         .await
         .map_err(|e| rc.err(e))?;
-    Ok(access.map(|(ws, _)| Workspace(ws)))
+    match access {
+        Some((ws, _)) => {
+            rc.actor.admit(ws.id).await.map_err(|e| rc.err(e))?;
+            Ok(Some(Workspace(ws)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Workspace queries.

@@ -266,6 +266,8 @@ pub fn attachment(content_type: &'static str, filename: &str, body: Vec<u8>) -> 
 pub async fn download(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
     token: Result<Path<String>, PathRejection>,
 ) -> Response {
     let Ok(Path(token)) = token else {
@@ -275,11 +277,30 @@ pub async fn download(
         tracing::info!(request.id = %request_id, "download link refused");
         return not_found();
     };
-    serve(&state, download, request_id).await
+    // A link carries no token: the workspace's network rules (IP allow-list, TLS) still
+    // apply to whoever follows it.
+    let origin = crate::domain::governance::network::origin(
+        peer.map(|p| p.0.0.ip()),
+        &headers,
+        &state.services.governance.config.trusted_proxies,
+    );
+    let gate = crate::domain::governance::Gate::new(
+        crate::domain::governance::Credentials {
+            caller: crate::domain::governance::Caller::Link,
+            origin,
+        },
+        state.services.governance.clone(),
+    );
+    serve(&state, download, request_id, gate).await
 }
 
 /// The answer to a verified link: each kind re-checks access now.
-async fn serve(state: &AppState, download: Download, request_id: String) -> Response {
+async fn serve(
+    state: &AppState,
+    download: Download,
+    request_id: String,
+    gate: std::sync::Arc<crate::domain::governance::Gate>,
+) -> Response {
     match download {
         Download::AnalyticsExport {
             workspace,
@@ -290,6 +311,7 @@ async fn serve(state: &AppState, download: Download, request_id: String) -> Resp
             let actor = Actor {
                 user_id: UserId(user),
                 request_id,
+                gate: gate.clone(),
             };
             let ws = WorkspaceId(workspace);
             match analytics::export(&state.services, &actor, ws, period_start, format).await {
@@ -301,6 +323,7 @@ async fn serve(state: &AppState, download: Download, request_id: String) -> Resp
             let actor = Actor {
                 user_id: UserId(user),
                 request_id,
+                gate: gate.clone(),
             };
             let id = crate::ids::DataExportId(export_id);
             match crate::domain::gdpr::export::download(&state.services, &actor, id).await {

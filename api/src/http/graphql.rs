@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::{RequestId, refuse, request};
 use crate::AppState;
+use crate::domain::governance::{Caller, Credentials, Gate, api_keys, network};
 use crate::domain::{Actor, DomainError, users};
 use crate::graphql::api_usage::Attribution;
 use crate::graphql::error::code;
@@ -47,6 +48,25 @@ fn bearer(headers: &HeaderMap) -> Result<&str, request::Refusal> {
         .ok_or_else(missing)
 }
 
+/// The response to a caller whose identity was refused (an erased person, a bad API key) or
+/// could not be established (the database).
+fn refuse_identity(e: DomainError, request_id: &str) -> Response {
+    if let DomainError::Unauthenticated(m) = &e {
+        return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, m);
+    }
+    let unavailable = matches!(e, DomainError::Unavailable(_));
+    let err = crate::graphql::error::to_graphql(e, request_id);
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        if unavailable {
+            code::SERVICE_UNAVAILABLE
+        } else {
+            code::INTERNAL_SERVER_ERROR
+        },
+        &err.message,
+    )
+}
+
 /// Executes a (possibly batched) GraphQL request for an authenticated caller. The token is
 /// checked before the body is read; reading and executing share one deadline
 /// (`GRAPHQL_TIMEOUT_MS`) past which the work is dropped.
@@ -60,36 +80,52 @@ pub async fn handle(
         Ok(t) => t,
         Err(r) => return refuse(r.status, r.code, &r.message),
     };
-    let claims = match state.verifier.verify(token).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::info!(reason = %e.0, "bearer token refused");
-            return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, e.public());
-        }
-    };
-    let user = match users::provision(&state.services, &claims).await {
-        Ok(u) => u,
-        // An erased identity.
-        Err(DomainError::Unauthenticated(m)) => {
-            return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &m);
-        }
-        Err(e) => {
-            let unavailable = matches!(e, DomainError::Unavailable(_));
-            let err = crate::graphql::error::to_graphql(e, &request_id);
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                if unavailable {
-                    code::SERVICE_UNAVAILABLE
-                } else {
-                    code::INTERNAL_SERVER_ERROR
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let origin = network::origin(
+        peer,
+        &parts.headers,
+        &state.services.governance.config.trusted_proxies,
+    );
+    let (user_id, caller) = if api_keys::looks_like_key(token) {
+        match api_keys::authenticate(&state.services.governance, token).await {
+            Ok(k) => (
+                k.user,
+                Caller::ApiKey {
+                    key: k.key,
+                    workspace: k.workspace,
                 },
-                &err.message,
-            );
+            ),
+            Err(e) => return refuse_identity(e, &request_id),
+        }
+    } else {
+        let (claims, session) = match state.verifier.verify(token).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(reason = %e.0, "bearer token refused");
+                return refuse(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, e.public());
+            }
+        };
+        match users::provision(&state.services, &claims).await {
+            Ok(u) => (
+                u.id,
+                Caller::Person {
+                    mfa: session.mfa,
+                    authenticated_at: session.authenticated_at,
+                },
+            ),
+            Err(e) => return refuse_identity(e, &request_id),
         }
     };
     let actor = Actor {
-        user_id: crate::ids::UserId(user.id),
+        user_id: crate::ids::UserId(user_id),
         request_id,
+        gate: Gate::new(
+            Credentials { caller, origin },
+            state.services.governance.clone(),
+        ),
     };
     let deadline = state.config.request_timeout;
     let until = tokio::time::Instant::now() + deadline;
@@ -159,12 +195,29 @@ async fn execute(
         };
         responses.push(resp);
     }
-    let unavailable = responses.iter().flat_map(|r| &r.errors).any(|e| {
-        e.extensions
-            .as_ref()
-            .and_then(|x| x.get("code"))
-            .is_some_and(|c| *c == async_graphql::Value::from(code::SERVICE_UNAVAILABLE))
-    });
+    let has_code = |c: &str| {
+        responses.iter().flat_map(|r| &r.errors).any(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .is_some_and(|v| *v == async_graphql::Value::from(c))
+        })
+    };
+    let unavailable = has_code(code::SERVICE_UNAVAILABLE);
+    // The longest wait any rate limit asks for.
+    let retry_after = responses
+        .iter()
+        .flat_map(|r| &r.errors)
+        .filter_map(|e| e.extensions.as_ref())
+        .filter(|x| {
+            x.get("code")
+                .is_some_and(|v| *v == async_graphql::Value::from(code::RATE_LIMITED))
+        })
+        .filter_map(|x| match x.get("retryAfter") {
+            Some(async_graphql::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        })
+        .max();
     let body = match (operations.is_batch, responses.pop()) {
         (false, Some(one)) => BatchResponse::Single(one),
         (_, last) => {
@@ -177,6 +230,10 @@ async fn execute(
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    } else if let Some(secs) = retry_after {
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     resp
 }

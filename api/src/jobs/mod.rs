@@ -265,6 +265,11 @@ impl Settings {
             vault: self.vault.clone(),
             identities: Default::default(),
             notifier: self.notifier.clone(),
+            // Jobs act as the system: their gate admits everything and reads nothing.
+            governance: Arc::new(crate::domain::governance::Governance::new(
+                Default::default(),
+                pool.clone(),
+            )),
         }
     }
 }

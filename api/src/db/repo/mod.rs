@@ -9,6 +9,7 @@ pub mod billing;
 pub mod consents;
 pub mod data_exports;
 pub mod erasure;
+pub mod governance;
 pub mod idempotency;
 pub mod integrations;
 pub mod job_stats;

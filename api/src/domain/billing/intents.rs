@@ -441,10 +441,10 @@ pub async fn complete(
     let actor = match actor {
         Some(a) => a,
         None => {
-            job_actor = Actor {
-                user_id: UserId(intent.caller_id.unwrap_or_default()),
-                request_id: format!("billing-intent:{}", intent.id),
-            };
+            job_actor = Actor::system(
+                UserId(intent.caller_id.unwrap_or_default()),
+                format!("billing-intent:{}", intent.id),
+            );
             &job_actor
         }
     };
