@@ -404,6 +404,18 @@ impl TestApp {
             .to_string()
     }
 
+    /// Runs a SQL statement against the test database (to set up state the API cannot);
+    /// the rows it touched.
+    pub async fn sql_exec(&self, sql: &str) -> usize {
+        let mut conn = AsyncPgConnection::establish(&self.db.url)
+            .await
+            .expect("connect");
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Runs SQL against the test database (for assertions on stored state).
     pub async fn sql_count(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]

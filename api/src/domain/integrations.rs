@@ -9,6 +9,11 @@
 //!   form is shown.
 //! - E-mail recipients per notification category (at most [`MAX_RECIPIENTS`] each).
 //!
+//! When the workspace policy turns external integrations off (`externalIntegrationsAllowed`),
+//! endpoints, the Slack URL and recipients cannot be added or changed (`INTEGRATIONS_DISABLED`;
+//! removing them stays possible), what is stored stays stored, and deliveries are skipped
+//! (`notifications::delivery`).
+//!
 //! URLs must be `https://` to a public host; `INTEGRATIONS_ALLOW_HTTP_LOOPBACK=true`
 //! (development) allows loopback hosts over http too (`channels::check_url`). Owners and
 //! admins read the settings; owners change them, idempotently and audited.
@@ -300,6 +305,7 @@ async fn create_endpoint_effect(
     crate::db::repo::workspaces::lock(conn, ws.0)
         .await?
         .ok_or(DomainError::NotFound("workspace"))?;
+    super::governance::settings::require_integrations(conn, ws).await?;
     let count = repo::count_endpoints(conn, ws.0).await?;
     if count >= MAX_ENDPOINTS {
         return Err(DomainError::LimitExceeded(format!(
@@ -514,6 +520,11 @@ async fn update_effect(
     crate::db::repo::workspaces::lock(conn, ws.0)
         .await?
         .ok_or(DomainError::NotFound("workspace"))?;
+    // With external integrations off, destinations may be removed but not added or changed.
+    let adds = matches!(slack, Some(Some(_))) || recipients.iter().any(|(_, a)| !a.is_empty());
+    if adds {
+        super::governance::settings::require_integrations(conn, ws).await?;
+    }
     if let Some(s) = &slack {
         repo::set_slack(
             conn,

@@ -4,6 +4,7 @@ use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::audit::{self, Change};
+use super::governance::approvals::{self, ApprovalAction, ApprovalRow, Held, Outcome};
 use super::mutation::{self, Effect};
 use super::workspaces::require_role;
 use super::{Actor, DomainError, DomainResult, Role, Services};
@@ -57,7 +58,7 @@ pub async fn find_visible(
 }
 
 /// Input of `add`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewMember {
     /// Workspace.
     pub workspace_id: WorkspaceId,
@@ -93,13 +94,14 @@ pub fn check_email(email: &str) -> DomainResult<String> {
 }
 
 /// Adds a member by e-mail. Someone who has not signed in yet gets a pending membership
-/// that their first sign-in with that (verified) e-mail claims.
+/// that their first sign-in with that (verified) e-mail claims. Adding an owner is held for
+/// approval when the workspace requires it for `PROMOTE_TO_OWNER`.
 pub async fn add(
     services: &Services,
     actor: &Actor,
     input: NewMember,
     key: Option<&mutation::Key>,
-) -> DomainResult<mutation::Done<MemberRow>> {
+) -> DomainResult<mutation::Done<Outcome<MemberRow>>> {
     let email = check_email(&input.email)?;
     let (ws, role) = (input.workspace_id, input.role);
     mutation::run(
@@ -120,7 +122,7 @@ async fn add_effect(
     actor: Actor,
     ws: WorkspaceId,
     role: Role,
-) -> DomainResult<MemberRow> {
+) -> DomainResult<Outcome<MemberRow>> {
     let mine = require_role(conn, &actor, ws, Role::is_manager, "add members").await?;
     if role == Role::Owner && mine != Role::Owner {
         return Err(DomainError::Forbidden("only owners can add owners".into()));
@@ -129,11 +131,31 @@ async fn add_effect(
     repo::workspaces::lock(conn, ws.0)
         .await?
         .ok_or(DomainError::NotFound("workspace"))?;
+    super::governance::settings::check_member_email(conn, ws, &email).await?;
     let count = members::count(conn, ws.0).await?;
     if count >= MAX_MEMBERS {
         return Err(DomainError::LimitExceeded(format!(
             "a workspace has at most {MAX_MEMBERS} members (pending invitations included); it has {count}"
         )));
+    }
+    super::governance::quotas::check_members(conn, ws.0).await?;
+    if role == Role::Owner {
+        let input = NewMember {
+            workspace_id: ws,
+            email: email.clone(),
+            role,
+        };
+        let held = Held {
+            workspace: ws,
+            action: ApprovalAction::PromoteToOwner,
+            operation: "addMember",
+            input: &input,
+            target_type: "Email",
+            target_id: email.clone(),
+        };
+        if let Some(request) = approvals::hold_if_required(conn, &actor, held).await? {
+            return Ok(Outcome::Held(Box::new(request)));
+        }
     }
     let user = repo::users::find_or_create_invitee(conn, &email).await?;
     if members::find_by_user(conn, ws.0, user.id).await?.is_some() {
@@ -155,7 +177,40 @@ async fn add_effect(
         let who = (MemberId(m.id), UserId(m.user_id));
         super::notifications::owner_added(conn, ws, who, Some(&email), false, &actor).await?;
     }
-    Ok(m)
+    Ok(Outcome::Done(m))
+}
+
+/// Executes an approved `addMember` or `updateMemberRole` (`governance::approvals`) as the
+/// requester.
+pub(crate) async fn execute_approved(
+    conn: &mut AsyncPgConnection,
+    _services: &Services,
+    request: &ApprovalRow,
+    actor: &Actor,
+) -> DomainResult<serde_json::Value> {
+    let input = request.input.clone();
+    let outcome = match request.operation.as_str() {
+        "addMember" => {
+            let new: NewMember = serde_json::from_value(input).map_err(DomainError::internal)?;
+            add_effect(conn, new.email, actor.clone(), new.workspace_id, new.role).await?
+        }
+        _ => {
+            let change: RoleChange =
+                serde_json::from_value(input).map_err(DomainError::internal)?;
+            match update_role_effect(conn, actor.clone(), change.member_id, change.role).await? {
+                (m, None) => Outcome::Done(m),
+                (_, Some(r)) => Outcome::Held(Box::new(r)),
+            }
+        }
+    };
+    match outcome {
+        Outcome::Done(m) => Ok(json!({
+            "memberId": MemberId(m.id).encode(),
+            "userId": UserId(m.user_id).encode(),
+            "role": m.role,
+        })),
+        Outcome::Held(_) => approvals::held_again(),
+    }
 }
 
 /// Loads a member and locks its workspace; a member of a workspace the actor does not
@@ -197,7 +252,7 @@ async fn ensure_not_last_owner(
 }
 
 /// Input of `update_role`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RoleChange {
     /// Member.
     pub member_id: MemberId,
@@ -206,13 +261,15 @@ pub struct RoleChange {
 }
 
 /// Changes a member's role. Owners change anyone; admins move members between admin and
-/// viewer; only owners make or unmake owners; the last owner cannot be demoted.
+/// viewer; only owners make or unmake owners; the last owner cannot be demoted. A promotion
+/// to owner is held for approval when the workspace requires it for `PROMOTE_TO_OWNER`
+/// (the membership is returned unchanged with the request).
 pub async fn update_role(
     services: &Services,
     actor: &Actor,
     input: RoleChange,
     key: Option<&mutation::Key>,
-) -> DomainResult<mutation::Done<MemberRow>> {
+) -> DomainResult<mutation::Done<(MemberRow, Option<ApprovalRow>)>> {
     let (id, role) = (input.member_id, input.role);
     mutation::run(
         services,
@@ -231,7 +288,7 @@ async fn update_role_effect(
     actor: Actor,
     id: MemberId,
     role: Role,
-) -> DomainResult<MemberRow> {
+) -> DomainResult<(MemberRow, Option<ApprovalRow>)> {
     let (m, mine) = lock_member(conn, &actor, id).await?;
     let current = Role::parse(&m.role)
         .ok_or_else(|| DomainError::internal(anyhow::anyhow!("bad role in db")))?;
@@ -247,7 +304,23 @@ async fn update_role_effect(
         ));
     }
     if current == role {
-        return Ok(m);
+        return Ok((m, None));
+    }
+    if role == Role::Owner {
+        let held = Held {
+            workspace: WorkspaceId(m.workspace_id),
+            action: ApprovalAction::PromoteToOwner,
+            operation: "updateMemberRole",
+            input: &RoleChange {
+                member_id: id,
+                role,
+            },
+            target_type: "Member",
+            target_id: id.encode(),
+        };
+        if let Some(request) = approvals::hold_if_required(conn, &actor, held).await? {
+            return Ok((m, Some(request)));
+        }
     }
     if current == Role::Owner {
         ensure_not_last_owner(conn, &m, "demoted").await?;
@@ -267,7 +340,7 @@ async fn update_role_effect(
         let who = (id, UserId(m.user_id));
         super::notifications::owner_added(conn, ws, who, None, true, &actor).await?;
     }
-    Ok(updated)
+    Ok((updated, None))
 }
 
 /// What `remove` reports.

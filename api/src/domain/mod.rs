@@ -173,6 +173,20 @@ pub enum DomainError {
         /// The allocation asked for.
         requested: i64,
     },
+    /// A workspace quota (`governance::quotas`) would be exceeded.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Human-readable explanation with the numbers.
+        message: String,
+        /// The quota's resource key.
+        resource: String,
+        /// The quota.
+        quota: i64,
+        /// In use now (in the current window, for metered resources).
+        used: i64,
+        /// What was asked for.
+        requested: i64,
+    },
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),

@@ -6,6 +6,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Change};
+use super::governance::approvals::{self, ApprovalAction, ApprovalRow, Held, Outcome};
 use super::mutation::{self, Effect};
 use super::usage::{self as usage_domain, windows};
 use super::workspaces::require_role;
@@ -622,12 +623,13 @@ async fn carry_usage(
 }
 
 /// Deletes an organization (owners and admins); refused while it has children or usage.
+/// Held for approval when the workspace requires it for `DELETE_ORGANIZATION`.
 pub async fn delete(
     services: &Services,
     actor: &Actor,
     id: OrganizationId,
     key: Option<&mutation::Key>,
-) -> DomainResult<mutation::Done<OrganizationId>> {
+) -> DomainResult<mutation::Done<Outcome<OrganizationId>>> {
     mutation::run(
         services,
         actor,
@@ -639,12 +641,33 @@ pub async fn delete(
     .await
 }
 
+/// What a held `deleteOrganization` stores for its execution.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct HeldDelete {
+    organization_id: OrganizationId,
+}
+
+/// Executes an approved `deleteOrganization` (`governance::approvals`) as the requester.
+pub(crate) async fn execute_approved(
+    conn: &mut AsyncPgConnection,
+    _services: &Services,
+    request: &ApprovalRow,
+    actor: &Actor,
+) -> DomainResult<serde_json::Value> {
+    let held: HeldDelete =
+        serde_json::from_value(request.input.clone()).map_err(DomainError::internal)?;
+    match delete_effect(conn, actor.clone(), held.organization_id).await? {
+        Outcome::Done(id) => Ok(json!({"deletedOrganizationId": id.encode()})),
+        Outcome::Held(_) => approvals::held_again(),
+    }
+}
+
 /// The effect of `deleteOrganization`, in the mutation's transaction.
 async fn delete_effect(
     conn: &mut AsyncPgConnection,
     actor: Actor,
     id: OrganizationId,
-) -> DomainResult<OrganizationId> {
+) -> DomainResult<Outcome<OrganizationId>> {
     let org = managed(conn, &actor, id, RowLock::Update, "delete organizations").await?;
     if orgs::has_children(conn, org.id).await? {
         return Err(DomainError::Conflict(
@@ -657,6 +680,19 @@ async fn delete_effect(
         return Err(DomainError::Conflict(
             "an organization with usage cannot be deleted: release its usage first".into(),
         ));
+    }
+    let held = Held {
+        workspace: WorkspaceId(org.workspace_id),
+        action: ApprovalAction::DeleteOrganization,
+        operation: "deleteOrganization",
+        input: &HeldDelete {
+            organization_id: id,
+        },
+        target_type: "Organization",
+        target_id: id.encode(),
+    };
+    if let Some(request) = approvals::hold_if_required(conn, &actor, held).await? {
+        return Ok(Outcome::Held(Box::new(request)));
     }
     orgs::delete(conn, org.id).await?;
     audit::record(
@@ -671,5 +707,5 @@ async fn delete_effect(
         },
     )
     .await?;
-    Ok(id)
+    Ok(Outcome::Done(id))
 }

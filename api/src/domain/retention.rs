@@ -103,6 +103,40 @@ pub async fn settings_of(
     Ok(row.unwrap_or(DEFAULTS))
 }
 
+/// Checks days of audit events against `auditLogsDays`' bounds, for input `field` (e.g. the
+/// policy's `auditRetentionDays`, which is this setting).
+pub(crate) fn check_audit_logs_days(field: &'static str, days: i32) -> DomainResult<()> {
+    let (_, least, most) = BOUNDS[0];
+    if (least..=most).contains(&days) {
+        Ok(())
+    } else {
+        Err(DomainError::bad_input(
+            field,
+            format!("{field} must be between {least} and {most} days"),
+        ))
+    }
+}
+
+/// Sets how long `ws` keeps its audit events (other categories keep theirs), in the caller's
+/// transaction, which holds the workspace's lock (as `update` does).
+pub(crate) async fn set_audit_logs_days(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    days: i32,
+) -> DomainResult<()> {
+    check_audit_logs_days("auditLogsDays", days)?;
+    let s = settings_of(conn, ws).await?;
+    store(
+        conn,
+        ws,
+        &RetentionSettings {
+            audit_logs_days: days,
+            ..s
+        },
+    )
+    .await
+}
+
 /// The settings of a workspace the actor manages (owners and admins).
 pub async fn read(
     services: &Services,
@@ -189,26 +223,7 @@ async fn update_effect(
             .archive_before_delete
             .unwrap_or(before.archive_before_delete),
     };
-    diesel::sql_query(
-        "INSERT INTO retention_settings (workspace_id, audit_logs_days, usage_events_days,
-                 execution_logs_days, workflow_data_days, user_data_days, archive_before_delete)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (workspace_id) DO UPDATE SET
-                 audit_logs_days = EXCLUDED.audit_logs_days, usage_events_days = EXCLUDED.usage_events_days,
-                 execution_logs_days = EXCLUDED.execution_logs_days,
-                 workflow_data_days = EXCLUDED.workflow_data_days,
-                 user_data_days = EXCLUDED.user_data_days,
-                 archive_before_delete = EXCLUDED.archive_before_delete, updated_at = now()",
-    )
-    .bind::<SqlUuid, _>(ws.0)
-    .bind::<Integer, _>(after.audit_logs_days)
-    .bind::<Integer, _>(after.usage_events_days)
-    .bind::<Integer, _>(after.execution_logs_days)
-    .bind::<Integer, _>(after.workflow_data_days)
-    .bind::<Integer, _>(after.user_data_days)
-    .bind::<diesel::sql_types::Bool, _>(after.archive_before_delete)
-    .execute(conn)
-    .await?;
+    store(conn, ws.0, &after).await?;
     audit::record(
         conn,
         Change {
@@ -222,6 +237,56 @@ async fn update_effect(
     )
     .await?;
     Ok(after)
+}
+
+/// Checks every category of `s` against its bounds (`BAD_USER_INPUT` naming the field).
+pub fn check(s: &RetentionSettings) -> DomainResult<()> {
+    let days = [
+        s.audit_logs_days,
+        s.usage_events_days,
+        s.execution_logs_days,
+        s.workflow_data_days,
+        s.user_data_days,
+    ];
+    for ((field, least, most), d) in BOUNDS.iter().zip(days) {
+        if !(*least..=*most).contains(&d) {
+            return Err(DomainError::bad_input(
+                field,
+                format!("{field} must be between {least} and {most} days"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Stores `s` as the retention settings of `ws` (inserted or replaced), in the caller's
+/// transaction.
+pub(crate) async fn store(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    s: &RetentionSettings,
+) -> DomainResult<()> {
+    diesel::sql_query(
+        "INSERT INTO retention_settings (workspace_id, audit_logs_days, usage_events_days,
+                 execution_logs_days, workflow_data_days, user_data_days, archive_before_delete)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (workspace_id) DO UPDATE SET
+                 audit_logs_days = EXCLUDED.audit_logs_days, usage_events_days = EXCLUDED.usage_events_days,
+                 execution_logs_days = EXCLUDED.execution_logs_days,
+                 workflow_data_days = EXCLUDED.workflow_data_days,
+                 user_data_days = EXCLUDED.user_data_days,
+                 archive_before_delete = EXCLUDED.archive_before_delete, updated_at = now()",
+    )
+    .bind::<SqlUuid, _>(ws)
+    .bind::<Integer, _>(s.audit_logs_days)
+    .bind::<Integer, _>(s.usage_events_days)
+    .bind::<Integer, _>(s.execution_logs_days)
+    .bind::<Integer, _>(s.workflow_data_days)
+    .bind::<Integer, _>(s.user_data_days)
+    .bind::<diesel::sql_types::Bool, _>(s.archive_before_delete)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Former members of `ws` removed (or gone) before `cutoff`, not members again and not
@@ -314,6 +379,8 @@ pub struct Cleanup {
     pub stripe_events: usize,
     /// `apalis.workers` rows.
     pub workers: usize,
+    /// Rate limit windows that ended an hour ago or more.
+    pub rate_limit_windows: usize,
     /// Notifications (with their deliveries and attempts).
     pub notifications: usize,
     /// Analytics snapshots.
@@ -488,6 +555,18 @@ pub async fn cleanup(
              LIMIT $3)",
         Uuid::nil(),
         now - chrono::Duration::days(1),
+        batch,
+        &mut done.batches,
+    )
+    .await?;
+    // Rate limit windows (`governance::rate_limit`) are read only while current.
+    done.rate_limit_windows += drain(
+        &mut conn,
+        "DELETE FROM rate_limit_windows WHERE ctid IN (
+            SELECT ctid FROM rate_limit_windows
+             WHERE $1::uuid IS NOT NULL AND window_start < $2 LIMIT $3)",
+        Uuid::nil(),
+        now - chrono::Duration::hours(1),
         batch,
         &mut done.batches,
     )

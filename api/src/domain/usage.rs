@@ -5,7 +5,7 @@
 //! ancestor A with a cap, subtree(A) + n ≤ cap(A); a release never takes X's own usage
 //! below zero; subtree(X) = direct(X) + Σ subtree(children of X) after every commit.
 //! Billing capacity (the workspace's subscription pools) joins the same check later as one
-//! more cap on the path.
+//! more cap on the path, and a workspace quota (`governance::quotas`) after the pools.
 
 use std::sync::Arc;
 
@@ -394,7 +394,15 @@ pub async fn record(
         "recordUsage",
         key,
         &input,
-        |c, d| -> Effect<'_, _> { Box::pin(record_effect(c, d, input.clone(), actor.clone())) },
+        |c, d| -> Effect<'_, _> {
+            Box::pin(record_effect(
+                c,
+                d,
+                input.clone(),
+                actor.clone(),
+                services.governance.clone(),
+            ))
+        },
     )
     .await
 }
@@ -405,6 +413,7 @@ async fn record_effect(
     done: &mutation::Completion,
     input: UsageChange,
     actor: Actor,
+    governance: Arc<super::governance::Governance>,
 ) -> DomainResult<OrganizationRow> {
     let claim = done.key_claim().cloned();
     let found = orgs::access_claiming(
@@ -447,6 +456,9 @@ async fn record_effect(
         .ok_or_else(|| unknown_resource(&input.resource))?;
     let period = current_period(kind, a.resource_reset, Utc::now());
     let org = a.org;
+    // Whether a workspace quota applies: from the settings cache, no statement while cached.
+    let quota =
+        super::governance::quotas::watched(&governance, org.workspace_id, &input.resource).await?;
     // The result is known now: the statement that applies the change also stores it
     // under the idempotency key, so that it is the only one holding the path's locks
     // before COMMIT.
@@ -501,6 +513,17 @@ async fn record_effect(
                         .await?;
                 }
             }
+        }
+        // The workspace's quota after the pools: its counter is the workspace-wide row.
+        if quota {
+            super::governance::quotas::charge(
+                conn,
+                org.workspace_id,
+                &input.resource,
+                period,
+                input.delta,
+            )
+            .await?;
         }
         return Ok(org);
     }

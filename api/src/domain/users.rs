@@ -76,8 +76,17 @@ impl IdentityCache {
 /// Returns the user for these claims, creating or updating it as needed. A first sign-in
 /// with a verified e-mail claims the pending memberships addressed to that e-mail. The
 /// identity of an erased user is refused (`UNAUTHENTICATED`): it cannot sign in again, nor
-/// come back as a new user.
+/// come back as a new user. No token signs in as an API key's service account: a `sub` of
+/// their form (`apikey|…`) is refused, and provisioning never finds their rows.
 pub async fn provision(services: &Services, claims: &Claims) -> DomainResult<UserRow> {
+    if claims
+        .subject
+        .starts_with(super::governance::api_key_admin::SERVICE_SUBJECT_PREFIX)
+    {
+        return Err(DomainError::Unauthenticated(
+            "this token's subject is reserved for API keys".into(),
+        ));
+    }
     if let Some(u) = services.identities.get(claims) {
         return Ok(u);
     }

@@ -70,6 +70,7 @@ pub async fn create(
     input: NewWorkspace,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<WorkspaceRow>> {
+    actor.gate.person_only("create workspaces")?;
     let name = check_name("name", &input.name, NAME_MAX)?;
     let description = check_description(input.description.as_deref())?;
     let mode = input.billing_mode;

@@ -116,9 +116,11 @@ impl From<BillingAddress> for intents::Address {
     }
 }
 
-/// Whether the caller may read `ws`'s billing (owners and admins).
+/// Whether the caller may read `ws`'s billing (owners and admins); when the workspace audits
+/// billing reads, the read is audited (once per request).
 pub async fn may_read(ctx: &Context<'_>, ws: Uuid) -> Result<()> {
-    may_manage(ctx, ws, "read billing").await
+    may_manage(ctx, ws, "read billing").await?;
+    super::governance::audit_billing_read(ctx, ws).await
 }
 
 /// Whether the caller is an owner or admin of `ws` (`FORBIDDEN` for a viewer, `NOT_FOUND`
@@ -792,15 +794,22 @@ pub struct SubscriptionPayload {
 /// Result of `updateSubscription`.
 #[derive(SimpleObject)]
 pub struct UpdateSubscriptionPayload {
-    /// The subscription.
+    /// The subscription (unchanged while the change waits for approval).
     pub subscription: Subscription,
+    /// The pending approval request, when the workspace requires approval for
+    /// `CHANGE_SUBSCRIPTION`: nothing changed yet.
+    pub approval_request: Option<super::approvals::ApprovalRequest>,
 }
 
 /// Result of `cancelSubscription`.
 #[derive(SimpleObject)]
 pub struct CancelSubscriptionPayload {
-    /// The subscription (`cancelAtPeriodEnd` true).
+    /// The subscription (`cancelAtPeriodEnd` true; unchanged while the cancellation waits
+    /// for approval).
     pub subscription: Subscription,
+    /// The pending approval request, when the workspace requires approval for
+    /// `CANCEL_SUBSCRIPTION`: nothing changed yet.
+    pub approval_request: Option<super::approvals::ApprovalRequest>,
 }
 
 /// Input of `updateSubscription`.
@@ -1078,9 +1087,10 @@ impl BillingMutation {
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::subscriptions::update(s, a, change, k).await,
-            |r| Some(r.workspace_id),
+            |r| Some(r.row.workspace_id),
             |r| UpdateSubscriptionPayload {
-                subscription: Subscription(r, None),
+                subscription: Subscription(r.row, None),
+                approval_request: r.held.map(super::approvals::ApprovalRequest),
             },
         )
         .await
@@ -1098,9 +1108,10 @@ impl BillingMutation {
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::subscriptions::cancel(s, a, id, k).await,
-            |r| Some(r.workspace_id),
+            |r| Some(r.row.workspace_id),
             |r| CancelSubscriptionPayload {
-                subscription: Subscription(r, None),
+                subscription: Subscription(r.row, None),
+                approval_request: r.held.map(super::approvals::ApprovalRequest),
             },
         )
         .await

@@ -82,6 +82,23 @@ pub fn to_graphql(e: DomainError, request_id: &str) -> async_graphql::Error {
                 ext.set("requested", requested);
             });
         }
+        DomainError::QuotaExceeded {
+            message,
+            resource,
+            quota,
+            used,
+            requested,
+        } => {
+            let (resource, quota, used, requested) = (resource.clone(), *quota, *used, *requested);
+            return async_graphql::Error::new(message.clone()).extend_with(move |_, ext| {
+                ext.set("code", code::LIMIT_EXCEEDED);
+                ext.set("resource", resource.clone());
+                ext.set("quota", quota);
+                ext.set("limit", quota);
+                ext.set("used", used);
+                ext.set("requested", requested);
+            });
+        }
         DomainError::Conflict(m) => (code::CONFLICT, m.clone(), None),
         DomainError::FailedPrecondition(m) => (code::FAILED_PRECONDITION, m.clone(), None),
         DomainError::PaymentProvider {

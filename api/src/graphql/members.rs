@@ -2,11 +2,13 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
+use super::approvals::ApprovalRequest;
 use super::replay::{self, Replayable};
 use super::users::User;
 use super::workspaces::{Workspace, member_id};
 use super::{error, rc};
 use crate::db::models::MemberRow;
+use crate::domain::governance::approvals::Outcome;
 use crate::domain::{self, DomainError};
 use crate::ids::{MemberId, WorkspaceId};
 
@@ -116,8 +118,11 @@ pub struct AddMemberInput {
 /// Result of `addMember`.
 #[derive(SimpleObject)]
 pub struct AddMemberPayload {
-    /// The new membership.
-    pub member: Member,
+    /// The new membership; null while adding an owner waits for approval.
+    pub member: Option<Member>,
+    /// The pending approval request, when the workspace requires approval for
+    /// `PROMOTE_TO_OWNER` and an owner is added: nobody was added yet.
+    pub approval_request: Option<ApprovalRequest>,
 }
 
 /// Input of `updateMemberRole`.
@@ -134,8 +139,11 @@ pub struct UpdateMemberRoleInput {
 /// Result of `updateMemberRole`.
 #[derive(SimpleObject)]
 pub struct UpdateMemberRolePayload {
-    /// The changed membership.
+    /// The changed membership (unchanged while a promotion to owner waits for approval).
     pub member: Member,
+    /// The pending approval request, when the workspace requires approval for
+    /// `PROMOTE_TO_OWNER`: the role did not change yet.
+    pub approval_request: Option<ApprovalRequest>,
 }
 
 /// Input of `removeMember`.
@@ -179,9 +187,19 @@ impl MemberMutation {
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::members::add(s, a, new, k).await,
-            |m| Some(m.workspace_id),
-            |row| AddMemberPayload {
-                member: Member(row),
+            |o| match o {
+                Outcome::Done(m) => Some(m.workspace_id),
+                Outcome::Held(r) => Some(r.workspace_id),
+            },
+            |o| match o {
+                Outcome::Done(row) => AddMemberPayload {
+                    member: Some(Member(row)),
+                    approval_request: None,
+                },
+                Outcome::Held(r) => AddMemberPayload {
+                    member: None,
+                    approval_request: Some(ApprovalRequest(*r)),
+                },
             },
         )
         .await
@@ -202,9 +220,10 @@ impl MemberMutation {
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::members::update_role(s, a, change, k).await,
-            |m| Some(m.workspace_id),
-            |row| UpdateMemberRolePayload {
+            |(m, _)| Some(m.workspace_id),
+            |(row, held)| UpdateMemberRolePayload {
                 member: Member(row),
+                approval_request: held.map(ApprovalRequest),
             },
         )
         .await

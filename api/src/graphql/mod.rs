@@ -2,6 +2,7 @@
 //! domain function and shape the result.
 
 pub mod analytics;
+pub mod api_keys;
 pub mod api_usage;
 pub mod approvals;
 pub mod archives;
@@ -10,6 +11,7 @@ pub mod billing;
 pub mod documents;
 pub mod error;
 pub mod gdpr;
+pub mod governance;
 pub mod integrations;
 pub mod jobs;
 pub mod json;
@@ -21,10 +23,12 @@ pub mod notifications;
 pub mod one_step;
 pub mod organizations;
 pub mod pagination;
+pub mod quotas;
 pub mod replay;
 pub mod resources;
 pub mod retention;
 pub mod shape;
+pub mod templates;
 pub mod users;
 pub mod workspaces;
 
@@ -44,6 +48,8 @@ pub struct Query(
     jobs::JobQuery,
     gdpr::GdprQuery,
     archives::ArchiveQuery,
+    approvals::ApprovalQuery,
+    templates::TemplateQuery,
 );
 
 /// The mutation root.
@@ -60,6 +66,11 @@ pub struct Mutation(
     gdpr::GdprMutation,
     integrations::IntegrationMutation,
     archives::ArchiveMutation,
+    approvals::ApprovalMutation,
+    governance::GovernanceSettingsMutation,
+    api_keys::ApiKeyMutation,
+    quotas::QuotaMutation,
+    templates::TemplateMutation,
 );
 
 /// The executable schema.
@@ -75,6 +86,8 @@ pub struct RequestCtx {
     pub loaders: Loaders,
     /// Order, nulls and errors of the response (see `shape`).
     pub shape: std::sync::Arc<shape::Shape>,
+    /// Workspaces whose billing reads this request already audited.
+    pub audited_reads: crate::domain::governance::settings::AuditedReads,
 }
 
 impl RequestCtx {
@@ -86,6 +99,7 @@ impl RequestCtx {
             actor,
             loaders,
             shape,
+            audited_reads: Default::default(),
         }
     }
 

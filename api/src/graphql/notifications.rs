@@ -70,6 +70,9 @@ pub enum NotificationDeliveryStatus {
     Delivered,
     /// Every attempt failed for 24 hours, or the destination was removed.
     Failed,
+    /// Not sent: the workspace's policy turned external integrations off before its attempt
+    /// (`lastError` says so).
+    Skipped,
 }
 
 impl NotificationDeliveryStatus {
@@ -78,6 +81,7 @@ impl NotificationDeliveryStatus {
             Self::Pending => "PENDING",
             Self::Delivered => "DELIVERED",
             Self::Failed => "FAILED",
+            Self::Skipped => "SKIPPED",
         }
     }
 
@@ -85,6 +89,7 @@ impl NotificationDeliveryStatus {
         match s {
             "DELIVERED" => Self::Delivered,
             "FAILED" => Self::Failed,
+            "SKIPPED" => Self::Skipped,
             _ => Self::Pending,
         }
     }

@@ -19,6 +19,7 @@ use super::{error, rc};
 use crate::db::models::OrganizationRow;
 use crate::db::repo::Page;
 use crate::domain;
+use crate::domain::governance::approvals::Outcome;
 use crate::domain::organizations::{PageEdges, Wants};
 use crate::domain::usage::UsageEntry;
 use crate::ids::{OrganizationId, WorkspaceId};
@@ -507,8 +508,11 @@ pub struct DeleteOrganizationInput {
 /// Result of `deleteOrganization`.
 #[derive(SimpleObject)]
 pub struct DeleteOrganizationPayload {
-    /// Id of the deleted organization.
-    pub deleted_organization_id: ID,
+    /// Id of the deleted organization; null while the deletion waits for approval.
+    pub deleted_organization_id: Option<ID>,
+    /// The pending approval request, when the workspace requires approval for
+    /// `DELETE_ORGANIZATION`: nothing was deleted yet.
+    pub approval_request: Option<super::approvals::ApprovalRequest>,
 }
 
 /// Input of `recordUsage`.
@@ -674,14 +678,21 @@ impl OrganizationMutation {
         input: DeleteOrganizationInput,
     ) -> Result<Replayable<DeleteOrganizationPayload>> {
         let id = org_id(&input.organization_id, "organization")?;
-        // Shows only the id the input held.
+        // Shows only the id the input held, or the workspace's approval request.
         replay::mutate(
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::organizations::delete(s, a, id, k).await,
-            |_| None,
-            |id| DeleteOrganizationPayload {
-                deleted_organization_id: ID(id.encode()),
+            |o| o.held().map(|r| r.workspace_id),
+            |o| match o {
+                Outcome::Done(id) => DeleteOrganizationPayload {
+                    deleted_organization_id: Some(ID(id.encode())),
+                    approval_request: None,
+                },
+                Outcome::Held(r) => DeleteOrganizationPayload {
+                    deleted_organization_id: None,
+                    approval_request: Some(super::approvals::ApprovalRequest(*r)),
+                },
             },
         )
         .await

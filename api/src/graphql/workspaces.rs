@@ -181,6 +181,23 @@ impl Workspace {
         super::billing::summary_of(ctx, self.0.id, period).await
     }
 
+    /// Governance: the policies and security settings enforced on the workspace, its
+    /// quotas, retention and integrations. Owners and admins only (`FORBIDDEN` otherwise).
+    async fn settings(&self, ctx: &Context<'_>) -> Result<super::governance::WorkspaceSettings> {
+        super::governance::settings_of(ctx, self.0.id).await
+    }
+
+    /// Whether the workspace's policy accepts an upload of this name and MIME type (each at
+    /// most 255 characters), for frontends to ask before uploading. Any member.
+    async fn validate_upload(
+        &self,
+        ctx: &Context<'_>,
+        file_name: String,
+        mime_type: String,
+    ) -> Result<super::governance::UploadValidation> {
+        super::governance::validate_upload(ctx, self.0.id, &file_name, &mime_type).await
+    }
+
     /// How long the workspace keeps each kind of its data. Owners and admins only.
     async fn retention_settings(
         &self,
@@ -259,6 +276,39 @@ impl Workspace {
         format: super::analytics::AnalyticsExportFormat,
     ) -> Result<Option<super::analytics::AnalyticsExport>> {
         super::analytics::export_of(ctx, self.0.id, period, format).await
+    }
+
+    /// API keys (service accounts), newest first, revoked and expired ones included; never
+    /// a secret. Owners and admins only (`FORBIDDEN` otherwise). At most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, super::api_keys::ApiKey>> {
+        super::api_keys::api_keys_of(ctx, self.0.id, first, after).await
+    }
+
+    /// Every workspace quota with its usage, limit, percentage and status (`OK`, `WARNING`
+    /// at ≥ 80 %, `EXCEEDED` at ≥ 100 %), sorted by key. Owners and admins only (`FORBIDDEN`
+    /// otherwise).
+    async fn quota_status(&self, ctx: &Context<'_>) -> Result<Vec<super::quotas::QuotaStatus>> {
+        super::quotas::status_of(ctx, self.0.id).await
+    }
+
+    /// Approval requests (sensitive mutations held for a second person's approval), newest
+    /// first, of one status or all. Owners and admins only (`FORBIDDEN` otherwise). At most
+    /// 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn approval_requests(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<super::approvals::ApprovalStatus>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, super::approvals::ApprovalRequest>> {
+        super::approvals::requests_of(ctx, self.0.id, first, after, status).await
     }
 
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).

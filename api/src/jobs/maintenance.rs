@@ -62,6 +62,12 @@ pub const PERIODIC: &[Periodic] = &[
         "30 * * * * *",
         |pool, _| crate::domain::notifications::delivery::retry_periodic(pool).boxed(),
     ),
+    Periodic::new(
+        "approval-expiry",
+        "SCHEDULE_APPROVAL_EXPIRY",
+        "20 */5 * * * *",
+        |pool, _| approval_expiry(pool).boxed(),
+    ),
 ];
 
 /// The periodic job named `name`.
@@ -92,6 +98,16 @@ pub async fn run(
         ms = started.elapsed().as_millis() as u64,
         "periodic job done"
     );
+    Ok(())
+}
+
+/// `approval-expiry`: marks pending approval requests past their expiry `EXPIRED` and
+/// abandons what they left waiting (see `domain::governance::approvals::expire_due`).
+async fn approval_expiry(pool: &DbPool) -> anyhow::Result<()> {
+    let n = crate::domain::governance::approvals::expire_due(pool).await?;
+    if n > 0 {
+        tracing::info!(expired = n, "expired approval requests");
+    }
     Ok(())
 }
 

@@ -2617,3 +2617,142 @@ async fn archive_ids_and_restores_of_every_shape_read_as_missing_and_enqueue_not
         0
     );
 }
+
+/// Sets workspace settings with SQL (`columns` and their `values`) for the gate's cases.
+async fn governed(app: &TestApp, ws: &str, columns: &str, values: &str) {
+    let id = api::ids::WorkspaceId::decode(ws).expect("workspace id").0;
+    app.sql_exec(&format!(
+        "INSERT INTO workspace_settings (workspace_id, {columns}) VALUES ('{id}', {values})
+         ON CONFLICT (workspace_id) DO UPDATE SET ({columns}) = ROW({values})"
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn forwarded_chains_and_claims_of_any_shape_cannot_break_the_gate() {
+    let app = TestApp::with(Options {
+        env: [
+            ("GOVERNANCE_CACHE_MS".to_string(), "0".to_string()),
+            ("TRUSTED_PROXIES".to_string(), "127.0.0.1".to_string()),
+        ]
+        .into(),
+    })
+    .await;
+    let email = "gate-hostile@example.com";
+    let owner = app.user(email);
+    let ws = app.create_workspace(&owner, "Hostile").await;
+    governed(
+        &app,
+        &ws,
+        "ip_allow_list, mfa_required, session_timeout_minutes",
+        "ARRAY['10.0.0.0/8'], true, 30",
+    )
+    .await;
+    let q = "query($w: ID!) { workspace(id: $w) { name } }";
+    let claims = |extra: Value| {
+        let mut c = Tokens::claims(&format!("auth0|{email}"), email, true);
+        for (k, v) in extra.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        app.tokens.hs256_claims(&c)
+    };
+    let send = |token: String, xff: String| {
+        let app = &app;
+        let ws = ws.clone();
+        async move {
+            let r = app
+                .http
+                .post(format!("{}/graphql", app.base))
+                .bearer_auth(token)
+                .header("x-forwarded-for", xff)
+                .json(&json!({"query": q, "variables": {"w": ws}}))
+                .send()
+                .await
+                .expect("request");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let good = claims(json!({"amr": ["mfa"], "auth_time": tests::tokens::now()}));
+    // A chain of 2,000 hops (about 24 KB) is read in one bounded pass; the right-most one is
+    // the client.
+    let long = format!("{}10.9.9.9", "192.0.2.1, ".repeat(2_000));
+    let (status, b) = send(good.clone(), long).await;
+    assert_eq!(status, 200, "{b}");
+    assert_ok(&b);
+    // Garbage at the right end: the proxy itself is the client, and it is not allowed.
+    let (_, b) = send(good.clone(), "10.9.9.9, nonsense".into()).await;
+    assert_code(&b, "FORBIDDEN");
+    assert_eq!(b["errors"][0]["extensions"]["reason"], "IP_NOT_ALLOWED");
+    // Claims of the wrong type prove nothing, and break nothing.
+    for (extra, reason) in [
+        (
+            json!({"amr": "mfa ", "auth_time": tests::tokens::now()}),
+            "MFA_REQUIRED",
+        ),
+        (json!({"amr": {"mfa": true}}), "MFA_REQUIRED"),
+        (json!({"amr": [1, null, ["mfa"]]}), "MFA_REQUIRED"),
+        (json!({"amr": ["mfa"], "auth_time": "now"}), "OK"),
+        (
+            json!({"amr": ["mfa"], "auth_time": 1e300, "iat": tests::tokens::now() - 3600}),
+            "SESSION_EXPIRED",
+        ),
+        // A sign-in in the future proves nothing either.
+        (
+            json!({"amr": ["mfa"], "auth_time": tests::tokens::now() + 86_400}),
+            "SESSION_EXPIRED",
+        ),
+        // Out of range: ignored like an unreadable one, so `iat` (now) decides.
+        (json!({"amr": ["mfa"], "auth_time": -5}), "OK"),
+    ] {
+        let (status, b) = send(claims(extra.clone()), "10.1.1.1".into()).await;
+        if reason == "OK" {
+            // `auth_time` unreadable: `iat` (now) decides.
+            assert_ok(&b);
+        } else {
+            assert_eq!(status, 200, "{extra}: {b}");
+            assert_eq!(
+                b["errors"][0]["extensions"]["reason"], reason,
+                "{extra}: {b}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_key_shaped_tokens_are_refused_without_a_lookup_when_malformed() {
+    let app = TestApp::spawn().await;
+    let before = app.statements().await;
+    for token in [
+        "wsk_".to_string(),
+        format!("wsk_{}", "a".repeat(5_000)),
+        "wsk_0123456789ab_".to_string(),
+        "wsk_ZZZZZZZZZZZZ_secret".to_string(),
+    ] {
+        let (status, b) = app
+            .gql_raw(Some(&token), json!({"query": "{ viewer { id } }"}))
+            .await;
+        assert_eq!(status, 401, "{b}");
+        assert_code(&b, "UNAUTHENTICATED");
+        assert_eq!(b["errors"][0]["message"], "invalid API key");
+    }
+    // Bytes that are not visible ASCII do not make a bearer token at all.
+    let (status, b) = app
+        .gql_raw(
+            Some(&format!("wsk_0123456789ab_{}", "é".repeat(10))),
+            json!({"query": "{ viewer { id } }"}),
+        )
+        .await;
+    assert_eq!(status, 401, "{b}");
+    assert_code(&b, "UNAUTHENTICATED");
+    // Malformed keys never reach the database.
+    assert_eq!(app.statements().await, before);
+    // A well-formed key that does not exist costs one lookup and gets the same answer.
+    let (status, b) = app
+        .gql_raw(
+            Some("wsk_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            json!({"query": "{ viewer { id } }"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(b["errors"][0]["message"], "invalid API key");
+}

@@ -92,9 +92,10 @@ pub async fn members_by_role(
     end: DateTime<Utc>,
 ) -> QueryResult<Vec<RoleCount>> {
     diesel::sql_query(
-        "SELECT role, count(*) AS members, count(*) FILTER (WHERE created_at >= $2) AS new_members
-           FROM members WHERE workspace_id = $1 AND created_at < $3
-          GROUP BY role ORDER BY role",
+        "SELECT m.role, count(*) AS members, count(*) FILTER (WHERE m.created_at >= $2) AS new_members
+           FROM members m JOIN users u ON u.id = m.user_id AND NOT u.service_account
+          WHERE m.workspace_id = $1 AND m.created_at < $3
+          GROUP BY m.role ORDER BY m.role",
     )
     .bind::<SqlUuid, _>(ws)
     .bind::<Timestamptz, _>(start)

@@ -1300,6 +1300,19 @@ pub async fn insert_intent(conn: &mut AsyncPgConnection, row: &IntentRow) -> Que
     .map(|n| n == 1)
 }
 
+/// The intent with Stripe idempotency key `key`.
+pub async fn intent_by_stripe_key(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> QueryResult<Option<IntentRow>> {
+    stripe_intents::table
+        .filter(stripe_intents::stripe_key.eq(key))
+        .select(IntentRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// The intent of a caller's key.
 pub async fn intent_for_key(
     conn: &mut AsyncPgConnection,

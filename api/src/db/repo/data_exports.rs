@@ -436,70 +436,34 @@ pub async fn recipients_doc(
     Ok(Some(d.doc))
 }
 
-/// API keys' metadata: the place where the keys of issue 13 join the export. Until an
-/// `api_keys` table exists this is `None`. Once it does, its rows that name `user` (in a
-/// `user_id`, `created_by` or `owner_id` column; of workspace `ws` when the table has
-/// `workspace_id`) are exported without their secrets (bytea columns and columns named like
-/// hash, secret, token, sealed or digest), at most 1,000, as a JSON array (text). A dedicated
-/// query should replace this once the table's shape is settled.
+/// The API keys `user` created or revoked (of workspace `ws` when given): their metadata,
+/// never the hash, at most 1,000, as a JSON array (text).
 pub async fn api_keys_doc(
     conn: &mut AsyncPgConnection,
     user: Uuid,
     ws: Option<Uuid>,
 ) -> QueryResult<Option<String>> {
-    if !super::erasure::table_exists(conn, "public.api_keys").await? {
-        return Ok(None);
-    }
-    #[derive(QueryableByName)]
-    struct Col {
-        #[diesel(sql_type = Text)]
-        name: String,
-        #[diesel(sql_type = Text)]
-        data_type: String,
-    }
-    let cols: Vec<Col> = diesel::sql_query(
-        "SELECT column_name::text AS name, data_type::text AS data_type
-           FROM information_schema.columns
-          WHERE table_schema = 'public' AND table_name = 'api_keys'",
-    )
-    .load(conn)
-    .await?;
-    let has = |n: &str| cols.iter().any(|c| c.name == n);
-    let Some(owner) = ["user_id", "created_by", "owner_id"]
-        .into_iter()
-        .find(|n| has(n))
-    else {
-        return Ok(Some("[]".into()));
-    };
-    let hidden: Vec<String> = cols
-        .iter()
-        .filter(|c| {
-            let n = c.name.to_ascii_lowercase();
-            c.data_type == "bytea"
-                || ["hash", "secret", "token", "sealed", "digest"]
-                    .iter()
-                    .any(|s| n.contains(s))
-        })
-        .map(|c| c.name.clone())
-        .collect();
-    let scope = if has("workspace_id") {
-        "AND ($2::uuid IS NULL OR k.workspace_id = $2)"
-    } else {
-        "AND ($2::uuid IS NULL OR true)"
-    };
     #[derive(QueryableByName)]
     struct D {
         #[diesel(sql_type = Text)]
         doc: String,
     }
-    let d: D = diesel::sql_query(format!(
+    let d: D = diesel::sql_query(
         "SELECT coalesce(jsonb_agg(x.doc), '[]')::text AS doc FROM (
-            SELECT to_jsonb(k) - $3::text[] AS doc FROM public.api_keys k
-             WHERE k.\"{owner}\" = $1 {scope} LIMIT 1000) x"
-    ))
+            SELECT jsonb_build_object(
+                     'id', 'key_' || replace(k.id::text, '-', ''),
+                     'workspaceId', 'ws_' || replace(k.workspace_id::text, '-', ''),
+                     'name', k.name, 'role', k.role, 'prefix', k.prefix,
+                     'createdByYou', k.created_by = $1, 'revokedByYou', k.revoked_by = $1,
+                     'createdAt', k.created_at, 'expiresAt', k.expires_at,
+                     'revokedAt', k.revoked_at, 'lastUsedAt', k.last_used_at) AS doc
+              FROM api_keys k
+             WHERE (k.created_by = $1 OR k.revoked_by = $1)
+               AND ($2::uuid IS NULL OR k.workspace_id = $2)
+             ORDER BY k.created_at LIMIT 1000) x",
+    )
     .bind::<SqlUuid, _>(user)
     .bind::<Nullable<SqlUuid>, _>(ws)
-    .bind::<diesel::sql_types::Array<Text>, _>(&hidden)
     .get_result(conn)
     .await?;
     Ok(Some(d.doc))

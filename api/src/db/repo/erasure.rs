@@ -155,7 +155,8 @@ pub async fn live_memberships(
     diesel::sql_query(
         "SELECT m.workspace_id, m.role,
                 (m.role = 'OWNER' AND NOT EXISTS (
-                    SELECT 1 FROM members o WHERE o.workspace_id = m.workspace_id
+                    SELECT 1 FROM members o JOIN users ou ON ou.id = o.user_id AND NOT ou.service_account
+                     WHERE o.workspace_id = m.workspace_id
                        AND o.role = 'OWNER' AND o.user_id <> m.user_id)) AS last_owner
            FROM members m JOIN workspaces w ON w.id = m.workspace_id AND w.deleted_at IS NULL
           WHERE m.user_id = $1 ORDER BY m.workspace_id",

@@ -225,17 +225,6 @@ pub async fn lease(
     Ok(lease.map_or(0, |l| l.granted))
 }
 
-/// Deletes rate limit windows that ended before `before`; the rows deleted.
-pub async fn delete_windows_before(
-    conn: &mut AsyncPgConnection,
-    before: DateTime<Utc>,
-) -> QueryResult<usize> {
-    diesel::sql_query("DELETE FROM rate_limit_windows WHERE window_start < $1")
-        .bind::<Timestamptz, _>(before)
-        .execute(conn)
-        .await
-}
-
 /// An API key as authentication reads it.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct KeyAuth {

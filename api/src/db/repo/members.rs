@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::Page;
 use crate::db::models::MemberRow;
-use crate::db::schema::{members, workspaces};
+use crate::db::schema::{members, users, workspaces};
 
 /// The role of `user` in the live workspace `ws`.
 pub async fn role_of(
@@ -27,20 +27,23 @@ pub async fn role_of(
         .optional()
 }
 
-/// A membership of a live workspace, by id.
+/// A person's membership of a live workspace, by id (an API key's is managed through the
+/// key: `None`).
 pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<MemberRow>> {
     members::table
         .inner_join(workspaces::table)
+        .inner_join(users::table.on(users::id.eq(members::user_id)))
         .filter(members::id.eq(id))
         .filter(workspaces::deleted_at.is_null())
+        .filter(users::service_account.eq(false))
         .select(MemberRow::as_select())
         .first(conn)
         .await
         .optional()
 }
 
-/// A membership of a live workspace that `user` belongs to: one statement, so that a
-/// membership of another workspace costs exactly what a missing one costs.
+/// A person's membership of a live workspace that `user` belongs to: one statement, so that
+/// a membership of another workspace costs exactly what a missing one costs.
 pub async fn find_visible(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -49,6 +52,7 @@ pub async fn find_visible(
     diesel::sql_query(
         "SELECT m.* FROM members m
            JOIN workspaces w ON w.id = m.workspace_id AND w.deleted_at IS NULL
+           JOIN users u ON u.id = m.user_id AND NOT u.service_account
            JOIN members me ON me.workspace_id = m.workspace_id AND me.user_id = $2
           WHERE m.id = $1",
     )
@@ -75,19 +79,24 @@ pub async fn find_by_user(
         .optional()
 }
 
-/// Members of `ws`, all of them.
+/// Members of `ws`: people, pending invitations included (API keys' service accounts are
+/// not members in this sense).
 pub async fn count(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryResult<i64> {
     members::table
+        .inner_join(users::table.on(users::id.eq(members::user_id)))
         .filter(members::workspace_id.eq(ws))
+        .filter(users::service_account.eq(false))
         .count()
         .get_result(conn)
         .await
 }
 
-/// Owners of `ws`.
+/// Owners of `ws` who are people (an OWNER API key never counts as an owner).
 pub async fn count_owners(conn: &mut AsyncPgConnection, ws: Uuid) -> QueryResult<i64> {
     members::table
+        .inner_join(users::table.on(users::id.eq(members::user_id)))
         .filter(members::workspace_id.eq(ws))
+        .filter(users::service_account.eq(false))
         .filter(members::role.eq("OWNER"))
         .count()
         .get_result(conn)
@@ -140,7 +149,8 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
 }
 
 /// Pages of several workspaces' members in one statement (for the DataLoader): up to
-/// `page.limit` members per workspace, oldest first, after `page.after`.
+/// `page.limit` members per workspace, oldest first, after `page.after`. People only: API
+/// keys' service accounts are listed as keys.
 pub async fn pages_for_workspaces(
     conn: &mut AsyncPgConnection,
     ws_ids: &[Uuid],
@@ -149,7 +159,8 @@ pub async fn pages_for_workspaces(
     diesel::sql_query(
         "SELECT m.* FROM unnest($1::uuid[]) AS w(id)
          CROSS JOIN LATERAL (
-            SELECT * FROM members x
+            SELECT x.* FROM members x
+              JOIN users u ON u.id = x.user_id AND NOT u.service_account
              WHERE x.workspace_id = w.id AND ($2::uuid IS NULL OR x.id > $2)
              ORDER BY x.id LIMIT $3
          ) m",

@@ -2,7 +2,9 @@
 //! connection (not the pool) so that they compose inside one transaction.
 
 pub mod analytics;
+pub mod api_keys;
 pub mod api_usage;
+pub mod approvals;
 pub mod archives;
 pub mod audit;
 pub mod billing;
@@ -17,8 +19,10 @@ pub mod jobs;
 pub mod members;
 pub mod notifications;
 pub mod organizations;
+pub mod quotas;
 pub mod resources;
 pub mod stripe_events;
+pub mod templates;
 pub mod usage;
 pub mod users;
 pub mod workspace_jobs;

@@ -230,6 +230,31 @@ pub async fn claim(
     .optional()
 }
 
+/// Ends delivery `id` as `SKIPPED` with `reason` (no attempt is made) when its attempt due at
+/// `due` is still due and its workspace's policy turns external integrations off; whether it
+/// did. One statement, which the attempt's job runs before it claims the attempt.
+pub async fn skip_if_integrations_off(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    due: &str,
+    reason: &str,
+) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE notification_deliveries d
+            SET status = 'SKIPPED', next_attempt_at = NULL, last_error = $3
+           FROM workspace_settings s
+          WHERE d.id = $1 AND d.status = 'PENDING' AND d.next_attempt_at = $2::timestamptz
+            AND s.workspace_id = d.workspace_id AND NOT s.external_integrations_allowed",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>(due)
+    .bind::<Text, _>(reason)
+    .cached()
+    .execute(conn)
+    .await?;
+    Ok(n > 0)
+}
+
 /// The result of an attempt, for [`finish`].
 #[derive(Debug, Clone)]
 pub struct Finished<'a> {

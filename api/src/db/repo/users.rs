@@ -8,13 +8,14 @@ use uuid::Uuid;
 use crate::db::models::UserRow;
 use crate::db::schema::users;
 
-/// The user signed in with `subject`.
+/// The user signed in with `subject` (never an API key's service account).
 pub async fn find_by_subject(
     conn: &mut AsyncPgConnection,
     subject: &str,
 ) -> QueryResult<Option<UserRow>> {
     users::table
         .filter(users::subject.eq(subject))
+        .filter(users::service_account.eq(false))
         .select(UserRow::as_select())
         .first(conn)
         .await
@@ -59,7 +60,7 @@ pub async fn claim_pending(
 ) -> QueryResult<Option<UserRow>> {
     diesel::sql_query(
         "UPDATE users SET subject = $1, name = COALESCE($3, name), email_verified = true, updated_at = now()
-          WHERE lower(email) = lower($2) AND subject IS NULL
+          WHERE lower(email) = lower($2) AND subject IS NULL AND NOT service_account
          RETURNING *",
     )
     .bind::<diesel::sql_types::Text, _>(subject)
@@ -104,6 +105,7 @@ pub async fn merge_pending_into(
 ) -> QueryResult<()> {
     let pending: Option<Uuid> = users::table
         .filter(users::subject.is_null())
+        .filter(users::service_account.eq(false))
         .filter(
             diesel::dsl::sql::<diesel::sql_types::Bool>("lower(email) = lower(")
                 .bind::<diesel::sql_types::Text, _>(email)
@@ -145,6 +147,7 @@ pub async fn find_or_create_invitee(
                 .sql(")"),
         )
         .filter(users::subject.is_null().or(users::email_verified.eq(true)))
+        .filter(users::service_account.eq(false))
         .order((users::subject.is_null().asc(), users::updated_at.desc()))
         .select(UserRow::as_select())
         .first(conn)

@@ -25,12 +25,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::super::mutation::{self, Done};
+use super::super::governance::approvals::ApprovalRow;
+use super::super::mutation::{self, Done, Keyed};
 use super::super::{Actor, DomainError, DomainResult, Services};
 use super::{Billing, stripe_error};
 use crate::db::DbPool;
 use crate::db::repo::billing::{self as repo, IntentRow};
-use crate::db::repo::{idempotency, workspace_jobs};
+use crate::db::repo::{approvals as approvals_repo, idempotency, workspace_jobs};
 use crate::ids::{UserId, WorkspaceId};
 use crate::stripe::{self, StripeApi, StripeError};
 
@@ -222,6 +223,32 @@ pub struct Intent {
 /// The first step of a mutation (checks and the local side), in its transaction.
 pub type Prepare<'c> = BoxFuture<'c, DomainResult<Intent>>;
 
+/// What the first step of a mutation that may be held for approval decided.
+pub enum Prepared {
+    /// Call Stripe.
+    Call(Intent),
+    /// Held for a second person's approval (`governance::approvals`): nothing is called now.
+    Held {
+        /// The row the call would be for.
+        target: Uuid,
+        /// The pending request.
+        request: ApprovalRow,
+    },
+}
+
+/// The first step of a mutation that may be held, in its transaction.
+pub type PrepareOrHold<'c> = BoxFuture<'c, DomainResult<Prepared>>;
+
+/// What a mutation that may be held returns: the row it is about (unchanged when held) and
+/// the approval request that holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaybeHeld<T> {
+    /// The row.
+    pub row: T,
+    /// The pending request, when held.
+    pub held: Option<ApprovalRow>,
+}
+
 /// The Stripe key of a caller's key and request.
 fn derived_key(caller: Uuid, key: &str, operation: &str, fingerprint: &str) -> String {
     let mut h = Sha256::new();
@@ -272,11 +299,109 @@ where
         + Copy
         + 'static,
 {
+    run_inner(
+        services,
+        actor,
+        operation,
+        key,
+        input,
+        |c| {
+            let prepared = prepare(c);
+            Box::pin(async move { prepared.await.map(Prepared::Call) })
+        },
+        load,
+        |_, _, _| {
+            Box::pin(async {
+                Err(DomainError::internal(anyhow::anyhow!(
+                    "a billing mutation that is never held was held"
+                )))
+            })
+        },
+    )
+    .await
+}
+
+/// [`run`] for a mutation that may be held for approval: `prepare` holds it (returns
+/// [`Prepared::Held`]) instead of recording an intent; the request is then stored under the
+/// caller's idempotency key in the same transaction, and Stripe is not called.
+pub async fn run_holdable<T, I, P, L>(
+    services: &Services,
+    actor: &Actor,
+    operation: &'static str,
+    key: Option<&mutation::Key>,
+    input: &I,
+    prepare: P,
+    load: L,
+) -> DomainResult<Done<MaybeHeld<T>>>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    I: Serialize + Sync,
+    P: for<'c> Fn(&'c mut AsyncPgConnection) -> PrepareOrHold<'c> + Send + Sync,
+    L: for<'c> Fn(&'c mut AsyncPgConnection, Uuid) -> BoxFuture<'c, DomainResult<T>>
+        + Send
+        + Sync
+        + Copy
+        + 'static,
+{
+    run_inner(
+        services,
+        actor,
+        operation,
+        key,
+        input,
+        prepare,
+        move |c, target| {
+            let row = load(c, target);
+            Box::pin(async move {
+                Ok(MaybeHeld {
+                    row: row.await?,
+                    held: None,
+                })
+            })
+        },
+        move |c, target, request| {
+            let row = load(c, target);
+            Box::pin(async move {
+                Ok(MaybeHeld {
+                    row: row.await?,
+                    held: Some(request),
+                })
+            })
+        },
+    )
+    .await
+}
+
+/// [`run`] and [`run_holdable`]: `load` reads the result after Stripe's answer, `held` the
+/// result of a held request (in the transaction that held it).
+#[allow(clippy::too_many_arguments)]
+async fn run_inner<T, I, P, L, H>(
+    services: &Services,
+    actor: &Actor,
+    operation: &'static str,
+    key: Option<&mutation::Key>,
+    input: &I,
+    prepare: P,
+    load: L,
+    held: H,
+) -> DomainResult<Done<T>>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    I: Serialize + Sync,
+    P: for<'c> Fn(&'c mut AsyncPgConnection) -> PrepareOrHold<'c> + Send + Sync,
+    L: for<'c> Fn(&'c mut AsyncPgConnection, Uuid) -> BoxFuture<'c, DomainResult<T>>
+        + Send
+        + Sync
+        + Copy
+        + 'static,
+    H: for<'c> Fn(&'c mut AsyncPgConnection, Uuid, ApprovalRow) -> BoxFuture<'c, DomainResult<T>>
+        + Send
+        + Sync,
+{
     let api = services.billing.stripe()?.clone();
     let selection = key.map_or("", |k| k.selection.as_str());
     let client_key = mutation::check_key(key.map(|k| k.key.as_str()))?.map(str::to_string);
     let fingerprint = mutation::fingerprint(operation, input, selection)?;
-    let delay = recovery_delay_secs(&services.billing);
     let mut conn = services.conn().await?;
     // A key already used: by another request, refused; by this one and completed, replayed
     // (its intent may be gone by now) without a second call.
@@ -308,52 +433,74 @@ where
             break found;
         }
         let recorded = conn
-            .transaction(async |c| {
-                let Intent {
-                    workspace,
-                    target,
-                    call,
-                } = prepare(c).await?;
-                let row = IntentRow {
-                    id: Uuid::now_v7(),
-                    workspace_id: workspace.0,
-                    caller_id: Some(actor.user_id.0),
-                    client_key: client_key.clone(),
-                    operation: operation.to_string(),
-                    fingerprint: fingerprint.clone(),
-                    stripe_key: match &client_key {
+            .transaction(async |c| match prepare(c).await? {
+                Prepared::Call(intent) => {
+                    let stripe_key = match &client_key {
                         Some(k) => derived_key(actor.user_id.0, k, operation, &fingerprint),
                         None => format!("ws-{}", Uuid::new_v4().simple()),
-                    },
-                    target_id: target,
-                    request: serde_json::to_value(&call).map_err(DomainError::internal)?,
-                    state: "PENDING".into(),
-                    result: None,
-                    error: None,
-                    created_at: chrono::Utc::now(),
-                    updated_at: chrono::Utc::now(),
-                };
-                if !repo::insert_intent(c, &row).await? {
-                    // A concurrent request with the same key recorded its intent first.
-                    return Ok(None);
+                    };
+                    let row = record(
+                        c,
+                        &services.billing,
+                        Some(actor.user_id.0),
+                        client_key.clone(),
+                        operation,
+                        fingerprint.clone(),
+                        stripe_key,
+                        intent,
+                    )
+                    .await?;
+                    Ok::<_, DomainError>(row.map(|r| Step::Recorded(Box::new(r))))
                 }
-                workspace_jobs::enqueue(
-                    c,
-                    workspace.0,
-                    JOB_KIND,
-                    Some(actor.user_id.0),
-                    QUEUE,
-                    &serde_json::json!({"v": 1, "intent": row.id}),
-                    &row.id.to_string(),
-                    RECOVERY_ATTEMPTS,
-                    delay,
-                )
-                .await?;
-                Ok::<_, DomainError>(Some(row))
+                Prepared::Held { target, request } => {
+                    let value = held(c, target, request).await?;
+                    if let Some(k) = &client_key {
+                        let claim = idempotency::KeyClaim {
+                            caller: actor.user_id.0,
+                            key: k.clone(),
+                            operation,
+                            fingerprint: fingerprint.clone(),
+                            ttl_secs: services.idempotency_ttl.as_secs().max(1) as i64,
+                        };
+                        if !idempotency::claim(c, &claim)
+                            .await
+                            .map_err(mutation::map_lock_timeout)?
+                        {
+                            // A concurrent request with the same key came first: roll this
+                            // one back and replay it.
+                            return Err(DomainError::IdempotencyKeyInUse);
+                        }
+                        let stored = serde_json::to_value(&value).map_err(DomainError::internal)?;
+                        idempotency::complete(c, actor.user_id.0, k, &stored).await?;
+                    }
+                    Ok(Some(Step::Held(value)))
+                }
             })
-            .await?;
-        if let Some(row) = recorded {
-            break row;
+            .await;
+        match recorded {
+            Ok(Some(Step::Recorded(row))) => break *row,
+            // A concurrent request with the same key recorded its intent first.
+            Ok(None) => {}
+            Ok(Some(Step::Held(value))) => {
+                return Ok(Done {
+                    value,
+                    keyed: match client_key {
+                        Some(key) => Keyed::First {
+                            caller: actor.user_id.0,
+                            key,
+                        },
+                        None => Keyed::None,
+                    },
+                });
+            }
+            Err(DomainError::IdempotencyKeyInUse) if client_key.is_some() => {
+                drop(conn);
+                return mutation::run(services, actor, operation, key, input, |_, _| {
+                    Box::pin(async { Err(DomainError::IdempotencyKeyInUse) })
+                })
+                .await;
+            }
+            Err(e) => return Err(e),
         }
     };
     // 2. The call, unless an earlier attempt or the recovery job already made it.
@@ -392,6 +539,176 @@ where
         })
     })
     .await
+}
+
+/// What the first step's transaction did.
+enum Step<T> {
+    /// Recorded the intent.
+    Recorded(Box<IntentRow>),
+    /// Held the request for approval; the mutation's result.
+    Held(T),
+}
+
+/// Records `intent` (with the Stripe key it will be called with) and its recovery job in
+/// the caller's transaction; `None` when a concurrent request with the same client key
+/// recorded its own first.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    c: &mut AsyncPgConnection,
+    billing: &Billing,
+    caller: Option<Uuid>,
+    client_key: Option<String>,
+    operation: &str,
+    fingerprint: String,
+    stripe_key: String,
+    intent: Intent,
+) -> DomainResult<Option<IntentRow>> {
+    let Intent {
+        workspace,
+        target,
+        call,
+    } = intent;
+    let row = IntentRow {
+        id: Uuid::now_v7(),
+        workspace_id: workspace.0,
+        caller_id: caller,
+        client_key,
+        operation: operation.to_string(),
+        fingerprint,
+        stripe_key,
+        target_id: target,
+        request: serde_json::to_value(&call).map_err(DomainError::internal)?,
+        state: "PENDING".into(),
+        result: None,
+        error: None,
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    };
+    if !repo::insert_intent(c, &row).await? {
+        return Ok(None);
+    }
+    workspace_jobs::enqueue(
+        c,
+        workspace.0,
+        JOB_KIND,
+        caller,
+        QUEUE,
+        &serde_json::json!({"v": 1, "intent": row.id}),
+        &row.id.to_string(),
+        RECOVERY_ATTEMPTS,
+        recovery_delay_secs(billing),
+    )
+    .await?;
+    Ok(Some(row))
+}
+
+/// The Stripe idempotency key of the call an approved request makes: derived from the
+/// request alone, so that it is made once whoever approves, retries or recovers it.
+pub fn approval_key(approval: Uuid) -> String {
+    format!("ws-apr-{}", approval.simple())
+}
+
+/// The approval request whose call has Stripe key `key`, if it is one.
+fn approval_of_key(key: &str) -> Option<Uuid> {
+    key.strip_prefix("ws-apr-")
+        .and_then(|id| Uuid::try_parse(id).ok())
+}
+
+/// Records the intent of an approved request (`governance::approvals`), in the approval's
+/// transaction, as `actor` (the requester): Stripe is called after the commit
+/// ([`finish_key`]), or by the recovery job.
+pub async fn record_approved(
+    conn: &mut AsyncPgConnection,
+    billing: &Billing,
+    actor: &Actor,
+    operation: &str,
+    approval: Uuid,
+    intent: Intent,
+) -> DomainResult<IntentRow> {
+    billing.stripe()?;
+    record(
+        conn,
+        billing,
+        Some(actor.user_id.0),
+        None,
+        operation,
+        format!("approval:{approval}"),
+        approval_key(approval),
+        intent,
+    )
+    .await?
+    .ok_or_else(|| {
+        DomainError::internal(anyhow::anyhow!(
+            "an approved intent without a client key conflicted"
+        ))
+    })
+}
+
+/// What finishing an intent came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Stripe answered and the answer was applied.
+    Completed,
+    /// Stripe refused: the intent and its local side were removed (and an approved request
+    /// that made it marked `FAILED`).
+    Refused(String),
+    /// Nothing to do: the intent is gone or no longer pending.
+    NotPending,
+}
+
+/// Calls Stripe for a pending intent with its key and applies the answer (what the
+/// recovery job does, and what follows an approval). `Err` while Stripe or the database
+/// cannot be reached: the intent stays pending.
+pub async fn finish(pool: &DbPool, billing: &Billing, id: Uuid) -> anyhow::Result<Finished> {
+    let mut conn = pool.get().await?;
+    let Some(intent) = repo::intent(&mut conn, id).await? else {
+        return Ok(Finished::NotPending);
+    };
+    if intent.state != "PENDING" {
+        return Ok(Finished::NotPending);
+    }
+    let Some(api) = billing.stripe.as_ref() else {
+        anyhow::bail!("Stripe is not configured; intent {id} stays pending");
+    };
+    let call: StripeCall = serde_json::from_value(intent.request.clone())?;
+    match execute(api, &call, &intent.stripe_key).await {
+        Ok(answer) => {
+            let answered = chrono::Utc::now();
+            let catalog = billing.catalog.clone();
+            conn.transaction(async |c| complete(c, &catalog, id, &answer, answered, None).await)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Finished::Completed)
+        }
+        Err(StripeError::Refused { message, .. }) => {
+            let reason = format!("Stripe refused the request: {message}");
+            conn.transaction(async |c| {
+                discard(c, id).await?;
+                if let Some(approval) = approval_of_key(&intent.stripe_key) {
+                    approvals_repo::fail(c, approval, &reason).await?;
+                }
+                Ok::<_, DomainError>(())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Finished::Refused(message))
+        }
+        Err(StripeError::Unavailable(e)) => anyhow::bail!("Stripe unavailable: {e}"),
+    }
+}
+
+/// [`finish`] for the intent with Stripe key `key` (an approved request's,
+/// [`approval_key`]).
+pub async fn finish_key(services: &Services, key: &str) -> DomainResult<Finished> {
+    let mut conn = services.conn().await?;
+    let found = repo::intent_by_stripe_key(&mut conn, key).await?;
+    drop(conn);
+    match found {
+        None => Ok(Finished::NotPending),
+        Some(i) => finish(&services.pool, &services.billing, i.id)
+            .await
+            .map_err(DomainError::internal),
+    }
 }
 
 /// What a caller who may no longer see an intent's target is told: exactly what a missing
@@ -487,36 +804,16 @@ pub async fn recover(
         tracing::warn!(%payload, "billing-intents job without an intent id; dropped");
         return Ok(());
     };
-    let mut conn = pool.get().await?;
-    let Some(intent) = repo::intent(&mut conn, id).await? else {
-        return Ok(());
-    };
-    if intent.state != "PENDING" {
-        return Ok(());
-    }
-    let Some(api) = billing.stripe.as_ref() else {
-        anyhow::bail!("Stripe is not configured; intent {id} stays pending");
-    };
-    let call: StripeCall = serde_json::from_value(intent.request.clone())?;
-    match execute(api, &call, &intent.stripe_key).await {
-        Ok(answer) => {
-            let answered = chrono::Utc::now();
-            let catalog = billing.catalog.clone();
-            conn.transaction(async |c| complete(c, &catalog, id, &answer, answered, None).await)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tracing::info!(intent = %id, operation = intent.operation, "recovered a billing request");
-            Ok(())
+    match finish(pool, billing, id).await? {
+        Finished::Completed => {
+            tracing::info!(intent = %id, "recovered a billing request");
         }
-        Err(StripeError::Refused { message, .. }) => {
-            conn.transaction(async |c| discard(c, id).await)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tracing::warn!(intent = %id, operation = intent.operation, %message, "Stripe refused a recovered billing request; discarded");
-            Ok(())
+        Finished::Refused(message) => {
+            tracing::warn!(intent = %id, %message, "Stripe refused a recovered billing request; discarded");
         }
-        Err(StripeError::Unavailable(e)) => anyhow::bail!("Stripe unavailable: {e}"),
+        Finished::NotPending => {}
     }
+    Ok(())
 }
 
 /// Enqueues a recovery job again for every request still pending long after its first one
@@ -554,6 +851,16 @@ pub async fn requeue_stale(pool: &DbPool, billing: &Billing) -> anyhow::Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approval_keys_name_their_request_and_nothing_else() {
+        let id = Uuid::now_v7();
+        let key = approval_key(id);
+        assert!(key.starts_with("ws-apr-") && key.len() <= 255);
+        assert_eq!(approval_of_key(&key), Some(id));
+        assert_eq!(approval_of_key(&format!("ws-{}", id.simple())), None);
+        assert_eq!(approval_of_key("ws-apr-nope"), None);
+    }
 
     #[test]
     fn derived_keys_differ_by_caller_key_operation_and_request() {

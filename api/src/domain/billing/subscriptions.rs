@@ -5,10 +5,11 @@ use diesel_async::AsyncPgConnection;
 use uuid::Uuid;
 
 use super::catalog::{self, Plan};
-use super::intents::{self, Intent, ItemChange, StripeCall};
+use super::intents::{self, Intent, ItemChange, MaybeHeld, Prepared, StripeCall};
 use super::{MAX_SUBSCRIPTIONS, TRIAL_DAYS, accounts, pools};
 use crate::db::repo as repos;
 use crate::db::repo::billing::{self as repo, SubscriptionRow};
+use crate::domain::governance::approvals::{self, ApprovalAction, ApprovalRow, Held};
 use crate::domain::mutation::{self, Done};
 use crate::domain::{Actor, BillingMode, DomainError, DomainResult, Services};
 use crate::ids::{BillingAccountId, SubscriptionId, WorkspaceId};
@@ -22,7 +23,7 @@ pub const RESERVED_METADATA: [&str; 3] = ["workspace_id", "subscription_id", "bi
 pub const MAX_QUANTITY: i64 = 100_000;
 
 /// A quantity of an add-on.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Quantity {
     /// `users`, `locations` or `sso_connections`.
     pub resource: String,
@@ -279,7 +280,7 @@ async fn owned(
 }
 
 /// Input of `update`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SubscriptionUpdate {
     /// Subscription.
     pub subscription_id: SubscriptionId,
@@ -289,13 +290,14 @@ pub struct SubscriptionUpdate {
 
 /// Changes add-on quantities (owners). Increases take effect at once and are prorated;
 /// decreases take effect at the next period and may not leave the pool below its usage.
-/// One direction per request.
+/// One direction per request. Held for approval when the workspace requires it for
+/// `CHANGE_SUBSCRIPTION` (the subscription is returned unchanged with the request).
 pub async fn update(
     services: &Services,
     actor: &Actor,
     input: SubscriptionUpdate,
     key: Option<&mutation::Key>,
-) -> DomainResult<Done<SubscriptionRow>> {
+) -> DomainResult<Done<MaybeHeld<SubscriptionRow>>> {
     check_quantities(&input.quantities, 0)?;
     if input.quantities.is_empty() {
         return Err(DomainError::bad_input(
@@ -303,91 +305,31 @@ pub async fn update(
             "list at least one quantity to change",
         ));
     }
-    let id = input.subscription_id;
-    intents::run(
+    intents::run_holdable(
         services,
         actor,
         "updateSubscription",
         key,
         &input,
         |c| {
-            let (catalog, input, actor) =
-                (services.billing.catalog.clone(), input.clone(), actor.clone());
+            let (catalog, input, actor) = (
+                services.billing.catalog.clone(),
+                input.clone(),
+                actor.clone(),
+            );
             Box::pin(async move {
-                let (catalog, input_ref) = (&catalog, &input);
-                let (s, a) = owned(c, &actor, id).await?;
-                let current = repo::subscription_items(c, &[s.id]).await?;
-                let mut changes = Vec::new();
-                let (mut up, mut down) = (false, false);
-                let mut lost: Vec<(&str, i64)> = Vec::new();
-                for q in &input_ref.quantities {
-                    let price = addon_price(catalog, &q.resource)?;
-                    let existing = current.iter().find(|(_, p, _, _)| p == price);
-                    let old = existing.map_or(0, |e| e.3);
-                    if q.quantity > old {
-                        up = true;
-                    } else if q.quantity < old {
-                        down = true;
-                        let resource = catalog::POOLED_RESOURCES
-                            .iter()
-                            .copied()
-                            .find(|r| *r == q.resource)
-                            .ok_or_else(|| DomainError::bad_input("quantities", "unknown resource"))?;
-                        lost.push((resource, old - q.quantity));
-                    } else {
-                        continue;
-                    }
-                    changes.push(match existing {
-                        Some((_, _, item, _)) if q.quantity == 0 => ItemChange {
-                            id: item.clone(),
-                            price: None,
-                            quantity: None,
-                            deleted: true,
-                        },
-                        Some((_, _, item, _)) => ItemChange {
-                            id: item.clone(),
-                            price: None,
-                            quantity: Some(q.quantity.unsigned_abs()),
-                            deleted: false,
-                        },
-                        None => ItemChange {
-                            id: None,
-                            price: Some(price.to_string()),
-                            quantity: Some(q.quantity.unsigned_abs()),
-                            deleted: false,
-                        },
-                    });
-                }
-                if up && down {
-                    return Err(DomainError::bad_input(
-                        "quantities",
-                        "raise and lower quantities in separate requests (increases apply now, decreases at the next period)",
-                    ));
-                }
-                if changes.is_empty() {
-                    return Err(DomainError::bad_input("quantities", "the quantities are unchanged"));
-                }
-                if current.len() == changes.iter().filter(|c| c.deleted).count() {
-                    return Err(DomainError::bad_input(
-                        "quantities",
-                        "a subscription keeps at least one item: cancel it instead",
-                    ));
-                }
-                if down && matches!(s.status.as_str(), "TRIALING" | "ACTIVE" | "PAST_DUE") {
-                    let m = mode(c, a.workspace_id).await?;
-                    let (pool, _) = pools::pool_of_account(c, a.workspace_id, m, a.id).await?;
-                    pools::check_still_covers(c, a.workspace_id, pool, &lost, "this decrease").await?;
-                }
-                Ok(Intent {
-                    workspace: WorkspaceId(a.workspace_id),
-                    target: s.id,
-                    call: StripeCall::UpdateSubscription {
-                        subscription: s.stripe_subscription_id.clone().unwrap_or_default(),
-                        items: changes,
-                        prorate: up,
-                        cancel_at_period_end: None,
-                    },
-                })
+                let intent = update_intent(c, &catalog, &input, &actor).await?;
+                let target = SubscriptionId(intent.target);
+                hold(
+                    c,
+                    &actor,
+                    ApprovalAction::ChangeSubscription,
+                    "updateSubscription",
+                    &input,
+                    target,
+                    intent,
+                )
+                .await
             })
         },
         load_sub,
@@ -395,15 +337,103 @@ pub async fn update(
     .await
 }
 
+/// The checks of `updateSubscription` and the call it makes, in its transaction.
+async fn update_intent(
+    c: &mut AsyncPgConnection,
+    catalog: &catalog::Catalog,
+    input_ref: &SubscriptionUpdate,
+    actor: &Actor,
+) -> DomainResult<Intent> {
+    let id = input_ref.subscription_id;
+    let (s, a) = owned(c, actor, id).await?;
+    let current = repo::subscription_items(c, &[s.id]).await?;
+    let mut changes = Vec::new();
+    let (mut up, mut down) = (false, false);
+    let mut lost: Vec<(&str, i64)> = Vec::new();
+    for q in &input_ref.quantities {
+        let price = addon_price(catalog, &q.resource)?;
+        let existing = current.iter().find(|(_, p, _, _)| p == price);
+        let old = existing.map_or(0, |e| e.3);
+        if q.quantity > old {
+            up = true;
+        } else if q.quantity < old {
+            down = true;
+            let resource = catalog::POOLED_RESOURCES
+                .iter()
+                .copied()
+                .find(|r| *r == q.resource)
+                .ok_or_else(|| DomainError::bad_input("quantities", "unknown resource"))?;
+            lost.push((resource, old - q.quantity));
+        } else {
+            continue;
+        }
+        changes.push(match existing {
+            Some((_, _, item, _)) if q.quantity == 0 => ItemChange {
+                id: item.clone(),
+                price: None,
+                quantity: None,
+                deleted: true,
+            },
+            Some((_, _, item, _)) => ItemChange {
+                id: item.clone(),
+                price: None,
+                quantity: Some(q.quantity.unsigned_abs()),
+                deleted: false,
+            },
+            None => ItemChange {
+                id: None,
+                price: Some(price.to_string()),
+                quantity: Some(q.quantity.unsigned_abs()),
+                deleted: false,
+            },
+        });
+    }
+    if up && down {
+        return Err(DomainError::bad_input(
+            "quantities",
+            "raise and lower quantities in separate requests (increases apply now, decreases at the next period)",
+        ));
+    }
+    if changes.is_empty() {
+        return Err(DomainError::bad_input(
+            "quantities",
+            "the quantities are unchanged",
+        ));
+    }
+    if current.len() == changes.iter().filter(|c| c.deleted).count() {
+        return Err(DomainError::bad_input(
+            "quantities",
+            "a subscription keeps at least one item: cancel it instead",
+        ));
+    }
+    if down && matches!(s.status.as_str(), "TRIALING" | "ACTIVE" | "PAST_DUE") {
+        let m = mode(c, a.workspace_id).await?;
+        let (pool, _) = pools::pool_of_account(c, a.workspace_id, m, a.id).await?;
+        pools::check_still_covers(c, a.workspace_id, pool, &lost, "this decrease").await?;
+    }
+    Ok(Intent {
+        workspace: WorkspaceId(a.workspace_id),
+        target: s.id,
+        call: StripeCall::UpdateSubscription {
+            subscription: s.stripe_subscription_id.clone().unwrap_or_default(),
+            items: changes,
+            prorate: up,
+            cancel_at_period_end: None,
+        },
+    })
+}
+
 /// Cancels a subscription at the end of its period (owners); refused when the pool's
-/// remaining capacity would fall below its usage.
+/// remaining capacity would fall below its usage. Held for approval when the workspace
+/// requires it for `CANCEL_SUBSCRIPTION` (the subscription is returned unchanged with the
+/// request).
 pub async fn cancel(
     services: &Services,
     actor: &Actor,
     id: SubscriptionId,
     key: Option<&mutation::Key>,
-) -> DomainResult<Done<SubscriptionRow>> {
-    intents::run(
+) -> DomainResult<Done<MaybeHeld<SubscriptionRow>>> {
+    intents::run_holdable(
         services,
         actor,
         "cancelSubscription",
@@ -412,47 +442,132 @@ pub async fn cancel(
         |c| {
             let actor = actor.clone();
             Box::pin(async move {
-                let (s, a) = owned(c, &actor, id).await?;
-                if matches!(s.status.as_str(), "TRIALING" | "ACTIVE" | "PAST_DUE") {
-                    let caps = repo::subscription_capacities(c, &[s.id]).await?;
-                    let lost: Vec<(&str, i64)> = catalog::POOLED_RESOURCES
-                        .iter()
-                        .map(|r| {
-                            (
-                                *r,
-                                caps.iter()
-                                    .filter(|(_, k, _)| k == r)
-                                    .map(|(_, _, q)| *q)
-                                    .sum(),
-                            )
-                        })
-                        .collect();
-                    let m = mode(c, a.workspace_id).await?;
-                    let (pool, _) = pools::pool_of_account(c, a.workspace_id, m, a.id).await?;
-                    pools::check_still_covers(
-                        c,
-                        a.workspace_id,
-                        pool,
-                        &lost,
-                        "cancelling this subscription",
-                    )
-                    .await?;
-                }
-                Ok(Intent {
-                    workspace: WorkspaceId(a.workspace_id),
-                    target: s.id,
-                    call: StripeCall::UpdateSubscription {
-                        subscription: s.stripe_subscription_id.clone().unwrap_or_default(),
-                        items: Vec::new(),
-                        prorate: false,
-                        cancel_at_period_end: Some(true),
-                    },
-                })
+                let intent = cancel_intent(c, id, &actor).await?;
+                hold(
+                    c,
+                    &actor,
+                    ApprovalAction::CancelSubscription,
+                    "cancelSubscription",
+                    &id,
+                    id,
+                    intent,
+                )
+                .await
             })
         },
         load_sub,
     )
     .await
+}
+
+/// The checks of `cancelSubscription` and the call it makes, in its transaction.
+async fn cancel_intent(
+    c: &mut AsyncPgConnection,
+    id: SubscriptionId,
+    actor: &Actor,
+) -> DomainResult<Intent> {
+    let (s, a) = owned(c, actor, id).await?;
+    if matches!(s.status.as_str(), "TRIALING" | "ACTIVE" | "PAST_DUE") {
+        let caps = repo::subscription_capacities(c, &[s.id]).await?;
+        let lost: Vec<(&str, i64)> = catalog::POOLED_RESOURCES
+            .iter()
+            .map(|r| {
+                (
+                    *r,
+                    caps.iter()
+                        .filter(|(_, k, _)| k == r)
+                        .map(|(_, _, q)| *q)
+                        .sum(),
+                )
+            })
+            .collect();
+        let m = mode(c, a.workspace_id).await?;
+        let (pool, _) = pools::pool_of_account(c, a.workspace_id, m, a.id).await?;
+        pools::check_still_covers(
+            c,
+            a.workspace_id,
+            pool,
+            &lost,
+            "cancelling this subscription",
+        )
+        .await?;
+    }
+    Ok(Intent {
+        workspace: WorkspaceId(a.workspace_id),
+        target: s.id,
+        call: StripeCall::UpdateSubscription {
+            subscription: s.stripe_subscription_id.clone().unwrap_or_default(),
+            items: Vec::new(),
+            prorate: false,
+            cancel_at_period_end: Some(true),
+        },
+    })
+}
+
+/// Holds a subscription change for approval when its workspace requires it, else hands its
+/// call over.
+async fn hold<I: serde::Serialize>(
+    c: &mut AsyncPgConnection,
+    actor: &Actor,
+    action: ApprovalAction,
+    operation: &'static str,
+    input: &I,
+    target: SubscriptionId,
+    intent: Intent,
+) -> DomainResult<Prepared> {
+    let held = Held {
+        workspace: intent.workspace,
+        action,
+        operation,
+        input,
+        target_type: "Subscription",
+        target_id: target.encode(),
+    };
+    Ok(match approvals::hold_if_required(c, actor, held).await? {
+        Some(request) => Prepared::Held {
+            target: intent.target,
+            request,
+        },
+        None => Prepared::Call(intent),
+    })
+}
+
+/// Executes an approved `updateSubscription` or `cancelSubscription`
+/// (`governance::approvals`) as the requester: checks it again and records its billing
+/// intent in the approval's transaction; Stripe is called after the commit
+/// (`intents::finish_key`), with a key derived from the request.
+pub(crate) async fn execute_approved(
+    conn: &mut AsyncPgConnection,
+    services: &Services,
+    request: &ApprovalRow,
+    actor: &Actor,
+) -> DomainResult<serde_json::Value> {
+    let input = request.input.clone();
+    let intent = match request.operation.as_str() {
+        "updateSubscription" => {
+            let update: SubscriptionUpdate =
+                serde_json::from_value(input).map_err(DomainError::internal)?;
+            update_intent(conn, &services.billing.catalog, &update, actor).await?
+        }
+        _ => {
+            let id: SubscriptionId =
+                serde_json::from_value(input).map_err(DomainError::internal)?;
+            cancel_intent(conn, id, actor).await?
+        }
+    };
+    let row = intents::record_approved(
+        conn,
+        &services.billing,
+        actor,
+        &request.operation,
+        request.id,
+        intent,
+    )
+    .await?;
+    Ok(serde_json::json!({
+        "subscriptionId": SubscriptionId(row.target_id).encode(),
+        "stripeIdempotencyKey": row.stripe_key,
+    }))
 }
 
 /// Subscriptions of accounts with their items' capacities (the caller checked the reader).

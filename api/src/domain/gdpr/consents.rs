@@ -74,6 +74,7 @@ pub async fn record(
     input: NewConsent,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<ConsentRow>> {
+    actor.gate.person_only("record consents")?;
     check_purpose(&input.purpose)?;
     check_version(&input.version)?;
     mutation::run(

@@ -98,6 +98,7 @@ pub async fn request(
     input: EraseRequest,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<Requested>> {
+    actor.gate.person_only("erase users")?;
     let user = input.user_id;
     let done = mutation::run(
         services,
@@ -128,6 +129,10 @@ async fn request_effect(
     let person = erasure::lock_person(conn, user.0, true)
         .await?
         .ok_or(DomainError::NotFound("user"))?;
+    // An API key's service account is no person: revoking the key removes it.
+    if crate::db::repo::api_keys::is_service_account(conn, user.0).await? {
+        return Err(DomainError::NotFound("user"));
+    }
     if let Some(done) = erasure::find(conn, user.0).await? {
         return repeat(conn, &actor, user, done).await;
     }

@@ -85,6 +85,7 @@ pub async fn request(
     input: ExportRequest,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<Requested>> {
+    actor.gate.person_only("request data exports")?;
     let now = Utc::now();
     let job_key = match key {
         Some(k) => format!("gdpr.export:key:{}:{}", actor.user_id.0, k.key),

@@ -121,6 +121,11 @@ impl Gate {
         &self.credentials.caller
     }
 
+    /// Where the request came from (e.g. to refuse a change that would lock it out).
+    pub fn origin(&self) -> Origin {
+        self.credentials.origin
+    }
+
     /// The API key calling, if one is: (key, its workspace).
     pub fn api_key(&self) -> Option<(Uuid, Uuid)> {
         match self.credentials.caller {
@@ -188,7 +193,7 @@ impl Gate {
 
     async fn decide(
         &self,
-        governance: &super::Governance,
+        governance: &Arc<super::Governance>,
         ws: Uuid,
         charge: bool,
     ) -> DomainResult<()> {
@@ -196,6 +201,9 @@ impl Gate {
         let s = &e.row;
         let origin = self.credentials.origin;
         if !e.nets.is_empty() && !origin.ip.is_some_and(|ip| network::contains(&e.nets, ip)) {
+            if let Some(ip) = origin.ip {
+                governance.report_ip_refused(ws, network::canonical(ip));
+            }
             let you = origin.ip.map(|ip| network::canonical(ip).to_string());
             return Err(refused(
                 reason::IP_NOT_ALLOWED,
@@ -224,8 +232,13 @@ impl Gate {
                 }
                 if let Some(minutes) = s.session_timeout_minutes {
                     let now = chrono::Utc::now().timestamp();
-                    let fresh = authenticated_at
-                        .is_some_and(|at| now.saturating_sub(at) <= i64::from(minutes) * 60);
+                    // A sign-in "in the future" (beyond the clock skew tokens are allowed)
+                    // proves nothing.
+                    let fresh = authenticated_at.is_some_and(|at| {
+                        let age = now.saturating_sub(at);
+                        (-(crate::auth::LEEWAY_SECS as i64)..=i64::from(minutes) * 60)
+                            .contains(&age)
+                    });
                     if !fresh {
                         return Err(refused(
                             reason::SESSION_EXPIRED,

@@ -8,11 +8,15 @@
 //! process applies to its next request at once, one made through another process within
 //! that time.
 
+pub mod api_key_admin;
 pub mod api_keys;
 pub mod approvals;
 pub mod gate;
 pub mod network;
+pub mod quotas;
 pub mod rate_limit;
+pub mod settings;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -105,6 +109,9 @@ pub struct Enforced {
     pub row: SettingsRow,
     /// `ip_allow_list`, parsed.
     pub nets: Vec<IpNet>,
+    /// The workspace's quotas by resource key, read on first need (`quotas::limits`) and
+    /// trusted as long as this entry.
+    pub quotas: std::sync::OnceLock<Arc<HashMap<String, i64>>>,
 }
 
 impl Enforced {
@@ -114,7 +121,11 @@ impl Enforced {
             .iter()
             .filter_map(|c| network::parse_cidr(c))
             .collect();
-        Self { row, nets }
+        Self {
+            row,
+            nets,
+            quotas: std::sync::OnceLock::new(),
+        }
     }
 }
 
@@ -130,6 +141,8 @@ pub struct Governance {
     /// requests that hold connections of the main pool cannot starve it.
     pool: crate::db::DbPool,
     settings: Mutex<HashMap<Uuid, (Instant, Arc<Enforced>)>>,
+    /// (workspace, address, hour) of IP refusals already reported by this process.
+    reported: Mutex<std::collections::HashSet<(Uuid, std::net::IpAddr, i64)>>,
 }
 
 impl Governance {
@@ -140,6 +153,7 @@ impl Governance {
             limiter: rate_limit::RateLimiter::new(config.rate_window),
             keys: api_keys::KeyCache::new(config.cache_ttl),
             settings: Mutex::new(HashMap::new()),
+            reported: Mutex::new(Default::default()),
             config,
         }
     }
@@ -161,6 +175,35 @@ impl Governance {
         }
         map.insert(ws, (Instant::now(), e.clone()));
         Ok(e)
+    }
+
+    /// Reports a request to `ws` from `ip` refused by its allow-list as a security alert
+    /// (`security.ip_refused`), at most once per workspace, address and hour from this process
+    /// (the notification's dedupe key makes it once across processes). It is written in the
+    /// background: the refused request does not wait for it.
+    pub fn report_ip_refused(self: &Arc<Self>, ws: Uuid, ip: std::net::IpAddr) {
+        let now = chrono::Utc::now();
+        let hour = now.timestamp().div_euclid(3600);
+        {
+            let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() >= CACHE_CAPACITY {
+                seen.clear();
+            }
+            if !seen.insert((ws, ip, hour)) {
+                return;
+            }
+        }
+        let governance = self.clone();
+        tokio::spawn(async move {
+            let reported = async {
+                let mut conn = governance.conn().await?;
+                super::notifications::ip_refused(&mut conn, crate::ids::WorkspaceId(ws), ip, now)
+                    .await
+            };
+            if let Err(e) = reported.await {
+                tracing::warn!(error = %e, "recording an IP refusal alert failed");
+            }
+        });
     }
 
     /// A connection of the gate's pool.

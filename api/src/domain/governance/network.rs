@@ -129,8 +129,14 @@ mod tests {
 
     #[test]
     fn cidrs_parse_and_truncate() {
-        assert_eq!(parse_cidr("10.1.2.3/8").expect("valid").to_string(), "10.0.0.0/8");
-        assert_eq!(parse_cidr("192.0.2.7").expect("valid").to_string(), "192.0.2.7/32");
+        assert_eq!(
+            parse_cidr("10.1.2.3/8").expect("valid").to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_cidr("192.0.2.7").expect("valid").to_string(),
+            "192.0.2.7/32"
+        );
         assert_eq!(
             parse_cidr("2001:db8::1/32").expect("valid").to_string(),
             "2001:db8::/32"
@@ -165,7 +171,11 @@ mod tests {
         let o = origin(Some("127.0.0.1".parse().expect("valid")), &h, &trusted);
         assert_eq!(o.ip, Some("203.0.113.9".parse().expect("valid")));
         let v6 = headers(&[("x-forwarded-for", "[2001:db8::5]:443")]);
-        let o = origin(Some("::ffff:127.0.0.1".parse().expect("valid")), &v6, &trusted);
+        let o = origin(
+            Some("::ffff:127.0.0.1".parse().expect("valid")),
+            &v6,
+            &trusted,
+        );
         assert_eq!(o.ip, Some("2001:db8::5".parse().expect("valid")));
     }
 

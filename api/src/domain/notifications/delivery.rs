@@ -10,6 +10,9 @@
 //!   effect (`repo::finish`): delivered, failed for good, or the next attempt scheduled after
 //!   [`super::RETRY_SCHEDULE`] with its job enqueued for that time. A failed attempt is an
 //!   outcome, not a job error: apalis retries only database errors.
+//!   Before it claims, the job ends the delivery as `SKIPPED` ([`SKIPPED_REASON`]) when the
+//!   workspace's policy turns external integrations off: nothing is sent while it is off,
+//!   and the log says why.
 //! - the periodic `notification-retry` ([`retry_periodic`], every minute) enqueues the job
 //!   of any due attempt that has none (its worker died while attempting: the claim's lease
 //!   ran out), idempotently and with `FOR UPDATE SKIP LOCKED`, so any number of workers may
@@ -40,6 +43,10 @@ use crate::ids::{NotificationDeliveryId, NotificationId, WebhookEndpointId, Work
 /// How long a claimed attempt holds its delivery: past it, a dead worker's attempt is made
 /// again (far above the longest attempt, `channels::SMTP_TIMEOUT` × 3).
 pub const LEASE_SECS: i64 = 120;
+/// Why a delivery is `SKIPPED`: the workspace's policy turned external integrations off
+/// (`externalIntegrationsAllowed`) before its attempt. Nothing is sent while it is off; the
+/// delivery stays in the log with this reason, and the endpoints stay stored.
+pub const SKIPPED_REASON: &str = "not sent: the workspace's policy turns external integrations off (externalIntegrationsAllowed)";
 /// Deliveries whose due jobs one sweep enqueues, at most.
 pub const SWEEP_BATCH: i64 = 1_000;
 
@@ -160,6 +167,10 @@ pub async fn deliver(
     due: &str,
 ) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
+    if repo::skip_if_integrations_off(&mut conn, id, due, SKIPPED_REASON).await? {
+        tracing::info!(delivery = %NotificationDeliveryId(id), "external integrations are off in the workspace's policy; delivery skipped");
+        return Ok(());
+    }
     let Some(c) = repo::claim(&mut conn, id, due, LEASE_SECS).await? else {
         tracing::debug!(delivery = %id, due, "delivery no longer due at that time; nothing to do");
         return Ok(());

@@ -8,11 +8,13 @@
 //! backlog of the worker rows, default 5,000), `BENCH_CUSTOMERS` (the customers the main
 //! worker row's events are about, default 50), `BENCH_STRIPE_LATENCY_MS` (how late Stripe
 //! answers the worker, default 0), `BENCH_WORKER_TIMEOUT` (seconds, default 300),
-//! `BENCH_ONLY=worker` (only the worker rows, on a fresh database), `BENCH_ONLY=lifecycle`
+//! `BENCH_ONLY=worker` (only the worker rows, on a fresh database), `BENCH_ONLY=governance`
+//! (only the rows with and without workspace policies, see `governance`), `BENCH_ONLY=lifecycle`
 //! (only the data lifecycle rows, see `lifecycle`; `BENCH_LIFECYCLE_SECONDS` is their
 //! recordUsage window, default 5),
 //! `TEST_DATABASE_SERVER` (default `postgres://postgres@127.0.0.1:5432`).
 
+mod governance;
 mod lifecycle;
 
 use std::process::{Child, Command, Stdio};
@@ -1002,15 +1004,29 @@ async fn http_row(
     seconds: u64,
     body: Body,
 ) -> anyhow::Result<Row> {
+    http_row_as(s, &s.token.clone(), name, unit, workers, seconds, body).await
+}
+
+/// `http_row` with the bearer credential `token`.
+async fn http_row_as(
+    s: &Arc<Server>,
+    token: &str,
+    name: &str,
+    unit: &'static str,
+    workers: usize,
+    seconds: u64,
+    body: Body,
+) -> anyhow::Result<Row> {
     let before = s.statements().await?;
     let s2 = s.clone();
+    let token: Arc<str> = token.into();
     let (n, errors, lat, elapsed) = drive(workers, seconds, move |w, i| {
-        let (s, body) = (s2.clone(), body.clone());
+        let (s, body, token) = (s2.clone(), body.clone(), token.clone());
         async move {
             let r = s
                 .http
                 .post(format!("{}/graphql", s.base))
-                .bearer_auth(&s.token)
+                .bearer_auth(&*token)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body(w, i))
                 .send()
@@ -1333,6 +1349,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("lifecycle") {
         return lifecycle::run(&server_url, workers, seconds).await;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("governance") {
+        return governance::run(&server_url, workers, seconds).await;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("worker") {
         let worker = worker_rows(&server_url, events, customers, workers).await?;
         println!("\nOne worker, deliveries at concurrency {workers}, release build.\n");
@@ -1495,7 +1514,10 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(b) = std::env::var("BENCH_AB") {
         compare(&server_url, &b, workers, seconds, nested_body, record_body).await?;
     }
-    // The lifecycle rows reset the database: last.
+    // The governance and lifecycle rows reset the database: last.
+    if let Err(e) = governance::run(&server_url, workers, seconds).await {
+        eprintln!("the governance rows failed: {e:#}");
+    }
     if let Err(e) = lifecycle::run(&server_url, workers, seconds).await {
         eprintln!("the lifecycle rows failed: {e:#}");
     }
