@@ -353,6 +353,28 @@ impl TestApp {
         self.tokens.hs256(&format!("auth0|{email}"), email, true)
     }
 
+    /// A signed-in token for `email` (the subject [`TestApp::user`] gives it) with `extra`
+    /// claims (a JSON object) added or replacing the standard ones, e.g. `amr`, `auth_time`.
+    pub fn user_with_claims(&self, email: &str, extra: Value) -> String {
+        let mut claims = Tokens::claims(&format!("auth0|{email}"), email, true);
+        for (k, v) in extra.as_object().expect("extra claims are a JSON object") {
+            claims[k] = v.clone();
+        }
+        self.tokens.hs256_claims(&claims)
+    }
+
+    /// Writes workspace settings of `ws` with SQL (to set up policies without their
+    /// mutations): `columns` of `workspace_settings` (`"a, b"`) take `values` (SQL, `"1, 'x'"`),
+    /// inserting the row or updating those columns of it.
+    pub async fn set_workspace_settings(&self, ws: &str, columns: &str, values: &str) {
+        let id = workspace_uuid(ws);
+        self.sql_exec(&format!(
+            "INSERT INTO workspace_settings (workspace_id, {columns}) VALUES ('{id}', {values})
+             ON CONFLICT (workspace_id) DO UPDATE SET ({columns}) = ROW({values})"
+        ))
+        .await;
+    }
+
     /// Creates a workspace as `token`; returns its id.
     pub async fn create_workspace(&self, token: &str, name: &str) -> String {
         let r = self
@@ -375,6 +397,13 @@ impl TestApp {
             .as_str()
             .unwrap_or_else(|| panic!("addMember failed: {r}"))
             .to_string()
+    }
+
+    /// Adds `email` to `ws` with `role` as `token` ([`TestApp::add_member`]); returns the
+    /// new member's token ([`TestApp::user`]).
+    pub async fn member_token(&self, token: &str, ws: &str, email: &str, role: &str) -> String {
+        self.add_member(token, ws, email, role).await;
+        self.user(email)
     }
 
     /// Tries to add a member; returns the whole body.
@@ -432,6 +461,18 @@ impl TestApp {
             .expect("count query");
         r.n
     }
+}
+
+/// The UUID behind a workspace's `ws_…` id (its `workspace_id` in the database).
+pub fn workspace_uuid(ws: &str) -> uuid::Uuid {
+    api::ids::WorkspaceId::decode(ws).expect("workspace id").0
+}
+
+/// The UUID behind any prefixed GraphQL id (`ws_…`, `ak_…`, `apr_…`: the hex after the
+/// first `_`), e.g. to find its row with SQL.
+pub fn id_uuid(id: &str) -> uuid::Uuid {
+    let hex = id.split_once('_').expect("prefixed id").1;
+    uuid::Uuid::try_parse(hex).expect("uuid")
 }
 
 /// The `extensions.code` of the first error, if any.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use tests::{Options, TestApp, assert_code, assert_ok};
+use tests::{Options, TestApp, assert_code, assert_ok, id_uuid, workspace_uuid};
 
 const CREATE: &str = "mutation($w: ID!, $n: String!, $r: Role!, $e: DateTime, $k: String) {
     createApiKey(input: {workspaceId: $w, name: $n, role: $r, expiresAt: $e, idempotencyKey: $k}) {
@@ -27,27 +27,16 @@ const LIST: &str = "query($w: ID!, $f: Int, $a: String) { workspace(id: $w) {
 const READ: &str = "query($w: ID!) { workspace(id: $w) { id name } }";
 const CREATE_ORG: &str = "mutation($w: ID!) {
     createOrganization(input: {workspaceId: $w, name: \"By key\"}) { organization { id } } }";
+const REMOVE_MEMBER: &str =
+    "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }";
+const SET_ROLE: &str = "mutation($m: ID!, $r: Role!) {
+    updateMemberRole(input: {memberId: $m, role: $r}) { member { role } } }";
 const CREATE_WS: &str = "mutation { createWorkspace(input: {name: \"Mine\", billingMode: SINGLE}) { workspace { id } } }";
 
 /// A server that reads settings and keys on every request (no caching).
 async fn app() -> TestApp {
     let env = HashMap::from([("GOVERNANCE_CACHE_MS".to_string(), "0".to_string())]);
     TestApp::with(Options { env }).await
-}
-
-fn uuid_of(id: &str) -> uuid::Uuid {
-    let hex = id.split_once('_').expect("prefixed id").1;
-    uuid::Uuid::try_parse(hex).expect("uuid")
-}
-
-/// Sets columns of the workspace's settings row (SQL: `columns` and their `values`).
-async fn set(app: &TestApp, ws: &str, columns: &str, values: &str) {
-    let id = uuid_of(ws);
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, {columns}) VALUES ('{id}', {values})
-         ON CONFLICT (workspace_id) DO UPDATE SET ({columns}) = ROW({values})"
-    ))
-    .await;
 }
 
 async fn try_create(
@@ -209,11 +198,11 @@ async fn keys_are_listed_with_prefix_and_last_use_never_the_secret() {
     let app = app().await;
     let owner = app.user("owner@example.com");
     let ws = app.create_workspace(&owner, "Home").await;
-    let admin = app.user("admin@example.com");
-    let viewer = app.user("viewer@example.com");
-    app.add_member(&owner, &ws, "admin@example.com", "ADMIN")
+    let admin = app
+        .member_token(&owner, &ws, "admin@example.com", "ADMIN")
         .await;
-    app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
+    let viewer = app
+        .member_token(&owner, &ws, "viewer@example.com", "VIEWER")
         .await;
     let r = app
         .gql(
@@ -289,7 +278,7 @@ async fn keys_are_listed_with_prefix_and_last_use_never_the_secret() {
     assert_code(&app.gql(&secret, LIST, json!({"w": ws})).await, "FORBIDDEN");
 
     // Stored: a 32-byte hash, a service account, and the secret nowhere at all.
-    let key = uuid_of(&id);
+    let key = id_uuid(&id);
     assert_eq!(
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM api_keys k JOIN users u ON u.id = k.user_id
@@ -368,7 +357,7 @@ async fn revoked_expired_and_mistyped_keys_are_refused() {
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM members m JOIN api_keys k ON k.user_id = m.user_id
               WHERE k.id = '{}'",
-            uuid_of(&id)
+            id_uuid(&id)
         ))
         .await,
         0
@@ -388,7 +377,7 @@ async fn revoked_expired_and_mistyped_keys_are_refused() {
     assert_ok(&app.gql(&secret2, READ, json!({"w": ws})).await);
     app.sql_exec(&format!(
         "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = '{}'",
-        uuid_of(&id2)
+        id_uuid(&id2)
     ))
     .await;
     assert_401(&app, &secret2, &ws).await;
@@ -407,12 +396,12 @@ async fn who_may_create_and_revoke_which_keys() {
     let app = app().await;
     let owner = app.user("owner@example.com");
     let ws = app.create_workspace(&owner, "Home").await;
-    let admin = app.user("admin@example.com");
-    let viewer = app.user("viewer@example.com");
     let outsider = app.user("outsider@example.com");
-    app.add_member(&owner, &ws, "admin@example.com", "ADMIN")
+    let admin = app
+        .member_token(&owner, &ws, "admin@example.com", "ADMIN")
         .await;
-    app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
+    let viewer = app
+        .member_token(&owner, &ws, "viewer@example.com", "VIEWER")
         .await;
 
     assert_code(
@@ -492,18 +481,21 @@ async fn the_policy_decides_whether_how_long_and_how_many() {
     );
 
     // Keys off: neither created nor used.
-    set(&app, &ws, "api_keys_allowed", "false").await;
+    app.set_workspace_settings(&ws, "api_keys_allowed", "false")
+        .await;
     let r = try_create(&app, &owner, &ws, "Off", "VIEWER", None).await;
     assert_code(&r, "FORBIDDEN");
     assert_eq!(reason(&r), Some("API_KEYS_DISABLED"), "{r}");
     let r = app.gql(&secret, READ, json!({"w": ws})).await;
     assert_code(&r, "FORBIDDEN");
     assert_eq!(reason(&r), Some("API_KEYS_DISABLED"), "{r}");
-    set(&app, &ws, "api_keys_allowed", "true").await;
+    app.set_workspace_settings(&ws, "api_keys_allowed", "true")
+        .await;
     assert_ok(&app.gql(&secret, READ, json!({"w": ws})).await);
 
     // Longest lifetime.
-    set(&app, &ws, "api_key_max_lifetime_days", "30").await;
+    app.set_workspace_settings(&ws, "api_key_max_lifetime_days", "30")
+        .await;
     assert_bad(
         &try_create(&app, &owner, &ws, "Forever", "VIEWER", None).await,
         "expiresAt",
@@ -531,10 +523,12 @@ async fn the_policy_decides_whether_how_long_and_how_many() {
         )
         .await,
     );
-    set(&app, &ws, "api_key_max_lifetime_days", "NULL").await;
+    app.set_workspace_settings(&ws, "api_key_max_lifetime_days", "NULL")
+        .await;
 
     // Most live keys: 3 live now (revoked and expired ones do not count).
-    set(&app, &ws, "api_key_max_count", "3").await;
+    app.set_workspace_settings(&ws, "api_key_max_count", "3")
+        .await;
     let r = try_create(&app, &owner, &ws, "Fourth", "VIEWER", None).await;
     assert_code(&r, "LIMIT_EXCEEDED");
     let id = app.gql(&owner, LIST, json!({"w": ws, "f": 1})).await["data"]["workspace"]["apiKeys"]
@@ -551,7 +545,7 @@ async fn the_policy_decides_whether_how_long_and_how_many() {
     app.sql_exec(&format!(
         "UPDATE api_keys SET expires_at = now() - interval '1 second'
           WHERE workspace_id = '{}' AND name = 'Fourth'",
-        uuid_of(&ws)
+        workspace_uuid(&ws)
     ))
     .await;
     assert_ok(&try_create(&app, &owner, &ws, "Fifth", "VIEWER", None).await);
@@ -587,20 +581,10 @@ async fn service_accounts_are_not_people() {
     assert_eq!(members[0]["node"]["user"]["email"], "owner@example.com");
     let mine = members[0]["node"]["id"].as_str().expect("member id");
     let r = app
-        .gql(
-            &owner,
-            "mutation($m: ID!) { updateMemberRole(input: {memberId: $m, role: ADMIN}) { member { role } } }",
-            json!({"m": mine}),
-        )
+        .gql(&owner, SET_ROLE, json!({"m": mine, "r": "ADMIN"}))
         .await;
     assert_code(&r, "CONFLICT");
-    let r = app
-        .gql(
-            &owner,
-            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
-            json!({"m": mine}),
-        )
-        .await;
+    let r = app.gql(&owner, REMOVE_MEMBER, json!({"m": mine})).await;
     assert_code(&r, "CONFLICT");
 
     // The key's membership cannot be changed or removed as a member's.
@@ -616,7 +600,7 @@ async fn service_accounts_are_not_people() {
             .expect("connect");
         diesel::sql_query(format!(
             "SELECT m.id FROM members m JOIN api_keys k ON k.user_id = m.user_id WHERE k.id = '{}'",
-            uuid_of(&id)
+            id_uuid(&id)
         ))
         .get_result(&mut conn)
         .await
@@ -625,19 +609,11 @@ async fn service_accounts_are_not_people() {
     let key_member = api::ids::MemberId(m.id).encode();
     for token in [&owner, &secret] {
         let r = app
-            .gql(
-                token,
-                "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
-                json!({"m": key_member}),
-            )
+            .gql(token, REMOVE_MEMBER, json!({"m": key_member}))
             .await;
         assert_code(&r, "NOT_FOUND");
         let r = app
-            .gql(
-                token,
-                "mutation($m: ID!) { updateMemberRole(input: {memberId: $m, role: VIEWER}) { member { role } } }",
-                json!({"m": key_member}),
-            )
+            .gql(token, SET_ROLE, json!({"m": key_member, "r": "VIEWER"}))
             .await;
         assert_code(&r, "NOT_FOUND");
         let r = app
@@ -662,7 +638,7 @@ async fn service_accounts_are_not_people() {
     assert_code(&r, "NOT_FOUND");
 
     // No token signs in as a service account: not by its subject…
-    let key = uuid_of(&id);
+    let key = id_uuid(&id);
     let email = format!("{prefix}@api-keys.invalid");
     let jwt = app.tokens.hs256(&format!("apikey|{key}"), &email, true);
     let (status, body) = app
@@ -693,7 +669,8 @@ async fn a_key_under_approval_is_created_waiting_and_authenticates_nothing() {
     let admin = app.user("admin@example.com");
     app.add_member(&owner, &ws, "admin@example.com", "ADMIN")
         .await;
-    set(&app, &ws, "approval_required_for", "'{CREATE_API_KEY}'").await;
+    app.set_workspace_settings(&ws, "approval_required_for", "'{CREATE_API_KEY}'")
+        .await;
     let r = try_create(&app, &owner, &ws, "Held", "ADMIN", None).await;
     assert_ok(&r);
     let c = &r["data"]["createApiKey"];
@@ -759,7 +736,7 @@ async fn a_key_under_approval_is_created_waiting_and_authenticates_nothing() {
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM members m JOIN api_keys k ON k.user_id = m.user_id
               WHERE k.id = '{}'",
-            uuid_of(c["apiKey"]["id"].as_str().expect("id"))
+            id_uuid(c["apiKey"]["id"].as_str().expect("id"))
         ))
         .await,
         0
@@ -771,7 +748,8 @@ async fn concurrent_creations_never_exceed_the_maximum() {
     let app = app().await;
     let owner = app.user("owner@example.com");
     let ws = app.create_workspace(&owner, "Home").await;
-    set(&app, &ws, "api_key_max_count", "2").await;
+    app.set_workspace_settings(&ws, "api_key_max_count", "2")
+        .await;
     let names: Vec<String> = (0..8).map(|i| format!("Key {i}")).collect();
     let results = futures::future::join_all(
         names
@@ -787,7 +765,7 @@ async fn concurrent_creations_never_exceed_the_maximum() {
     assert_eq!(
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM api_keys WHERE workspace_id = '{}'",
-            uuid_of(&ws)
+            workspace_uuid(&ws)
         ))
         .await,
         2

@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 use tests::fake_stripe::FakeStripe;
-use tests::{TestApp, assert_code, assert_ok, error_code};
+use tests::{TestApp, assert_code, assert_ok, error_code, id_uuid};
 
 const DELETE_ORG: &str = "mutation($o: ID!, $k: String) {
     deleteOrganization(input: {organizationId: $o, idempotencyKey: $k}) {
@@ -29,11 +29,6 @@ const ORG: &str = "query($o: ID!) { organization(id: $o) { id } }";
 const AUDIT: &str = "query($w: ID!) { workspace(id: $w) { auditLog(first: 100) {
     edges { node { action targetId summary actor { email } } } } } }";
 
-fn uuid_of(id: &str) -> uuid::Uuid {
-    let hex = id.split_once('_').expect("prefixed id").1;
-    uuid::Uuid::try_parse(hex).expect("uuid")
-}
-
 /// Requires approval in `ws` for `actions` (SQL).
 async fn require(app: &TestApp, ws: &str, actions: &[&str]) {
     let list = actions
@@ -41,11 +36,19 @@ async fn require(app: &TestApp, ws: &str, actions: &[&str]) {
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(",");
+    app.set_workspace_settings(
+        ws,
+        "approval_required_for",
+        &format!("ARRAY[{list}]::text[]"),
+    )
+    .await;
+}
+
+/// Makes approval request `id` expire `ago` (an SQL interval) in the past.
+async fn expire(app: &TestApp, id: &str, ago: &str) {
     app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, approval_required_for)
-         VALUES ('{}', ARRAY[{list}]::text[])
-         ON CONFLICT (workspace_id) DO UPDATE SET approval_required_for = EXCLUDED.approval_required_for",
-        uuid_of(ws)
+        "UPDATE approval_requests SET expires_at = now() - interval '{ago}' WHERE id = '{}'",
+        id_uuid(id)
     ))
     .await;
 }
@@ -308,11 +311,7 @@ async fn rejection_withdrawal_and_expiry_end_a_request_without_executing_it() {
     assert!(org_exists(&app, &t.owner, &orgs[1]).await);
     // Expired: read as EXPIRED at once, marked so by the first decision attempt.
     let id = held_delete(&app, &t.admin, &orgs[2]).await;
-    app.sql_exec(&format!(
-        "UPDATE approval_requests SET expires_at = now() - interval '1 hour' WHERE id = '{}'",
-        uuid_of(&id)
-    ))
-    .await;
+    expire(&app, &id, "1 hour").await;
     let r = app.gql(&t.owner, READ, json!({"id": id})).await;
     assert_eq!(r["data"]["approvalRequest"]["status"], "EXPIRED", "{r}");
     let r = approve(&app, &t.owner, &id).await;
@@ -326,7 +325,7 @@ async fn rejection_withdrawal_and_expiry_end_a_request_without_executing_it() {
     assert_eq!(
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM approval_requests WHERE id = '{}' AND status = 'EXPIRED'",
-            uuid_of(&id)
+            id_uuid(&id)
         ))
         .await,
         1
@@ -335,11 +334,7 @@ async fn rejection_withdrawal_and_expiry_end_a_request_without_executing_it() {
     assert!(org_exists(&app, &t.owner, &orgs[2]).await);
     // The periodic expiry marks the others.
     let id = held_delete(&app, &t.admin, &orgs[3]).await;
-    app.sql_exec(&format!(
-        "UPDATE approval_requests SET expires_at = now() - interval '1 minute' WHERE id = '{}'",
-        uuid_of(&id)
-    ))
-    .await;
+    expire(&app, &id, "1 minute").await;
     let n = api::domain::governance::approvals::expire_due(&app.pool)
         .await
         .expect("expiry");
@@ -397,6 +392,12 @@ async fn rejection_withdrawal_and_expiry_end_a_request_without_executing_it() {
 const ROLE: &str =
     "mutation($m: ID!, $r: Role!) { updateMemberRole(input: {memberId: $m, role: $r}) {
     member { id role } approvalRequest { id status action } } }";
+/// Promotes `member` to OWNER as `token` (`ROLE`); the whole body.
+async fn promote(app: &TestApp, token: &str, member: &str) -> Value {
+    app.gql(token, ROLE, json!({"m": member, "r": "OWNER"}))
+        .await
+}
+
 const ADD: &str = "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) {
     member { id role } approvalRequest { id status action } } }";
 
@@ -408,9 +409,7 @@ async fn promotions_to_owner_need_another_owner_s_approval() {
         .member_id(&t.owner, &t.ws, "admin@promo.example.com")
         .await;
     require(&app, &t.ws, &["PROMOTE_TO_OWNER"]).await;
-    let r = app
-        .gql(&t.owner, ROLE, json!({"m": admin_member, "r": "OWNER"}))
-        .await;
+    let r = promote(&app, &t.owner, &admin_member).await;
     assert_ok(&r);
     let p = &r["data"]["updateMemberRole"];
     assert_eq!(p["member"]["role"], "ADMIN", "unchanged while held: {r}");
@@ -484,9 +483,7 @@ async fn promotions_to_owner_need_another_owner_s_approval() {
     let viewer_member = app
         .member_id(&t.owner, &t.ws, "viewer@promo.example.com")
         .await;
-    let r = app
-        .gql(&t.owner, ROLE, json!({"m": viewer_member, "r": "OWNER"}))
-        .await;
+    let r = promote(&app, &t.owner, &viewer_member).await;
     let id = r["data"]["updateMemberRole"]["approvalRequest"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("held: {r}"))
@@ -527,9 +524,7 @@ async fn api_keys_cannot_decide_and_workspaces_without_the_policy_act_at_once() 
     let admin_member = app
         .member_id(&t.owner, &t.ws, "admin@plain.example.com")
         .await;
-    let r = app
-        .gql(&t.owner, ROLE, json!({"m": admin_member, "r": "OWNER"}))
-        .await;
+    let r = promote(&app, &t.owner, &admin_member).await;
     assert_eq!(
         r["data"]["updateMemberRole"]["member"]["role"], "OWNER",
         "{r}"
@@ -639,7 +634,7 @@ async fn held_subscription_changes_reach_stripe_once_when_approved() {
         .rfind(|r| r.method == "POST" && r.path == path)
         .expect("the cancellation");
     assert_eq!(call.field("cancel_at_period_end"), Some("true"));
-    let key = format!("ws-apr-{}", uuid_of(&id).simple());
+    let key = format!("ws-apr-{}", id_uuid(&id).simple());
     assert_eq!(call.idempotency_key.as_deref(), Some(key.as_str()));
     assert_code(&approve(&app, &owner2, &id).await, "CONFLICT");
     assert_eq!(fake.count("POST", &path), before + 1);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tests::tokens::{Tokens, now};
-use tests::{Options, TestApp, assert_code, assert_ok};
+use tests::{Options, TestApp, assert_code, assert_ok, workspace_uuid};
 
 /// A server that reads workspace settings on every request (no caching), with `extra`.
 async fn app_with(extra: &[(&str, &str)]) -> TestApp {
@@ -19,31 +19,6 @@ async fn app_with(extra: &[(&str, &str)]) -> TestApp {
         env.insert((*k).into(), (*v).into());
     }
     TestApp::with(Options { env }).await
-}
-
-fn uuid_of(ws: &str) -> uuid::Uuid {
-    api::ids::WorkspaceId::decode(ws).expect("workspace id").0
-}
-
-/// Sets columns of the workspace's settings row (`set` is SQL: `col = value, ...`).
-async fn set(app: &TestApp, ws: &str, columns: &str, values: &str) {
-    let id = uuid_of(ws);
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, {columns}) VALUES ('{id}', {values})
-         ON CONFLICT (workspace_id) DO UPDATE SET ({columns}) = ROW({values})"
-    ))
-    .await;
-}
-
-/// A token for `email` (the harness's subject) with extra claims.
-fn token_with(app: &TestApp, email: &str, extra: Value) -> String {
-    let mut claims = Tokens::claims(&format!("auth0|{email}"), email, true);
-    if let (Some(c), Some(x)) = (claims.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            c.insert(k.clone(), v.clone());
-        }
-    }
-    app.tokens.hs256_claims(&claims)
 }
 
 fn reason(body: &Value) -> Option<&str> {
@@ -95,7 +70,8 @@ async fn mfa_required_refuses_tokens_without_mfa_everywhere_in_the_workspace() {
     let ws = app.create_workspace(&owner, "Guarded").await;
     let org = app.create_org(&owner, &ws, None, "Existing").await;
     let other = app.create_workspace(&owner, "Open").await;
-    set(&app, &ws, "mfa_required", "true").await;
+    app.set_workspace_settings(&ws, "mfa_required", "true")
+        .await;
 
     let plain = app.gql(&owner, READ, json!({"w": ws})).await;
     assert_refused(&plain, "MFA_REQUIRED");
@@ -104,7 +80,7 @@ async fn mfa_required_refuses_tokens_without_mfa_everywhere_in_the_workspace() {
     assert_eq!(
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM organizations WHERE workspace_id = '{}'",
-            uuid_of(&ws)
+            workspace_uuid(&ws)
         ))
         .await,
         1,
@@ -133,16 +109,12 @@ async fn mfa_required_refuses_tokens_without_mfa_everywhere_in_the_workspace() {
     assert_ok(&app.gql(&owner, READ, json!({"w": other})).await);
 
     // The same person, signed in with MFA (`amr` as a list, as OpenID Connect has it).
-    let mfa = token_with(
-        &app,
-        "mfa-owner@example.com",
-        json!({"amr": ["pwd", "mfa"]}),
-    );
+    let mfa = app.user_with_claims("mfa-owner@example.com", json!({"amr": ["pwd", "mfa"]}));
     assert_ok(&app.gql(&mfa, READ, json!({"w": ws})).await);
     assert_ok(&app.gql(&mfa, CREATE_ORG, json!({"w": ws})).await);
     assert!(listed(&app.gql(&mfa, LIST, json!({})).await, &ws));
     // `amr` without mfa is no better than none.
-    let pwd = token_with(&app, "mfa-owner@example.com", json!({"amr": ["pwd"]}));
+    let pwd = app.user_with_claims("mfa-owner@example.com", json!({"amr": ["pwd"]}));
     assert_refused(&app.gql(&pwd, READ, json!({"w": ws})).await, "MFA_REQUIRED");
 
     // A non-member learns nothing about the policy: the workspace is simply not there.
@@ -160,28 +132,25 @@ async fn session_timeout_refuses_old_sign_ins() {
     let email = "session-owner@example.com";
     let owner = app.user(email);
     let ws = app.create_workspace(&owner, "Short sessions").await;
-    set(&app, &ws, "session_timeout_minutes", "15").await;
+    app.set_workspace_settings(&ws, "session_timeout_minutes", "15")
+        .await;
 
     // `auth_time` decides when present…
-    let old = token_with(&app, email, json!({"auth_time": now() - 16 * 60}));
+    let old = app.user_with_claims(email, json!({"auth_time": now() - 16 * 60}));
     assert_refused(
         &app.gql(&old, READ, json!({"w": ws})).await,
         "SESSION_EXPIRED",
     );
-    let fresh = token_with(&app, email, json!({"auth_time": now() - 60}));
+    let fresh = app.user_with_claims(email, json!({"auth_time": now() - 60}));
     assert_ok(&app.gql(&fresh, READ, json!({"w": ws})).await);
     // … even over a fresh `iat` (a refreshed token of an old sign-in).
-    let refreshed = token_with(
-        &app,
-        email,
-        json!({"auth_time": now() - 3600, "iat": now()}),
-    );
+    let refreshed = app.user_with_claims(email, json!({"auth_time": now() - 3600, "iat": now()}));
     assert_refused(
         &app.gql(&refreshed, READ, json!({"w": ws})).await,
         "SESSION_EXPIRED",
     );
     // Without `auth_time`, `iat` is the sign-in time.
-    let old_iat = token_with(&app, email, json!({"iat": now() - 20 * 60}));
+    let old_iat = app.user_with_claims(email, json!({"iat": now() - 20 * 60}));
     assert_refused(
         &app.gql(&old_iat, READ, json!({"w": ws})).await,
         "SESSION_EXPIRED",
@@ -201,13 +170,8 @@ async fn ip_allow_list_uses_the_socket_and_ignores_forwarded_headers_of_stranger
     let app = app_with(&[]).await;
     let owner = app.user("ip-owner@example.com");
     let ws = app.create_workspace(&owner, "Office only").await;
-    set(
-        &app,
-        &ws,
-        "ip_allow_list",
-        "ARRAY['10.0.0.0/8', '2001:db8::/32']",
-    )
-    .await;
+    app.set_workspace_settings(&ws, "ip_allow_list", "ARRAY['10.0.0.0/8', '2001:db8::/32']")
+        .await;
 
     // The test client connects from 127.0.0.1.
     let (_, _, direct) = post(&app, &owner, &[], READ, json!({"w": ws})).await;
@@ -237,7 +201,7 @@ async fn ip_allow_list_uses_the_socket_and_ignores_forwarded_headers_of_stranger
             .sql_count(&format!(
                 "SELECT count(*) AS n FROM notifications
                   WHERE workspace_id = '{}' AND type = 'security.ip_refused'",
-                uuid_of(&ws)
+                workspace_uuid(&ws)
             ))
             .await;
         if alerts > 0 {
@@ -248,13 +212,8 @@ async fn ip_allow_list_uses_the_socket_and_ignores_forwarded_headers_of_stranger
     assert_eq!(alerts, 1);
 
     // Adding the loopback address lets the request in.
-    set(
-        &app,
-        &ws,
-        "ip_allow_list",
-        "ARRAY['10.0.0.0/8', '127.0.0.1/32']",
-    )
-    .await;
+    app.set_workspace_settings(&ws, "ip_allow_list", "ARRAY['10.0.0.0/8', '127.0.0.1/32']")
+        .await;
     assert_ok(&post(&app, &owner, &[], READ, json!({"w": ws})).await.2);
 }
 
@@ -263,13 +222,8 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     let app = app_with(&[("TRUSTED_PROXIES", "127.0.0.1/32, ::1")]).await;
     let owner = app.user("proxy-owner@example.com");
     let ws = app.create_workspace(&owner, "Behind a proxy").await;
-    set(
-        &app,
-        &ws,
-        "ip_allow_list",
-        "ARRAY['10.0.0.0/8', '2001:db8::/32']",
-    )
-    .await;
+    app.set_workspace_settings(&ws, "ip_allow_list", "ARRAY['10.0.0.0/8', '2001:db8::/32']")
+        .await;
     let read = |xff: &'static str| {
         let (app, owner, ws) = (&app, owner.clone(), ws.clone());
         async move {
@@ -304,7 +258,9 @@ async fn require_tls_trusts_forwarded_proto_only_from_trusted_proxies() {
     let stranger = app_with(&[]).await;
     let owner = stranger.user("tls-owner@example.com");
     let ws = stranger.create_workspace(&owner, "TLS").await;
-    set(&stranger, &ws, "require_tls", "true").await;
+    stranger
+        .set_workspace_settings(&ws, "require_tls", "true")
+        .await;
     for headers in [vec![], vec![("x-forwarded-proto", "https")]] {
         let (_, _, b) = post(&stranger, &owner, &headers, READ, json!({"w": ws})).await;
         assert_refused(&b, "TLS_REQUIRED");
@@ -313,7 +269,9 @@ async fn require_tls_trusts_forwarded_proto_only_from_trusted_proxies() {
     let proxied = app_with(&[("TRUSTED_PROXIES", "127.0.0.1")]).await;
     let owner = proxied.user("tls-owner2@example.com");
     let ws = proxied.create_workspace(&owner, "TLS").await;
-    set(&proxied, &ws, "require_tls", "true").await;
+    proxied
+        .set_workspace_settings(&ws, "require_tls", "true")
+        .await;
     let https = [("x-forwarded-proto", "https")];
     assert_ok(
         &post(&proxied, &owner, &https, READ, json!({"w": ws}))
@@ -355,7 +313,8 @@ async fn rate_limit_trips_with_retry_after_and_resets_in_the_next_window() {
     let admin = app.user("rate-admin@example.com");
     app.add_member(&owner, &ws, "rate-admin@example.com", "ADMIN")
         .await;
-    set(&app, &ws, "rate_limit_per_minute", "60").await;
+    app.set_workspace_settings(&ws, "rate_limit_per_minute", "60")
+        .await;
 
     fresh_window(4, 3.0).await;
     // The budget is the workspace's: two people share it.
@@ -389,7 +348,7 @@ async fn rate_limit_trips_with_retry_after_and_resets_in_the_next_window() {
     assert_eq!(
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM organizations WHERE workspace_id = '{}'",
-            uuid_of(&ws)
+            workspace_uuid(&ws)
         ))
         .await,
         0
@@ -401,7 +360,8 @@ async fn rate_limit_is_shared_by_every_api_process() {
     let app = app_with(&[("RATE_LIMIT_WINDOW_SECS", "6")]).await;
     let owner = app.user("shared-owner@example.com");
     let ws = app.create_workspace(&owner, "Two replicas").await;
-    set(&app, &ws, "rate_limit_per_minute", "60").await;
+    app.set_workspace_settings(&ws, "rate_limit_per_minute", "60")
+        .await;
     let second = tests::processes::spawn_api_without_worker(
         "api-2",
         &app.db.url,

@@ -40,6 +40,15 @@ const SECURITY: &str =
 const AUDIT: &str = "query($w: ID!) { workspace(id: $w) { auditLog(first: 100) { edges { node {
   action targetType targetId summary actor { email } } } } } }";
 
+/// A server and the workspace "Governed" of owner@example.com: (app, the owner's token,
+/// the workspace id).
+async fn governed() -> (TestApp, String, String) {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner@example.com");
+    let ws = app.create_workspace(&owner, "Governed").await;
+    (app, owner, ws)
+}
+
 /// `input` with the workspace id added.
 fn with_ws(ws: &str, mut input: Value) -> Value {
     input["workspaceId"] = json!(ws);
@@ -79,9 +88,7 @@ fn assert_bad_input(body: &Value, field: &str) {
 
 #[tokio::test]
 async fn settings_show_their_defaults_to_owners_and_admins_only() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     app.add_member(&owner, &ws, "admin@example.com", "ADMIN")
         .await;
     app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
@@ -130,9 +137,7 @@ async fn settings_show_their_defaults_to_owners_and_admins_only() {
 
 #[tokio::test]
 async fn policy_and_security_changes_round_trip_and_are_audited() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     let r = policy(
         &app,
         &owner,
@@ -258,9 +263,7 @@ async fn policy_and_security_changes_round_trip_and_are_audited() {
 
 #[tokio::test]
 async fn invalid_settings_are_refused_naming_their_field() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     let many_cidrs: Vec<String> = (0..201)
         .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
         .collect();
@@ -370,9 +373,7 @@ async fn invalid_settings_are_refused_naming_their_field() {
 
 #[tokio::test]
 async fn settings_changes_are_idempotent() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     let input = json!({"approvalExpiryHours": 48, "idempotencyKey": "policy-1"});
     let first = policy(&app, &owner, &ws, input.clone()).await;
     assert_ok(&first);
@@ -406,9 +407,7 @@ async fn settings_changes_are_idempotent() {
 
 #[tokio::test]
 async fn security_changes_and_weaker_approval_rules_wait_for_approval() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     // Adding rules is never held.
     let r = policy(
         &app,
@@ -525,9 +524,7 @@ async fn security_changes_and_weaker_approval_rules_wait_for_approval() {
 
 #[tokio::test]
 async fn add_member_accepts_only_allowed_e_mail_domains() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     assert_ok(
         &policy(
             &app,
@@ -734,9 +731,7 @@ async fn integrations_off_refuses_new_destinations_keeps_stored_ones_and_skips_d
 
 #[tokio::test]
 async fn validate_upload_answers_by_type_wildcard_and_extension() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Governed").await;
+    let (app, owner, ws) = governed().await;
     app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
         .await;
     let viewer = app.user("viewer@example.com");

@@ -2618,16 +2618,6 @@ async fn archive_ids_and_restores_of_every_shape_read_as_missing_and_enqueue_not
     );
 }
 
-/// Sets workspace settings with SQL (`columns` and their `values`) for the gate's cases.
-async fn governed(app: &TestApp, ws: &str, columns: &str, values: &str) {
-    let id = api::ids::WorkspaceId::decode(ws).expect("workspace id").0;
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, {columns}) VALUES ('{id}', {values})
-         ON CONFLICT (workspace_id) DO UPDATE SET ({columns}) = ROW({values})"
-    ))
-    .await;
-}
-
 #[tokio::test]
 async fn forwarded_chains_and_claims_of_any_shape_cannot_break_the_gate() {
     let app = TestApp::with(Options {
@@ -2641,21 +2631,14 @@ async fn forwarded_chains_and_claims_of_any_shape_cannot_break_the_gate() {
     let email = "gate-hostile@example.com";
     let owner = app.user(email);
     let ws = app.create_workspace(&owner, "Hostile").await;
-    governed(
-        &app,
+    app.set_workspace_settings(
         &ws,
         "ip_allow_list, mfa_required, session_timeout_minutes",
         "ARRAY['10.0.0.0/8'], true, 30",
     )
     .await;
     let q = "query($w: ID!) { workspace(id: $w) { name } }";
-    let claims = |extra: Value| {
-        let mut c = Tokens::claims(&format!("auth0|{email}"), email, true);
-        for (k, v) in extra.as_object().expect("object") {
-            c[k] = v.clone();
-        }
-        app.tokens.hs256_claims(&c)
-    };
+    let claims = |extra: Value| app.user_with_claims(email, extra);
     let send = |token: String, xff: String| {
         let app = &app;
         let ws = ws.clone();

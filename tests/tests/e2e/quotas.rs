@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, TimeZone, Utc};
 use serde_json::{Value, json};
-use tests::{Options, TestApp, assert_code, assert_ok, error_code};
+use tests::{Options, TestApp, assert_code, assert_ok, error_code, workspace_uuid};
 
 const UPDATE: &str = "mutation($i: UpdateQuotasInput!) { updateQuotas(input: $i) {
   quotas { resource limit } settings { security { rateLimitPerMinute } } approvalRequest { id status action } } }";
@@ -32,6 +32,28 @@ async fn update_keyed(
         json!({"i": {"workspaceId": ws, "quotas": quotas, "idempotencyKey": key}}),
     )
     .await
+}
+
+/// Sets (or with `None` removes) the quota of one `resource` as `token`; the whole body.
+async fn try_set_quota(
+    app: &TestApp,
+    token: &str,
+    ws: &str,
+    resource: &str,
+    limit: Option<i64>,
+) -> Value {
+    update(
+        app,
+        token,
+        ws,
+        json!([{"resource": resource, "limit": limit}]),
+    )
+    .await
+}
+
+/// [`try_set_quota`], and it succeeded.
+async fn set_quota(app: &TestApp, token: &str, ws: &str, resource: &str, limit: Option<i64>) {
+    assert_ok(&try_set_quota(app, token, ws, resource, limit).await);
 }
 
 /// The quota status of `ws` as `token` (which must be allowed to read it).
@@ -81,16 +103,12 @@ async fn define(app: &TestApp, token: &str, ws: &str, key: &str, reset: Option<&
     assert_ok(&r);
 }
 
-fn uuid_of(ws: &str) -> uuid::Uuid {
-    api::ids::WorkspaceId::decode(ws).expect("workspace id").0
-}
-
 /// Every quota counter of `ws` for `resource`, summed over windows.
 async fn counter(app: &TestApp, ws: &str, resource: &str) -> i64 {
     app.sql_count(&format!(
         "SELECT COALESCE(sum(used), 0)::int8 AS n FROM quota_counters
           WHERE workspace_id = '{}' AND resource = '{resource}'",
-        uuid_of(ws)
+        workspace_uuid(ws)
     ))
     .await
 }
@@ -101,7 +119,7 @@ async fn roots_total(app: &TestApp, ws: &str, resource: &str) -> i64 {
         "SELECT COALESCE(sum(u.subtree), 0)::int8 AS n FROM usage_counters u
            JOIN organizations o ON o.id = u.organization_id AND o.parent_id IS NULL
           WHERE o.workspace_id = '{}' AND u.resource = '{resource}'",
-        uuid_of(ws)
+        workspace_uuid(ws)
     ))
     .await
 }
@@ -193,7 +211,7 @@ async fn quotas_are_set_read_and_removed_idempotently_and_audited() {
     let audited = |filter: &str| {
         format!(
             "SELECT count(*) AS n FROM audit_events WHERE action = 'quota.update' AND workspace_id = '{}' {filter}",
-            uuid_of(&ws)
+            workspace_uuid(&ws)
         )
     };
     assert_eq!(app.sql_count(&audited("")).await, 1);
@@ -255,15 +273,7 @@ async fn quotas_are_set_read_and_removed_idempotently_and_audited() {
         1
     );
     // Removing a quota that is not set is a no-op, still audited.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "locations", "limit": null}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "locations", None).await;
     assert_eq!(app.sql_count(&audited("")).await, 3);
 }
 
@@ -295,22 +305,10 @@ async fn invalid_changes_and_callers_are_refused() {
     assert!(message(&r).contains("`widgets`"), "{r}");
     // Nothing of a refused change is stored.
     assert!(status(&app, &owner, &ws).await.is_empty());
-    let r = update(
-        &app,
-        &owner,
-        &ws,
-        json!([{"resource": "users", "limit": -1}]),
-    )
-    .await;
+    let r = try_set_quota(&app, &owner, &ws, "users", Some(-1)).await;
     assert_code(&r, "BAD_USER_INPUT");
     assert_eq!(field(&r).as_deref(), Some("limit"));
-    let r = update(
-        &app,
-        &owner,
-        &ws,
-        json!([{"resource": "api_requests_per_minute", "limit": 0}]),
-    )
-    .await;
+    let r = try_set_quota(&app, &owner, &ws, "api_requests_per_minute", Some(0)).await;
     assert_code(&r, "BAD_USER_INPUT");
     let r = update(
         &app,
@@ -341,29 +339,15 @@ async fn invalid_changes_and_callers_are_refused() {
     assert_code(&r, "BAD_USER_INPUT");
     assert_eq!(field(&r).as_deref(), Some("quotas"));
     // Owners only change quotas; owners and admins read their status.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 5}]),
-        )
-        .await,
-    );
-    let admin = app.user("admin@example.com");
-    let viewer = app.user("viewer@example.com");
-    app.add_member(&owner, &ws, "admin@example.com", "ADMIN")
+    set_quota(&app, &owner, &ws, "users", Some(5)).await;
+    let admin = app
+        .member_token(&owner, &ws, "admin@example.com", "ADMIN")
         .await;
-    app.add_member(&owner, &ws, "viewer@example.com", "VIEWER")
+    let viewer = app
+        .member_token(&owner, &ws, "viewer@example.com", "VIEWER")
         .await;
     assert_code(
-        &update(
-            &app,
-            &admin,
-            &ws,
-            json!([{"resource": "users", "limit": 50}]),
-        )
-        .await,
+        &try_set_quota(&app, &admin, &ws, "users", Some(50)).await,
         "FORBIDDEN",
     );
     assert_eq!(status(&app, &admin, &ws).await.len(), 1);
@@ -372,38 +356,20 @@ async fn invalid_changes_and_callers_are_refused() {
         "FORBIDDEN",
     );
     assert_code(
-        &update(
-            &app,
-            &viewer,
-            &ws,
-            json!([{"resource": "users", "limit": 50}]),
-        )
-        .await,
+        &try_set_quota(&app, &viewer, &ws, "users", Some(50)).await,
         "FORBIDDEN",
     );
     // Another workspace's quotas do not exist for an outsider.
     let stranger = app.user("stranger@example.com");
     app.create_workspace(&stranger, "Elsewhere").await;
     assert_code(
-        &update(
-            &app,
-            &stranger,
-            &ws,
-            json!([{"resource": "users", "limit": 50}]),
-        )
-        .await,
+        &try_set_quota(&app, &stranger, &ws, "users", Some(50)).await,
         "NOT_FOUND",
     );
     let r = app.gql(&stranger, STATUS, json!({"w": ws})).await;
     assert!(r["data"]["workspace"].is_null(), "{r}");
     assert_code(
-        &update(
-            &app,
-            &owner,
-            "ws_nonsense",
-            json!([{"resource": "users", "limit": 1}]),
-        )
-        .await,
+        &try_set_quota(&app, &owner, "ws_nonsense", "users", Some(1)).await,
         "NOT_FOUND",
     );
     // The quota is unchanged by all of it.
@@ -421,15 +387,7 @@ async fn status_goes_ok_warning_exceeded_and_allocations_past_the_quota_are_refu
     let a1 = app.create_org(&owner, &ws, Some(&a), "A1").await;
     // Usage before the quota counts: the quota starts from it.
     assert_ok(&app.record(&owner, &a1, "users", 3).await);
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 10}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "users", Some(10)).await;
     assert_eq!(
         numbers(&status_of(&app, &owner, &ws, "users").await),
         (3, 10, 30.0, "OK")
@@ -479,15 +437,7 @@ async fn status_goes_ok_warning_exceeded_and_allocations_past_the_quota_are_refu
     assert_ok(&app.record(&owner, &b, "users", 3).await);
     assert_code(&app.record(&owner, &b, "users", 1).await, "LIMIT_EXCEEDED");
     // A quota set below usage: EXCEEDED, increases refused, releases still work.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 8}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "users", Some(8)).await;
     assert_eq!(
         numbers(&status_of(&app, &owner, &ws, "users").await),
         (10, 8, 125.0, "EXCEEDED")
@@ -496,26 +446,10 @@ async fn status_goes_ok_warning_exceeded_and_allocations_past_the_quota_are_refu
     assert_ok(&app.record(&owner, &b, "users", -1).await);
     assert_eq!(counter(&app, &ws, "users").await, 9);
     // Removed: no limit, no counter; set again: counted afresh from the organizations.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": null}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "users", None).await;
     assert_eq!(counter(&app, &ws, "users").await, 0);
     assert_ok(&app.record(&owner, &a, "users", 5).await);
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 20}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "users", Some(20)).await;
     assert_eq!(numbers(&status_of(&app, &owner, &ws, "users").await).0, 14);
     assert_ok(&app.record(&owner, &a, "users", 6).await);
     assert_eq!(counter(&app, &ws, "users").await, 20);
@@ -531,22 +465,14 @@ async fn metered_quotas_count_per_window() {
     let ws = app.create_workspace(&owner, "Metered").await;
     define(&app, &owner, &ws, "executions", Some("DAY")).await;
     let org = app.create_org(&owner, &ws, None, "Ops").await;
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "executions", "limit": 5}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "executions", Some(5)).await;
     assert_ok(&app.record(&owner, &org, "executions", 5).await);
     assert_code(
         &app.record(&owner, &org, "executions", 1).await,
         "LIMIT_EXCEEDED",
     );
     // Yesterday's window does not count today: move today's counters a day back.
-    let id = uuid_of(&ws);
+    let id = workspace_uuid(&ws);
     app.sql_exec(&format!(
         "UPDATE usage_counters SET period_start = period_start - interval '1 day' WHERE workspace_id = '{id}' AND resource = 'executions'"
     ))
@@ -588,15 +514,7 @@ async fn concurrent_allocations_from_two_processes_admit_exactly_the_quota() {
     }
     // Some usage first: the quota starts from it.
     assert_ok(&app.record(&owner, &roots[0], "users", 2).await);
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 20}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "users", Some(20)).await;
     let bases = [app.base.clone(), second];
     let calls = (0..60).map(|i| {
         let (app, owner, base) = (&app, &owner, bases[i % 2].clone());
@@ -655,46 +573,18 @@ async fn another_process_applies_changed_and_removed_quotas_at_once() {
     let owner = app.user("owner@example.com");
     let ws = app.create_workspace(&owner, "Stale").await;
     let org = app.create_org(&owner, &ws, None, "Org").await;
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 2}]),
-        )
-        .await,
-    );
-    assert_ok(&record_at(&app, &second, &owner, &org, "users", 2).await);
-    assert_code(
-        &record_at(&app, &second, &owner, &org, "users", 1).await,
-        "LIMIT_EXCEEDED",
-    );
+    // `users` recorded through the replica.
+    let on_replica = |delta: i64| record_at(&app, &second, &owner, &org, "users", delta);
+    set_quota(&app, &owner, &ws, "users", Some(2)).await;
+    assert_ok(&on_replica(2).await);
+    assert_code(&on_replica(1).await, "LIMIT_EXCEEDED");
     // Raised elsewhere: the replica's counter upsert reads the new quota.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": 4}]),
-        )
-        .await,
-    );
-    assert_ok(&record_at(&app, &second, &owner, &org, "users", 2).await);
-    assert_code(
-        &record_at(&app, &second, &owner, &org, "users", 1).await,
-        "LIMIT_EXCEEDED",
-    );
+    set_quota(&app, &owner, &ws, "users", Some(4)).await;
+    assert_ok(&on_replica(2).await);
+    assert_code(&on_replica(1).await, "LIMIT_EXCEEDED");
     // Removed elsewhere: it never blocks, though the replica still thinks it exists.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "users", "limit": null}]),
-        )
-        .await,
-    );
-    assert_ok(&record_at(&app, &second, &owner, &org, "users", 5).await);
+    set_quota(&app, &owner, &ws, "users", None).await;
+    assert_ok(&on_replica(5).await);
     assert_eq!(app.numbers(&owner, &org, "users").await, (9, 9));
 }
 
@@ -703,15 +593,7 @@ async fn the_members_quota_counts_people_and_refuses_add_member() {
     let app = TestApp::spawn().await;
     let owner = app.user("owner@example.com");
     let ws = app.create_workspace(&owner, "Team").await;
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "members", "limit": 3}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "members", Some(3)).await;
     app.add_member(&owner, &ws, "a@example.com", "ADMIN").await;
     // A pending invitation counts.
     app.add_member(&owner, &ws, "b@example.com", "VIEWER").await;
@@ -737,7 +619,7 @@ async fn the_members_quota_counts_people_and_refuses_add_member() {
     assert_eq!(numbers(&s), (3, 3, 100.0, "EXCEEDED"));
     let members = format!(
         "SELECT count(*) AS n FROM members WHERE workspace_id = '{}'",
-        uuid_of(&ws)
+        workspace_uuid(&ws)
     );
     assert_eq!(app.sql_count(&members).await, 4, "three people and a key");
     assert_code(
@@ -746,15 +628,7 @@ async fn the_members_quota_counts_people_and_refuses_add_member() {
         "LIMIT_EXCEEDED",
     );
     // Raised: one more fits.
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &ws,
-            json!([{"resource": "members", "limit": 4}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &ws, "members", Some(4)).await;
     app.add_member(&owner, &ws, "c@example.com", "VIEWER").await;
     assert_code(
         &app.try_add_member(&owner, &ws, "d@example.com", "VIEWER")
@@ -799,13 +673,7 @@ async fn api_requests_per_minute_is_the_security_rate_limit() {
     assert!(s["periodStart"].is_string());
     // Set as a quota, it is the setting the gate enforces.
     let other = app.create_workspace(&owner, "Tight").await;
-    let r = update(
-        &app,
-        &owner,
-        &other,
-        json!([{"resource": "api_requests_per_minute", "limit": 2}]),
-    )
-    .await;
+    let r = try_set_quota(&app, &owner, &other, "api_requests_per_minute", Some(2)).await;
     assert_ok(&r);
     assert_eq!(
         r["data"]["updateQuotas"]["settings"]["security"]["rateLimitPerMinute"],
@@ -814,7 +682,7 @@ async fn api_requests_per_minute_is_the_security_rate_limit() {
     assert_eq!(
         app.sql_count(&format!(
             "SELECT rate_limit_per_minute::int8 AS n FROM workspace_settings WHERE workspace_id = '{}'",
-            uuid_of(&other)
+            workspace_uuid(&other)
         ))
         .await,
         2
@@ -850,19 +718,10 @@ async fn a_rate_limit_change_is_held_for_approval_like_security_settings() {
     let ws = app.create_workspace(&owner, "Held").await;
     app.add_member(&owner, &ws, "second@example.com", "OWNER")
         .await;
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, approval_required_for) VALUES ('{}', '{{CHANGE_SECURITY_SETTINGS}}')",
-        uuid_of(&ws)
-    ))
-    .await;
+    app.set_workspace_settings(&ws, "approval_required_for", "'{CHANGE_SECURITY_SETTINGS}'")
+        .await;
     // Other quotas are not security settings: made at once.
-    let r = update(
-        &app,
-        &owner,
-        &ws,
-        json!([{"resource": "users", "limit": 9}]),
-    )
-    .await;
+    let r = try_set_quota(&app, &owner, &ws, "users", Some(9)).await;
     assert_ok(&r);
     assert!(r["data"]["updateQuotas"]["approvalRequest"].is_null());
     let r = update(
@@ -907,7 +766,7 @@ async fn a_rate_limit_change_is_held_for_approval_like_security_settings() {
     assert_eq!(
         app.sql_count(&format!(
             "SELECT count(*) AS n FROM audit_events WHERE action = 'quota.update' AND workspace_id = '{}' AND summary ? 'approvalRequestId'",
-            uuid_of(&ws)
+            workspace_uuid(&ws)
         ))
         .await,
         1
@@ -925,24 +784,8 @@ async fn record_usage_costs_no_statement_more_without_a_quota_on_its_resource() 
     let plain = app.create_workspace(&owner, "Plain").await;
     let other = app.create_workspace(&owner, "Quota elsewhere").await;
     let quota = app.create_workspace(&owner, "Quota here").await;
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &other,
-            json!([{"resource": "locations", "limit": 100}]),
-        )
-        .await,
-    );
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &quota,
-            json!([{"resource": "users", "limit": 100}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &other, "locations", Some(100)).await;
+    set_quota(&app, &owner, &quota, "users", Some(100)).await;
     let mut costs = Vec::new();
     for ws in [&plain, &other, &quota] {
         let org = app.create_org(&owner, ws, None, "Org").await;
@@ -978,15 +821,7 @@ async fn quota_status_statements_do_not_grow_with_the_number_of_quotas() {
     let owner = app.user("owner@example.com");
     let few = app.create_workspace(&owner, "Few").await;
     let many = app.create_workspace(&owner, "Many").await;
-    assert_ok(
-        &update(
-            &app,
-            &owner,
-            &few,
-            json!([{"resource": "users", "limit": 10}]),
-        )
-        .await,
-    );
+    set_quota(&app, &owner, &few, "users", Some(10)).await;
     let mut quotas = vec![
         json!({"resource": "users", "limit": 10}),
         json!({"resource": "members", "limit": 10}),

@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use tests::tokens::Tokens;
-use tests::{Options, TestApp, assert_code, assert_ok};
+use tests::{Options, TestApp, assert_code, assert_ok, workspace_uuid};
 
 const BUILT_INS: [(&str, &str); 4] = [
     ("ENTERPRISE_STARTER", "tpl_00000000000070008000000000000001"),
@@ -53,17 +52,6 @@ async fn send(app: &TestApp, token: &str, tls: bool, query: &str, variables: Val
 /// `send` over TLS.
 async fn gql(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
     send(app, token, true, query, variables).await
-}
-
-/// A token for `email` (the harness's subject) signed in with MFA.
-fn mfa(app: &TestApp, email: &str) -> String {
-    let mut claims = Tokens::claims(&format!("auth0|{email}"), email, true);
-    claims["amr"] = json!(["pwd", "mfa"]);
-    app.tokens.hs256_claims(&claims)
-}
-
-fn uuid_of(ws: &str) -> uuid::Uuid {
-    api::ids::WorkspaceId::decode(ws).expect("workspace id").0
 }
 
 fn keys(r: &Value) -> Vec<String> {
@@ -133,16 +121,14 @@ async fn applying_healthcare_changes_settings_once_audited_and_enforced() {
     let app = app().await;
     let owner = app.user("hc-owner@example.com");
     let ws = app.create_workspace(&owner, "Clinic").await;
-    let id = uuid_of(&ws);
+    let id = workspace_uuid(&ws);
     app.add_member(&owner, &ws, "hc-admin@example.com", "ADMIN")
         .await;
     app.add_member(&owner, &ws, "hc-viewer@example.com", "VIEWER")
         .await;
     // An IP allow-list the template must leave as it is (the test client is 127.0.0.1).
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, ip_allow_list) VALUES ('{id}', '{{127.0.0.0/8}}')"
-    ))
-    .await;
+    app.set_workspace_settings(&ws, "ip_allow_list", "'{127.0.0.0/8}'")
+        .await;
     let vars = json!({"w": ws, "t": HEALTHCARE});
 
     // Only owners apply templates; strangers do not see the workspace.
@@ -246,7 +232,7 @@ async fn applying_healthcare_changes_settings_once_audited_and_enforced() {
         r["errors"][0]["extensions"]["reason"], "MFA_REQUIRED",
         "{r}"
     );
-    let owner_mfa = mfa(&app, "hc-owner@example.com");
+    let owner_mfa = app.user_with_claims("hc-owner@example.com", json!({"amr": ["pwd", "mfa"]}));
     assert_ok(&gql(&app, &owner_mfa, READ, json!({"w": ws})).await);
 
     // Applying it again changes nothing (and is audited with no changes).
@@ -307,17 +293,18 @@ async fn custom_templates_are_private_to_their_workspace() {
     let owner_b = app.user("b-owner@example.com");
     let ws_a = app.create_workspace(&owner_a, "A").await;
     let ws_b = app.create_workspace(&owner_b, "B").await;
-    let (a, b) = (uuid_of(&ws_a), uuid_of(&ws_b));
+    let (a, b) = (workspace_uuid(&ws_a), workspace_uuid(&ws_b));
     app.add_member(&owner_a, &ws_a, "a-admin@example.com", "ADMIN")
         .await;
     app.add_member(&owner_a, &ws_a, "a-viewer@example.com", "VIEWER")
         .await;
     let admin_a = app.user("a-admin@example.com");
     let viewer_a = app.user("a-viewer@example.com");
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, session_timeout_minutes, blocked_email_domains, ip_allow_list)
-         VALUES ('{a}', 60, '{{spam.example}}', '{{127.0.0.1/32}}')"
-    ))
+    app.set_workspace_settings(
+        &ws_a,
+        "session_timeout_minutes, blocked_email_domains, ip_allow_list",
+        "60, '{spam.example}', '{127.0.0.1/32}'",
+    )
     .await;
     app.sql_exec(&format!(
         "INSERT INTO workspace_quotas (workspace_id, resource, quota) VALUES ('{a}', 'locations', 7)"
@@ -454,10 +441,8 @@ async fn custom_templates_are_private_to_their_workspace() {
     }
 
     // Applied to its own workspace: back to what it saved.
-    app.sql_exec(&format!(
-        "UPDATE workspace_settings SET session_timeout_minutes = 120 WHERE workspace_id = '{a}'"
-    ))
-    .await;
+    app.set_workspace_settings(&ws_a, "session_timeout_minutes", "120")
+        .await;
     let r = gql(&app, &owner_a, APPLY, json!({"w": ws_a, "t": tpl})).await;
     assert_ok(&r);
     assert_eq!(
@@ -530,7 +515,7 @@ async fn a_workspace_has_at_most_fifty_custom_templates() {
     let app = app().await;
     let owner = app.user("many-owner@example.com");
     let ws = app.create_workspace(&owner, "Many").await;
-    let id = uuid_of(&ws);
+    let id = workspace_uuid(&ws);
     app.sql_exec(&format!(
         "INSERT INTO workspace_templates (id, workspace_id, key, name, settings)
          SELECT gen_random_uuid(), '{id}', 'T' || i, 'Template ' || i, '{{}}'
@@ -556,14 +541,11 @@ async fn a_template_that_changes_security_settings_waits_for_approval() {
     let app = app().await;
     let owner = app.user("apr-owner@example.com");
     let ws = app.create_workspace(&owner, "Held").await;
-    let id = uuid_of(&ws);
+    let id = workspace_uuid(&ws);
     app.add_member(&owner, &ws, "apr-owner2@example.com", "OWNER")
         .await;
-    app.sql_exec(&format!(
-        "INSERT INTO workspace_settings (workspace_id, approval_required_for)
-         VALUES ('{id}', '{{CHANGE_SECURITY_SETTINGS}}')"
-    ))
-    .await;
+    app.set_workspace_settings(&ws, "approval_required_for", "'{CHANGE_SECURITY_SETTINGS}'")
+        .await;
     let r = gql(&app, &owner, APPLY, json!({"w": ws, "t": FINANCIAL})).await;
     assert_ok(&r);
     let out = &r["data"]["applyTemplate"];

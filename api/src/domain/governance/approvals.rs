@@ -34,7 +34,7 @@
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::db::DbPool;
 use crate::db::repo::approvals as repo;
@@ -465,21 +465,31 @@ async fn approve_effect(
             action: "approval.approve",
             target_type: "ApprovalRequest",
             target_id: id.encode(),
-            summary: json!({
-                "requestedBy": UserId(row.requested_by).encode(),
-                "action": row.action,
-                "operation": row.operation,
-                "targetType": row.target_type,
-                "targetId": row.target_id,
-                "status": status,
-                "result": result,
-                "reason": reason,
-            }),
+            summary: decision_summary(
+                &row,
+                json!({ "status": status, "result": result, "reason": reason }),
+            ),
             actor: &actor,
         },
     )
     .await?;
     Ok(Decided::Row(decided))
+}
+
+/// The audit summary of a decision on `row`: what was requested and by whom, with the
+/// decision's own fields (`outcome`, an object).
+fn decision_summary(row: &ApprovalRow, outcome: Value) -> Value {
+    let mut summary = json!({
+        "requestedBy": UserId(row.requested_by).encode(),
+        "action": row.action,
+        "operation": row.operation,
+        "targetType": row.target_type,
+        "targetId": row.target_id,
+    });
+    if let (Some(s), Value::Object(o)) = (summary.as_object_mut(), outcome) {
+        s.extend(o);
+    }
+    summary
 }
 
 /// What follows an approval's commit (also on a replay: each step is idempotent). Failures
@@ -583,14 +593,7 @@ async fn reject_effect(
             },
             target_type: "ApprovalRequest",
             target_id: id.encode(),
-            summary: json!({
-                "requestedBy": UserId(row.requested_by).encode(),
-                "action": row.action,
-                "operation": row.operation,
-                "targetType": row.target_type,
-                "targetId": row.target_id,
-                "reason": reason,
-            }),
+            summary: decision_summary(&row, json!({ "reason": reason })),
             actor: &actor,
         },
     )

@@ -13,6 +13,7 @@ pub mod api_keys;
 pub mod approvals;
 pub mod gate;
 pub mod network;
+mod owner_change;
 pub mod quotas;
 pub mod rate_limit;
 pub mod settings;

@@ -69,15 +69,15 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Governance;
-use super::approvals::{self, ApprovalAction, ApprovalRow, Held};
+use super::approvals::ApprovalRow;
+use super::owner_change;
 use crate::db::models::{ResetPeriod, ResourceKind};
-use crate::db::repo::governance::{self as settings_repo, SettingsRow};
+use crate::db::repo::governance as settings_repo;
 use crate::db::repo::quotas as repo;
 use crate::domain::audit::{self, Change};
 use crate::domain::mutation::{self, Effect};
 use crate::domain::usage::{MAX_COUNT, current_period, epoch};
-use crate::domain::workspaces::require_role;
-use crate::domain::{Actor, DomainError, DomainResult, Role, Services, excerpt};
+use crate::domain::{Actor, DomainError, DomainResult, Services, excerpt};
 use crate::ids::{ApprovalRequestId, WorkspaceId};
 
 /// The quota key of the most members (people) a workspace may have.
@@ -351,19 +351,17 @@ pub async fn update(
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<Updated>> {
     let change = change.validated()?;
-    let ws = change.workspace_id;
-    let done = mutation::run(
+    // The cached settings hold the quota keys and the rate limit: `run` forgets them.
+    owner_change::run(
         services,
         actor,
         "updateQuotas",
+        change.workspace_id,
         key,
         &change,
         |c, _| -> Effect<'_, _> { Box::pin(update_effect(c, actor.clone(), change.clone())) },
     )
-    .await?;
-    // The cached settings hold the quota keys and the rate limit.
-    services.governance.forget(ws.0);
-    Ok(done)
+    .await
 }
 
 async fn update_effect(
@@ -372,26 +370,12 @@ async fn update_effect(
     change: QuotasChange,
 ) -> DomainResult<Updated> {
     let ws = change.workspace_id;
-    require_role(conn, &actor, ws, |r| r == Role::Owner, "change quotas").await?;
-    crate::db::repo::workspaces::lock(conn, ws.0)
-        .await?
-        .ok_or(DomainError::NotFound("workspace"))?;
+    owner_change::lock_as_owner(conn, &actor, ws, "change quotas").await?;
     // Unknown keys are refused before anything is held for approval.
     check_keys(conn, ws.0, &change).await?;
     if change.touches_rate_limit()
-        && let Some(held) = approvals::hold_if_required(
-            conn,
-            &actor,
-            Held {
-                workspace: ws,
-                action: ApprovalAction::ChangeSecuritySettings,
-                operation: "updateQuotas",
-                input: &change,
-                target_type: "Workspace",
-                target_id: ws.encode(),
-            },
-        )
-        .await?
+        && let Some(held) =
+            owner_change::hold_security_change(conn, &actor, ws, "updateQuotas", &change).await?
     {
         return Ok(Updated {
             workspace_id: ws,
@@ -475,9 +459,7 @@ async fn apply(
         repo::reset_counters(conn, ws.0, &fresh).await?;
     }
     if let Some(limit) = rate {
-        let mut row = settings_repo::settings_for_update(conn, ws.0)
-            .await?
-            .unwrap_or_else(|| SettingsRow::defaults(ws.0));
+        let mut row = owner_change::settings_for_update(conn, ws).await?;
         let limit = limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX));
         if row.rate_limit_per_minute != limit {
             row.rate_limit_per_minute = limit;
@@ -531,24 +513,11 @@ pub(crate) async fn execute_approved(
     request: &ApprovalRow,
     actor: &Actor,
 ) -> DomainResult<Value> {
-    let change: QuotasChange = serde_json::from_value(request.input.clone()).map_err(|e| {
-        DomainError::internal(anyhow::anyhow!(
-            "approval request {} holds an unreadable input: {e}",
-            request.id
-        ))
-    })?;
-    let ws = WorkspaceId(request.workspace_id);
-    if change.workspace_id != ws {
-        return Err(DomainError::internal(anyhow::anyhow!(
-            "approval request {} names another workspace",
-            request.id
-        )));
-    }
+    let change: QuotasChange =
+        owner_change::stored_input(request, |c: &QuotasChange| c.workspace_id)?;
+    let ws = change.workspace_id;
     let change = change.validated()?;
-    require_role(conn, actor, ws, |r| r == Role::Owner, "change quotas").await?;
-    crate::db::repo::workspaces::lock(conn, ws.0)
-        .await?
-        .ok_or(DomainError::NotFound("workspace"))?;
+    owner_change::lock_as_owner(conn, actor, ws, "change quotas").await?;
     check_keys(conn, ws.0, &change).await?;
     let done = apply(conn, actor, &change, Some(request)).await?;
     Ok(json!({

@@ -31,14 +31,14 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::Caller;
-use super::approvals::{self, ApprovalAction, ApprovalRow, Held};
+use super::approvals::{ApprovalAction, ApprovalRow};
 use super::gate::{self, reason};
 use super::network::{self, Origin};
+use super::owner_change;
 use crate::db::repo::governance::{self as repo, SettingsRow};
 use crate::domain::audit::{self, Change};
 use crate::domain::mutation::{self, Effect};
-use crate::domain::workspaces::require_role;
-use crate::domain::{Actor, DomainError, DomainResult, Role, Services, excerpt, retention};
+use crate::domain::{Actor, DomainError, DomainResult, Services, excerpt, retention};
 use crate::ids::WorkspaceId;
 
 /// Entries of an e-mail domain or upload type list, at most.
@@ -562,18 +562,16 @@ pub async fn update_policy(
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<Outcome>> {
     let change = change.validated()?;
-    let ws = change.workspace_id;
-    let done = mutation::run(
+    owner_change::run(
         services,
         actor,
         "updateWorkspacePolicy",
+        change.workspace_id,
         key,
         &change,
         |c, _| -> Effect<'_, _> { Box::pin(policy_effect(c, actor.clone(), change.clone())) },
     )
-    .await?;
-    services.governance.forget(ws.0);
-    Ok(done)
+    .await
 }
 
 async fn policy_effect(
@@ -582,36 +580,14 @@ async fn policy_effect(
     change: PolicyChange,
 ) -> DomainResult<Outcome> {
     let ws = change.workspace_id;
-    require_role(
-        conn,
-        &actor,
-        ws,
-        |r| r == Role::Owner,
-        "change the workspace policy",
-    )
-    .await?;
     // The workspace first, then its settings, then its retention: the order every writer of
     // these rows takes.
-    crate::db::repo::workspaces::lock(conn, ws.0)
-        .await?
-        .ok_or(DomainError::NotFound("workspace"))?;
-    let before = repo::settings_for_update(conn, ws.0)
-        .await?
-        .unwrap_or_else(|| SettingsRow::defaults(ws.0));
+    owner_change::lock_as_owner(conn, &actor, ws, "change the workspace policy").await?;
+    let before = owner_change::settings_for_update(conn, ws).await?;
     if change.weakens_approvals(&before)
-        && let Some(held) = approvals::hold_if_required(
-            conn,
-            &actor,
-            Held {
-                workspace: ws,
-                action: ApprovalAction::ChangeSecuritySettings,
-                operation: "updateWorkspacePolicy",
-                input: &change,
-                target_type: "Workspace",
-                target_id: ws.encode(),
-            },
-        )
-        .await?
+        && let Some(held) =
+            owner_change::hold_security_change(conn, &actor, ws, "updateWorkspacePolicy", &change)
+                .await?
     {
         return Ok(Outcome {
             workspace_id: ws,
@@ -659,18 +635,16 @@ pub async fn update_security(
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<Outcome>> {
     let change = change.validated()?;
-    let ws = change.workspace_id;
-    let done = mutation::run(
+    owner_change::run(
         services,
         actor,
         "updateSecuritySettings",
+        change.workspace_id,
         key,
         &change,
         |c, _| -> Effect<'_, _> { Box::pin(security_effect(c, actor.clone(), change.clone())) },
     )
-    .await?;
-    services.governance.forget(ws.0);
-    Ok(done)
+    .await
 }
 
 async fn security_effect(
@@ -679,20 +653,8 @@ async fn security_effect(
     change: SecurityChange,
 ) -> DomainResult<Outcome> {
     let ws = change.workspace_id;
-    require_role(
-        conn,
-        &actor,
-        ws,
-        |r| r == Role::Owner,
-        "change security settings",
-    )
-    .await?;
-    crate::db::repo::workspaces::lock(conn, ws.0)
-        .await?
-        .ok_or(DomainError::NotFound("workspace"))?;
-    let before = repo::settings_for_update(conn, ws.0)
-        .await?
-        .unwrap_or_else(|| SettingsRow::defaults(ws.0));
+    owner_change::lock_as_owner(conn, &actor, ws, "change security settings").await?;
+    let before = owner_change::settings_for_update(conn, ws).await?;
     let mut after = before.clone();
     change.apply(&mut after);
     // An approved change runs for the requester from wherever the approver is: the
@@ -700,19 +662,9 @@ async fn security_effect(
     if !matches!(actor.gate.caller(), Caller::System) {
         check_lock_out(&after, actor.gate.origin())?;
     }
-    if let Some(held) = approvals::hold_if_required(
-        conn,
-        &actor,
-        Held {
-            workspace: ws,
-            action: ApprovalAction::ChangeSecuritySettings,
-            operation: "updateSecuritySettings",
-            input: &change,
-            target_type: "Workspace",
-            target_id: ws.encode(),
-        },
-    )
-    .await?
+    if let Some(held) =
+        owner_change::hold_security_change(conn, &actor, ws, "updateSecuritySettings", &change)
+            .await?
     {
         return Ok(Outcome {
             workspace_id: ws,
@@ -751,34 +703,16 @@ pub(crate) async fn execute_approved(
     request: &ApprovalRow,
     actor: &Actor,
 ) -> DomainResult<Value> {
-    let stored = |e: serde_json::Error| {
-        DomainError::internal(anyhow::anyhow!(
-            "approval request {} holds an unreadable input: {e}",
-            request.id
-        ))
-    };
     let ws = WorkspaceId(request.workspace_id);
-    let foreign = || {
-        DomainError::internal(anyhow::anyhow!(
-            "approval request {} names another workspace",
-            request.id
-        ))
-    };
     match request.operation.as_str() {
         "updateWorkspacePolicy" => {
             let change: PolicyChange =
-                serde_json::from_value(request.input.clone()).map_err(stored)?;
-            if change.workspace_id != ws {
-                return Err(foreign());
-            }
+                owner_change::stored_input(request, |c: &PolicyChange| c.workspace_id)?;
             policy_effect(conn, actor.clone(), change.validated()?).await?;
         }
         "updateSecuritySettings" => {
             let change: SecurityChange =
-                serde_json::from_value(request.input.clone()).map_err(stored)?;
-            if change.workspace_id != ws {
-                return Err(foreign());
-            }
+                owner_change::stored_input(request, |c: &SecurityChange| c.workspace_id)?;
             security_effect(conn, actor.clone(), change.validated()?).await?;
         }
         other => {

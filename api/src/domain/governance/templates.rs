@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Caller;
-use super::approvals::{self, ApprovalAction, ApprovalRow, Held};
-use super::{quotas, settings};
+use super::approvals::{ApprovalAction, ApprovalRow};
+use super::{owner_change, quotas, settings};
 use crate::db::repo::governance::{self as settings_repo, SettingsRow};
 use crate::db::repo::quotas as quota_repo;
 use crate::db::repo::templates as repo;
@@ -64,7 +64,8 @@ pub const HEALTHCARE_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_
 pub const GOVERNMENT_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0004);
 
 /// Reads a present field as `Some`, so that `Option<Option<T>>` tells "absent" (keep the
-/// value) from `null` (no limit).
+/// value) from `null` (no limit). Every preset field is optional: its struct's
+/// `#[serde(default)]` reads an absent one as `None`, and `None` is never written.
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
@@ -72,113 +73,93 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 /// The policy settings a template sets (absent: kept as they are). Names as in GraphQL's
 /// `WorkspacePolicy`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PolicyPreset {
     /// Tokens must carry `mfa` in `amr`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mfa_required: Option<bool>,
     /// Session timeout in minutes (`null`: none).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub session_timeout_minutes: Option<Option<i32>>,
     /// `addMember` accepts only these domains.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_email_domains: Option<Vec<String>>,
     /// `addMember` refuses these domains.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_email_domains: Option<Vec<String>>,
     /// API keys may be created and used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys_allowed: Option<bool>,
     /// Longest lifetime of a new API key (`null`: unbounded).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub api_key_max_lifetime_days: Option<Option<i32>>,
     /// Most live API keys (`null`: unbounded).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub api_key_max_count: Option<Option<i32>>,
     /// Webhook, Slack and e-mail integrations may be created and used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub external_integrations_allowed: Option<bool>,
     /// Uploads accepted (MIME types or `.ext`; empty: any).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_upload_types: Option<Vec<String>>,
     /// Uploads refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_upload_types: Option<Vec<String>>,
     /// `ApprovalAction`s (stored form) that need a second person's approval.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_required_for: Option<Vec<String>>,
     /// Hours a pending approval request lives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_expiry_hours: Option<i32>,
     /// Reads of billing data are audited too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_billing_reads: Option<bool>,
 }
 
 /// The security settings a template sets (absent: kept). There is deliberately no IP
 /// allow-list here.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct SecurityPreset {
     /// Requests must arrive over TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub require_tls: Option<bool>,
     /// Requests per minute per workspace (`null`: unlimited).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<Option<i32>>,
     /// Requests per minute per API key (`null`: as the workspace).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub api_key_rate_limit_per_minute: Option<Option<i32>>,
     /// Declared: data encrypted at rest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_at_rest_required: Option<bool>,
     /// Declared: clients come through the organization's VPN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vpn_required: Option<bool>,
 }
 
 /// The retention settings a template sets, in days (absent: kept). Names as in GraphQL's
 /// `RetentionSettings`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct RetentionPreset {
     /// Audit events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_logs_days: Option<i32>,
     /// The usage ledger.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_events_days: Option<i32>,
     /// Execution logs (declared).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_logs_days: Option<i32>,
     /// Workflow data (declared).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow_data_days: Option<i32>,
     /// Removed members' personal data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_data_days: Option<i32>,
     /// Archive before deleting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_before_delete: Option<bool>,
 }
 
@@ -815,11 +796,8 @@ async fn save_effect(
     actor: Actor,
 ) -> DomainResult<Template> {
     let ws = input.workspace_id;
-    require_role(conn, &actor, ws, |r| r == Role::Owner, "save templates").await?;
     // The workspace's lock serializes saves, so the cap holds under concurrency.
-    crate::db::repo::workspaces::lock(conn, ws.0)
-        .await?
-        .ok_or(DomainError::NotFound("workspace"))?;
+    owner_change::lock_as_owner(conn, &actor, ws, "save templates").await?;
     if repo::count(conn, ws.0).await? >= MAX_CUSTOM {
         return Err(DomainError::LimitExceeded(format!(
             "a workspace has at most {MAX_CUSTOM} custom templates: delete one first"
@@ -986,17 +964,16 @@ pub async fn apply(
     input: ApplyTemplate,
     key: Option<&mutation::Key>,
 ) -> DomainResult<mutation::Done<Applied>> {
-    let done = mutation::run(
+    owner_change::run(
         services,
         actor,
         "applyTemplate",
+        input.workspace_id,
         key,
         &input,
         |c, _| -> Effect<'_, _> { Box::pin(apply_effect(c, input.clone(), actor.clone())) },
     )
-    .await?;
-    services.governance.forget(input.workspace_id.0);
-    Ok(done)
+    .await
 }
 
 async fn apply_effect(
@@ -1005,7 +982,8 @@ async fn apply_effect(
     actor: Actor,
 ) -> DomainResult<Applied> {
     let ws = input.workspace_id;
-    require_role(conn, &actor, ws, |r| r == Role::Owner, "apply templates").await?;
+    // Lock order: the workspace, then its settings (as retention changes lock the workspace).
+    owner_change::lock_as_owner(conn, &actor, ws, "apply templates").await?;
     let not_found = || DomainError::NotFound("template");
     let id = WorkspaceTemplateId::decode(&input.template_id).ok_or_else(not_found)?;
     let template = match built_in(id.0) {
@@ -1023,7 +1001,7 @@ async fn apply_effect(
 }
 
 /// Applies `held.settings` to its workspace in `conn`'s transaction (the actor's role checked
-/// by the caller); holds it for approval when it must be (never for an approved execution,
+/// and the workspace locked by the caller, [`owner_change::lock_as_owner`]); holds it for approval when it must be (never for an approved execution,
 /// whose actor is the system's).
 async fn apply_in(
     conn: &mut AsyncPgConnection,
@@ -1034,12 +1012,7 @@ async fn apply_in(
     let ws = held.workspace_id;
     let preset = &held.settings;
     preset.check()?;
-    // Lock order: the workspace, then its settings (as retention changes lock the workspace).
-    crate::db::repo::workspaces::lock(conn, ws.0)
-        .await?
-        .ok_or(DomainError::NotFound("workspace"))?;
-    let stored = settings_repo::settings_for_update(conn, ws.0).await?;
-    let before = stored.unwrap_or_else(|| SettingsRow::defaults(ws.0));
+    let before = owner_change::settings_for_update(conn, ws).await?;
     let after = preset.settings_after(&before);
     let kept = retention::settings_of(conn, ws.0).await?;
     let kept_after = preset.retention_after(&kept);
@@ -1109,19 +1082,8 @@ async fn apply_in(
         ));
     }
     if weakens_approvals || touches_security {
-        let request = approvals::hold_if_required(
-            conn,
-            actor,
-            Held {
-                workspace: ws,
-                action: ApprovalAction::ChangeSecuritySettings,
-                operation: "applyTemplate",
-                input: held,
-                target_type: "Workspace",
-                target_id: ws.encode(),
-            },
-        )
-        .await?;
+        let request =
+            owner_change::hold_security_change(conn, actor, ws, "applyTemplate", held).await?;
         if let Some(request) = request {
             return Ok(Applied {
                 workspace_id: ws,
@@ -1228,21 +1190,8 @@ pub(crate) async fn execute_approved(
     request: &ApprovalRow,
     actor: &Actor,
 ) -> DomainResult<Value> {
-    let held: HeldApply =
-        serde_json::from_value(request.input.clone()).map_err(DomainError::internal)?;
-    if held.workspace_id.0 != request.workspace_id {
-        return Err(DomainError::internal(anyhow::anyhow!(
-            "an applyTemplate request names another workspace"
-        )));
-    }
-    require_role(
-        conn,
-        actor,
-        held.workspace_id,
-        |r| r == Role::Owner,
-        "apply templates",
-    )
-    .await?;
+    let held: HeldApply = owner_change::stored_input(request, |h: &HeldApply| h.workspace_id)?;
+    owner_change::lock_as_owner(conn, actor, held.workspace_id, "apply templates").await?;
     let applied = apply_in(conn, actor, &held, Some(request)).await?;
     Ok(json!({
         "workspaceId": held.workspace_id.encode(),
