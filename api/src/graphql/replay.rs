@@ -111,7 +111,7 @@ pub async fn mutate<T, P>(
         &crate::domain::Actor,
         Option<&mutation::Key>,
     ) -> crate::domain::DomainResult<Done<T>>,
-    workspace: impl FnOnce(&T) -> Option<Uuid>,
+    workspace: impl Fn(&T) -> Option<Uuid>,
     payload: impl FnOnce(T) -> P,
 ) -> async_graphql::Result<Replayable<P>> {
     let rc = ctx.data_unchecked::<RequestCtx>();
@@ -119,6 +119,13 @@ pub async fn mutate<T, P>(
     let done = call(&rc.services, &rc.actor, key.as_ref())
         .await
         .map_err(|e| rc.err(e))?;
+    // A replay shows the workspace's data again: its policies decide as for a fresh read
+    // (the first request passed them, this one may not: MFA turned on, another address…).
+    if matches!(done.keyed, Keyed::Replay { .. })
+        && let Some(ws) = workspace(&done.value)
+    {
+        rc.actor.admit(ws).await.map_err(|e| rc.err(e))?;
+    }
     Ok(replayable(done, workspace, payload))
 }
 

@@ -393,3 +393,30 @@ async fn rate_limit_is_shared_by_every_api_process() {
     // 60 per minute over 6 s is 6, across both processes together.
     assert_eq!(admitted, 6);
 }
+
+#[tokio::test]
+async fn an_idempotent_replay_is_held_to_the_policies_of_now() {
+    let app = app_with(&[]).await;
+    let email = "replay-owner@example.com";
+    let owner = app.user(email);
+    let ws = app.create_workspace(&owner, "Replays").await;
+    let q = "mutation($w: ID!) { createOrganization(input: {workspaceId: $w, name: \"Once\", idempotencyKey: \"replay-1\"}) { organization { id name } } }";
+    let first = app.gql(&owner, q, json!({"w": ws})).await;
+    assert_ok(&first);
+    // The same request again is a replay of the stored answer…
+    assert_eq!(app.gql(&owner, q, json!({"w": ws})).await, first);
+    // … until the workspace requires MFA: the replay shows its data, so the gate decides.
+    app.set_workspace_settings(&ws, "mfa_required", "true")
+        .await;
+    assert_refused(&app.gql(&owner, q, json!({"w": ws})).await, "MFA_REQUIRED");
+    let mfa = app.user_with_claims(email, json!({"amr": ["mfa"]}));
+    assert_eq!(app.gql(&mfa, q, json!({"w": ws})).await, first);
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM organizations WHERE workspace_id = '{}'",
+            workspace_uuid(&ws)
+        ))
+        .await,
+        1
+    );
+}
