@@ -875,3 +875,104 @@ async fn quota_status_statements_do_not_grow_with_the_number_of_quotas() {
         .expect("workflows");
     assert_eq!(numbers(workflows), (3, 10, 30.0, "OK"));
 }
+
+#[tokio::test]
+async fn workspace_quotas_notify_at_80_and_100_percent_once_per_window() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("owner@example.com");
+    let ws = app.create_workspace(&owner, "Quota warnings").await;
+    let a = app.create_org(&owner, &ws, None, "A").await;
+    let b = app.create_org(&owner, &ws, None, "B").await;
+    set_quota(&app, &owner, &ws, "users", Some(10)).await;
+    let uuid = workspace_uuid(&ws);
+    let count = |kind: &'static str| {
+        let app = &app;
+        async move {
+            app.sql_count(&format!(
+                "SELECT count(*) AS n FROM notifications
+                  WHERE workspace_id = '{uuid}' AND type = '{kind}'"
+            ))
+            .await
+        }
+    };
+    // Below 80 %: nothing.
+    assert_ok(&app.record(&owner, &a, "users", 5).await);
+    assert_eq!(count("quota.warning").await, 0);
+    // Across 80 % of the workspace's quota (the two trees together): one warning.
+    assert_ok(&app.record(&owner, &b, "users", 3).await);
+    assert_eq!(count("quota.warning").await, 1);
+    assert_eq!(count("quota.reached").await, 0);
+    // Above 80 % in the same window, and down and across again: no new one.
+    assert_ok(&app.record(&owner, &a, "users", 1).await);
+    assert_ok(&app.record(&owner, &a, "users", -2).await);
+    assert_ok(&app.record(&owner, &b, "users", 1).await);
+    assert_eq!(count("quota.warning").await, 1);
+    // Across 100 %: one `quota.reached`.
+    assert_ok(&app.record(&owner, &a, "users", 2).await);
+    assert_eq!(counter(&app, &ws, "users").await, 10);
+    assert_eq!(count("quota.warning").await, 1);
+    assert_eq!(count("quota.reached").await, 1);
+    // A refused allocation notifies nothing.
+    assert_code(&app.record(&owner, &b, "users", 1).await, "LIMIT_EXCEEDED");
+    assert_eq!(count("quota.reached").await, 1);
+    // The data says it is the workspace's quota (no organization, no pool).
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM notifications
+              WHERE workspace_id = '{uuid}' AND category = 'QUOTA_WARNINGS'
+                AND data->>'scope' = 'workspace' AND data->>'workspaceId' = '{ws}'
+                AND data->>'resource' = 'users' AND (data->>'quota')::int = 10
+                AND data->'windowStart' = 'null'::jsonb
+                AND NOT data ? 'organizationId' AND NOT data ? 'pool'
+                AND ((type = 'quota.warning' AND (data->>'used')::int = 8 AND (data->>'percent')::int = 80
+                      AND dedupe_key = 'quota:ws:users:month:' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') || ':10:80')
+                  OR (type = 'quota.reached' AND (data->>'used')::int = 10 AND (data->>'percent')::int = 100))"
+        ))
+        .await,
+        2
+    );
+    // Each with the job that fans it out, in the same transaction.
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM apalis.jobs j JOIN notifications n
+                ON j.idempotency_key = 'notification:' || n.id
+              WHERE j.job_type = 'notifications' AND n.workspace_id = '{uuid}'"
+        ))
+        .await,
+        2
+    );
+    // A metered quota's warning names its window; both thresholds at once record both.
+    define(&app, &owner, &ws, "executions", Some("DAY")).await;
+    set_quota(&app, &owner, &ws, "executions", Some(5)).await;
+    assert_ok(&app.record(&owner, &a, "executions", 5).await);
+    let today = Utc::now().date_naive();
+    let day = format!(
+        "{:04}-{:02}-{:02}T00:00:00Z",
+        today.year(),
+        today.month(),
+        today.day()
+    );
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM notifications
+              WHERE workspace_id = '{uuid}' AND data->>'scope' = 'workspace'
+                AND data->>'resource' = 'executions' AND data->>'windowStart' = '{day}'"
+        ))
+        .await,
+        2
+    );
+    // A workspace without quotas is told nothing.
+    let plain = app.create_workspace(&owner, "No quotas").await;
+    let org = app.create_org(&owner, &plain, None, "Org").await;
+    assert_ok(&app.record(&owner, &org, "users", 10).await);
+    assert_ok(&app.record(&owner, &org, "users", 100).await);
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM notifications WHERE workspace_id = '{}'",
+            workspace_uuid(&plain)
+        ))
+        .await,
+        0
+    );
+    app.assert_usage_invariant().await;
+}

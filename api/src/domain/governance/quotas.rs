@@ -49,12 +49,15 @@
 //! in it, from the roots' counters (which already hold that allocation): concurrent first
 //! allocations queue on the new row and add to it, so the count is exact from the start.
 //! Setting a quota on a key that had none (and removing one) drops its old counters, so it
-//! is counted afresh.
+//! is counted afresh. An increase that takes the counter to 80 % or 100 % of the quota
+//! notifies the workspace (`quota.warning`, `quota.reached`, once per window and threshold:
+//! `notifications::quota::after_workspace_allocation`), from the counter's new value that
+//! the upsert returns.
 //!
 //! Cost: which resources of a workspace have quotas is cached with its settings
 //! (`Governance::enforced`, `GOVERNANCE_CACHE_MS`; read once per cache entry, on the first
 //! allocation that needs it). An allocation of a resource without a quota costs no statement
-//! more; one with a quota costs one. The upsert reads the quota itself, so a quota removed or
+//! more; one with a quota costs one (and one more when it crosses a warning threshold). The upsert reads the quota itself, so a quota removed or
 //! changed by another process applies at once; only a quota on a key that had none reaches
 //! another process up to `GOVERNANCE_CACHE_MS` late (this process forgets its cache on
 //! change). Allocations by a process that has not seen a new quota yet are neither checked
@@ -552,7 +555,8 @@ pub async fn watched(governance: &Governance, ws: Uuid, resource: &str) -> Domai
 /// Charges an allocation (or release, `delta` < 0) of `resource` in window `period` to the
 /// workspace's quota, in the allocation's transaction after the organizations' and pools'
 /// counters changed: refuses (the caller rolls back) an increase past the quota. A quota
-/// removed meanwhile is not charged.
+/// removed meanwhile is not charged. An increase that crosses 80 % or 100 % of the quota
+/// records its notification (a statement only then).
 pub async fn charge(
     conn: &mut AsyncPgConnection,
     ws: Uuid,
@@ -561,9 +565,18 @@ pub async fn charge(
     delta: i64,
 ) -> DomainResult<()> {
     let c = repo::charge(conn, ws, resource, period, delta).await?;
-    let (Some(quota), None) = (c.quota, c.used) else {
+    let Some(quota) = c.quota else {
         return Ok(());
     };
+    if let Some(used) = c.used {
+        // Charged: `used` is the counter's new value (an increase adds exactly `delta`, and
+        // a new counter's count already holds it), so the thresholds crossed are known
+        // without a statement; one runs only when one is crossed.
+        return crate::domain::notifications::quota::after_workspace_allocation(
+            conn, ws, resource, period, quota, used, delta,
+        )
+        .await;
+    }
     // Refused: what the workspace uses without this allocation (the counter is locked).
     let used = match c.initial {
         Some(total) => total - delta,

@@ -10,7 +10,7 @@
 //! Events (`type` on the wire, category for e-mail recipients):
 //! | type | category | raised by |
 //! |---|---|---|
-//! | `quota.warning` (80 %), `quota.reached` (100 %) | `QUOTA_WARNINGS` | `recordUsage` crossing an organization's limit or a billing pool's capacity ([`quota`]) |
+//! | `quota.warning` (80 %), `quota.reached` (100 %) | `QUOTA_WARNINGS` | `recordUsage` crossing an organization's limit, a billing pool's capacity or a workspace quota ([`quota`]) |
 //! | `security.owner_added` | `SECURITY_ALERTS` | `addMember` as owner, `updateMemberRole` to owner |
 //! | `security.api_key_created`, `security.ip_refused` | `SECURITY_ALERTS` | hooks for the governance work ([`api_key_created`], [`ip_refused`]) |
 //! | `billing.payment_failed`, `billing.trial_ending`, `billing.subscription_canceled` | `BILLING_NOTIFICATIONS` | Stripe's `invoice.payment_failed`, `customer.subscription.trial_will_end`, `customer.subscription.deleted` ([`stripe_event`]) |
@@ -65,7 +65,7 @@ pub fn backoff_secs(attempt: i32) -> i64 {
 /// Who receives a notification by e-mail: the recipients of its category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Category {
-    /// 80 % and 100 % of a limit or pool.
+    /// 80 % and 100 % of a limit, pool or workspace quota.
     QuotaWarnings,
     /// Owners added, API keys created, refused requests.
     SecurityAlerts,
@@ -103,7 +103,8 @@ impl Category {
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EventType {
-    /// 80 % of an organization's limit or a billing pool's capacity in use.
+    /// 80 % of an organization's limit, a billing pool's capacity or a workspace quota in
+    /// use.
     QuotaWarning,
     /// 100 % in use: allocations are refused until usage falls.
     QuotaReached,
@@ -426,6 +427,15 @@ pub fn summary(kind: EventType, data: &Value) -> String {
     let n = |k: &str| data[k].as_i64().unwrap_or_default();
     match kind {
         EventType::QuotaWarning | EventType::QuotaReached => {
+            if data["scope"].as_str() == Some("workspace") {
+                return format!(
+                    "the workspace uses {} of its quota of {} {} ({} %)",
+                    n("used"),
+                    n("quota"),
+                    s("resource"),
+                    n("percent")
+                );
+            }
             let whose = match data["organizationId"].as_str() {
                 Some(org) => format!("organization {} ({org})", s("organizationName")),
                 None => format!("billing pool {}", s("pool")),
@@ -517,6 +527,22 @@ mod tests {
         // The waits alone pass the window: the clamp to its end makes the last attempt.
         let total: i64 = (1..=8).map(backoff_secs).sum();
         assert!(total >= RETRY_WINDOW.as_secs() as i64);
+    }
+
+    #[test]
+    fn quota_summaries_name_whose_limit() {
+        let ws = json!({"scope": "workspace", "resource": "users", "quota": 10, "limit": 10,
+                        "used": 8, "percent": 80});
+        assert_eq!(
+            summary(EventType::QuotaWarning, &ws),
+            "the workspace uses 8 of its quota of 10 users (80 %)"
+        );
+        let pool = json!({"pool": "ws_x", "resource": "users", "limit": 10, "used": 10,
+                          "percent": 100});
+        assert_eq!(
+            summary(EventType::QuotaReached, &pool),
+            "billing pool ws_x uses 10 of 10 users (100 %)"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Quota warnings: `quota.warning` when an allocation takes an organization's subtree usage
-//! (or a billing pool's) to 80 % of its limit (capacity) or past it, `quota.reached` at
-//! 100 %.
+//! (or a billing pool's, or the workspace's under a workspace quota) to 80 % of its limit
+//! (capacity, quota) or past it, `quota.reached` at 100 %.
 //!
 //! The allocation statement already returns every changed counter's new value and cap, so
 //! the check costs nothing on the hot path: a statement runs only when a threshold is
@@ -10,6 +10,11 @@
 //! again. Metered resources' windows are their reset periods; allocated resources and pools
 //! have no window of their own, so their warnings re-arm each calendar month (UTC). A new
 //! limit re-arms them too.
+//!
+//! A workspace quota's warning ([`after_workspace_allocation`]) says so in its data
+//! (`"scope": "workspace"`, `quota`, no `organizationId` or `pool`); its dedupe key is
+//! `quota:ws:{resource}:{window}:{quota}:{percent}`. The quota's counter statement returns
+//! its new value, so it costs no statement either unless a threshold is crossed.
 
 use chrono::{DateTime, Datelike, Utc};
 use diesel_async::AsyncPgConnection;
@@ -116,6 +121,43 @@ pub async fn after_pool_allocation(
         let key = format!(
             "pool:{pool}:{resource}:{}:{capacity}:{pct}",
             window_key(crate::domain::usage::epoch(), Utc::now())
+        );
+        record(conn, ws, kind, data, Some(&key)).await?;
+    }
+    Ok(())
+}
+
+/// After an allocation of `delta` of `resource` in `window` took the workspace's quota
+/// counter to `used` of `quota` (the counter's new value, from the statement that changed
+/// it under its row lock): notifies the thresholds it crossed. In the allocation's
+/// transaction.
+pub async fn after_workspace_allocation(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    resource: &str,
+    window: DateTime<Utc>,
+    quota: i64,
+    used: i64,
+    delta: i64,
+) -> DomainResult<()> {
+    if delta <= 0 {
+        return Ok(());
+    }
+    for (pct, kind) in crossed(used.saturating_sub(delta), used, quota) {
+        let metered = window != crate::domain::usage::epoch();
+        let data = json!({
+            "workspaceId": WorkspaceId(ws).encode(),
+            "scope": "workspace",
+            "resource": resource,
+            "quota": quota,
+            "limit": quota,
+            "used": used,
+            "percent": pct,
+            "windowStart": metered.then(|| super::rfc3339(window)),
+        });
+        let key = format!(
+            "quota:ws:{resource}:{}:{quota}:{pct}",
+            window_key(window, Utc::now())
         );
         record(conn, ws, kind, data, Some(&key)).await?;
     }
