@@ -2739,3 +2739,66 @@ async fn api_key_shaped_tokens_are_refused_without_a_lookup_when_malformed() {
     assert_eq!(status, 401);
     assert_eq!(b["errors"][0]["message"], "invalid API key");
 }
+
+#[tokio::test]
+async fn governance_inputs_are_capped_with_short_errors_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("caps-owner@example.com");
+    let ws = app.create_workspace(&owner, "Caps").await;
+    let many = |n: usize, f: &dyn Fn(usize) -> String| -> Vec<String> { (0..n).map(f).collect() };
+    let huge = "x".repeat(100_000);
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "mutation($w: ID!, $l: [String!]) { updateSecuritySettings(input: {workspaceId: $w, ipAllowList: $l}) { settings { security { ipAllowList } } } }",
+            json!({"w": ws, "l": many(5_000, &|i| format!("10.{}.{}.0/24", i / 256, i % 256))}),
+        ),
+        (
+            "mutation($w: ID!, $l: [String!]) { updateSecuritySettings(input: {workspaceId: $w, ipAllowList: $l}) { settings { security { ipAllowList } } } }",
+            json!({"w": ws, "l": [huge]}),
+        ),
+        (
+            "mutation($w: ID!, $l: [String!]) { updateWorkspacePolicy(input: {workspaceId: $w, allowedEmailDomains: $l}) { settings { policy { allowedEmailDomains } } } }",
+            json!({"w": ws, "l": many(5_000, &|i| format!("d{i}.example.com"))}),
+        ),
+        (
+            "mutation($w: ID!, $l: [String!]) { updateWorkspacePolicy(input: {workspaceId: $w, blockedUploadTypes: $l}) { settings { policy { blockedUploadTypes } } } }",
+            json!({"w": ws, "l": [format!("application/{huge}")]}),
+        ),
+        (
+            "mutation($w: ID!, $q: [QuotaInput!]!) { updateQuotas(input: {workspaceId: $w, quotas: $q}) { quotas { resource } } }",
+            json!({"w": ws, "q": (0..5_000).map(|i| json!({"resource": format!("r{i}"), "limit": 1})).collect::<Vec<_>>()}),
+        ),
+        (
+            "mutation($w: ID!, $n: String!) { createApiKey(input: {workspaceId: $w, name: $n, role: VIEWER}) { secret } }",
+            json!({"w": ws, "n": huge}),
+        ),
+        (
+            "mutation($w: ID!, $d: String) { saveWorkspaceTemplate(input: {workspaceId: $w, key: \"MINE\", name: \"Mine\", description: $d}) { template { id } } }",
+            json!({"w": ws, "d": huge}),
+        ),
+        (
+            "query($w: ID!, $f: String!) { workspace(id: $w) { validateUpload(fileName: $f, mimeType: \"text/plain\") { allowed } } }",
+            json!({"w": ws, "f": huge}),
+        ),
+    ];
+    for (q, vars) in cases {
+        let b = app.gql(&owner, q, vars).await;
+        assert_code(&b, "BAD_USER_INPUT");
+        let message = b["errors"][0]["message"].as_str().expect("message");
+        assert!(message.len() < 500, "{q}: {message}");
+    }
+    // Nothing was stored: no settings row, no quota, no key, no template.
+    for table in [
+        "workspace_settings",
+        "workspace_quotas",
+        "api_keys",
+        "workspace_templates",
+    ] {
+        assert_eq!(
+            app.sql_count(&format!("SELECT count(*) AS n FROM {table}"))
+                .await,
+            0,
+            "{table}"
+        );
+    }
+}
