@@ -115,6 +115,9 @@ pub struct Config {
     pub api_usage_flush: Duration,
     /// How long a download link stays valid (`DOWNLOAD_LINK_TTL_SECS`, 900; `http::downloads`).
     pub download_link_ttl: Duration,
+    /// Invitations: how long one can be accepted (`INVITATION_TTL_DAYS`, 14) and the page
+    /// their e-mails link to (`INVITATION_ACCEPT_URL`; `domain::invitations`).
+    pub invitations: crate::domain::invitations::InvitationConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -298,6 +301,8 @@ impl Config {
         let notifications =
             crate::domain::notifications::NotificationConfig::from_lookup(&var, production)?;
         let governance = crate::domain::governance::GovernanceConfig::from_lookup(&var)?;
+        let invitations =
+            crate::domain::invitations::InvitationConfig::from_lookup(&var, bind_addr)?;
         let archive_url = match var("ARCHIVE_URL") {
             Some(u) => u,
             None => default_archive_url(&var),
@@ -407,6 +412,7 @@ impl Config {
         Ok(Self {
             notifications,
             governance,
+            invitations,
             api_usage_flush: Duration::from_secs(api_usage_flush_secs),
             download_link_ttl: Duration::from_secs(download_link_secs),
             billing,

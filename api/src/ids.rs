@@ -133,6 +133,11 @@ typed_id!(
     "inv"
 );
 typed_id!(
+    /// An invitation to join a workspace (`inv_` is an invoice's).
+    InvitationId,
+    "invt"
+);
+typed_id!(
     /// A webhook endpoint of a workspace's integration settings.
     WebhookEndpointId,
     "we"

@@ -66,6 +66,7 @@ impl AppState {
             )),
             pool,
             idempotency_ttl: config.idempotency_ttl,
+            invitations: config.invitations.clone(),
             lock_timeout: config.lock_timeout,
             loader_delay: config.loader_delay,
             identities: Default::default(),

@@ -390,12 +390,14 @@ impl TestApp {
             .to_string()
     }
 
-    /// Adds `email` to `ws` with `role` as `token`; returns the member id.
+    /// Adds `email` to `ws` with `role` as `token`: invites them, and they accept (signed in
+    /// as [`TestApp::user`]); returns the member id.
     pub async fn add_member(&self, token: &str, ws: &str, email: &str, role: &str) -> String {
-        let r = self.try_add_member(token, ws, email, role).await;
-        r["data"]["addMember"]["member"]["id"]
+        let invitation = self.invite(token, ws, email, role).await;
+        let r = self.accept_invitation(&self.user(email), &invitation).await;
+        r["data"]["acceptInvitation"]["member"]["id"]
             .as_str()
-            .unwrap_or_else(|| panic!("addMember failed: {r}"))
+            .unwrap_or_else(|| panic!("acceptInvitation failed: {r}"))
             .to_string()
     }
 
@@ -406,11 +408,30 @@ impl TestApp {
         self.user(email)
     }
 
-    /// Tries to add a member; returns the whole body.
+    /// Invites `email` to `ws` with `role` as `token`; returns the invitation's id.
+    pub async fn invite(&self, token: &str, ws: &str, email: &str, role: &str) -> String {
+        let r = self.try_add_member(token, ws, email, role).await;
+        r["data"]["addMember"]["invitation"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("addMember failed: {r}"))
+            .to_string()
+    }
+
+    /// Accepts `invitation` as `token`; returns the whole body.
+    pub async fn accept_invitation(&self, token: &str, invitation: &str) -> Value {
+        self.gql(
+            token,
+            "mutation($i: ID!) { acceptInvitation(input: {invitationId: $i}) { member { id role } } }",
+            json!({"i": invitation}),
+        )
+        .await
+    }
+
+    /// Tries to add (invite) a member; returns the whole body.
     pub async fn try_add_member(&self, token: &str, ws: &str, email: &str, role: &str) -> Value {
         self.gql(
             token,
-            "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { member { id role } } }",
+            "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { invitation { id role email } } }",
             json!({"w": ws, "e": email, "r": role}),
         )
         .await

@@ -170,7 +170,8 @@ impl Verifier {
         let verified = c
             .email_verified
             .or_else(|| namespaced(&c.extra, "email_verified").and_then(serde_json::Value::as_bool))
-            .unwrap_or(true);
+            // No claim proves nothing about the address (`invitations` need it verified).
+            .unwrap_or(false);
         if c.sub.trim().is_empty() {
             return Err(AuthError("token has an empty sub".into()));
         }
@@ -184,7 +185,7 @@ impl Verifier {
         Ok((
             Claims {
                 subject: c.sub,
-                email: email.trim().to_lowercase(),
+                email: email.trim().to_ascii_lowercase(),
                 name: name.filter(|n| !n.trim().is_empty()),
                 email_verified: verified,
             },

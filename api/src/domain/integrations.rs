@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::audit::{self, Change};
 use super::mutation::{self, Effect};
-use super::notifications::channels::check_url;
+use super::notifications::channels::{check_recipient, check_url};
 use super::notifications::{Category, EventType};
 use super::workspaces::require_role;
 use super::{Actor, DomainError, DomainResult, Role, Services};
@@ -221,14 +221,36 @@ pub struct NewEndpoint {
     pub event_types: Vec<EventType>,
 }
 
-/// What `createWebhookEndpoint` returns: the endpoint and, this once, its secret. (A repeat
-/// with the same idempotency key returns the same secret: that is what the key is for.)
+/// What `createWebhookEndpoint` returns: the endpoint and, this once, its secret. The secret
+/// is never stored with the idempotency key's result (`serde(skip)`): a repeat reads it again
+/// from the endpoint's sealed copy ([`endpoint_secret`]), so it stays sealed under the master
+/// key everywhere it is kept.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CreatedEndpoint {
     /// The endpoint.
     pub endpoint: Endpoint,
-    /// Its signing secret.
-    pub secret: String,
+    /// Its signing secret (`None` in a stored result).
+    #[serde(skip)]
+    pub secret: Option<String>,
+}
+
+/// The signing secret of endpoint `id` of workspace `ws`, unsealed (a repeat of
+/// `createWebhookEndpoint` shows it again); `None` once the endpoint is gone.
+pub async fn endpoint_secret(
+    services: &Services,
+    ws: Uuid,
+    id: WebhookEndpointId,
+) -> DomainResult<Option<String>> {
+    let mut conn = services.conn().await?;
+    let Some(e) = repo::endpoint_secret(&mut conn, id.0)
+        .await?
+        .filter(|e| e.workspace_id == ws)
+    else {
+        return Ok(None);
+    };
+    unseal(&services.vault, &endpoint_aad(id.0), &e.secret_sealed)
+        .map(Some)
+        .map_err(DomainError::internal)
 }
 
 /// The distinct types of `types`, in first-seen order; refuses lists longer than any
@@ -329,7 +351,7 @@ async fn create_endpoint_effect(
     .await?;
     Ok(CreatedEndpoint {
         endpoint: row.into(),
-        secret,
+        secret: Some(secret),
     })
 }
 
@@ -410,8 +432,10 @@ pub struct SettingsChange {
     pub email_recipients: Vec<(Category, Vec<String>)>,
 }
 
-/// Checks and normalizes one category's addresses: each a valid address (lower-cased),
-/// duplicates dropped, at most [`MAX_RECIPIENTS`].
+/// Checks and normalizes one category's addresses: each one bare address as delivery parses
+/// it ([`check_recipient`]: surrounding whitespace trimmed, domain lower-cased, local part as
+/// typed; display names, angle brackets, lists refused), duplicates dropped (compared without
+/// case, the first spelling kept), at most [`MAX_RECIPIENTS`].
 fn check_addresses(category: Category, addresses: &[String]) -> DomainResult<Vec<String>> {
     let field = "emailRecipients";
     if addresses.len() > MAX_RECIPIENTS * 2 {
@@ -426,11 +450,8 @@ fn check_addresses(category: Category, addresses: &[String]) -> DomainResult<Vec
     }
     let mut out: Vec<String> = Vec::with_capacity(addresses.len());
     for a in addresses {
-        let e = super::members::check_email(a).map_err(|e| match e {
-            DomainError::BadInput { message, .. } => DomainError::bad_input(field, message),
-            e => e,
-        })?;
-        if !out.contains(&e) {
+        let e = check_recipient(field, a)?.to_string();
+        if !out.iter().any(|o| o.to_lowercase() == e.to_lowercase()) {
             out.push(e);
         }
     }
@@ -565,6 +586,7 @@ async fn update_effect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::excerpt;
 
     #[test]
     fn secrets_are_standard_webhooks_secrets_and_seal_per_row() {
@@ -617,5 +639,50 @@ mod tests {
         assert!(check_addresses(Category::QuotaWarnings, &list(21)).is_err());
         assert!(check_addresses(Category::QuotaWarnings, &list(5_000)).is_err());
         assert!(check_addresses(Category::QuotaWarnings, &["not an address".into()]).is_err());
+    }
+
+    fn one(address: &str) -> DomainResult<Vec<String>> {
+        check_addresses(Category::SecurityAlerts, &[address.to_string()])
+    }
+
+    #[test]
+    fn recipients_are_stored_as_the_bare_address_delivery_uses() {
+        let got = one("Ops+alerts@Mail.Example.COM").expect("bare address");
+        assert_eq!(got, vec!["ops+alerts@mail.example.com".to_string()]);
+        // What delivery parses it into is what is stored, unchanged.
+        let delivered = got[0].parse::<lettre::Address>().expect("lettre reads it");
+        assert_eq!(delivered.to_string(), got[0]);
+        assert_eq!(delivered.user(), "ops+alerts");
+        assert_eq!(delivered.domain(), "mail.example.com");
+        // Surrounding whitespace is trimmed, then the address is taken.
+        assert_eq!(
+            one(" a@b.example ").expect("trimmed"),
+            vec!["a@b.example".to_string()]
+        );
+    }
+
+    #[test]
+    fn recipients_that_are_not_one_bare_address_are_refused() {
+        for refused in [
+            "\"x\"<attacker@evil.example>",
+            "a,b@x.example",
+            "Name <a@b.example>",
+            "a@b.example, c@d.example",
+            "\"a\"@b.example",
+            "a b@x.example",
+        ] {
+            match one(refused) {
+                Err(DomainError::BadInput { field, message }) => {
+                    assert_eq!(field, "emailRecipients", "{refused}");
+                    assert!(message.contains(&excerpt(refused.trim())), "{message}");
+                }
+                other => panic!("{refused}: {other:?}"),
+            }
+        }
+        let long = format!("\"x\"<{}@evil.example>", "a".repeat(200));
+        let Err(DomainError::BadInput { message, .. }) = one(&long) else {
+            panic!("long input accepted");
+        };
+        assert!(!message.contains(&"a".repeat(41)), "{message}");
     }
 }

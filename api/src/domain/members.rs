@@ -5,12 +5,14 @@ use serde_json::json;
 
 use super::audit::{self, Change};
 use super::governance::approvals::{self, ApprovalAction, ApprovalRow, Held, Outcome};
+use super::invitations::InvitationConfig;
 use super::mutation::{self, Effect};
 use super::workspaces::require_role;
 use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::models::MemberRow;
+use crate::db::repo::invitations::InvitationRow;
 use crate::db::repo::{self, Page, members};
-use crate::ids::{MemberId, UserId, WorkspaceId};
+use crate::ids::{InvitationId, MemberId, UserId, WorkspaceId};
 
 /// Members a workspace may have, pending invitations included.
 pub const MAX_MEMBERS: i64 = 100;
@@ -68,9 +70,10 @@ pub struct NewMember {
     pub role: Role,
 }
 
-/// Normalizes and checks an e-mail address.
+/// Normalizes and checks an e-mail address (billing contacts, domain rules): trimmed, its
+/// ASCII letters lower-cased and nothing else folded.
 pub fn check_email(email: &str) -> DomainResult<String> {
-    let e = email.trim().to_lowercase();
+    let e = email.trim().to_ascii_lowercase();
     let valid = e.len() <= 254
         && !e.chars().any(|c| c.is_whitespace() || c.is_control())
         && e.split_once('@').is_some_and(|(local, domain)| {
@@ -93,24 +96,35 @@ pub fn check_email(email: &str) -> DomainResult<String> {
     }
 }
 
-/// Adds a member by e-mail. Someone who has not signed in yet gets a pending membership
-/// that their first sign-in with that (verified) e-mail claims. Adding an owner is held for
-/// approval when the workspace requires it for `PROMOTE_TO_OWNER`.
+/// `addMember`: invites a person by e-mail (`domain::invitations`); nobody becomes a member
+/// without accepting. The answer is the invitation, the same whether the address has an
+/// account or not. Inviting an owner is held for approval when the workspace requires it for
+/// `PROMOTE_TO_OWNER`.
 pub async fn add(
     services: &Services,
     actor: &Actor,
     input: NewMember,
     key: Option<&mutation::Key>,
-) -> DomainResult<mutation::Done<Outcome<MemberRow>>> {
-    let email = check_email(&input.email)?;
+) -> DomainResult<mutation::Done<Outcome<InvitationRow>>> {
+    let email = super::invitations::normalize_email(&input.email)?;
     let (ws, role) = (input.workspace_id, input.role);
+    let config = services.invitations.clone();
     mutation::run(
         services,
         actor,
         "addMember",
         key,
         &input,
-        |c, _| -> Effect<'_, _> { Box::pin(add_effect(c, email.clone(), actor.clone(), ws, role)) },
+        |c, _| -> Effect<'_, _> {
+            Box::pin(add_effect(
+                c,
+                email.clone(),
+                actor.clone(),
+                ws,
+                role,
+                config.clone(),
+            ))
+        },
     )
     .await
 }
@@ -122,7 +136,8 @@ async fn add_effect(
     actor: Actor,
     ws: WorkspaceId,
     role: Role,
-) -> DomainResult<Outcome<MemberRow>> {
+    config: InvitationConfig,
+) -> DomainResult<Outcome<InvitationRow>> {
     let mine = require_role(conn, &actor, ws, Role::is_manager, "add members").await?;
     if role == Role::Owner && mine != Role::Owner {
         return Err(DomainError::Forbidden("only owners can add owners".into()));
@@ -132,7 +147,8 @@ async fn add_effect(
         .await?
         .ok_or(DomainError::NotFound("workspace"))?;
     super::governance::settings::check_member_email(conn, ws, &email).await?;
-    let count = members::count(conn, ws.0).await?;
+    let count =
+        members::count(conn, ws.0).await? + repo::invitations::count_live(conn, ws.0).await?;
     if count >= MAX_MEMBERS {
         return Err(DomainError::LimitExceeded(format!(
             "a workspace has at most {MAX_MEMBERS} members (pending invitations included); it has {count}"
@@ -157,59 +173,48 @@ async fn add_effect(
             return Ok(Outcome::Held(Box::new(request)));
         }
     }
-    let user = repo::users::find_or_create_invitee(conn, &email).await?;
-    if members::find_by_user(conn, ws.0, user.id).await?.is_some() {
-        return Err(DomainError::Conflict(format!(
-            "{email} is already a member of this workspace"
-        )));
-    }
-    let m = members::insert(conn, ws.0, user.id, role.as_str(), Some(actor.user_id.0)).await?;
-    audit::record(conn, Change {
-        workspace: ws,
-        action: "member.add",
-        target_type: "Member",
-        target_id: MemberId(m.id).encode(),
-        summary: json!({"email": email, "role": role.as_str(), "pending": user.subject.is_none()}),
-        actor: &actor,
-    })
-    .await?;
-    if role == Role::Owner {
-        let who = (MemberId(m.id), UserId(m.user_id));
-        super::notifications::owner_added(conn, ws, who, Some(&email), false, &actor).await?;
-    }
-    Ok(Outcome::Done(m))
+    let invitation = super::invitations::invite(conn, &actor, ws, &email, role, &config).await?;
+    Ok(Outcome::Done(invitation))
 }
 
 /// Executes an approved `addMember` or `updateMemberRole` (`governance::approvals`) as the
 /// requester.
 pub(crate) async fn execute_approved(
     conn: &mut AsyncPgConnection,
-    _services: &Services,
+    services: &Services,
     request: &ApprovalRow,
     actor: &Actor,
 ) -> DomainResult<serde_json::Value> {
     let input = request.input.clone();
-    let outcome = match request.operation.as_str() {
-        "addMember" => {
-            let new: NewMember = serde_json::from_value(input).map_err(DomainError::internal)?;
-            add_effect(conn, new.email, actor.clone(), new.workspace_id, new.role).await?
-        }
-        _ => {
-            let change: RoleChange =
-                serde_json::from_value(input).map_err(DomainError::internal)?;
-            match update_role_effect(conn, actor.clone(), change.member_id, change.role).await? {
-                (m, None) => Outcome::Done(m),
-                (_, Some(r)) => Outcome::Held(Box::new(r)),
-            }
-        }
-    };
-    match outcome {
-        Outcome::Done(m) => Ok(json!({
+    if request.operation == "addMember" {
+        let new: NewMember = serde_json::from_value(input).map_err(DomainError::internal)?;
+        let config = services.invitations.clone();
+        return match add_effect(
+            conn,
+            new.email,
+            actor.clone(),
+            new.workspace_id,
+            new.role,
+            config,
+        )
+        .await?
+        {
+            Outcome::Done(i) => Ok(json!({
+                "invitationId": InvitationId(i.id).encode(),
+                "email": i.email,
+                "role": i.role,
+            })),
+            Outcome::Held(_) => approvals::held_again(),
+        };
+    }
+    let change: RoleChange = serde_json::from_value(input).map_err(DomainError::internal)?;
+    match update_role_effect(conn, actor.clone(), change.member_id, change.role).await? {
+        (m, None) => Ok(json!({
             "memberId": MemberId(m.id).encode(),
             "userId": UserId(m.user_id).encode(),
             "role": m.role,
         })),
-        Outcome::Held(_) => approvals::held_again(),
+        (_, Some(_)) => approvals::held_again(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod gdpr;
 pub mod governance;
 pub mod integrations;
+pub mod invitations;
 pub mod jobs;
 pub mod members;
 pub mod mutation;
@@ -329,6 +330,8 @@ pub struct Services {
     pub notifier: std::sync::Arc<notifications::Notifier>,
     /// Cached workspace settings, rate limits and API keys (`governance`).
     pub governance: std::sync::Arc<governance::Governance>,
+    /// Invitations' lifetime and link (`INVITATION_TTL_DAYS`, `INVITATION_ACCEPT_URL`).
+    pub invitations: invitations::InvitationConfig,
 }
 
 impl Services {

@@ -348,7 +348,8 @@ pub fn check_resource_key(key: &str) -> DomainResult<()> {
         Err(DomainError::bad_input(
             "resource",
             format!(
-                "`{key}` is not a resource key (lower-case letters, digits and _, starting with a letter, at most 40)"
+                "`{}` is not a resource key (lower-case letters, digits and _, starting with a letter, at most 40)",
+                super::excerpt(key)
             ),
         ))
     }
@@ -357,7 +358,7 @@ pub fn check_resource_key(key: &str) -> DomainResult<()> {
 fn unknown_resource(key: &str) -> DomainError {
     DomainError::bad_input(
         "resource",
-        format!("this workspace has no resource `{key}`"),
+        format!("this workspace has no resource `{}`", super::excerpt(key)),
     )
 }
 

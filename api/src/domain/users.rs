@@ -11,12 +11,12 @@ use crate::db::repo::users;
 pub struct Claims {
     /// `sub`.
     pub subject: String,
-    /// `email` (lower-cased).
+    /// `email` (its ASCII letters lower-cased: `invitations::normalize_email`).
     pub email: String,
     /// `name`.
     pub name: Option<String>,
-    /// `email_verified`; a token without the claim counts as verified (as Auth0 access
-    /// tokens carrying `email` only for verified addresses do), `false` is respected.
+    /// `email_verified`; a token without the claim does not count as verified (it proves
+    /// nothing about the address, so it accepts no invitation).
     pub email_verified: bool,
 }
 
@@ -73,8 +73,8 @@ impl IdentityCache {
     }
 }
 
-/// Returns the user for these claims, creating or updating it as needed. A first sign-in
-/// with a verified e-mail claims the pending memberships addressed to that e-mail. The
+/// Returns the user for these claims, creating or updating it as needed. Signing in joins no
+/// workspace: invitations are accepted by the person (`domain::invitations`). The
 /// identity of an erased user is refused (`UNAUTHENTICATED`): it cannot sign in again, nor
 /// come back as a new user. No token signs in as an API key's service account: a `sub` of
 /// their form (`apikey|…`) is refused, and provisioning never finds their rows.
@@ -118,22 +118,13 @@ async fn provision_tx(
 ) -> DomainResult<UserRow> {
     let name = c.name.as_deref();
     if let Some(u) = users::find_by_subject(conn, &c.subject).await? {
-        let u = users::update_profile(conn, u.id, &c.email, name, c.email_verified).await?;
-        if c.email_verified {
-            users::merge_pending_into(conn, u.id, &c.email).await?;
-        }
-        return Ok(u);
+        return Ok(users::update_profile(conn, u.id, &c.email, name, c.email_verified).await?);
     }
     // A subject seen for the first time (or again): was it erased?
     if crate::db::repo::erasure::subject_taken(conn, closed_subject).await? {
         return Err(DomainError::Unauthenticated(
             "this account was erased; it cannot sign in again".into(),
         ));
-    }
-    if c.email_verified
-        && let Some(u) = users::claim_pending(conn, &c.subject, &c.email, name).await?
-    {
-        return Ok(u);
     }
     users::insert_signed_in(conn, &c.subject, &c.email, name, c.email_verified)
         .await

@@ -205,27 +205,7 @@ impl ApiKeyMutation {
         .await?;
         // The response holds the secret: its rendering is never stored, so a repeat under
         // the same key resolves the payload afresh from the stored result (which lacks it).
-        Ok(match out {
-            Replayable::Fresh {
-                payload,
-                settle: Some((caller, key)),
-            } => {
-                let rc = rc(ctx);
-                if let Err(e) =
-                    crate::domain::mutation::settle_rendering(&rc.services, caller, &key, None)
-                        .await
-                {
-                    // A repeat then waits for the rendering a while, and resolves afresh.
-                    let e = rc.err(e);
-                    tracing::warn!(request.id = %rc.actor.request_id, error = %e.message, "settling createApiKey's rendering failed");
-                }
-                Replayable::Fresh {
-                    payload,
-                    settle: None,
-                }
-            }
-            other => other,
-        })
+        Ok(replay::never_stored(ctx, out, "createApiKey").await)
     }
 
     /// Revokes an API key (owners any; admins ADMIN and VIEWER keys; not API keys). It stops

@@ -181,3 +181,73 @@ pub fn bad_input(field: &'static str, message: impl Into<String>) -> async_graph
 pub fn not_found(what: &'static str) -> async_graphql::Error {
     to_graphql(DomainError::NotFound(what), "")
 }
+
+/// Longest run of quoted text (between `"` or `` ` ``) an error message keeps: what the
+/// engine and our messages quote is the client's input (a field, an operation name, a
+/// resource key), and a refusal must not grow with it.
+pub const MAX_QUOTED_CHARS: usize = 40;
+/// Longest error message, whatever it holds.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+/// `message` as a response may carry it: every quoted run cut to [`MAX_QUOTED_CHARS`] and the
+/// whole to [`MAX_MESSAGE_CHARS`] (each cut marked `…`), control characters replaced. Applied
+/// to every error of every response (`http::graphql`), so that no message echoes more than
+/// 200 characters of its input.
+pub fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    let fits =
+        message.chars().count() <= MAX_QUOTED_CHARS && !message.chars().any(char::is_control);
+    if fits {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len().min(4 * MAX_MESSAGE_CHARS));
+    let (mut quote, mut run, mut total) = (None::<char>, 0usize, 0usize);
+    for c in message.chars() {
+        if total >= MAX_MESSAGE_CHARS {
+            out.push('…');
+            return std::borrow::Cow::Owned(out);
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            None if c == '"' || c == '`' => {
+                quote = Some(c);
+                run = 0;
+            }
+            Some(_) => {
+                run += 1;
+                if run > MAX_QUOTED_CHARS {
+                    if run == MAX_QUOTED_CHARS + 1 {
+                        out.push('…');
+                        total += 1;
+                    }
+                    continue;
+                }
+            }
+            None => {}
+        }
+        out.push(if c.is_control() { '\u{FFFD}' } else { c });
+        total += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_bounded_whatever_they_quote() {
+        assert_eq!(bounded("short"), "short");
+        let name = "f".repeat(1_000_000);
+        let m = format!("Unknown field \"{name}\" on type \"Query\".");
+        let b = bounded(&m);
+        assert!(b.chars().count() < 120, "{b}");
+        assert!(b.contains(&"f".repeat(MAX_QUOTED_CHARS)));
+        assert!(!b.contains(&"f".repeat(MAX_QUOTED_CHARS + 1)));
+        assert!(b.ends_with("on type \"Query\"."), "{b}");
+        let raw = format!("bad: {name}");
+        assert_eq!(bounded(&raw).chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(bounded("a\nb"), "a\u{FFFD}b");
+        let ok = "a normal message that is longer than forty characters, with `quotes`";
+        assert_eq!(bounded(ok), ok);
+    }
+}

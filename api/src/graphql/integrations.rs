@@ -111,12 +111,29 @@ pub struct CreateWebhookEndpointInput {
 
 /// Result of `createWebhookEndpoint`.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct CreateWebhookEndpointPayload {
     /// The new endpoint.
     pub webhook_endpoint: WebhookEndpoint,
-    /// Its signing secret (`whsec_…`), shown this once: store it where your receiver
-    /// verifies signatures.
-    pub secret: String,
+    #[graphql(skip)]
+    secret: Option<String>,
+}
+
+#[async_graphql::ComplexObject]
+impl CreateWebhookEndpointPayload {
+    /// Its signing secret (`whsec_…`): store it where your receiver verifies signatures. A
+    /// repeat with the same idempotency key reads it again from its sealed copy (it is never
+    /// kept in clear); null once the endpoint was deleted.
+    async fn secret(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        if let Some(s) = &self.secret {
+            return Ok(Some(s.clone()));
+        }
+        let rc = rc(ctx);
+        let e = &self.webhook_endpoint.0;
+        domain::endpoint_secret(&rc.services, e.workspace_id, e.id)
+            .await
+            .map_err(|err| rc.err(err))
+    }
 }
 
 /// Input of `deleteWebhookEndpoint`.
@@ -187,7 +204,7 @@ impl IntegrationMutation {
             url: input.url,
             event_types: input.event_types.into_iter().map(Into::into).collect(),
         };
-        replay::mutate(
+        let out = replay::mutate(
             ctx,
             input.idempotency_key,
             async move |s, a, k| domain::create_endpoint(s, a, new, k).await,
@@ -197,7 +214,9 @@ impl IntegrationMutation {
                 secret: c.secret,
             },
         )
-        .await
+        .await?;
+        // The response holds the secret: its rendering is never stored.
+        Ok(replay::never_stored(ctx, out, "createWebhookEndpoint").await)
     }
 
     /// Removes a webhook endpoint (owners). Its pending deliveries fail.

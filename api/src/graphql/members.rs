@@ -3,6 +3,7 @@
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 
 use super::approvals::ApprovalRequest;
+use super::invitations::Invitation;
 use super::replay::{self, Replayable};
 use super::users::User;
 use super::workspaces::{Workspace, member_id};
@@ -78,18 +79,6 @@ impl Member {
         })
     }
 
-    /// True while the person has not signed in yet (an invitation by e-mail).
-    async fn pending(&self, ctx: &Context<'_>) -> Result<bool> {
-        let rc = rc(ctx);
-        let u = rc
-            .loaders
-            .users
-            .load_one(self.0.user_id)
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(u.is_none_or(|u| u.subject.is_none()))
-    }
-
     /// The workspace.
     async fn workspace(&self, ctx: &Context<'_>) -> Result<Option<Workspace>> {
         super::workspaces::load_visible(ctx, WorkspaceId(self.0.workspace_id)).await
@@ -106,8 +95,8 @@ impl Member {
 pub struct AddMemberInput {
     /// Workspace.
     pub workspace_id: ID,
-    /// E-mail of the person. Someone who has not signed in yet gets a pending membership
-    /// that their first sign-in with this (verified) e-mail claims.
+    /// E-mail of the person to invite: they become a member only by accepting
+    /// (`acceptInvitation`), signed in with this address verified.
     pub email: String,
     /// Role to give; only owners may give `OWNER`.
     pub role: Role,
@@ -118,10 +107,11 @@ pub struct AddMemberInput {
 /// Result of `addMember`.
 #[derive(SimpleObject)]
 pub struct AddMemberPayload {
-    /// The new membership; null while adding an owner waits for approval.
-    pub member: Option<Member>,
+    /// The invitation sent (the same answer whether the address has an account or not);
+    /// null while inviting an owner waits for approval.
+    pub invitation: Option<Invitation>,
     /// The pending approval request, when the workspace requires approval for
-    /// `PROMOTE_TO_OWNER` and an owner is added: nobody was added yet.
+    /// `PROMOTE_TO_OWNER` and an owner is invited: nobody was invited yet.
     pub approval_request: Option<ApprovalRequest>,
 }
 
@@ -170,7 +160,8 @@ pub struct MemberMutation;
 
 #[Object]
 impl MemberMutation {
-    /// Adds a person by e-mail (owners and admins; at most 100 members per workspace).
+    /// Invites a person by e-mail (owners and admins; at most 100 members per workspace,
+    /// pending invitations included). Nobody becomes a member without accepting.
     async fn add_member(
         &self,
         ctx: &Context<'_>,
@@ -193,11 +184,11 @@ impl MemberMutation {
             },
             |o| match o {
                 Outcome::Done(row) => AddMemberPayload {
-                    member: Some(Member(row)),
+                    invitation: Some(Invitation(row)),
                     approval_request: None,
                 },
                 Outcome::Held(r) => AddMemberPayload {
-                    member: None,
+                    invitation: None,
                     approval_request: Some(ApprovalRequest(*r)),
                 },
             },

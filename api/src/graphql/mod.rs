@@ -13,6 +13,7 @@ pub mod error;
 pub mod gdpr;
 pub mod governance;
 pub mod integrations;
+pub mod invitations;
 pub mod jobs;
 pub mod json;
 pub mod limits;
@@ -57,6 +58,7 @@ pub struct Query(
 pub struct Mutation(
     workspaces::WorkspaceMutation,
     members::MemberMutation,
+    invitations::InvitationMutation,
     organizations::OrganizationMutation,
     resources::ResourceMutation,
     billing::BillingMutation,

@@ -34,6 +34,10 @@ pub enum NotificationEventType {
     SubscriptionCanceled,
     /// An action waits for a second person's approval (`approval.requested`).
     ApprovalRequested,
+    /// Someone was invited to join the workspace (`member.invited`): e-mailed to the
+    /// invitee with the link that accepts it, and sent to the webhook endpoints that list
+    /// this type (not to those of every type, Slack or recipient lists).
+    MemberInvited,
 }
 
 /// Who receives a notification by e-mail: the recipients of its category.

@@ -119,11 +119,22 @@ pub async fn mutate<T, P>(
     let done = call(&rc.services, &rc.actor, key.as_ref())
         .await
         .map_err(|e| rc.err(e))?;
-    // A replay shows the workspace's data again: its policies decide as for a fresh read
-    // (the first request passed them, this one may not: MFA turned on, another address…).
+    // A replay shows the workspace's data again: only to a current member, and its policies
+    // decide as for a fresh read (the first request passed them, this one may not: MFA
+    // turned on, another address…). Anyone else is answered as a fresh request of theirs
+    // would be (the workspace is missing to them): nothing charged, no policy revealed.
     if matches!(done.keyed, Keyed::Replay { .. })
         && let Some(ws) = workspace(&done.value)
     {
+        let member = rc
+            .loaders
+            .access
+            .load_one(ws)
+            .await
+            .map_err(|e| rc.err(e))?;
+        if member.is_none() {
+            return Err(error::not_found("workspace"));
+        }
         rc.actor.admit(ws).await.map_err(|e| rc.err(e))?;
     }
     Ok(replayable(done, workspace, payload))
@@ -218,5 +229,33 @@ impl<P: OutputType + Sync> OutputType for Replayable<P> {
                 Ok(value)
             }
         }
+    }
+}
+
+/// For a mutation whose response holds a secret: its rendering is never stored under the
+/// idempotency key (settled as "none", so a repeat resolves the payload afresh from the stored
+/// result, which never holds the secret either).
+pub async fn never_stored<P>(
+    ctx: &Context<'_>,
+    out: Replayable<P>,
+    operation: &str,
+) -> Replayable<P> {
+    match out {
+        Replayable::Fresh {
+            payload,
+            settle: Some((caller, key)),
+        } => {
+            let rc = ctx.data_unchecked::<RequestCtx>();
+            if let Err(e) = mutation::settle_rendering(&rc.services, caller, &key, None).await {
+                // A repeat then waits for the rendering a while, and resolves afresh.
+                let e = rc.err(e);
+                tracing::warn!(request.id = %rc.actor.request_id, error = %e.message, operation, "settling a rendering failed");
+            }
+            Replayable::Fresh {
+                payload,
+                settle: None,
+            }
+        }
+        other => other,
     }
 }

@@ -6,7 +6,7 @@ use super::rc;
 use crate::db::models::UserRow;
 use crate::ids::UserId;
 
-/// A person: someone who signed in, or was invited by e-mail and has not signed in yet.
+/// A person who signed in.
 pub struct User(pub UserRow);
 
 #[Object]
@@ -26,7 +26,7 @@ impl User {
         self.0.name.as_deref()
     }
 
-    /// False for a person invited by e-mail who has not signed in yet.
+    /// Whether the person signed in (true for every member: invitations are not members).
     async fn signed_in(&self) -> bool {
         self.0.subject.is_some()
     }
@@ -40,6 +40,22 @@ impl User {
     /// history). Readable by the person alone: `FORBIDDEN` for anyone else.
     async fn consents(&self, ctx: &Context<'_>) -> Result<Vec<super::gdpr::Consent>> {
         super::gdpr::consents_of(ctx, self.0.id).await
+    }
+
+    /// Pending invitations addressed to this person's verified e-mail, newest first (at most
+    /// 100; none while the address is not verified). Readable by the person alone:
+    /// `FORBIDDEN` for anyone else.
+    async fn invitations(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::invitations::ReceivedInvitation>> {
+        let rc = rc(ctx);
+        if rc.actor.user_id.0 != self.0.id {
+            return Err(rc.err(crate::domain::DomainError::Forbidden(
+                "only the person themself reads their invitations".into(),
+            )));
+        }
+        super::invitations::received(ctx).await
     }
 
     /// Data exports about this person that you asked for (`requestDataExport`), newest

@@ -103,7 +103,8 @@ impl Workspace {
         self.0.updated_at
     }
 
-    /// Members, oldest first (pending invitations included). At most 100 per page.
+    /// Members, oldest first (people who accepted their invitation; pending ones are in
+    /// `invitations`). At most 100 per page.
     #[graphql(complexity = "complexity(first, child_complexity)")]
     async fn members(
         &self,
@@ -288,6 +289,18 @@ impl Workspace {
         after: Option<String>,
     ) -> Result<Connection<String, super::api_keys::ApiKey>> {
         super::api_keys::api_keys_of(ctx, self.0.id, first, after).await
+    }
+
+    /// Pending invitations, newest first. Owners and admins only (`FORBIDDEN` otherwise). At
+    /// most 100 per page.
+    #[graphql(complexity = "complexity(first, child_complexity)")]
+    async fn invitations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, super::invitations::Invitation>> {
+        super::invitations::invitations_of(ctx, self.0.id, first, after).await
     }
 
     /// Every workspace quota with its usage, limit, percentage and status (`OK`, `WARNING`

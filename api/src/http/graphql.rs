@@ -250,7 +250,8 @@ async fn operation(
     actor: Actor,
 ) -> GqlResponse {
     let user = actor.user_id.0;
-    let (resp, usage) = run_operation(state, r, is_get, actor).await;
+    let (mut resp, usage) = run_operation(state, r, is_get, actor).await;
+    label_errors(&mut resp.errors);
     state.api_usage.record(
         &usage.owners,
         user,
@@ -270,8 +271,7 @@ async fn run_operation(
     let parsed = match state.documents.parse(&r.query) {
         Ok(p) => p,
         Err(e) => {
-            let mut resp = GqlResponse::from_errors(vec![e]);
-            label_errors(&mut resp.errors);
+            let resp = GqlResponse::from_errors(vec![e]);
             return (resp, Attribution::unparsed(&r.variables));
         }
     };
@@ -301,7 +301,7 @@ async fn run_operation(
     r.set_parsed_query((*parsed.doc).clone());
     let started = Instant::now();
     let r = r.data(ctx).data(switch.clone());
-    let mut resp = state.schema.execute(r).await;
+    let resp = state.schema.execute(r).await;
     state.metrics.observe_operation(
         name.as_deref(),
         resp.errors.is_empty(),
@@ -309,7 +309,6 @@ async fn run_operation(
     );
     let (answered, fallback) = switch.outcomes();
     state.metrics.observe_one_step(answered, fallback);
-    label_errors(&mut resp.errors);
     (resp, usage)
 }
 
@@ -431,9 +430,13 @@ fn error_response(c: &str, message: &str) -> GqlResponse {
 }
 
 /// Errors raised by the engine itself (syntax, validation, depth and complexity limits,
-/// input coercion) carry no code: they are all the client's input.
+/// input coercion) carry no code: they are all the client's input. Every message is bounded
+/// (`graphql::error::bounded`): none echoes more than a few dozen characters of its input.
 fn label_errors(errors: &mut [ServerError]) {
     for e in errors {
+        if let std::borrow::Cow::Owned(m) = crate::graphql::error::bounded(&e.message) {
+            e.message = m;
+        }
         let ext = e
             .extensions
             .get_or_insert_with(ErrorExtensionValues::default);

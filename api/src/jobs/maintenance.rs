@@ -68,6 +68,12 @@ pub const PERIODIC: &[Periodic] = &[
         "20 */5 * * * *",
         |pool, _| approval_expiry(pool).boxed(),
     ),
+    Periodic::new(
+        "invitation-expiry",
+        "SCHEDULE_INVITATION_EXPIRY",
+        "40 10 * * * *",
+        |pool, _| invitation_expiry(pool).boxed(),
+    ),
 ];
 
 /// The periodic job named `name`.
@@ -229,3 +235,12 @@ async fn retention(pool: &DbPool, settings: &Settings) -> anyhow::Result<()> {
 
 /// Rows one retention statement deletes at the most (a short lock, whatever the backlog).
 pub const RETENTION_BATCH: i64 = 5_000;
+
+/// Deletes expired invitations (`domain::invitations`).
+async fn invitation_expiry(pool: &DbPool) -> anyhow::Result<()> {
+    let n = crate::domain::invitations::expire_due(pool).await?;
+    if n > 0 {
+        tracing::info!(deleted = n, "deleted expired invitations");
+    }
+    Ok(())
+}

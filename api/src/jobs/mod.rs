@@ -222,6 +222,8 @@ pub struct Settings {
     pub schedules: Schedules,
     /// The notification channels (`domain::notifications`).
     pub notifier: Arc<crate::domain::notifications::Notifier>,
+    /// Invitations (their e-mails link to `INVITATION_ACCEPT_URL`).
+    pub invitations: crate::domain::invitations::InvitationConfig,
 }
 
 impl Settings {
@@ -248,6 +250,7 @@ impl Settings {
             notifier: Arc::new(crate::domain::notifications::Notifier::new(
                 c.notifications.clone(),
             )?),
+            invitations: c.invitations.clone(),
         })
     }
 }
@@ -265,6 +268,7 @@ impl Settings {
             vault: self.vault.clone(),
             identities: Default::default(),
             notifier: self.notifier.clone(),
+            invitations: self.invitations.clone(),
             // Jobs act as the system: their gate admits everything and reads nothing.
             governance: Arc::new(crate::domain::governance::Governance::new(
                 Default::default(),

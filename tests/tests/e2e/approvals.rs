@@ -399,7 +399,7 @@ async fn promote(app: &TestApp, token: &str, member: &str) -> Value {
 }
 
 const ADD: &str = "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) {
-    member { id role } approvalRequest { id status action } } }";
+    invitation { id role } approvalRequest { id status action } } }";
 
 #[tokio::test]
 async fn promotions_to_owner_need_another_owner_s_approval() {
@@ -448,25 +448,37 @@ async fn promotions_to_owner_need_another_owner_s_approval() {
         )
         .await;
     assert_ok(&r);
-    assert!(r["data"]["addMember"]["member"].is_null(), "{r}");
+    assert!(r["data"]["addMember"]["invitation"].is_null(), "{r}");
     let id = r["data"]["addMember"]["approvalRequest"]["id"]
         .as_str()
         .expect("id")
         .to_string();
     assert_eq!(
         app.sql_count(
-            "SELECT count(*) AS n FROM users WHERE email = 'new-owner@promo.example.com'"
+            "SELECT count(*) AS n FROM invitations WHERE email = 'new-owner@promo.example.com'"
         )
         .await,
         0
     );
     let r = approve(&app, &t.owner2, &id).await;
     assert_eq!(status(&r, "approveRequest"), "APPROVED", "{r}");
+    // Approved, the invitation goes out; the person becomes an owner by accepting it.
+    let invitation = r["data"]["approveRequest"]["approvalRequest"]["result"]["invitationId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("approved addMember invites: {r}"))
+        .to_string();
+    let accepted = app
+        .accept_invitation(&app.user("new-owner@promo.example.com"), &invitation)
+        .await;
+    assert_eq!(
+        accepted["data"]["acceptInvitation"]["member"]["role"], "OWNER",
+        "{accepted}"
+    );
     let added = app
         .member_id(&t.owner, &t.ws, "new-owner@promo.example.com")
         .await;
     assert_eq!(
-        r["data"]["approveRequest"]["approvalRequest"]["result"]["memberId"],
+        accepted["data"]["acceptInvitation"]["member"]["id"],
         added.as_str()
     );
     let r = app
@@ -476,7 +488,7 @@ async fn promotions_to_owner_need_another_owner_s_approval() {
             json!({"w": t.ws, "e": "new-admin@promo.example.com", "r": "ADMIN"}),
         )
         .await;
-    assert_eq!(r["data"]["addMember"]["member"]["role"], "ADMIN", "{r}");
+    assert_eq!(r["data"]["addMember"]["invitation"]["role"], "ADMIN", "{r}");
     assert!(r["data"]["addMember"]["approvalRequest"].is_null());
     // An action that can no longer be done is a FAILED decision, not an error: the member
     // to promote left meanwhile.

@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tests::tokens::{Tokens, now};
-use tests::{TestApp, assert_code, assert_ok};
+use tests::{TestApp, assert_code};
 
 const VIEWER: &str = "{ viewer { email name } }";
 
@@ -134,66 +134,4 @@ async fn expired_token_within_leeway_is_accepted() {
     c["exp"] = json!(now() - 5);
     let (s, body) = status_of(&app, Some(&app.tokens.hs256_claims(&c))).await;
     assert_eq!(s, 200, "{body}");
-}
-
-#[tokio::test]
-async fn first_verified_sign_in_claims_pending_membership() {
-    let app = TestApp::spawn().await;
-    let owner = app.user("owner@example.com");
-    let ws = app.create_workspace(&owner, "Acme").await;
-    let r = app
-        .try_add_member(&owner, &ws, "New.Person@Example.com", "ADMIN")
-        .await;
-    assert_ok(&r);
-
-    // Pending until the person signs in.
-    let r = app
-        .gql(&owner, "query($w: ID!) { workspace(id: $w) { members { edges { node { role pending user { email signedIn } } } } } }", json!({"w": ws}))
-        .await;
-    let pending: Vec<&Value> = r["data"]["workspace"]["members"]["edges"]
-        .as_array()
-        .expect("edges")
-        .iter()
-        .filter(|e| e["node"]["pending"] == true)
-        .collect();
-    assert_eq!(pending.len(), 1, "{r}");
-    assert_eq!(
-        pending[0]["node"]["user"]["email"],
-        "new.person@example.com"
-    );
-
-    // An unverified e-mail does not claim it.
-    let unverified = app
-        .tokens
-        .hs256("auth0|impostor", "new.person@example.com", false);
-    let r = app
-        .gql(
-            &unverified,
-            "query($w: ID!) { workspace(id: $w) { id } }",
-            json!({"w": ws}),
-        )
-        .await;
-    assert_ok(&r);
-    assert!(
-        r["data"]["workspace"].is_null(),
-        "unverified sign-in must not claim: {r}"
-    );
-
-    // The verified owner of the address does.
-    let person = app
-        .tokens
-        .hs256("auth0|new", "new.person@example.com", true);
-    let r = app
-        .gql(
-            &person,
-            "query($w: ID!) { workspace(id: $w) { viewerRole } }",
-            json!({"w": ws}),
-        )
-        .await;
-    assert_eq!(r["data"]["workspace"]["viewerRole"], "ADMIN", "{r}");
-    assert_eq!(
-        app.sql_count("SELECT count(*) AS n FROM users WHERE subject IS NULL")
-            .await,
-        0
-    );
 }

@@ -618,8 +618,7 @@ async fn a_replay_returns_what_the_first_request_returned_and_nothing_newer() {
     let vars = json!({"w": ws, "k": "rename-1"});
     let first = app.gql_text(&m, RENAME_SEEING_MEMBERS, vars.clone()).await;
     assert_ok(&serde_json::from_str(&first).expect("json"));
-    // M is removed; afterwards someone joins and the workspace is renamed.
-    remove(&app, &owner, &m_id).await;
+    // Afterwards someone joins and the workspace is renamed.
     app.add_member(&owner, &ws, "joined-later@example.com", "VIEWER")
         .await;
     let r = app
@@ -634,6 +633,15 @@ async fn a_replay_returns_what_the_first_request_returned_and_nothing_newer() {
     let replay = app.gql_text(&m, RENAME_SEEING_MEMBERS, vars.clone()).await;
     assert_eq!(replay, first);
     assert!(!replay.contains("joined-later") && !replay.contains("Renamed later"));
+    // Once M is removed, the replay reads like a missing key: what a fresh request of
+    // theirs gets, nothing of the workspace.
+    remove(&app, &owner, &m_id).await;
+    let gone = app.gql(&m, RENAME_SEEING_MEMBERS, vars.clone()).await;
+    assert_code(&gone, "NOT_FOUND");
+    assert!(
+        gone["data"].is_null() || gone["data"]["renameWorkspace"].is_null(),
+        "{gone}"
+    );
     // A richer selection under the same key is a reuse, not a way to read more.
     let richer = RENAME_SEEING_MEMBERS.replace(
         "viewerRole",
@@ -2799,6 +2807,65 @@ async fn governance_inputs_are_capped_with_short_errors_and_change_nothing() {
                 .await,
             0,
             "{table}"
+        );
+    }
+}
+
+/// The longest run of `c` in `text`.
+fn longest_run(text: &str, c: char) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for x in text.chars() {
+        run = if x == c { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
+}
+
+#[tokio::test]
+async fn refusals_never_echo_more_than_two_hundred_characters_of_their_input() {
+    let app = TestApp::with(Options {
+        env: [("GRAPHQL_MAX_BODY_BYTES".to_string(), (4 << 20).to_string())].into(),
+    })
+    .await;
+    let t = app.user("echo@example.com");
+    let ws = app.create_workspace(&t, "Echo").await;
+    let org = app.create_org(&t, &ws, None, "Root").await;
+    let big = "z".repeat(1 << 20);
+    let bodies = [
+        // A field, an argument, a type and an operation name of a megabyte.
+        json!({"query": format!("{{ {big} }}")}),
+        json!({"query": format!("{{ viewer {{ id({big}: 1) }} }}")}),
+        json!({"query": format!("query($x: {big}) {{ viewer {{ id }} }}")}),
+        json!({"query": "{ viewer { id } }", "operationName": big}),
+        // Inputs: a resource key, an e-mail, a workspace name, an invitation token.
+        json!({"query": "mutation($o: ID!, $r: String!) { recordUsage(input: {organizationId: $o, resource: $r, delta: 1}) { organization { id } } }",
+               "variables": {"o": org, "r": big}}),
+        json!({"query": "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: VIEWER}) { invitation { id } } }",
+               "variables": {"w": ws, "e": format!("{big}@example.com")}}),
+        json!({"query": "mutation($n: String!) { createWorkspace(input: {name: $n, billingMode: SINGLE}) { workspace { id } } }",
+               "variables": {"n": big}}),
+        json!({"query": "mutation($t: String!) { acceptInvitation(input: {token: $t}) { member { id } } }",
+               "variables": {"t": big}}),
+    ];
+    for body in bodies {
+        let (_, r) = app.gql_raw(Some(&t), body.clone()).await;
+        let errors = r["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("refused: {r}"));
+        assert!(!errors.is_empty());
+        for e in errors {
+            let m = e["message"].as_str().unwrap_or_default();
+            assert!(
+                longest_run(m, 'z') <= 200,
+                "echoes its input: {}",
+                &m[..m.len().min(300)]
+            );
+            assert!(m.chars().count() <= 301, "{}", &m[..m.len().min(300)]);
+        }
+        assert!(
+            r.to_string().len() < 4_096,
+            "a short answer: {}",
+            r.to_string().len()
         );
     }
 }

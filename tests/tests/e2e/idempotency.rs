@@ -32,12 +32,15 @@ async fn replay_returns_the_same_body_and_creates_one_row() {
         1
     );
 
-    let add = "mutation($w: ID!, $k: String) { addMember(input: {workspaceId: $w, email: \"m@example.com\", role: VIEWER, idempotencyKey: $k}) { member { id role createdAt } } }";
+    let add = "mutation($w: ID!, $k: String) { addMember(input: {workspaceId: $w, email: \"m@example.com\", role: VIEWER, idempotencyKey: $k}) { invitation { id role createdAt } } }";
     let a1 = app.gql(&t, add, json!({"w": ws, "k": "add-1"})).await;
     let a2 = app.gql(&t, add, json!({"w": ws, "k": "add-1"})).await;
     assert_ok(&a1);
     assert_eq!(a1, a2);
-    assert_eq!(app.sql_count("SELECT count(*) AS n FROM members").await, 2);
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM invitations").await,
+        1
+    );
     // Without a key the same request is a new request (and conflicts).
     let a3 = app.gql(&t, add, json!({"w": ws})).await;
     assert_code(&a3, "CONFLICT");
@@ -115,7 +118,7 @@ async fn a_failed_request_leaves_its_key_free() {
     let r = app.gql(&t, CREATE, json!({"n": "", "k": "retry-me"})).await;
     assert_code(&r, "BAD_USER_INPUT");
     let ws = app.create_workspace(&t, "W").await;
-    let add = "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: OWNER, idempotencyKey: \"add\"}) { member { id } } }";
+    let add = "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: OWNER, idempotencyKey: \"add\"}) { invitation { id } } }";
     // Refused by a rule inside the transaction: nothing is stored under the key...
     app.add_member(&t, &ws, "dup@example.com", "VIEWER").await;
     let r = app

@@ -62,7 +62,7 @@ async fn foreign_ids_are_indistinguishable_from_missing_ones() {
             true,
         ),
         (
-            "mutation($id: ID!) { addMember(input: {workspaceId: $id, email: \"x@x.example\", role: VIEWER}) { member { id } } }",
+            "mutation($id: ID!) { addMember(input: {workspaceId: $id, email: \"x@x.example\", role: VIEWER}) { invitation { id } } }",
             "ws",
             true,
         ),

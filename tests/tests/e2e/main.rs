@@ -12,6 +12,7 @@ mod governance_settings;
 mod graphiql;
 mod hostile;
 mod idempotency;
+mod invitations;
 mod isolation;
 mod jobs;
 mod limits;

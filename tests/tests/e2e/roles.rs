@@ -99,7 +99,7 @@ async fn act(app: &TestApp, s: &Setup, who: Who, action: &str) -> Value {
             json!({"w": ws}),
         ),
         "add_viewer" | "add_admin" | "add_owner" => (
-            "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { member { role } } }",
+            "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { invitation { role } } }",
             json!({"w": ws, "e": format!("new-{action}@example.com"), "r": action.trim_start_matches("add_").to_uppercase()}),
         ),
         "viewer_to_admin" => role(&s.viewer2_member, "ADMIN"),

@@ -225,6 +225,39 @@ pub async fn delete_involving(conn: &mut AsyncPgConnection, user: Uuid) -> Query
         .await
 }
 
+/// The paths of the exports about `user` asked for within workspace `ws` (its owners').
+pub async fn paths_about_in(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    ws: Uuid,
+) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct P {
+        #[diesel(sql_type = Text)]
+        path: String,
+    }
+    let rows: Vec<P> =
+        diesel::sql_query("SELECT path FROM data_exports WHERE user_id = $1 AND workspace_id = $2")
+            .bind::<SqlUuid, _>(user)
+            .bind::<SqlUuid, _>(ws)
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.path).collect())
+}
+
+/// Deletes the exports about `user` asked for within workspace `ws`.
+pub async fn delete_about_in(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    ws: Uuid,
+) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM data_exports WHERE user_id = $1 AND workspace_id = $2")
+        .bind::<SqlUuid, _>(user)
+        .bind::<SqlUuid, _>(ws)
+        .execute(conn)
+        .await
+}
+
 /// The paths of up to `limit` exports that expired before `now` (any person's).
 pub async fn expired(
     conn: &mut AsyncPgConnection,

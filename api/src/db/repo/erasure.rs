@@ -550,3 +550,24 @@ pub async fn repoint_archive(
     .await?;
     Ok(n == 1)
 }
+
+/// Records that `ws`'s rows were pseudonymized for its former member `user` as of
+/// `removed_at` (retention then leaves them be).
+pub async fn record_scrub(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    user: Uuid,
+    removed_at: chrono::DateTime<chrono::Utc>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO removed_member_scrubs (workspace_id, user_id, removed_at) VALUES ($1, $2, $3)
+         ON CONFLICT (workspace_id, user_id) DO UPDATE SET removed_at = EXCLUDED.removed_at,
+                scrubbed_at = now()",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(ws)
+    .bind::<diesel::sql_types::Uuid, _>(user)
+    .bind::<diesel::sql_types::Timestamptz, _>(removed_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}

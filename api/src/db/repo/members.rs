@@ -172,3 +172,20 @@ pub async fn pages_for_workspaces(
     .load(conn)
     .await
 }
+
+/// Whether a person with the (normalized) address `email` is a member of `ws`.
+pub async fn is_member_by_email(
+    conn: &mut AsyncPgConnection,
+    ws: Uuid,
+    email: &str,
+) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        members::table
+            .inner_join(users::table.on(users::id.eq(members::user_id)))
+            .filter(members::workspace_id.eq(ws))
+            .filter(users::service_account.eq(false))
+            .filter(users::email.eq(email)),
+    ))
+    .get_result(conn)
+    .await
+}

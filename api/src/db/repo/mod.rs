@@ -14,6 +14,7 @@ pub mod erasure;
 pub mod governance;
 pub mod idempotency;
 pub mod integrations;
+pub mod invitations;
 pub mod job_stats;
 pub mod jobs;
 pub mod members;

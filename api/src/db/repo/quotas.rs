@@ -213,7 +213,9 @@ pub async fn members_quota(
     let row: Option<Row> = diesel::sql_query(
         "SELECT q.quota,
                 (SELECT count(*) FROM members m JOIN users u ON u.id = m.user_id
-                  WHERE m.workspace_id = $1 AND NOT u.service_account) AS people
+                  WHERE m.workspace_id = $1 AND NOT u.service_account)
+                + (SELECT count(*) FROM invitations i
+                    WHERE i.workspace_id = $1 AND i.expires_at > now()) AS people
            FROM workspace_quotas q WHERE q.workspace_id = $1 AND q.resource = $2",
     )
     .bind::<SqlUuid, _>(ws)
@@ -269,6 +271,8 @@ pub async fn status(
                        CASE WHEN q.resource = $5 THEN
                                 (SELECT count(*) FROM members m JOIN users u ON u.id = m.user_id
                                   WHERE m.workspace_id = $1 AND NOT u.service_account)
+                                + (SELECT count(*) FROM invitations i
+                                    WHERE i.workspace_id = $1 AND i.expires_at > now())
                             WHEN w.period_start IS NULL THEN 0::int8
                             ELSE COALESCE(
                                 (SELECT c.used FROM quota_counters c

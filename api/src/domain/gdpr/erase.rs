@@ -1,7 +1,13 @@
-//! Erasure (`eraseUser`): irreversible, asked for by the person themself or by an owner of
-//! the only workspace they belong to, done by a job.
+//! Erasure (`eraseUser`): irreversible, done by a job. Who asks decides what is erased, and
+//! nobody erases more than they control:
+//! - **the person themself** erases their account: everything below;
+//! - **an owner** of a workspace the person belongs to erases the person *from that
+//!   workspace* ([`remove_from_workspace`]): the membership goes at once, and the job replaces
+//!   their e-mail and name with their pseudonym in that workspace's rows and archives, and
+//!   deletes the exports about them asked for there. Their account, their sign-in and every
+//!   other workspace are untouched, whatever other workspaces they have or had.
 //!
-//! The request, in one transaction: closes the identity at once (the row's subject becomes a
+//! The person's own request, in one transaction: closes the identity at once (the row's subject becomes a
 //! keyed hash of the token's `sub`, so that `sub` finds nothing and is refused at sign-in, and
 //! the e-mail stops counting as verified, so invitations no longer find the row), records the
 //! erasure (`user_erasures`, with the pseudonym), enqueues the job and audits `user.erase` —
@@ -13,7 +19,7 @@
 //! - deletes the person's exports (objects, then rows; those they asked for about others
 //!   too) and forgets their data key (what was sealed under it cannot be opened any more);
 //! - deletes their consents, the idempotency keys they used (with the responses stored under
-//!   them), the invitations to their address nobody signed in for (placeholder users), and
+//!   them), the invitations to their address (and the placeholder users of old), and
 //!   takes their address out of notification recipient lists;
 //! - drops the stored renderings of others' responses that showed them (a replay resolves
 //!   afresh, showing the pseudonym);
@@ -152,7 +158,8 @@ async fn request_effect(
         }
         Scope::Everything
     } else {
-        Scope::Workspace(owner_scope(conn, &actor, &theirs).await?)
+        let ws = owner_scope(conn, &actor, &theirs).await?;
+        return remove_from_workspace(conn, &actor, user, ws, &vault).await;
     };
     let pseudonym = pseudonym(&vault, user.0);
     let (job, _) = enqueue(
@@ -203,8 +210,134 @@ async fn request_effect(
     Ok(Requested { job, pseudonym })
 }
 
-/// The workspace an owner erases a member from: the only live workspace the person belongs
-/// to, which the caller owns.
+/// An owner's erasure of a member from workspace `ws`, in the request's transaction: removes
+/// the membership (audited as `member.remove` and `user.erase`) and enqueues the job that
+/// pseudonymizes the person in `ws` only ([`run_in_workspace`]). The account stays.
+async fn remove_from_workspace(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    user: UserId,
+    ws: Uuid,
+    vault: &Vault,
+) -> DomainResult<Requested> {
+    let m = crate::db::repo::members::find_by_user(conn, ws, user.0)
+        .await?
+        .ok_or(DomainError::NotFound("user"))?;
+    crate::db::repo::workspaces::lock(conn, ws)
+        .await?
+        .ok_or(DomainError::NotFound("user"))?;
+    if m.role == Role::Owner.as_str()
+        && crate::db::repo::members::count_owners(conn, ws).await? <= 1
+    {
+        return Err(DomainError::Conflict(
+            "the last owner of a workspace cannot be erased from it".into(),
+        ));
+    }
+    crate::db::repo::members::delete(conn, m.id).await?;
+    let pseudonym = pseudonym(vault, user.0);
+    let payload = json!({"v": 1, "op": "erase_in_workspace", "user": user.0, "workspace": ws});
+    let (job, _) = enqueue(
+        conn,
+        actor,
+        Scope::Workspace(ws),
+        KIND,
+        &payload,
+        &format!("gdpr.erase:{ws}:{}", m.id),
+    )
+    .await?;
+    let w = WorkspaceId(ws);
+    audit::record(
+        conn,
+        Change {
+            workspace: w,
+            action: "member.remove",
+            target_type: "Member",
+            target_id: crate::ids::MemberId(m.id).encode(),
+            summary: json!({"userId": user.encode(), "role": m.role, "erased": true}),
+            actor,
+        },
+    )
+    .await?;
+    audit::record(
+        conn,
+        Change {
+            workspace: w,
+            action: "user.erase",
+            target_type: "User",
+            target_id: pseudonym.clone(),
+            summary: json!({
+                "requestedBy": "OWNER",
+                "scope": "WORKSPACE",
+                "jobId": JobId(job.id.clone()).encode(),
+            }),
+            actor,
+        },
+    )
+    .await?;
+    Ok(Requested { job, pseudonym })
+}
+
+/// The job of an owner's erasure: the person, no longer a member of `ws`, is pseudonymized in
+/// `ws`'s rows and archives, and the exports about them asked for in `ws` are deleted
+/// (idempotent; nothing is done if they became a member again meanwhile).
+pub async fn run_in_workspace(
+    pool: &DbPool,
+    settings: &crate::jobs::Settings,
+    ws: Uuid,
+    user: Uuid,
+) -> anyhow::Result<()> {
+    let vault = &settings.vault;
+    let mut conn = pool.get().await?;
+    let Some(person) = erasure::lock_person(&mut conn, user, false).await? else {
+        tracing::warn!(user.id = %user, "an erasure from a workspace of no user; dropped");
+        return Ok(());
+    };
+    if crate::db::repo::members::find_by_user(&mut conn, ws, user)
+        .await?
+        .is_some()
+    {
+        tracing::info!(workspace.id = %ws, "the person is a member again; nothing to erase");
+        return Ok(());
+    }
+    for path in data_exports::paths_about_in(&mut conn, user, ws).await? {
+        vault.delete(&path).await?;
+    }
+    data_exports::delete_about_in(&mut conn, user, ws).await?;
+    forget_in_workspace(
+        &mut conn,
+        vault,
+        ws,
+        user,
+        &person.email,
+        person.name.as_deref(),
+    )
+    .await?;
+    let p = pseudonym(vault, user);
+    let name = person
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.chars().count() <= MAX_NAME_CHARS);
+    let name_pattern =
+        name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n)));
+    let name_escaped = name.map(json_escaped);
+    let only = [ws];
+    let redact = Redaction {
+        email_needle: &json_escaped(&person.email).to_lowercase(),
+        email_pattern: &format!("(?i){}", regex_literal(&person.email)),
+        names: name_escaped.as_deref().zip(name_pattern.as_deref()),
+        linked: &only,
+        pseudonym: &p,
+        only: Some(ws),
+    };
+    let archives = redact_archives(&mut conn, vault, &redact).await?;
+    erasure::record_scrub(&mut conn, ws, user, chrono::Utc::now()).await?;
+    tracing::info!(workspace.id = %ws, pseudonym = %p, archives, "erased from a workspace");
+    Ok(())
+}
+
+/// The workspace an owner erases a member from: a live workspace the person belongs to,
+/// which the caller owns (named by the request when they share several).
 async fn owner_scope(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
@@ -229,13 +362,20 @@ async fn owner_scope(
             first.role
         )));
     };
-    if theirs.len() > 1 {
-        return Err(DomainError::Forbidden(
-            "this person also belongs to another workspace: only they can erase their account \
-             (you may remove them from yours with removeMember)"
-                .into(),
+    if shared
+        .iter()
+        .filter(|m| Role::parse(&m.role) == Some(Role::Owner))
+        .count()
+        > 1
+    {
+        return Err(DomainError::bad_input(
+            "workspaceId",
+            "this person belongs to several of your workspaces: erase them from each with \
+             removeMember, or ask them to erase their account",
         ));
     }
+    // Erasing from a workspace is acting in it: its policies decide.
+    actor.admit(owned.workspace_id).await?;
     Ok(owned.workspace_id)
 }
 
@@ -333,6 +473,7 @@ pub async fn run(
     erasure::delete_idempotency_keys(&mut conn, user).await?;
     erasure::remove_recipient(&mut conn, &person.email).await?;
     erasure::delete_invitee_placeholders(&mut conn, user, &person.email).await?;
+    crate::db::repo::invitations::delete_addressed_to(&mut conn, &person.email).await?;
     // A name is looked for where it can be told from other words: not empty, and not a
     // claim so long that it is no name (the tombstone drops it all the same).
     let name = person
@@ -396,6 +537,7 @@ pub async fn run(
         names,
         linked: &linked,
         pseudonym: &p,
+        only: None,
     };
     let archives = redact_archives(&mut conn, vault, &redact).await?;
     conn.transaction::<_, diesel::result::Error, _>(async |c| {
@@ -482,6 +624,8 @@ struct Redaction<'a> {
     linked: &'a [Uuid],
     /// The replacement.
     pseudonym: &'a str,
+    /// Only the archives of this workspace (an owner's erasure), or every one.
+    only: Option<Uuid>,
 }
 
 /// Archives hold rows cleanup deleted (sealed under their workspace's key, restorable):
@@ -500,7 +644,10 @@ async fn redact_archives(
     let mut rewritten = 0;
     loop {
         let page = erasure::archives_after(conn, after, PAGE).await?;
-        for a in &page {
+        for a in page
+            .iter()
+            .filter(|a| r.only.is_none_or(|w| w == a.workspace_id))
+        {
             let Some(key) = vault.existing_key(conn, a.workspace_id).await? else {
                 continue;
             };

@@ -187,7 +187,11 @@ pub async fn find_readable(
     id: DataExportId,
 ) -> DomainResult<Option<ExportRow>> {
     let mut conn = services.conn().await?;
-    Ok(repo::find_readable(&mut conn, id.0, actor.user_id.0).await?)
+    let row = repo::find_readable(&mut conn, id.0, actor.user_id.0).await?;
+    if let Some(e) = &row {
+        super::admit_scope(&mut conn, actor, e.workspace_id, e.user_id).await?;
+    }
+    Ok(row)
 }
 
 /// Newest first, at most `limit` per person: the exports about each of `users` that `actor`
@@ -199,7 +203,11 @@ pub async fn requested_about(
     limit: i64,
 ) -> DomainResult<Vec<ExportRow>> {
     let mut conn = services.conn().await?;
-    Ok(repo::readable_about(&mut conn, users, actor.user_id.0, limit).await?)
+    let rows = repo::readable_about(&mut conn, users, actor.user_id.0, limit).await?;
+    for e in &rows {
+        super::admit_scope(&mut conn, actor, e.workspace_id, e.user_id).await?;
+    }
+    Ok(rows)
 }
 
 /// A downloaded export: the JSON document and its file name.

@@ -90,11 +90,13 @@ pub async fn scope_of(
 ) -> DomainResult<Scope> {
     let theirs = erasure::live_memberships(conn, target.0).await?;
     if target == actor.user_id {
-        return match workspace {
-            None => Ok(Scope::Everything),
-            Some(w) if theirs.iter().any(|m| m.workspace_id == w.0) => Ok(Scope::Workspace(w.0)),
-            Some(_) => Err(DomainError::NotFound("workspace")),
+        let scope = match workspace {
+            None => Scope::Everything,
+            Some(w) if theirs.iter().any(|m| m.workspace_id == w.0) => Scope::Workspace(w.0),
+            Some(_) => return Err(DomainError::NotFound("workspace")),
         };
+        admit_scope(conn, actor, scope.workspace(), target.0).await?;
+        return Ok(scope);
     }
     let mine = erasure::live_memberships(conn, actor.user_id.0).await?;
     let shared: Vec<&Membership> = mine
@@ -115,11 +117,34 @@ pub async fn scope_of(
         [] => Err(DomainError::Forbidden(format!(
             "only the person themself, or an owner of a workspace they belong to, may {what}"
         ))),
-        [w] => Ok(Scope::Workspace(*w)),
+        [w] => {
+            actor.admit(*w).await?;
+            Ok(Scope::Workspace(*w))
+        }
         _ => Err(DomainError::bad_input(
             "workspaceId",
             "this person belongs to several of your workspaces: name one with workspaceId",
         )),
+    }
+}
+
+/// The workspaces' policies (the gate) on a privacy operation about `person`: the policies of
+/// the scope's workspace, or, for the person's own request about everything, those of every
+/// live workspace they belong to (each holds part of what it covers).
+pub(crate) async fn admit_scope(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    workspace: Option<Uuid>,
+    person: Uuid,
+) -> DomainResult<()> {
+    match workspace {
+        Some(w) => actor.admit(w).await,
+        None => {
+            for m in erasure::live_memberships(conn, person).await? {
+                actor.admit(m.workspace_id).await?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -184,6 +209,10 @@ pub async fn run(
     ) {
         (Some(1), Some("export"), Some(export), _) => export::run(pool, settings, export).await,
         (Some(1), Some("erase"), _, Some(user)) => erase::run(pool, settings, user).await,
+        (Some(1), Some("erase_in_workspace"), _, Some(user)) if id("workspace").is_some() => {
+            let ws = id("workspace").unwrap_or_default();
+            erase::run_in_workspace(pool, settings, ws, user).await
+        }
         _ => {
             tracing::warn!(%job, "dropping a gdpr job of an unknown shape");
             Ok(())

@@ -1,5 +1,6 @@
 //! The channels notifications go out on (webhooks and Slack over HTTP, e-mail over SMTP),
-//! their configuration, and the rules destination URLs follow.
+//! their configuration, and the rules destinations follow: one rule for the addresses HTTP
+//! calls may reach ([`reach`]), one parser for e-mail recipients ([`check_recipient`]).
 //!
 //! Every outbound call is bounded: HTTP requests time out after [`HTTP_TIMEOUT`] (connecting
 //! included), never follow redirects (a 3xx is a failed attempt), go through no proxy, and
@@ -8,13 +9,13 @@
 //! `INTEGRATIONS_ALLOW_HTTP_LOOPBACK` is on), so a destination whose name points inside the
 //! network is refused at delivery time as IP literals are refused when it is configured.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::one_line;
 use crate::config::ConfigError;
@@ -240,12 +241,14 @@ impl Notifier {
         let Some(smtp) = &self.smtp else {
             return Outcome::permanent("e-mail is not configured on this server (SMTP_URL)");
         };
-        let Ok(to) = to.parse::<Mailbox>() else {
-            return Outcome::permanent(format!("`{}` is not an e-mail address", excerpt(to)));
+        // The rule recipients were stored by: a row from before it (or edited by hand) that
+        // is not a bare address is never delivered.
+        let Ok(to) = check_recipient("to", to) else {
+            return Outcome::permanent(format!("`{}` is not a bare e-mail address", excerpt(to)));
         };
         let message = match Message::builder()
             .from(self.from.clone())
-            .to(to)
+            .to(Mailbox::new(None, to))
             .subject(subject)
             .header(ContentType::TEXT_PLAIN)
             .body(text)
@@ -298,7 +301,8 @@ fn describe(e: reqwest::Error) -> String {
     })
 }
 
-/// Resolves names to public addresses only (and loopback ones in development).
+/// Resolves names to the addresses [`reach`] allows: public ones, and loopback ones in
+/// development.
 struct PublicResolver {
     allow_loopback: bool,
 }
@@ -310,7 +314,7 @@ impl reqwest::dns::Resolve for PublicResolver {
         Box::pin(async move {
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| is_public(a.ip()) || (allow_loopback && a.ip().is_loopback()))
+                .filter(|a| reach(a.ip()).allowed(allow_loopback))
                 .collect();
             if found.is_empty() {
                 return Err(format!("{host} resolves to no public address").into());
@@ -320,71 +324,145 @@ impl reqwest::dns::Resolve for PublicResolver {
     }
 }
 
-/// Whether `ip` is an address on the public internet (not loopback, private, link-local,
-/// shared, documentation, multicast or unspecified).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+/// Where an address (or a URL's host) leads, as [`reach`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// 127.0.0.0/8 or `::1` (or the name `localhost`): callable in development only.
+    Loopback,
+    /// Any other address that is not on the public internet: never callable.
+    Internal,
+    /// The public internet.
+    Public,
+}
+
+impl Reach {
+    /// Whether a destination that leads here may be called; `allow_loopback` is the
+    /// development flag (`INTEGRATIONS_ALLOW_HTTP_LOOPBACK`).
+    pub fn allowed(self, allow_loopback: bool) -> bool {
+        match self {
+            Reach::Public => true,
+            Reach::Loopback => allow_loopback,
+            Reach::Internal => false,
         }
     }
 }
 
-/// What a URL's host is.
-#[derive(Debug, PartialEq, Eq)]
-enum HostKind {
-    /// 127.0.0.0/8, ::1, `localhost`.
-    Loopback,
-    /// Another address that is not on the public internet.
-    Internal,
-    /// A public address or a name.
-    Public,
+/// IPv4 networks that are not the public internet (IANA special-purpose registry).
+const INTERNAL_V4: [(Ipv4Addr, u8); 15] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8), // "this network", 0.0.0.0 (unspecified) included
+    (Ipv4Addr::new(10, 0, 0, 0), 8), // private
+    (Ipv4Addr::new(100, 64, 0, 0), 10), // shared address space (CGNAT)
+    (Ipv4Addr::new(127, 0, 0, 0), 8), // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16), // link-local (cloud metadata services)
+    (Ipv4Addr::new(172, 16, 0, 0), 12), // private
+    (Ipv4Addr::new(192, 0, 0, 0), 24), // IETF protocol assignments
+    (Ipv4Addr::new(192, 0, 2, 0), 24), // documentation (TEST-NET-1)
+    (Ipv4Addr::new(192, 88, 99, 0), 24), // 6to4 relay anycast (deprecated)
+    (Ipv4Addr::new(192, 168, 0, 0), 16), // private
+    (Ipv4Addr::new(198, 18, 0, 0), 15), // benchmarking
+    (Ipv4Addr::new(198, 51, 100, 0), 24), // documentation (TEST-NET-2)
+    (Ipv4Addr::new(203, 0, 113, 0), 24), // documentation (TEST-NET-3)
+    (Ipv4Addr::new(224, 0, 0, 0), 4), // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4), // reserved, 255.255.255.255 (broadcast) included
+];
+
+/// IPv6 networks whose embedded IPv4 address decides (the last 32 bits).
+const EMBEDDING_V6: [(Ipv6Addr, u8); 2] = [
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96), // IPv4-mapped
+    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96), // NAT64 well-known prefix
+];
+
+/// The IPv6 global unicast space: every address outside it is refused.
+const GLOBAL_UNICAST_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3);
+
+/// Networks inside [`GLOBAL_UNICAST_V6`] that are refused as a whole.
+const INTERNAL_V6: [(Ipv6Addr, u8); 4] = [
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23), // IETF assignments, Teredo 2001::/32 in it
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16), // 6to4
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation (RFC 9637)
+];
+
+fn in_v4(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net)
 }
 
-fn host_kind(url: &url::Url) -> Option<HostKind> {
-    let kind = |ip: IpAddr| {
-        if ip.is_loopback() {
-            HostKind::Loopback
-        } else if is_public(ip) {
-            HostKind::Public
-        } else {
-            HostKind::Internal
+fn in_v6(ip: Ipv6Addr, (net, len): (Ipv6Addr, u8)) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(net)
+}
+
+/// The one rule outbound destinations follow, for IP literals in URLs ([`check_url`]) and
+/// for every address a name resolves to at delivery time (the HTTP client's resolver).
+///
+/// - [`Reach::Loopback`]: exactly 127.0.0.0/8 and `::1` (allowed only with the development
+///   flag, see [`Reach::allowed`]).
+/// - [`Reach::Internal`], never allowed: IPv4 unspecified and "this network" 0/8, private
+///   10/8, 172.16/12 and 192.168/16, shared (CGNAT) 100.64/10, link-local 169.254/16,
+///   192.0.0/24, documentation 192.0.2/24, 198.51.100/24 and 203.0.113/24, the 6to4 relay
+///   192.88.99/24, benchmarking 198.18/15, multicast 224/4, reserved 240/4 (broadcast
+///   included). IPv6: every address outside global unicast 2000::/3 (so `::`, the
+///   IPv4-compatible ::/96, NAT64 local-use 64:ff9b:1::/48, discard 100::/64, unique-local
+///   fc00::/7, link-local fe80::/10, site-local fec0::/10, multicast ff00::/8), and inside
+///   it 2001::/23 (Teredo 2001::/32 included), documentation 2001:db8::/32 and 3fff::/20,
+///   and 6to4 2002::/16.
+/// - IPv6 forms that embed an IPv4 address: IPv4-mapped ::ffff:0:0/96 and NAT64
+///   64:ff9b::/96 (what DNS64 answers on IPv6-only networks) are decided by the embedded
+///   IPv4 address, and are [`Reach::Internal`] unless it is public (even when it is
+///   loopback: the development exception covers only the plain forms). IPv4-compatible,
+///   NAT64 local-use, 6to4 and Teredo ranges are refused as a whole, whatever they embed.
+/// - Everything else is [`Reach::Public`].
+pub fn reach(ip: IpAddr) -> Reach {
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Reach::Loopback
+            } else if INTERNAL_V4.iter().any(|&n| in_v4(v4, n)) {
+                Reach::Internal
+            } else {
+                Reach::Public
+            }
         }
-    };
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                return Reach::Loopback;
+            }
+            if EMBEDDING_V6.iter().any(|&n| in_v6(v6, n)) {
+                let [.., a, b, c, d] = v6.octets();
+                return match reach(IpAddr::V4(Ipv4Addr::new(a, b, c, d))) {
+                    Reach::Public => Reach::Public,
+                    Reach::Loopback | Reach::Internal => Reach::Internal,
+                };
+            }
+            if in_v6(v6, GLOBAL_UNICAST_V6) && !INTERNAL_V6.iter().any(|&n| in_v6(v6, n)) {
+                Reach::Public
+            } else {
+                Reach::Internal
+            }
+        }
+    }
+}
+
+/// Whether `ip` is an address on the public internet ([`reach`] says [`Reach::Public`]).
+pub fn is_public(ip: IpAddr) -> bool {
+    reach(ip) == Reach::Public
+}
+
+/// Where a URL's host leads: IP literals by [`reach`]; `localhost` names are loopback; any
+/// other name is public here and has its addresses checked when it is resolved.
+fn host_reach(url: &url::Url) -> Option<Reach> {
     Some(match url.host()? {
         url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
             if d == "localhost" || d.ends_with(".localhost") {
-                HostKind::Loopback
+                Reach::Loopback
             } else {
-                HostKind::Public
+                Reach::Public
             }
         }
-        url::Host::Ipv4(ip) => kind(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => kind(IpAddr::V6(ip)),
+        url::Host::Ipv4(ip) => reach(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => reach(IpAddr::V6(ip)),
     })
 }
 
@@ -420,12 +498,13 @@ pub fn check_url(
             "{field} must not hold credentials (receivers check the signature instead)"
         ));
     }
-    let host = host_kind(&url);
-    let loopback_ok = allow_http_loopback && host == Some(HostKind::Loopback);
-    match (url.scheme(), host) {
-        ("https", Some(HostKind::Public)) => {}
-        ("https" | "http", Some(HostKind::Loopback)) if loopback_ok => {}
-        ("https" | "http", Some(HostKind::Loopback | HostKind::Internal)) => {
+    let host = host_reach(&url);
+    let web = matches!(url.scheme(), "https" | "http");
+    // Plain http only to loopback hosts (development).
+    let scheme_ok = url.scheme() == "https" || host == Some(Reach::Loopback);
+    match host {
+        Some(h) if web && scheme_ok && h.allowed(allow_http_loopback) => {}
+        Some(Reach::Loopback | Reach::Internal) if web => {
             return bad(format!(
                 "{field} must point to a public host: loopback and private addresses are refused{}",
                 if allow_http_loopback {
@@ -451,6 +530,58 @@ pub fn check_url(
         return bad(format!("{field} must be at most {MAX_URL_BYTES} bytes"));
     }
     Ok(normalized)
+}
+
+/// Longest e-mail recipient accepted, in bytes (RFC 5321's limit on a path, less its angle
+/// brackets).
+pub const MAX_ADDRESS_BYTES: usize = 254;
+
+/// Reads one e-mail recipient given in input `field` exactly as delivery uses it: one bare
+/// address (`name@example.com`) parsed by lettre's [`Address`], the type
+/// [`Notifier::send_email`] addresses the message with (it calls this function again on what
+/// was stored). Returns it normalized: its ASCII letters lower-cased and nothing else changed
+/// (as `invitations::normalize_email` compares addresses: no Unicode folding). Surrounding whitespace is trimmed (pasted addresses carry it; the trimmed form is
+/// what is stored). Anything else that is not a bare address is refused: a display name,
+/// angle brackets, quotes (quoted local parts included), parentheses (comments), commas or
+/// semicolons (lists, groups), whitespace or control characters inside, more than
+/// [`MAX_ADDRESS_BYTES`], and whatever lettre does not parse. Refusals quote at most an
+/// excerpt of the input.
+pub fn check_recipient(field: &'static str, raw: &str) -> DomainResult<Address> {
+    let raw = raw.trim();
+    if raw.len() > MAX_ADDRESS_BYTES {
+        return Err(DomainError::bad_input(
+            field,
+            format!(
+                "{field}: an e-mail address has at most {MAX_ADDRESS_BYTES} bytes (got {})",
+                raw.len()
+            ),
+        ));
+    }
+    let bad = || {
+        DomainError::bad_input(
+            field,
+            format!(
+                "`{}` is not an e-mail address: give one bare address such as name@example.com, without a display name, angle brackets, quotes or spaces",
+                excerpt(raw)
+            ),
+        )
+    };
+    // lettre accepts some of these inside quoted local parts and domain literals, where a
+    // reader of the stored address would take them for syntax around it.
+    let not_bare = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, '<' | '>' | ',' | ';' | '"' | '\\' | '(' | ')')
+    };
+    if raw.is_empty() || raw.chars().any(not_bare) {
+        return Err(bad());
+    }
+    let address: Address = raw.parse().map_err(|_| bad())?;
+    Address::new(
+        address.user().to_ascii_lowercase(),
+        address.domain().to_ascii_lowercase(),
+    )
+    .map_err(|_| bad())
 }
 
 /// How long an attempt took, in milliseconds (for the attempt log).
@@ -494,27 +625,204 @@ mod tests {
         assert!(e.to_string().len() < 200, "{e}");
     }
 
+    /// Every form the rule names, with where it leads.
+    const ADDRESSES: &[(&str, Reach)] = &[
+        // Public.
+        ("1.1.1.1", Reach::Public),
+        ("8.8.8.8", Reach::Public),
+        ("93.184.216.34", Reach::Public),
+        ("100.63.255.255", Reach::Public),
+        ("100.128.0.0", Reach::Public),
+        ("172.32.0.1", Reach::Public),
+        ("198.20.0.1", Reach::Public),
+        ("2606:4700:4700::1111", Reach::Public),
+        ("2606:2800:220:1:248:1893:25c8:1946", Reach::Public),
+        ("2001:200::1", Reach::Public),
+        ("::ffff:1.1.1.1", Reach::Public),
+        ("64:ff9b::808:808", Reach::Public),
+        // Loopback: allowed in development only.
+        ("127.0.0.1", Reach::Loopback),
+        ("127.255.255.254", Reach::Loopback),
+        ("::1", Reach::Loopback),
+        // Unspecified and "this network".
+        ("0.0.0.0", Reach::Internal),
+        ("0.1.2.3", Reach::Internal),
+        ("::", Reach::Internal),
+        // Private.
+        ("10.1.2.3", Reach::Internal),
+        ("172.16.0.1", Reach::Internal),
+        ("172.31.255.255", Reach::Internal),
+        ("192.168.0.1", Reach::Internal),
+        // CGNAT.
+        ("100.64.0.1", Reach::Internal),
+        ("100.127.255.255", Reach::Internal),
+        // Link-local.
+        ("169.254.169.254", Reach::Internal),
+        ("fe80::1", Reach::Internal),
+        ("febf::1", Reach::Internal),
+        ("fec0::1", Reach::Internal),
+        // Unique-local.
+        ("fc00::1", Reach::Internal),
+        ("fd12:3456::1", Reach::Internal),
+        // Multicast and broadcast.
+        ("224.0.0.1", Reach::Internal),
+        ("239.255.255.250", Reach::Internal),
+        ("ff02::1", Reach::Internal),
+        ("255.255.255.255", Reach::Internal),
+        // Documentation and reserved.
+        ("192.0.0.8", Reach::Internal),
+        ("192.0.2.1", Reach::Internal),
+        ("192.88.99.1", Reach::Internal),
+        ("198.18.0.1", Reach::Internal),
+        ("198.19.255.255", Reach::Internal),
+        ("198.51.100.7", Reach::Internal),
+        ("203.0.113.9", Reach::Internal),
+        ("240.0.0.1", Reach::Internal),
+        ("2001:db8::1", Reach::Internal),
+        ("3fff::1", Reach::Internal),
+        ("100::1", Reach::Internal),
+        // IPv4-mapped: by the embedded address (loopback included: not the plain form).
+        ("::ffff:127.0.0.1", Reach::Internal),
+        ("::ffff:10.0.0.1", Reach::Internal),
+        ("::ffff:169.254.169.254", Reach::Internal),
+        // IPv4-compatible: refused whole.
+        ("::127.0.0.1", Reach::Internal),
+        ("::8.8.8.8", Reach::Internal),
+        // NAT64 well-known prefix: by the embedded address.
+        ("64:ff9b::7f00:1", Reach::Internal),
+        ("64:ff9b::a00:1", Reach::Internal),
+        ("64:ff9b::a9fe:a9fe", Reach::Internal),
+        // NAT64 local-use: refused whole.
+        ("64:ff9b:1::808:808", Reach::Internal),
+        ("64:ff9b:1::7f00:1", Reach::Internal),
+        // 6to4: refused whole.
+        ("2002:7f00:1::", Reach::Internal),
+        ("2002:808:808::1", Reach::Internal),
+        // Teredo: refused whole.
+        ("2001::1", Reach::Internal),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", Reach::Internal),
+    ];
+
     #[test]
-    fn public_addresses_are_told_apart() {
-        for internal in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.0.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fc00::1",
-            "::ffff:10.0.0.1",
+    fn one_rule_decides_every_destination_address() {
+        for &(text, expected) in ADDRESSES {
+            let ip: IpAddr = text.parse().expect("ip");
+            assert_eq!(reach(ip), expected, "{text}");
+            assert_eq!(is_public(ip), expected == Reach::Public, "{text}");
+            assert!(!Reach::Internal.allowed(true));
+            assert_eq!(
+                reach(ip).allowed(false),
+                expected == Reach::Public,
+                "{text}"
+            );
+            assert_eq!(
+                reach(ip).allowed(true),
+                expected != Reach::Internal,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_literals_follow_the_one_rule() {
+        for &(text, expected) in ADDRESSES {
+            let ip: IpAddr = text.parse().expect("ip");
+            let host = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            for dev in [false, true] {
+                let url = format!("https://{host}/in");
+                assert_eq!(ok(&url, dev), expected.allowed(dev), "{url} (dev {dev})");
+                let url = format!("http://{host}/in");
+                assert_eq!(
+                    ok(&url, dev),
+                    dev && expected == Reach::Loopback,
+                    "{url} (dev {dev})"
+                );
+            }
+        }
+        // The forms of the finding, as typed; other spellings of 127.0.0.1.
+        for url in [
+            "https://[::127.0.0.1]/",
+            "https://[64:ff9b::7f00:1]/",
+            "https://[2002:7f00:1::]/",
+            "https://[::ffff:7f00:1]/",
+            "https://[2001::7f00:1]/",
+            "https://2130706433/",
+            "https://0x7f.1/",
         ] {
-            let ip: IpAddr = internal.parse().expect("ip");
-            assert!(!is_public(ip), "{internal}");
+            let loopback_spelling =
+                url.starts_with("https://2130") || url.starts_with("https://0x");
+            assert!(!ok(url, false), "{url}");
+            assert_eq!(ok(url, true), loopback_spelling, "{url}");
         }
-        for public in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
-            let ip: IpAddr = public.parse().expect("ip");
-            assert!(is_public(ip), "{public}");
+    }
+
+    #[tokio::test]
+    async fn resolved_addresses_follow_the_one_rule() {
+        use reqwest::dns::Resolve as _;
+        for &(text, expected) in ADDRESSES {
+            for allow_loopback in [false, true] {
+                let resolver = PublicResolver { allow_loopback };
+                let name: reqwest::dns::Name = text.parse().expect("name");
+                let got = resolver.resolve(name).await.is_ok();
+                assert_eq!(
+                    got,
+                    expected.allowed(allow_loopback),
+                    "{text} ({allow_loopback})"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn recipients_are_bare_addresses_as_lettre_reads_them() {
+        let read = |raw: &str| check_recipient("emailRecipients", raw).map(|a| a.to_string());
+        assert_eq!(
+            read("Ops.Team+alerts@Example.COM").expect("bare"),
+            "ops.team+alerts@example.com"
+        );
+        assert_eq!(read(" a@b.example\t").expect("trimmed"), "a@b.example");
+        for refused in [
+            "\"x\"<attacker@evil.example>",
+            "\"x\"@evil.example",
+            "\"a@good.example\"@evil.example",
+            "Name <a@b.example>",
+            "<a@b.example>",
+            "a,b@x.example",
+            "a@x.example, b@x.example",
+            "a@x.example;b@x.example",
+            "a@x.example (comment)",
+            "a b@x.example",
+            "a@x.example\nBcc: b@x.example",
+            "a\u{7}@x.example",
+            "a@[1,2]",
+            "a@@x.example",
+            "@x.example",
+            "a@",
+            "not an address",
+            "",
+            "   ",
+        ] {
+            let e = read(refused).expect_err(refused);
+            let DomainError::BadInput { field, message } = &e else {
+                panic!("{refused}: {e:?}");
+            };
+            assert_eq!(*field, "emailRecipients");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        let long = format!("{}@example.com", "a".repeat(10_000));
+        let e = read(&long).expect_err("long");
+        assert!(e.to_string().len() < 200, "{e}");
+        let quoted = format!(
+            "Someone Long Enough To Be Cut <{}@example.com>",
+            "b".repeat(100)
+        );
+        let DomainError::BadInput { message, .. } = read(&quoted).expect_err("quoted") else {
+            panic!("not bad input");
+        };
+        assert!(message.contains(&excerpt(&quoted)), "{message}");
+        assert!(!message.contains(&"b".repeat(41)), "{message}");
     }
 }

@@ -47,6 +47,8 @@ pub const LEASE_SECS: i64 = 120;
 /// (`externalIntegrationsAllowed`) before its attempt. Nothing is sent while it is off; the
 /// delivery stays in the log with this reason, and the endpoints stay stored.
 pub const SKIPPED_REASON: &str = "not sent: the workspace's policy turns external integrations off (externalIntegrationsAllowed)";
+/// The target of an invitation's e-mail to its invitee: this and the invitation's id.
+pub const INVITEE_TARGET: &str = "invitation:";
 /// Deliveries whose due jobs one sweep enqueues, at most.
 pub const SWEEP_BATCH: i64 = 1_000;
 
@@ -102,8 +104,12 @@ pub async fn fan_out(pool: &DbPool, id: Uuid) -> anyhow::Result<()> {
     let kind = EventType::parse(&n.r#type);
     let category = Category::parse(&n.category);
     let mut targets = Vec::new();
+    // An invitation goes to its invitee, and to the endpoints that subscribe to it by name
+    // (not those of every type, nor Slack or the recipient lists: it is not an alert).
+    let invitation = kind == Some(EventType::MemberInvited);
     for e in settings::endpoints_of(&mut conn, n.workspace_id).await? {
-        if e.event_types.is_empty() || e.event_types.contains(&n.r#type) {
+        let every = e.event_types.is_empty() && !invitation;
+        if every || e.event_types.contains(&n.r#type) {
             targets.push(repo::Target {
                 id: Uuid::now_v7(),
                 channel: "WEBHOOK",
@@ -113,7 +119,10 @@ pub async fn fan_out(pool: &DbPool, id: Uuid) -> anyhow::Result<()> {
             });
         }
     }
-    if let Some(slack) = settings::slack(&mut conn, n.workspace_id).await? {
+    if let Some(slack) = settings::slack(&mut conn, n.workspace_id)
+        .await?
+        .filter(|_| !invitation)
+    {
         targets.push(repo::Target {
             id: Uuid::now_v7(),
             channel: "SLACK",
@@ -122,7 +131,20 @@ pub async fn fan_out(pool: &DbPool, id: Uuid) -> anyhow::Result<()> {
             endpoint_id: None,
         });
     }
-    if let Some(category) = category {
+    if invitation
+        && let (Some(invitation), Some(email)) =
+            (n.data["invitationId"].as_str(), n.data["email"].as_str())
+    {
+        // The invitee is told, at the address invited (read again when the e-mail goes).
+        targets.push(repo::Target {
+            id: Uuid::now_v7(),
+            channel: "EMAIL",
+            target: format!("{INVITEE_TARGET}{invitation}"),
+            destination: email.to_string(),
+            endpoint_id: None,
+        });
+    }
+    if let Some(category) = category.filter(|_| !invitation) {
         let recipients = settings::recipients_of(&mut conn, n.workspace_id).await?;
         for r in recipients
             .iter()
@@ -283,6 +305,28 @@ async fn attempt(
                 .replace('>', "&gt;");
             let body = serde_json::to_vec(&json!({ "text": message }))?;
             notifier.post_json(&url, &[], body).await
+        }
+        "EMAIL" if c.target.starts_with(INVITEE_TARGET) => {
+            let id = crate::ids::InvitationId::decode(&c.target[INVITEE_TARGET.len()..]);
+            let live = match id {
+                Some(id) => {
+                    crate::db::repo::invitations::live(&mut *pool.get().await?, id.0).await?
+                }
+                None => None,
+            };
+            let Some(live) = live else {
+                return Ok(Outcome::permanent(
+                    "the invitation was accepted, declined, revoked or expired",
+                ));
+            };
+            let (subject, body) = crate::domain::invitations::email_text(
+                &settings.invitations,
+                &settings.vault,
+                &live,
+            );
+            notifier
+                .send_email(&live.invitation.email, &subject, body)
+                .await
         }
         "EMAIL" => {
             let still = settings::recipients_of(&mut *pool.get().await?, c.workspace_id)

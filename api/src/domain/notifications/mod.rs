@@ -15,6 +15,7 @@
 //! | `security.api_key_created`, `security.ip_refused` | `SECURITY_ALERTS` | hooks for the governance work ([`api_key_created`], [`ip_refused`]) |
 //! | `billing.payment_failed`, `billing.trial_ending`, `billing.subscription_canceled` | `BILLING_NOTIFICATIONS` | Stripe's `invoice.payment_failed`, `customer.subscription.trial_will_end`, `customer.subscription.deleted` ([`stripe_event`]) |
 //! | `approval.requested` | `APPROVAL_REQUESTS` | hook for approval workflows ([`approval_requested`]) |
+//! | `member.invited` | (none) | `addMember`, `resendInvitation`: e-mailed to the invitee with the link that accepts it (`domain::invitations`), and sent to the webhook endpoints that subscribe to it by name; not to endpoints of every type, Slack or recipient lists |
 //!
 //! Delivery (`delivery`): the fan-out job creates one `notification_deliveries` row per
 //! destination (every webhook endpoint subscribed to the type, the Slack webhook, each e-mail
@@ -122,11 +123,14 @@ pub enum EventType {
     SubscriptionCanceled,
     /// An action waits for a second person's approval.
     ApprovalRequested,
+    /// Someone was invited to join the workspace (also e-mailed to the invitee, with the
+    /// link that accepts it: `domain::invitations`).
+    MemberInvited,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::QuotaWarning,
         EventType::QuotaReached,
         EventType::OwnerAdded,
@@ -136,6 +140,7 @@ impl EventType {
         EventType::TrialEnding,
         EventType::SubscriptionCanceled,
         EventType::ApprovalRequested,
+        EventType::MemberInvited,
     ];
 
     /// The wire name: the `type` of webhook bodies, and the stored form.
@@ -150,6 +155,7 @@ impl EventType {
             EventType::TrialEnding => "billing.trial_ending",
             EventType::SubscriptionCanceled => "billing.subscription_canceled",
             EventType::ApprovalRequested => "approval.requested",
+            EventType::MemberInvited => "member.invited",
         }
     }
 
@@ -162,9 +168,10 @@ impl EventType {
     pub fn category(self) -> Category {
         match self {
             EventType::QuotaWarning | EventType::QuotaReached => Category::QuotaWarnings,
-            EventType::OwnerAdded | EventType::ApiKeyCreated | EventType::IpRefused => {
-                Category::SecurityAlerts
-            }
+            EventType::OwnerAdded
+            | EventType::ApiKeyCreated
+            | EventType::IpRefused
+            | EventType::MemberInvited => Category::SecurityAlerts,
             EventType::PaymentFailed | EventType::TrialEnding | EventType::SubscriptionCanceled => {
                 Category::BillingNotifications
             }
@@ -184,6 +191,7 @@ impl EventType {
             EventType::TrialEnding => "Billing: trial ending",
             EventType::SubscriptionCanceled => "Billing: subscription canceled",
             EventType::ApprovalRequested => "Approval requested",
+            EventType::MemberInvited => "Security alert: member invited",
         }
     }
 }
@@ -485,6 +493,12 @@ pub fn summary(kind: EventType, data: &Value) -> String {
             "{} waits for approval (request {})",
             s("action"),
             s("approvalRequestId")
+        ),
+        EventType::MemberInvited => format!(
+            "{} was invited to join as {} (invitation {})",
+            s("email"),
+            s("role"),
+            s("invitationId")
         ),
     }
 }

@@ -163,16 +163,7 @@ async fn start_server(
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await
             && r.status().is_success()
         {
-            let claims = json!({
-                "sub": "bench|owner", "email": "owner@bench.example", "name": "Bench", "email_verified": true,
-                "iss": api::auth::DEV_ISSUER, "aud": api::auth::DEV_AUDIENCE,
-                "iat": tests::tokens::now(), "exp": tests::tokens::now() + 86_400,
-            });
-            let token = jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &claims,
-                &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-            )?;
+            let token = person_token("bench|owner", "owner@bench.example")?;
             return Ok(Server {
                 child: Some(child),
                 base,
@@ -183,6 +174,20 @@ async fn start_server(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the api did not become ready")
+}
+
+/// A day's development token of a person with a verified e-mail.
+fn person_token(sub: &str, email: &str) -> anyhow::Result<String> {
+    let claims = json!({
+        "sub": sub, "email": email, "name": "Bench", "email_verified": true,
+        "iss": api::auth::DEV_ISSUER, "aud": api::auth::DEV_AUDIENCE,
+        "iat": tests::tokens::now(), "exp": tests::tokens::now() + 86_400,
+    });
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?)
 }
 
 /// A tiny deterministic generator (the seed is the same every run).
@@ -233,11 +238,27 @@ async fn seed(s: &Server, workers: usize) -> anyhow::Result<Seeded> {
         .context("ws id")?
         .to_string();
     for i in 1..100 {
-        s.gql(
-            "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: VIEWER}) { member { id } } }",
-            json!({"w": ws, "e": format!("member{i}@bench.example")}),
-        )
-        .await?;
+        let email = format!("member{i}@bench.example");
+        let r = s
+            .gql(
+                "mutation($w: ID!, $e: String!) { addMember(input: {workspaceId: $w, email: $e, role: VIEWER}) { invitation { id } } }",
+                json!({"w": ws, "e": email}),
+            )
+            .await?;
+        let invitation = r["data"]["addMember"]["invitation"]["id"].clone();
+        // The member joins by accepting (signed in with the invited, verified address).
+        let member = Server {
+            child: None,
+            base: s.base.clone(),
+            http: s.http.clone(),
+            token: person_token(&format!("bench|member{i}"), &email)?,
+        };
+        member
+            .gql(
+                "mutation($i: ID!) { acceptInvitation(input: {invitationId: $i}) { member { id } } }",
+                json!({"i": invitation}),
+            )
+            .await?;
     }
     // The spine (the allocation chain), its leaves, then the rest under random parents.
     let limit = "mutation($o: ID!, $l: Int) { setOrganizationLimit(input: {organizationId: $o, resource: \"locations\", limit: $l}) { organization { id } } }";
