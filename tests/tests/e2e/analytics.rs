@@ -139,10 +139,11 @@ async fn analytics_of_the_current_month_match_hand_computed_numbers() {
     let r = analytics(&app, &admin, &ws, "CURRENT_MONTH").await;
     assert_ok(&r);
     let a = &r["data"]["workspace"]["analytics"];
-    // Four members, all new this month; the owner and the admin acted, the viewers did not.
+    // Four members, all new this month, and all active: the owner and the admin acted, and
+    // the viewers joined by accepting their invitations (an act of theirs in the workspace).
     assert_eq!(
         a["users"],
-        json!({"total": 4, "active": 2, "newMembers": 4, "byRole": [
+        json!({"total": 4, "active": 4, "newMembers": 4, "byRole": [
             {"role": "OWNER", "count": 1}, {"role": "ADMIN", "count": 1},
             {"role": "VIEWER", "count": 2}]}),
         "{r}"

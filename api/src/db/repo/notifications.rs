@@ -244,7 +244,9 @@ pub async fn skip_if_integrations_off(
             SET status = 'SKIPPED', next_attempt_at = NULL, last_error = $3
            FROM workspace_settings s
           WHERE d.id = $1 AND d.status = 'PENDING' AND d.next_attempt_at = $2::timestamptz
-            AND s.workspace_id = d.workspace_id AND NOT s.external_integrations_allowed",
+            AND s.workspace_id = d.workspace_id AND NOT s.external_integrations_allowed
+            -- An invitation's e-mail to its invitee is the product's own, not an integration.
+            AND NOT (d.channel = 'EMAIL' AND starts_with(d.target, 'invitation:'))",
     )
     .bind::<SqlUuid, _>(id)
     .bind::<Text, _>(due)
