@@ -276,6 +276,11 @@ async fn run_operation(
         }
     };
     let usage = Attribution::of(&parsed.doc, r.operation_name.as_deref(), &r.variables);
+    // Each operation is charged anew: one unit, or one per field of a mutation.
+    let mut actor = actor;
+    actor.gate = actor
+        .gate
+        .for_operation(mutation_fields(&parsed.doc, r.operation_name.as_deref()).max(1));
     if let Err(bad) = crate::graphql::limits::check_strings(&parsed.doc, &r.variables) {
         let mut e = ServerError::new(bad.message, None);
         let mut ext = ErrorExtensionValues::default();
@@ -403,6 +408,38 @@ fn write_response(out: &mut json::Pieces, r: GqlResponse) {
         text.push_str(&serde_json::to_string(&r.errors).unwrap_or_else(|_| "[]".into()));
     }
     text.push('}');
+}
+
+/// The root fields of the operation `name` (or the only one) when it is a mutation, fragments
+/// at the root expanded; 0 for a query. Bounded by the document's caps (`graphql::limits`).
+fn mutation_fields(doc: &ExecutableDocument, name: Option<&str>) -> usize {
+    use async_graphql::parser::types::{OperationType, Selection, SelectionSet};
+    let op = match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(n)) => ops.get(n),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    let Some(op) = op.filter(|op| op.node.ty == OperationType::Mutation) else {
+        return 0;
+    };
+    fn count(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> usize {
+        if depth > crate::graphql::limits::MAX_TEXT_NESTING {
+            return 0;
+        }
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(_) => 1,
+                Selection::InlineFragment(f) => count(doc, &f.node.selection_set.node, depth + 1),
+                Selection::FragmentSpread(s) => doc
+                    .fragments
+                    .get(&s.node.fragment_name.node)
+                    .map_or(0, |f| count(doc, &f.node.selection_set.node, depth + 1)),
+            })
+            .sum()
+    }
+    count(doc, &op.node.selection_set.node, 0)
 }
 
 fn is_mutation(doc: &ExecutableDocument) -> bool {

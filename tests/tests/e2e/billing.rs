@@ -15,6 +15,11 @@ pub(crate) const PRICES: [(&str, &str); 5] = [
 
 /// A server whose Stripe is `fake`.
 pub(crate) async fn app_with(fake: &FakeStripe) -> TestApp {
+    app_with_env(fake, &[]).await
+}
+
+/// A server whose Stripe is `fake`, with `extra` configuration.
+pub(crate) async fn app_with_env(fake: &FakeStripe, extra: &[(&str, &str)]) -> TestApp {
     let mut env: std::collections::HashMap<String, String> = PRICES
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -30,6 +35,9 @@ pub(crate) async fn app_with(fake: &FakeStripe) -> TestApp {
         super::webhooks::SECRET.to_string(),
     );
     env.insert("STRIPE_RECOVERY_DELAY_SECS".into(), "1".into());
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
     TestApp::with(tests::Options { env }).await
 }
 

@@ -420,3 +420,82 @@ async fn an_idempotent_replay_is_held_to_the_policies_of_now() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_rate_limit_counts_operations_and_mutation_fields_not_http_requests() {
+    // Windows of 6 s: 60 requests per minute is a budget of 6 per window.
+    let app = app_with(&[("RATE_LIMIT_WINDOW_SECS", "6")]).await;
+    let owner = app.user("ops-owner@example.com");
+    let ws = app.create_workspace(&owner, "Counted").await;
+    let org = app.create_org(&owner, &ws, None, "Root").await;
+    app.set_workspace_settings(&ws, "rate_limit_per_minute", "60")
+        .await;
+    fresh_window(6, 4.0).await;
+    // One request carrying a batch of 8 operations: 6 are served, 2 refused.
+    let batch: Vec<Value> = (0..8)
+        .map(|_| json!({"query": READ, "variables": {"w": ws}}))
+        .collect();
+    let (status, r) = app.gql_raw(Some(&owner), Value::Array(batch)).await;
+    assert_eq!(status, 429, "{r}");
+    let answers = r.as_array().expect("a batch answer");
+    let served = answers.iter().filter(|a| a.get("errors").is_none()).count();
+    let limited = answers
+        .iter()
+        .filter(|a| a["errors"][0]["extensions"]["code"] == "RATE_LIMITED")
+        .count();
+    assert_eq!((served, limited), (6, 2), "{r}");
+
+    // In a fresh window: an aliased mutation costs one unit per field. Seven fields over a
+    // budget of six are refused whole; three fit, then three more, then nothing.
+    let fields = |n: usize| {
+        let f: String = (0..n)
+            .map(|i| format!("a{i}: recordUsage(input: {{organizationId: $o, resource: \"users\", delta: 1}}) {{ organization {{ id }} }} "))
+            .collect();
+        format!("mutation($o: ID!) {{ {f} }}")
+    };
+    fresh_window(6, 6.0).await;
+    assert_code(
+        &app.gql(&owner, &fields(7), json!({"o": org})).await,
+        "RATE_LIMITED",
+    );
+    assert_ok(&app.gql(&owner, &fields(3), json!({"o": org})).await);
+    assert_ok(&app.gql(&owner, &fields(3), json!({"o": org})).await);
+    assert_code(
+        &app.gql(&owner, &fields(3), json!({"o": org})).await,
+        "RATE_LIMITED",
+    );
+    // The refused ones recorded nothing.
+    fresh_window(6, 6.0).await;
+    assert_eq!(app.numbers(&owner, &org, "users").await.0, 6);
+}
+
+#[tokio::test]
+async fn listing_workspaces_charges_each_and_leaves_out_those_whose_budget_is_spent() {
+    let app = app_with(&[("RATE_LIMIT_WINDOW_SECS", "6")]).await;
+    let owner = app.user("list-owner@example.com");
+    let ws = app.create_workspace(&owner, "Listed").await;
+    let other = app.create_workspace(&owner, "Unlimited").await;
+    app.set_workspace_settings(&ws, "rate_limit_per_minute", "60")
+        .await;
+    fresh_window(6, 4.0).await;
+    let nested = "{ workspaces(first: 50) { nodes { id members { edges { node { id } } } organizations(first: 5) { nodes { id } } } } }";
+    let listed = |r: &Value, id: &str| {
+        r["data"]["workspaces"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|w| w["id"] == id))
+    };
+    // Each listing is an operation acting in each workspace it shows: six are served…
+    for _ in 0..6 {
+        let r = app.gql(&owner, nested, json!({})).await;
+        assert_ok(&r);
+        assert!(listed(&r, &ws) && listed(&r, &other), "{r}");
+    }
+    // …then the spent workspace is left out, fields and all, and by id it is refused.
+    let r = app.gql(&owner, nested, json!({})).await;
+    assert_ok(&r);
+    assert!(!listed(&r, &ws) && listed(&r, &other), "{r}");
+    assert_code(
+        &app.gql(&owner, READ, json!({"w": ws})).await,
+        "RATE_LIMITED",
+    );
+}

@@ -6,6 +6,7 @@ mod approvals;
 mod archives;
 mod auth;
 mod billing;
+mod gate_everywhere;
 mod gdpr;
 mod governance_gate;
 mod governance_settings;

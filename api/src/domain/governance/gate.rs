@@ -78,6 +78,9 @@ pub struct Credentials {
 /// The gate of one request.
 pub struct Gate {
     credentials: Credentials,
+    /// Rate limit units the operation costs in each workspace it acts in (see
+    /// [`Gate::for_operation`]).
+    cost: i64,
     /// The settings and limits to decide by (`None` for the system, which admits all).
     governance: Option<Arc<super::Governance>>,
     decided: tokio::sync::Mutex<HashMap<Uuid, Result<(), DomainError>>>,
@@ -96,7 +99,19 @@ impl Gate {
     pub fn new(credentials: Credentials, governance: Arc<super::Governance>) -> Arc<Self> {
         Arc::new(Self {
             credentials,
+            cost: 1,
             governance: Some(governance),
+            decided: Default::default(),
+        })
+    }
+
+    /// The gate of one operation of this request, costing `cost` rate limit units (its
+    /// mutation fields, or one): every operation of a batch decides and is charged anew.
+    pub fn for_operation(&self, cost: usize) -> Arc<Self> {
+        Arc::new(Self {
+            credentials: self.credentials.clone(),
+            cost: i64::try_from(cost).unwrap_or(i64::MAX).max(1),
+            governance: self.governance.clone(),
             decided: Default::default(),
         })
     }
@@ -111,6 +126,7 @@ impl Gate {
                     tls: false,
                 },
             },
+            cost: 1,
             governance: None,
             decided: Default::default(),
         })
@@ -157,7 +173,7 @@ impl Gate {
         if let Some(d) = decided.get(&ws) {
             return d.clone();
         }
-        let d = self.decide(governance, ws, true).await;
+        let d = self.decide(governance, ws).await;
         // Unavailability is not a decision: the next attempt may succeed.
         if !matches!(
             d,
@@ -178,25 +194,14 @@ impl Gate {
         }
     }
 
-    /// Whether a list of the caller's workspaces shows `ws`: its policies are checked, its
-    /// rate limit is not charged (listing is not acting in it).
+    /// Whether a list of the caller's workspaces shows `ws`: listing acts in it (its nested
+    /// fields read it), so it passes its policies and is charged like any operation; a
+    /// workspace that refuses, or whose budget is spent, is left out.
     pub async fn lists(&self, ws: Uuid) -> DomainResult<bool> {
-        let Some(governance) = &self.governance else {
-            return Ok(true);
-        };
-        match self.decide(governance, ws, false).await {
-            Ok(()) => Ok(true),
-            Err(DomainError::PolicyRefused { .. } | DomainError::RateLimited { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.admits(ws).await
     }
 
-    async fn decide(
-        &self,
-        governance: &Arc<super::Governance>,
-        ws: Uuid,
-        charge: bool,
-    ) -> DomainResult<()> {
+    async fn decide(&self, governance: &Arc<super::Governance>, ws: Uuid) -> DomainResult<()> {
         let e = governance.enforced(ws).await?;
         let s = &e.row;
         let origin = self.credentials.origin;
@@ -267,11 +272,11 @@ impl Gate {
             }
             Caller::Link | Caller::System => None,
         };
-        if let Some((scope, per_minute)) = scope.filter(|_| charge) {
+        if let Some((scope, per_minute)) = scope {
             let per_minute = u32::try_from(per_minute).unwrap_or(1).max(1);
             governance
                 .limiter
-                .admit(governance, scope, per_minute)
+                .admit(governance, scope, per_minute, self.cost)
                 .await?;
         }
         Ok(())

@@ -4,7 +4,9 @@
 //! each scope (a workspace, or an API key) has a budget per window: its requests per minute
 //! scaled to the window. A process does not ask PostgreSQL for every request: it *leases* a
 //! part of the window's budget (a twentieth, at least 1 and at most 200 requests) with one
-//! upsert on `rate_limit_windows`, and spends the lease from memory. The upsert computes the
+//! upsert on `rate_limit_windows`, and spends the lease from memory. A request costs what it
+//! does: one unit per operation (a batch of n operations costs n), and one per field of a
+//! mutation (aliased mutation fields cost one each). The upsert computes the
 //! grant from the locked row, so the sum of all leases never exceeds the budget:
 //! **a scope is never admitted more than its budget in a window**. The error is the other way
 //! only: requests leased by one process but not spent in the window are lost to the others,
@@ -56,14 +58,17 @@ impl RateLimiter {
         ((i64::from(per_minute) * self.window_secs + 59) / 60).max(1)
     }
 
-    /// Admits one request of `scope`, limited to `per_minute`, or refuses it with
-    /// `RATE_LIMITED` and the seconds until the window ends.
+    /// Admits `cost` units of `scope` (an operation, or each field of a mutation), limited to
+    /// `per_minute`, or refuses them all with `RATE_LIMITED` and the seconds until the window
+    /// ends.
     pub async fn admit(
         &self,
         governance: &super::Governance,
         scope: Uuid,
         per_minute: u32,
+        cost: i64,
     ) -> DomainResult<()> {
+        let cost = cost.max(1);
         let now = Utc::now();
         let secs = now.timestamp();
         let window = secs - secs.rem_euclid(self.window_secs);
@@ -86,15 +91,15 @@ impl RateLimiter {
                     spent: false,
                 };
             }
-            if b.left > 0 {
-                b.left -= 1;
+            if b.left >= cost {
+                b.left -= cost;
                 return Ok(());
             }
             if b.spent {
                 return Err(limited(per_minute, retry_after));
             }
         }
-        let want = (budget / 20).clamp(1, 200);
+        let want = (budget / 20).clamp(1, 200).max(cost);
         let start = DateTime::<Utc>::from_timestamp(window, 0).unwrap_or(now);
         let mut conn = governance.conn().await?;
         let granted = repo::lease(&mut conn, scope, start, want, budget).await?;
@@ -107,8 +112,8 @@ impl RateLimiter {
         });
         if b.window > window {
             // The bucket moved on to a later window meanwhile: this grant belongs to the
-            // old one, which admits this request and keeps the rest.
-            return if granted > 0 {
+            // old one, which admits this request when it covers it and keeps the rest.
+            return if granted >= cost {
                 Ok(())
             } else {
                 Err(limited(per_minute, retry_after))
@@ -121,12 +126,16 @@ impl RateLimiter {
                 spent: false,
             };
         }
-        if granted == 0 {
+        b.left += granted;
+        if granted < want {
+            // The window's budget is used up: what is left serves cheaper requests only.
             b.spent = true;
+        }
+        if b.left < cost {
             return Err(limited(per_minute, retry_after));
         }
-        // One of the granted requests is this one.
-        b.left += granted - 1;
+        // `cost` of the units held are this request's.
+        b.left -= cost;
         Ok(())
     }
 }
