@@ -34,9 +34,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::access::Owned;
 use super::audit::{self, Change};
 use super::mutation::{self, Effect};
-use super::workspaces::require_role;
 use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::DbPool;
 use crate::db::repo::archives::{self as repo, ArchiveRow};
@@ -301,22 +301,15 @@ pub async fn find_readable(
     id: Uuid,
 ) -> DomainResult<Option<ArchiveRow>> {
     let mut conn = services.conn().await?;
-    let Some(a) = repo::find(&mut conn, id).await? else {
-        return Ok(None);
+    let access = match super::access::to(&mut conn, actor, Owned::Archive, id, "archive").await {
+        Ok(a) => a,
+        Err(DomainError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
     };
-    match require_role(
-        &mut conn,
-        actor,
-        WorkspaceId(a.workspace_id),
-        Role::is_manager,
-        "read archives",
-    )
-    .await
-    {
-        Ok(_) => Ok(Some(a)),
-        Err(DomainError::NotFound(_) | DomainError::Forbidden(_)) => Ok(None),
-        Err(e) => Err(e),
+    if !access.role.is_manager() {
+        return Ok(None);
     }
+    Ok(repo::find(&mut conn, id).await?)
 }
 
 /// Newest-first page of a workspace's archives (the caller checked the reader).
@@ -377,14 +370,12 @@ async fn restore_effect(
     actor: Actor,
     job_key: String,
 ) -> DomainResult<Restoring> {
+    let access = super::access::to(conn, &actor, Owned::Archive, id, "archive").await?;
+    access.require(|r| r == Role::Owner, "restore archives")?;
+    let ws = access.workspace;
     let archive = repo::find(conn, id)
         .await?
         .ok_or(DomainError::NotFound("archive"))?;
-    let ws = WorkspaceId(archive.workspace_id);
-    match require_role(conn, &actor, ws, |r| r == Role::Owner, "restore archives").await {
-        Err(DomainError::NotFound(_)) => return Err(DomainError::NotFound("archive")),
-        other => other?,
-    };
     let payload = json!({"v": 1, "archive": id});
     let job = match workspace_jobs::enqueue(
         conn,

@@ -388,20 +388,17 @@ async fn delete_endpoint_effect(
     id: WebhookEndpointId,
 ) -> DomainResult<DeletedEndpoint> {
     const MISSING: DomainError = DomainError::NotFound("webhook endpoint");
-    let endpoint = repo::endpoint(conn, id.0).await?.ok_or(MISSING)?;
-    let ws = WorkspaceId(endpoint.workspace_id);
-    match require_role(
+    let access = super::access::to(
         conn,
         &actor,
-        ws,
-        |r| r == Role::Owner,
-        "manage integrations",
+        super::access::Owned::WebhookEndpoint,
+        id.0,
+        "webhook endpoint",
     )
-    .await
-    {
-        Err(DomainError::NotFound(_)) => return Err(MISSING),
-        other => other?,
-    };
+    .await?;
+    access.require(|r| r == Role::Owner, "manage integrations")?;
+    let ws = access.workspace;
+    let endpoint = repo::endpoint(conn, id.0).await?.ok_or(MISSING)?;
     if !repo::delete_endpoint(conn, ws.0, id.0).await? {
         return Err(MISSING);
     }

@@ -3,6 +3,7 @@
 use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
+use super::access::Owned;
 use super::audit::{self, Change};
 use super::governance::approvals::{self, ApprovalAction, ApprovalRow, Held, Outcome};
 use super::invitations::InvitationConfig;
@@ -225,15 +226,9 @@ async fn lock_member(
     actor: &Actor,
     id: MemberId,
 ) -> DomainResult<(MemberRow, Role)> {
-    let m = members::find(conn, id.0)
-        .await?
-        .ok_or(DomainError::NotFound("member"))?;
-    let mine = members::role_of(conn, m.workspace_id, actor.user_id.0)
-        .await?
-        .and_then(|r| Role::parse(&r))
-        .ok_or(DomainError::NotFound("member"))?;
-    actor.admit(m.workspace_id).await?;
-    repo::workspaces::lock(conn, m.workspace_id)
+    let access = super::access::to(conn, actor, Owned::Member, id.0, "member").await?;
+    let mine = access.role;
+    repo::workspaces::lock(conn, access.workspace.0)
         .await?
         .ok_or(DomainError::NotFound("member"))?;
     // Re-read under the lock: it may have changed or gone meanwhile.

@@ -1,6 +1,7 @@
 //! Domain services: who may do what, the invariants, and orchestration of repositories.
 //! Nothing here knows about HTTP or GraphQL.
 
+pub mod access;
 pub mod analytics;
 pub mod api_usage;
 pub mod archives;

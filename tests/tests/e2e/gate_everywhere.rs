@@ -1,7 +1,9 @@
-//! One gate for every path: every root field and every mutation of the schema, read from the
-//! schema itself (so a field added tomorrow fails here until it is classified), is run against
-//! a workspace with one of each object under a refused IP, a missing MFA and a spent rate
-//! limit budget, and each must be refused.
+//! Rules over the whole schema. Every root field and every mutation, read from the schema
+//! itself (so a field added tomorrow fails here until it is classified), is run against a
+//! workspace with one of each object:
+//! - under a refused IP, a missing MFA and a spent rate limit budget: each must be refused;
+//! - by a stranger, with the workspace's ids and with missing ids of the same kinds: the
+//!   answers must be the same and cost the same statements.
 
 use std::collections::BTreeSet;
 
@@ -631,4 +633,82 @@ async fn every_root_field_and_mutation_passes_the_workspace_s_policies() {
         before,
         "refusals change nothing"
     );
+}
+
+/// `vars` with every id of ours replaced by a missing id of the same kind (same prefix).
+fn missing_ids(vars: &Value) -> Value {
+    let mut out = vars.clone();
+    for v in out.as_object_mut().expect("variables").values_mut() {
+        if let Some((prefix, hex)) = v.as_str().and_then(|s| s.split_once('_'))
+            && hex.len() == 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            *v = json!(format!("{prefix}_{}", uuid::Uuid::now_v7().simple()));
+        }
+    }
+    out
+}
+
+/// `r` with the values of `vars` (ids) replaced, and request ids dropped.
+fn comparable(r: &Value, vars: &Value) -> String {
+    let mut text = r.to_string();
+    for v in vars.as_object().expect("variables").values() {
+        if let Some(s) = v.as_str() {
+            text = text.replace(s, "<id>");
+        }
+    }
+    let mut v: Value = serde_json::from_str(&text).expect("json");
+    if let Some(errors) = v.get_mut("errors").and_then(Value::as_array_mut) {
+        for e in errors {
+            if let Some(ext) = e.get_mut("extensions").and_then(Value::as_object_mut) {
+                ext.remove("requestId");
+            }
+        }
+    }
+    v.to_string()
+}
+
+#[tokio::test]
+async fn every_id_taking_field_answers_a_foreign_id_like_a_missing_one_at_the_same_cost() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_env(&fake, &[]).await;
+    let owner = app.user("cost-owner@example.com");
+    let (_, vars) = fixture(&app, &fake, &owner).await;
+    // A stranger with a workspace of their own, signed in once (provisioning is cached).
+    let stranger = app.user("cost-stranger@example.com");
+    app.create_workspace(&stranger, "Elsewhere").await;
+    assert_ok(&app.gql(&stranger, "{ viewer { id } }", json!({})).await);
+    let missing = missing_ids(&vars);
+    let mut unequal = Vec::new();
+    for (field, expect, _, doc) in FIELDS {
+        if *expect != Expect::Refused {
+            continue;
+        }
+        let (foreign_vars, missing_vars) = (variables_of(doc, &vars), variables_of(doc, &missing));
+        // Twice each, alternating: the second round compares warm caches with warm caches.
+        let mut costs = Vec::new();
+        let mut answers = Vec::new();
+        for round in 0..2 {
+            for v in [&foreign_vars, &missing_vars] {
+                let before = app.statements().await;
+                let r = app.gql(&stranger, doc, v.clone()).await;
+                let cost = app.statements().await - before;
+                if round == 1 {
+                    costs.push(cost);
+                    answers.push(comparable(&r, v));
+                }
+            }
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "{field}: a foreign id answers differently"
+        );
+        if costs[0] != costs[1] {
+            unequal.push(format!(
+                "{field}: foreign {} statements, missing {}",
+                costs[0], costs[1]
+            ));
+        }
+    }
+    assert!(unequal.is_empty(), "existence told by cost: {unequal:#?}");
 }

@@ -978,3 +978,180 @@ async fn erasure_rewrites_archived_rows_so_a_restore_brings_no_personal_data_bac
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn self_erasure_reaches_the_archives_of_workspaces_the_person_left() {
+    let app = TestApp::spawn().await;
+    let worker = Worker::start(&app);
+    const EMAIL: &str = "former-member-4c1@example.com";
+    const NAME: &str = "Ottilie Formerly-Here";
+    let owner = app.user("former-owner@example.com");
+    let ws = app.create_workspace(&owner, "Former Co").await;
+    let member = app.add_member(&owner, &ws, EMAIL, "ADMIN").await;
+    // Signing in with her named token stores her name.
+    let person = named(&app, EMAIL, NAME);
+    let person_id = viewer_id(&app, &person).await;
+    let person_uuid = uuid_of(&person_id);
+    assert_eq!(
+        text(
+            &app,
+            &format!("SELECT coalesce(name, '-') AS t FROM users WHERE id = '{person_uuid}'")
+        )
+        .await,
+        NAME
+    );
+    // She acts: an organization named after her, renamed since (its row no longer names
+    // her; the audit events of its creation and renaming do).
+    const RENAME: &str = "mutation($o: ID!, $n: String!) { renameOrganization(input: {organizationId: $o, name: $n}) { organization { id name } } }";
+    let org = app
+        .create_org(&person, &ws, None, &format!("Desk of {NAME}"))
+        .await;
+    assert_ok(
+        &app.gql(&person, RENAME, json!({"o": org, "n": "Desk"}))
+            .await,
+    );
+    // The owner removes her; cleanup then archives (and deletes) every audit event of the
+    // workspace.
+    assert_ok(
+        &app.gql(
+            &owner,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": member}),
+        )
+        .await,
+    );
+    let ws_uuid = uuid::Uuid::parse_str(&uuid_of(&ws)).expect("uuid");
+    let vault = api::storage::Vault::open(
+        &app.config.archive_url,
+        &app.config.archive_options,
+        app.config.archive_master_key,
+    )
+    .expect("vault");
+    let retire = || async {
+        let now = chrono::Utc::now();
+        api::domain::archives::retire(
+            &mut app.pool.get().await.expect("connection"),
+            &vault,
+            ws_uuid,
+            api::domain::archives::Category::AuditEvents,
+            now + chrono::Duration::minutes(1),
+            now,
+            1_000,
+            true,
+        )
+        .await
+        .expect("archive")
+    };
+    assert_eq!(retire().await.archives, 1);
+    // Later the owner names her in the workspace, in rows that do not hold her id: events
+    // archived apart (a second archive), and a notification.
+    assert_ok(
+        &app.gql(
+            &owner,
+            RENAME,
+            json!({"o": org, "n": format!("Was {NAME}'s desk")}),
+        )
+        .await,
+    );
+    assert_ok(
+        &app.gql(&owner, RENAME, json!({"o": org, "n": "Desk"}))
+            .await,
+    );
+    assert_eq!(retire().await.archives, 1);
+    let notified = app
+        .sql_exec(&format!(
+            "INSERT INTO notifications (id, workspace_id, type, category, data, dedupe_key, fanned_out_at)
+             VALUES (gen_random_uuid(), '{ws_uuid}', 'desk.cleared', 'SECURITY_ALERTS',
+                     '{{\"note\": \"{NAME}''s desk was cleared\"}}', 'former-desk', now())"
+        ))
+        .await;
+    assert_eq!(notified, 1);
+    let archived =
+        format!("SELECT count(*) AS n FROM audit_events WHERE workspace_id = '{ws_uuid}'");
+    assert_eq!(app.sql_count(&archived).await, 0);
+    // Nothing live ties her to the workspace any more: only its archives.
+    for tie in [
+        format!("members WHERE user_id = '{person_uuid}'"),
+        format!("audit_events WHERE actor_id = '{person_uuid}'"),
+        format!("removed_member_scrubs WHERE user_id = '{person_uuid}'"),
+    ] {
+        assert_eq!(
+            app.sql_count(&format!("SELECT count(*) AS n FROM {tie}"))
+                .await,
+            0,
+            "{tie}"
+        );
+    }
+    let open = |path: String| {
+        let vault = vault.clone();
+        let pool = app.pool.clone();
+        async move {
+            let key = vault
+                .existing_key(&mut pool.get().await.expect("connection"), ws_uuid)
+                .await
+                .expect("key")
+                .expect("the workspace has a key");
+            let opened = vault.get(&key, &path, 1 << 30).await.expect("open");
+            String::from_utf8(opened.plaintext).expect("utf-8")
+        }
+    };
+    let paths_sql = "SELECT string_agg(path, ' ' ORDER BY range_start) AS t FROM archives";
+    let old_paths = text(&app, paths_sql).await;
+    let old: Vec<String> = old_paths.split(' ').map(str::to_string).collect();
+    assert_eq!(old.len(), 2, "{old_paths}");
+    let hers = open(old[0].clone()).await;
+    assert!(hers.contains(EMAIL) && hers.contains(NAME), "{hers}");
+    let owners = open(old[1].clone()).await;
+    assert!(
+        owners.contains(NAME) && !owners.contains(&person_uuid) && !owners.contains(&person_id),
+        "{owners}"
+    );
+
+    // She erases herself (signed out at once: the erasure's record tells when it is done).
+    let r = app
+        .gql(&person, ERASE, json!({"u": person_id, "k": null}))
+        .await;
+    assert_ok(&r);
+    let pseudonym = r["data"]["eraseUser"]["pseudonym"]
+        .as_str()
+        .expect("pseudonym")
+        .to_string();
+    eventually(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM user_erasures WHERE user_id = '{person_uuid}' AND completed_at IS NOT NULL"
+        ),
+        1,
+    )
+    .await;
+    let new_paths = text(&app, paths_sql).await;
+    for (path, old_path) in new_paths.split(' ').zip(&old) {
+        assert_ne!(path, old_path);
+        let redacted = open(path.to_string()).await;
+        assert!(!redacted.to_lowercase().contains(EMAIL), "{redacted}");
+        assert!(
+            !redacted.to_lowercase().contains(&NAME.to_lowercase()),
+            "{redacted}"
+        );
+        assert!(redacted.contains(&pseudonym), "{redacted}");
+    }
+    // Her id stays (the rows keep their actor), so the archive is still found to be hers.
+    assert!(
+        open(new_paths.split(' ').next().expect("path").to_string())
+            .await
+            .contains(&person_uuid)
+    );
+
+    // A restore brings the rows back without her.
+    let ids = text(&app, "SELECT string_agg(id::text, ' ') AS t FROM archives").await;
+    for id in ids.split(' ') {
+        let id = uuid::Uuid::parse_str(id).expect("archive id");
+        api::domain::archives::run_restore(&app.pool, &vault, id, chrono::Utc::now())
+            .await
+            .expect("restore");
+    }
+    assert!(app.sql_count(&archived).await > 0);
+    let after = columns_naming(&app, &[EMAIL, NAME]).await;
+    assert!(after.is_empty(), "still naming her: {after:?}");
+    worker.stop().await;
+}

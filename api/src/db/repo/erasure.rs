@@ -101,6 +101,31 @@ pub async fn lock_person(
         .optional()
 }
 
+/// The person `id` locked for an erasure asked for by `by`, in one statement, when `by` may
+/// know of them: a person (never an API key's service account) who shares a live workspace
+/// with `by`, or whose erasure `by` asked for; `None` alike for anyone else and a missing id.
+pub async fn lock_person_visible(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    by: Uuid,
+) -> QueryResult<Option<Person>> {
+    diesel::sql_query(
+        "SELECT u.id, u.subject, u.email, u.name FROM users u
+          WHERE u.id = $1 AND NOT u.service_account
+            AND (EXISTS (SELECT 1 FROM members t
+                           JOIN members me ON me.workspace_id = t.workspace_id AND me.user_id = $2
+                           JOIN workspaces w ON w.id = t.workspace_id AND w.deleted_at IS NULL
+                          WHERE t.user_id = u.id)
+                 OR EXISTS (SELECT 1 FROM user_erasures e WHERE e.user_id = u.id AND e.requested_by = $2))
+            FOR UPDATE OF u",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(by)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
 /// Closes the identity of `user` at once: its subject becomes `closed_subject` (so the token's
 /// `sub` no longer finds it, and its erased form is refused at sign-in) and its e-mail counts
 /// as unverified (so invitations no longer find it).
@@ -166,8 +191,14 @@ pub async fn live_memberships(
     .await
 }
 
-/// The workspaces whose data may name `user`: theirs (live or not), those where they acted,
-/// and that of the owner who asked for the erasure.
+/// The workspaces whose live rows may name `user`: every one they ever were a member of or
+/// acted in, whether they are still there or not — their memberships (live workspaces or
+/// not), the workspaces where audit events have them as actor or name them (`userId` in the
+/// summary, as membership events do — `member.join`, `member.update_role`, `member.remove`,
+/// `member.leave` — or as target), where they recorded usage or asked for or decided an
+/// approval, where retention pseudonymized them as a former member (`removed_member_scrubs`),
+/// and that of the owner who asked for the erasure. Rows already archived are not here: the
+/// archive's own text tells (`domain::gdpr::erase`).
 pub async fn linked_workspaces(conn: &mut AsyncPgConnection, user: Uuid) -> QueryResult<Vec<Uuid>> {
     #[derive(QueryableByName)]
     struct W {
@@ -176,10 +207,15 @@ pub async fn linked_workspaces(conn: &mut AsyncPgConnection, user: Uuid) -> Quer
     }
     let rows: Vec<W> = diesel::sql_query(
         "SELECT workspace_id AS id FROM members WHERE user_id = $1
-         UNION SELECT DISTINCT workspace_id FROM audit_events WHERE actor_id = $1
+         UNION SELECT workspace_id FROM audit_events
+                WHERE actor_id = $1 OR summary->>'userId' = $2 OR target_id = $2
+         UNION SELECT workspace_id FROM usage_events WHERE actor_id = $1
+         UNION SELECT workspace_id FROM approval_requests WHERE requested_by = $1 OR decided_by = $1
+         UNION SELECT workspace_id FROM removed_member_scrubs WHERE user_id = $1
          UNION SELECT workspace_id FROM user_erasures WHERE user_id = $1 AND workspace_id IS NOT NULL",
     )
     .bind::<SqlUuid, _>(user)
+    .bind::<Text, _>(crate::ids::UserId(user).encode())
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|w| w.id).collect())
@@ -495,6 +531,15 @@ pub async fn archives_after(
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
+}
+
+/// Archive `id`, if it still exists.
+pub async fn archive(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<ArchiveRef>> {
+    diesel::sql_query("SELECT id, workspace_id, path FROM archives WHERE id = $1")
+        .bind::<SqlUuid, _>(id)
+        .get_result(conn)
+        .await
+        .optional()
 }
 
 /// `lines` (JSON objects) with `pattern`, and `name_pattern` when given, replaced by

@@ -1,6 +1,7 @@
 //! Repositories: every SQL statement of the system lives here. Functions take a
 //! connection (not the pool) so that they compose inside one transaction.
 
+pub mod access;
 pub mod analytics;
 pub mod api_keys;
 pub mod api_usage;

@@ -7,13 +7,13 @@ use uuid::Uuid;
 
 use super::intents::{self, Address, CustomerFields, Intent, StripeCall};
 use super::pools::{self, Pool};
-use super::{catalog, max_accounts, optional_text, require_owner, require_reader};
+use super::{catalog, max_accounts, optional_text, require_owner};
 use crate::db::models::OrganizationRow;
 use crate::db::repo::billing::{self as repo, BillingAccountRow};
 use crate::db::repo::{self as repos, organizations as orgs, usage as usage_repo};
+use crate::domain::access::Owned;
 use crate::domain::audit::{self, Change};
 use crate::domain::mutation::{self, Done, Effect};
-use crate::domain::workspaces::require_role;
 use crate::domain::{Actor, BillingMode, DomainError, DomainResult, Role, Services, check_name};
 use crate::ids::{BillingAccountId, OrganizationId, WorkspaceId};
 
@@ -113,15 +113,24 @@ pub async fn owned(
     actor: &Actor,
     id: BillingAccountId,
 ) -> DomainResult<BillingAccountRow> {
-    let a = repo::lock_account(conn, id.0)
+    let access =
+        crate::domain::access::to(conn, actor, Owned::BillingAccount, id.0, "billing account")
+            .await?;
+    access.require(|r| r == Role::Owner, "manage billing")?;
+    active_locked(conn, id.0, "billing account").await
+}
+
+/// A live account, locked, once the caller's access to it (or to what it pays for) is
+/// established; `NotFound` naming `what` when it is deleted.
+pub(super) async fn active_locked(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    what: &'static str,
+) -> DomainResult<BillingAccountRow> {
+    repo::lock_account(conn, id)
         .await?
         .filter(|a| a.state == "ACTIVE")
-        .ok_or(DomainError::NotFound("billing account"))?;
-    match require_owner(conn, actor, WorkspaceId(a.workspace_id)).await {
-        Err(DomainError::NotFound(_)) => Err(DomainError::NotFound("billing account")),
-        Err(e) => Err(e),
-        Ok(_) => Ok(a),
-    }
+        .ok_or(DomainError::NotFound(what))
 }
 
 /// Loads an account after a mutation.
@@ -378,17 +387,22 @@ pub async fn find_readable(
     id: BillingAccountId,
 ) -> DomainResult<Option<BillingAccountRow>> {
     let mut conn = services.conn().await?;
-    let Some(a) = repo::account(&mut conn, id.0)
-        .await?
-        .filter(|a| a.state == "ACTIVE")
-    else {
-        return Ok(None);
+    let access = match crate::domain::access::to(
+        &mut conn,
+        actor,
+        Owned::BillingAccount,
+        id.0,
+        "billing account",
+    )
+    .await
+    {
+        Err(DomainError::NotFound(_)) => return Ok(None),
+        other => other?,
     };
-    match require_reader(&mut conn, actor, WorkspaceId(a.workspace_id)).await {
-        Err(DomainError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-        Ok(_) => Ok(Some(a)),
-    }
+    access.require(Role::is_manager, "read billing")?;
+    Ok(repo::account(&mut conn, id.0)
+        .await?
+        .filter(|a| a.state == "ACTIVE"))
 }
 
 /// The billing account a new organization of workspace `w` is assigned (`root`: it has no
@@ -461,24 +475,21 @@ async fn assign_effect(
     input: Assignment,
     actor: Actor,
 ) -> DomainResult<OrganizationRow> {
+    let access = crate::domain::access::to(
+        conn,
+        &actor,
+        Owned::Organization,
+        input.organization_id.0,
+        "organization",
+    )
+    .await?;
+    access.require(|r| r == Role::Owner, "assign billing accounts")?;
+    let ws = access.workspace;
     let org = orgs::find_many(conn, &[input.organization_id.0])
         .await?
         .into_iter()
         .next()
         .ok_or(DomainError::NotFound("organization"))?;
-    let ws = WorkspaceId(org.workspace_id);
-    match require_role(
-        conn,
-        &actor,
-        ws,
-        |r| r == Role::Owner,
-        "assign billing accounts",
-    )
-    .await
-    {
-        Err(DomainError::NotFound(_)) => return Err(DomainError::NotFound("organization")),
-        other => other?,
-    };
     let w = repos::workspaces::lock(conn, ws.0)
         .await?
         .ok_or(DomainError::NotFound("organization"))?;

@@ -165,13 +165,19 @@ async fn owned_method(
     actor: &Actor,
     id: PaymentMethodId,
 ) -> DomainResult<(BillingAccountRow, PaymentMethodRow)> {
+    let access = crate::domain::access::to(
+        c,
+        actor,
+        crate::domain::access::Owned::PaymentMethod,
+        id.0,
+        "payment method",
+    )
+    .await?;
+    access.require(|r| r == crate::domain::Role::Owner, "manage billing")?;
     let pm = repo::payment_method(c, id.0)
         .await?
         .ok_or(DomainError::NotFound("payment method"))?;
-    let a = match accounts::owned(c, actor, BillingAccountId(pm.billing_account_id)).await {
-        Err(DomainError::NotFound(_)) => return Err(DomainError::NotFound("payment method")),
-        other => other?,
-    };
+    let a = accounts::active_locked(c, pm.billing_account_id, "payment method").await?;
     Ok((a, pm))
 }
 

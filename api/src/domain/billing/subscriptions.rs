@@ -262,14 +262,20 @@ async fn owned(
     actor: &Actor,
     id: SubscriptionId,
 ) -> DomainResult<(SubscriptionRow, crate::db::repo::billing::BillingAccountRow)> {
+    let access = crate::domain::access::to(
+        c,
+        actor,
+        crate::domain::access::Owned::Subscription,
+        id.0,
+        "subscription",
+    )
+    .await?;
+    access.require(|r| r == crate::domain::Role::Owner, "manage billing")?;
     let s = repo::lock_subscription(c, id.0)
         .await?
         .filter(|s| s.stripe_subscription_id.is_some())
         .ok_or(DomainError::NotFound("subscription"))?;
-    let a = match accounts::owned(c, actor, BillingAccountId(s.billing_account_id)).await {
-        Err(DomainError::NotFound(_)) => return Err(DomainError::NotFound("subscription")),
-        other => other?,
-    };
+    let a = accounts::active_locked(c, s.billing_account_id, "subscription").await?;
     if matches!(s.status.as_str(), "CANCELED" | "INCOMPLETE_EXPIRED") {
         return Err(DomainError::Conflict(format!(
             "subscription {id} is {}",

@@ -24,11 +24,14 @@
 //! - drops the stored renderings of others' responses that showed them (a replay resolves
 //!   afresh, showing the pseudonym);
 //! - replaces by the pseudonym their name, as whole words in the JSON of the workspaces they
-//!   belonged to or acted in, and their e-mail address everywhere: every text, JSON and
+//!   belonged to or acted in (now or before: former memberships and removals too, see
+//!   `erasure::linked_workspaces`), and their e-mail address everywhere: every text, JSON and
 //!   text-array column of every table of every schema (tables added later too), but the
 //!   financial records kept by law ([`KEPT`]);
 //! - rewrites the archives of deleted rows that name them (`redact_archives`), so that a
-//!   restore brings nothing back;
+//!   restore brings nothing back: the name too in the archives of any workspace whose
+//!   archived rows hold their id (a former member whose events were archived), and then in
+//!   that workspace's live JSON;
 //! - last, in one transaction, deletes their memberships, turns the `users` row into a
 //!   tombstone (e-mail = pseudonym, no name) and marks the erasure complete.
 //!
@@ -132,13 +135,15 @@ async fn request_effect(
     user: UserId,
     vault: std::sync::Arc<Vault>,
 ) -> DomainResult<Requested> {
-    let person = erasure::lock_person(conn, user.0, true)
-        .await?
-        .ok_or(DomainError::NotFound("user"))?;
-    // An API key's service account is no person: revoking the key removes it.
-    if crate::db::repo::api_keys::is_service_account(conn, user.0).await? {
-        return Err(DomainError::NotFound("user"));
+    // The person and the caller's right to know of them in one statement: a stranger's id
+    // costs what a missing one costs. (An API key's service account is no person: revoking
+    // the key removes it; the caller, a person, is never one.)
+    let person = if user == actor.user_id {
+        erasure::lock_person(conn, user.0, true).await?
+    } else {
+        erasure::lock_person_visible(conn, user.0, actor.user_id.0).await?
     }
+    .ok_or(DomainError::NotFound("user"))?;
     if let Some(done) = erasure::find(conn, user.0).await? {
         return repeat(conn, &actor, user, done).await;
     }
@@ -322,15 +327,17 @@ pub async fn run_in_workspace(
         name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n)));
     let name_escaped = name.map(json_escaped);
     let only = [ws];
+    let ids = Ids::of(user);
     let redact = Redaction {
         email_needle: &json_escaped(&person.email).to_lowercase(),
         email_pattern: &format!("(?i){}", regex_literal(&person.email)),
         names: name_escaped.as_deref().zip(name_pattern.as_deref()),
         linked: &only,
+        ids: ids.needles(),
         pseudonym: &p,
         only: Some(ws),
     };
-    let archives = redact_archives(&mut conn, vault, &redact).await?;
+    let archives = redact_archives(&mut conn, vault, &redact).await?.rewritten;
     erasure::record_scrub(&mut conn, ws, user, chrono::Utc::now()).await?;
     tracing::info!(workspace.id = %ws, pseudonym = %p, archives, "erased from a workspace");
     Ok(())
@@ -494,24 +501,11 @@ pub async fn run(
     let linked = erasure::linked_workspaces(&mut conn, user).await?;
     let name_escaped = name.map(json_escaped);
     let names = name_escaped.as_deref().zip(name_pattern.as_deref());
-    if let Some((escaped, pattern)) = names {
-        for c in columns
+    if let Some(names) = names {
+        let json = columns
             .iter()
-            .filter(|c| is_json(c) && (c.per_workspace || c.table == "idempotency_keys"))
-        {
-            let sweep = Sweep {
-                pattern,
-                replacement: &p,
-                needle: escaped,
-                fold_case: false,
-                workspaces: Some(&linked),
-            };
-            erasure::sweep_column(&mut conn, c, &sweep, BATCH)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("rewriting {}.{}.{}: {e}", c.schema, c.table, c.column)
-                })?;
-        }
+            .filter(|c| is_json(c) && (c.per_workspace || c.table == "idempotency_keys"));
+        sweep_names(&mut conn, json, names, &p, &linked).await?;
     }
     let email_pattern = format!("(?i){}", regex_literal(&person.email));
     let email_raw = person.email.to_lowercase();
@@ -531,20 +525,54 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("rewriting {}.{}.{}: {e}", c.schema, c.table, c.column))?;
     }
+    let ids = Ids::of(user);
     let redact = Redaction {
         email_needle: &email_needle,
         email_pattern: &email_pattern,
         names,
         linked: &linked,
+        ids: ids.needles(),
         pseudonym: &p,
         only: None,
     };
-    let archives = redact_archives(&mut conn, vault, &redact).await?;
+    let redacted = redact_archives(&mut conn, vault, &redact).await?;
+    // Workspaces only archived rows tie them to (they left before cleanup archived their
+    // events): what those workspaces still hold may name them too. A job killed after the
+    // archives were rewritten finds them again (the archived rows keep the person's id).
+    if let (Some(names), false) = (names, redacted.found.is_empty()) {
+        let json = columns.iter().filter(|c| is_json(c) && c.per_workspace);
+        sweep_names(&mut conn, json, names, &p, &redacted.found).await?;
+    }
+    let archives = redacted.rewritten;
     conn.transaction::<_, diesel::result::Error, _>(async |c| {
         erasure::tombstone(c, user, &p).await
     })
     .await?;
     tracing::info!(pseudonym = %p, archives, "erased");
+    Ok(())
+}
+
+/// Replaces the name (`names`: as JSON holds it, and its whole-word pattern) by the
+/// pseudonym `p` in `columns` (JSON), in the rows of `workspaces` for per-workspace tables.
+async fn sweep_names<'c>(
+    conn: &mut AsyncPgConnection,
+    columns: impl Iterator<Item = &'c TextColumn>,
+    (escaped, pattern): (&str, &str),
+    p: &str,
+    workspaces: &[Uuid],
+) -> anyhow::Result<()> {
+    for c in columns {
+        let sweep = Sweep {
+            pattern,
+            replacement: p,
+            needle: escaped,
+            fold_case: false,
+            workspaces: Some(workspaces),
+        };
+        erasure::sweep_column(conn, c, &sweep, BATCH)
+            .await
+            .map_err(|e| anyhow::anyhow!("rewriting {}.{}.{}: {e}", c.schema, c.table, c.column))?;
+    }
     Ok(())
 }
 
@@ -612,93 +640,189 @@ pub async fn forget_in_workspace(
     Ok(())
 }
 
+/// The person's id in the two forms archived rows hold it: the UUID (`actor_id`, `user_id`)
+/// and the external `usr_…` (`summary.userId`, `target_id`).
+struct Ids {
+    uuid: String,
+    external: String,
+}
+
+impl Ids {
+    fn of(user: Uuid) -> Self {
+        Ids {
+            uuid: user.to_string(),
+            external: UserId(user).encode(),
+        }
+    }
+
+    fn needles(&self) -> [&str; 2] {
+        [&self.uuid, &self.external]
+    }
+}
+
 /// What erasure replaces in archived rows.
 struct Redaction<'a> {
     /// The e-mail, lower-case, as JSON holds it.
     email_needle: &'a str,
     /// The e-mail's pattern (case-insensitive).
     email_pattern: &'a str,
-    /// The name as JSON holds it and its whole-word pattern (in `linked` workspaces).
+    /// The name as JSON holds it and its whole-word pattern: in the archives of `linked`
+    /// workspaces, and in those of any workspace whose archived rows hold one of `ids`.
     names: Option<(&'a str, &'a str)>,
-    /// The workspaces the person belonged to or acted in.
+    /// The workspaces the person belonged to or acted in, as live rows tell.
     linked: &'a [Uuid],
+    /// The person's id as archived rows hold it (they acted, or were acted on).
+    ids: [&'a str; 2],
     /// The replacement.
     pseudonym: &'a str,
     /// Only the archives of this workspace (an owner's erasure), or every one.
     only: Option<Uuid>,
 }
 
+/// What `redact_archives` did.
+struct Redacted {
+    /// Archives rewritten.
+    rewritten: usize,
+    /// Workspaces outside `linked` whose archived rows hold the person's id.
+    found: Vec<Uuid>,
+}
+
+/// What one archive held (`redact_archive`).
+struct Seen {
+    /// Its rows hold the person's id.
+    theirs: bool,
+    /// It holds the name, which was not replaced (neither its workspace nor its rows were
+    /// known to be theirs).
+    name_left: bool,
+    /// It was rewritten.
+    rewritten: bool,
+}
+
 /// Archives hold rows cleanup deleted (sealed under their workspace's key, restorable):
 /// every archive whose rows name the person is rewritten with the pseudonym, sealed at a new
 /// path (its manifest row then points there, with the new sizes and digests, and the old
-/// object goes), so a restore brings back no personal data; how many. An archive that no
-/// longer opens (corrupt, or its workspace's key gone) cannot be restored either: it is
-/// skipped with a warning.
+/// object goes), so a restore brings back no personal data. The e-mail is replaced in every
+/// archive; the name (a whole word, which elsewhere may be a common word) in the archives of
+/// workspaces the person belonged to or acted in: `linked`, and any workspace one of whose
+/// archives holds rows with the person's id — which is how a former member is found whose
+/// events were archived before (a second pass takes that workspace's other archives). An
+/// archive that no longer opens (corrupt, or its workspace's key gone) cannot be restored
+/// either: it is skipped with a warning.
 async fn redact_archives(
     conn: &mut AsyncPgConnection,
     vault: &Vault,
     r: &Redaction<'_>,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Redacted> {
     const PAGE: i64 = 100;
     let mut after = Uuid::nil();
-    let mut rewritten = 0;
+    let mut done = Redacted {
+        rewritten: 0,
+        found: Vec::new(),
+    };
+    // Archives that hold the name in a workspace not (yet) known to be the person's.
+    let mut name_left: Vec<(Uuid, Uuid)> = Vec::new();
     loop {
         let page = erasure::archives_after(conn, after, PAGE).await?;
         for a in page
             .iter()
             .filter(|a| r.only.is_none_or(|w| w == a.workspace_id))
         {
-            let Some(key) = vault.existing_key(conn, a.workspace_id).await? else {
-                continue;
-            };
-            let opened = match vault.get(&key, &a.path, archives::MAX_PLAINTEXT).await {
-                Ok(o) => o,
-                Err(OpenError::Store(e)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(archive = %a.id, error = %e, "an archive that does not open was not redacted");
-                    continue;
-                }
-            };
-            let Ok(text) = String::from_utf8(opened.plaintext) else {
-                tracing::warn!(archive = %a.id, "an archive that is not UTF-8 was not redacted");
-                continue;
-            };
-            let names = r
-                .names
-                .filter(|(needle, _)| r.linked.contains(&a.workspace_id) && text.contains(needle));
-            if !text.to_lowercase().contains(r.email_needle) && names.is_none() {
-                continue;
+            let seen = redact_archive(conn, vault, r, a, false).await?;
+            done.rewritten += usize::from(seen.rewritten);
+            if seen.theirs
+                && !r.linked.contains(&a.workspace_id)
+                && !done.found.contains(&a.workspace_id)
+            {
+                done.found.push(a.workspace_id);
             }
-            let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-            let scrubbed = erasure::scrub_lines(
-                conn,
-                &lines,
-                r.email_pattern,
-                names.map(|(_, pattern)| pattern),
-                r.pseudonym,
-            )
-            .await?;
-            let mut plain = scrubbed.join("\n");
-            plain.push('\n');
-            drop(text);
-            let path = redacted_path(&a.path);
-            let sealed = vault.put(&key, &path, plain.into_bytes()).await?;
-            rewrite_manifest(vault, &a.path, &sealed).await?;
-            if erasure::repoint_archive(conn, a.id, &a.path, &sealed).await? {
-                vault.delete(&a.path).await?;
-                vault.delete(&archives::manifest_path(&a.path)).await?;
-                rewritten += 1;
-            } else {
-                // Changed meanwhile (another erasure): theirs stands.
-                vault.delete(&path).await?;
-                vault.delete(&archives::manifest_path(&path)).await?;
+            if seen.name_left {
+                name_left.push((a.id, a.workspace_id));
             }
         }
         match page.last() {
             Some(last) if page.len() as i64 == PAGE => after = last.id,
-            _ => return Ok(rewritten),
+            _ => break,
         }
     }
+    for (id, ws) in name_left {
+        if !done.found.contains(&ws) {
+            continue;
+        }
+        // Read again: the first pass may have rewritten it (the e-mail) at a new path.
+        let Some(a) = erasure::archive(conn, id).await? else {
+            continue;
+        };
+        let seen = redact_archive(conn, vault, r, &a, true).await?;
+        done.rewritten += usize::from(seen.rewritten);
+    }
+    Ok(done)
+}
+
+/// Rewrites archive `a` if it names the person (see [`redact_archives`]); the name is
+/// replaced when `a`'s workspace is linked, its rows hold the person's id, or `theirs`.
+async fn redact_archive(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    r: &Redaction<'_>,
+    a: &erasure::ArchiveRef,
+    theirs: bool,
+) -> anyhow::Result<Seen> {
+    let mut seen = Seen {
+        theirs: false,
+        name_left: false,
+        rewritten: false,
+    };
+    let Some(key) = vault.existing_key(conn, a.workspace_id).await? else {
+        return Ok(seen);
+    };
+    let opened = match vault.get(&key, &a.path, archives::MAX_PLAINTEXT).await {
+        Ok(o) => o,
+        Err(OpenError::Store(e)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(archive = %a.id, error = %e, "an archive that does not open was not redacted");
+            return Ok(seen);
+        }
+    };
+    let Ok(text) = String::from_utf8(opened.plaintext) else {
+        tracing::warn!(archive = %a.id, "an archive that is not UTF-8 was not redacted");
+        return Ok(seen);
+    };
+    seen.theirs = r.ids.iter().any(|id| text.contains(id));
+    let names = r.names.filter(|(needle, _)| text.contains(needle));
+    let names = if r.linked.contains(&a.workspace_id) || seen.theirs || theirs {
+        names
+    } else {
+        seen.name_left = names.is_some();
+        None
+    };
+    if !text.to_lowercase().contains(r.email_needle) && names.is_none() {
+        return Ok(seen);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let scrubbed = erasure::scrub_lines(
+        conn,
+        &lines,
+        r.email_pattern,
+        names.map(|(_, pattern)| pattern),
+        r.pseudonym,
+    )
+    .await?;
+    let mut plain = scrubbed.join("\n");
+    plain.push('\n');
+    drop(text);
+    let path = redacted_path(&a.path);
+    let sealed = vault.put(&key, &path, plain.into_bytes()).await?;
+    rewrite_manifest(vault, &a.path, &sealed).await?;
+    if erasure::repoint_archive(conn, a.id, &a.path, &sealed).await? {
+        vault.delete(&a.path).await?;
+        vault.delete(&archives::manifest_path(&a.path)).await?;
+        seen.rewritten = true;
+    } else {
+        // Changed meanwhile (another erasure): theirs stands.
+        vault.delete(&path).await?;
+        vault.delete(&archives::manifest_path(&path)).await?;
+    }
+    Ok(seen)
 }
 
 /// A new path beside `path` for its redacted object: `{dir}/{archive}.r{random}` and the

@@ -328,14 +328,19 @@ async fn revoke_effect(
     id: ApiKeyId,
 ) -> DomainResult<ApiKeyRow> {
     const MISSING: DomainError = DomainError::NotFound("API key");
+    let access = crate::domain::access::to(
+        conn,
+        &actor,
+        crate::domain::access::Owned::ApiKey,
+        id.0,
+        "API key",
+    )
+    .await?;
+    let mine = access.require(Role::is_manager, "revoke API keys")?;
+    let ws = access.workspace;
     let key = repo::api_keys::find_for_update(conn, id.0)
         .await?
         .ok_or(MISSING)?;
-    let ws = WorkspaceId(key.workspace_id);
-    let mine = match require_role(conn, &actor, ws, Role::is_manager, "revoke API keys").await {
-        Err(DomainError::NotFound(_)) => return Err(MISSING),
-        other => other?,
-    };
     let role = Role::parse(&key.role)
         .ok_or_else(|| DomainError::internal(anyhow::anyhow!("bad API key role in db")))?;
     if rank(role) > rank(mine) {

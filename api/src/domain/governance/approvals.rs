@@ -37,9 +37,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::{Value, json};
 
 use crate::db::DbPool;
+use crate::db::repo::Page;
 use crate::db::repo::approvals as repo;
 use crate::db::repo::governance as settings_repo;
-use crate::db::repo::{Page, members};
+use crate::domain::access::{self, Owned};
 use crate::domain::audit::{self, Change};
 use crate::domain::governance::Caller;
 use crate::domain::mutation::{self, Effect};
@@ -248,20 +249,9 @@ async fn locked(conn: &mut AsyncPgConnection, id: ApprovalRequestId) -> DomainRe
     }
 }
 
-/// Checks that `actor` may decide `row` (see the module docs); `true` when it is the
-/// requester withdrawing their own request. A request of a workspace the actor does not
-/// belong to is reported exactly like a missing one.
-async fn eligible(
-    conn: &mut AsyncPgConnection,
-    actor: &Actor,
-    row: &ApprovalRow,
-    approving: bool,
-) -> DomainResult<bool> {
-    let role = members::role_of(conn, row.workspace_id, actor.user_id.0)
-        .await?
-        .and_then(|r| Role::parse(&r))
-        .ok_or(DomainError::NotFound("approval request"))?;
-    actor.admit(row.workspace_id).await?;
+/// Checks that `actor`, of `role` in its workspace (`access::to`), may decide `row` (see the
+/// module docs); `true` when it is the requester withdrawing their own request.
+fn eligible(actor: &Actor, role: Role, row: &ApprovalRow, approving: bool) -> DomainResult<bool> {
     if row.requested_by == actor.user_id.0 {
         if approving {
             return Err(DomainError::Forbidden(
@@ -428,8 +418,18 @@ async fn approve_effect(
     actor: Actor,
     id: ApprovalRequestId,
 ) -> DomainResult<Decided> {
+    // The request and the caller's right to it in one statement: another workspace's
+    // request costs what a missing one costs, and is never locked.
+    let access = access::to(
+        conn,
+        &actor,
+        Owned::ApprovalRequest,
+        id.0,
+        "approval request",
+    )
+    .await?;
     let row = locked(conn, id).await?;
-    eligible(conn, &actor, &row, true).await?;
+    eligible(&actor, access.role, &row, true)?;
     let row = match still_pending(conn, row).await? {
         Ok(row) => row,
         Err(decided) => return Ok(decided),
@@ -566,8 +566,16 @@ async fn reject_effect(
     id: ApprovalRequestId,
     reason: Option<String>,
 ) -> DomainResult<Decided> {
+    let access = access::to(
+        conn,
+        &actor,
+        Owned::ApprovalRequest,
+        id.0,
+        "approval request",
+    )
+    .await?;
     let row = locked(conn, id).await?;
-    let withdrawn = eligible(conn, &actor, &row, false).await?;
+    let withdrawn = eligible(&actor, access.role, &row, false)?;
     let row = match still_pending(conn, row).await? {
         Ok(row) => row,
         Err(decided) => return Ok(decided),

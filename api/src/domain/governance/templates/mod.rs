@@ -40,7 +40,6 @@ use crate::db::repo::templates as repo;
 use crate::domain::audit::{self, Change};
 use crate::domain::mutation::{self, Effect};
 use crate::domain::retention::{self, RetentionSettings};
-use crate::domain::workspaces::require_role;
 use crate::domain::{Actor, DomainError, DomainResult, Role, Services, check_name, excerpt};
 use crate::ids::{WorkspaceId, WorkspaceTemplateId};
 
@@ -629,16 +628,16 @@ async fn delete_effect(
     actor: Actor,
 ) -> DomainResult<String> {
     let not_found = || DomainError::NotFound("template");
-    let ws = repo::workspace_of(conn, id.0)
-        .await?
-        .ok_or_else(not_found)?;
-    let ws = WorkspaceId(ws);
-    require_role(conn, &actor, ws, |r| r == Role::Owner, "delete templates")
-        .await
-        .map_err(|e| match e {
-            DomainError::NotFound(_) => not_found(),
-            e => e,
-        })?;
+    let access = crate::domain::access::to(
+        conn,
+        &actor,
+        crate::domain::access::Owned::Template,
+        id.0,
+        "template",
+    )
+    .await?;
+    access.require(|r| r == Role::Owner, "delete templates")?;
+    let ws = access.workspace;
     let gone = repo::delete(conn, ws.0, id.0)
         .await?
         .ok_or_else(not_found)?;
