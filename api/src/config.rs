@@ -54,6 +54,9 @@ pub struct Config {
     pub max_query_complexity: usize,
     /// Maximum operations in one batched request.
     pub max_batch_size: usize,
+    /// Most database statements one request may run (`GRAPHQL_MAX_STATEMENTS`, 200): past
+    /// it, its remaining fields are refused (`db::budget`).
+    pub max_statements: u64,
     /// The caps every document is checked against before it reaches the engine
     /// (`GRAPHQL_MAX_FIELDS`, `_ALIASES`, `_TOKENS`, `_DIRECTIVES`, `_ROOT_FIELDS`,
     /// `_FRAGMENTS`, `_SPREADS`).
@@ -211,6 +214,10 @@ impl Config {
         let max_query_complexity =
             parse(&var, "GRAPHQL_MAX_COMPLEXITY", "20000", "a whole number")?;
         let max_batch_size = parse(&var, "GRAPHQL_MAX_BATCH", "10", "a whole number")?;
+        let max_statements: u64 = parse(&var, "GRAPHQL_MAX_STATEMENTS", "200", "a whole number")?;
+        if max_statements == 0 {
+            return Err(err("GRAPHQL_MAX_STATEMENTS", "must be at least 1"));
+        }
         let defaults = crate::graphql::limits::Limits::default();
         let cap = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
             parse(&var, name, &default.to_string(), "a whole number")
@@ -430,6 +437,7 @@ impl Config {
             max_query_depth,
             max_query_complexity,
             max_batch_size,
+            max_statements,
             document_limits,
             max_body_bytes,
             max_header_bytes,

@@ -1,5 +1,6 @@
 //! Database access: the connection pool, migrations and the repositories that hold the SQL.
 
+pub mod budget;
 pub mod cached;
 pub mod models;
 pub mod repo;
@@ -247,6 +248,7 @@ pub fn build_pool_for(
             conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
                 if let InstrumentationEvent::StartQuery { query, .. } = event {
                     statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    budget::count();
                     tracing::trace!(target: "sql", %query, "statement");
                 }
             });

@@ -338,10 +338,28 @@ pub struct Services {
 impl Services {
     /// A pooled connection; failure to get one means the database is unavailable.
     pub async fn conn(&self) -> DomainResult<crate::db::DbConn> {
-        self.pool
+        let conn = self
+            .pool
             .get()
             .await
-            .map_err(|e| DomainError::Unavailable(std::sync::Arc::new(e.into())))
+            .map_err(|e| DomainError::Unavailable(std::sync::Arc::new(e.into())))?;
+        // Checked once the connection is had: the statements of the requests' other
+        // connections, run while this one waited, count.
+        refuse_past_budget()?;
+        Ok(conn)
+    }
+}
+
+/// Refuses a connection to a request that ran all the statements it may
+/// (`GRAPHQL_MAX_STATEMENTS`; `db::budget`).
+pub fn refuse_past_budget() -> DomainResult<()> {
+    match crate::db::budget::current() {
+        Some(b) if b.spent() => Err(DomainError::LimitExceeded(format!(
+            "this request ran the {} database statements a request may run \
+             (GRAPHQL_MAX_STATEMENTS); ask for less in one request",
+            b.ceiling()
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -50,32 +50,37 @@ impl Loaders {
     pub fn new(services: &Services, actor: &Actor) -> Self {
         let s = || services.clone();
         Self {
-            users: DataLoader::new(UserLoader(s()), tokio::spawn).delay(services.loader_delay),
-            access: DataLoader::new(WorkspaceAccessLoader(s(), actor.clone()), tokio::spawn)
+            users: DataLoader::new(UserLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            member_pages: DataLoader::new(MemberPageLoader(s()), tokio::spawn)
+            access: DataLoader::new(
+                WorkspaceAccessLoader(s(), actor.clone()),
+                crate::db::budget::spawn,
+            )
+            .delay(services.loader_delay),
+            member_pages: DataLoader::new(MemberPageLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            audit_pages: DataLoader::new(AuditPageLoader(s()), tokio::spawn)
+            audit_pages: DataLoader::new(AuditPageLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            organizations: DataLoader::new(OrganizationLoader(s()), tokio::spawn)
+            organizations: DataLoader::new(OrganizationLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
             visible_organizations: DataLoader::new(
                 VisibleOrganizationLoader(s(), actor.clone()),
                 tokio::spawn,
             )
             .delay(services.loader_delay),
-            children: DataLoader::new(ChildrenPageLoader(s()), tokio::spawn)
+            children: DataLoader::new(ChildrenPageLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            descendants: DataLoader::new(DescendantPageLoader(s()), tokio::spawn)
+            descendants: DataLoader::new(DescendantPageLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            usage: DataLoader::new(UsageLoader(s()), tokio::spawn).delay(services.loader_delay),
-            resources: DataLoader::new(ResourceLoader(s()), tokio::spawn)
+            usage: DataLoader::new(UsageLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            histories: DataLoader::new(HistoryLoader(s()), tokio::spawn)
+            resources: DataLoader::new(ResourceLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            subscriptions: DataLoader::new(SubscriptionLoader(s()), tokio::spawn)
+            histories: DataLoader::new(HistoryLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
-            payment_methods: DataLoader::new(PaymentMethodLoader(s()), tokio::spawn)
+            subscriptions: DataLoader::new(SubscriptionLoader(s()), crate::db::budget::spawn)
+                .delay(services.loader_delay),
+            payment_methods: DataLoader::new(PaymentMethodLoader(s()), crate::db::budget::spawn)
                 .delay(services.loader_delay),
             data_exports: DataLoader::new(
                 super::gdpr::DataExportLoader(s(), actor.clone()),

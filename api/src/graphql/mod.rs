@@ -90,7 +90,17 @@ pub struct RequestCtx {
     pub shape: std::sync::Arc<shape::Shape>,
     /// Workspaces whose billing reads this request already audited.
     pub audited_reads: crate::domain::governance::settings::AuditedReads,
+    /// Field results resolved once for the whole operation (`RequestCtx::once`).
+    memo: Memo,
 }
+
+/// Results of fields by key, each resolved once (`RequestCtx::once`).
+type Memo = std::sync::Mutex<
+    std::collections::HashMap<
+        (std::any::TypeId, String),
+        std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    >,
+>;
 
 impl RequestCtx {
     /// Builds the per-request data.
@@ -102,7 +112,32 @@ impl RequestCtx {
             loaders,
             shape,
             audited_reads: Default::default(),
+            memo: Default::default(),
         }
+    }
+
+    /// Resolves `f` once per operation for `key` (the field, its parent object and its
+    /// arguments): every alias of the field, and every repeat of its parent, shares the one
+    /// result, errors included, so aliases never multiply the database's work. Concurrent
+    /// callers wait for the first.
+    pub async fn once<T: Send + Sync + 'static>(
+        &self,
+        key: String,
+        f: impl std::future::Future<Output = async_graphql::Result<T>>,
+    ) -> async_graphql::Result<std::sync::Arc<T>> {
+        type Cell<T> = tokio::sync::OnceCell<async_graphql::Result<std::sync::Arc<T>>>;
+        let cell = {
+            let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            memo.entry((std::any::TypeId::of::<T>(), key))
+                .or_insert_with(|| std::sync::Arc::new(Cell::<T>::new()))
+                .clone()
+        };
+        let cell = cell
+            .downcast::<Cell<T>>()
+            .map_err(|_| async_graphql::Error::new("memo keyed by another type"))?;
+        cell.get_or_init(|| async { f.await.map(std::sync::Arc::new) })
+            .await
+            .clone()
     }
 
     /// Maps a domain error (logging internal ones with the request id).

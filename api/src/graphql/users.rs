@@ -38,8 +38,16 @@ impl User {
 
     /// The person's latest consent decision per purpose (`recordConsent` keeps the whole
     /// history). Readable by the person alone: `FORBIDDEN` for anyone else.
-    async fn consents(&self, ctx: &Context<'_>) -> Result<Vec<super::gdpr::Consent>> {
-        super::gdpr::consents_of(ctx, self.0.id).await
+    async fn consents(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<std::sync::Arc<Vec<super::gdpr::Consent>>> {
+        rc(ctx)
+            .once(
+                format!("consents:{}", self.0.id),
+                super::gdpr::consents_of(ctx, self.0.id),
+            )
+            .await
     }
 
     /// Pending invitations addressed to this person's verified e-mail, newest first (at most
@@ -48,14 +56,18 @@ impl User {
     async fn invitations(
         &self,
         ctx: &Context<'_>,
-    ) -> Result<Vec<super::invitations::ReceivedInvitation>> {
+    ) -> Result<std::sync::Arc<Vec<super::invitations::ReceivedInvitation>>> {
         let rc = rc(ctx);
         if rc.actor.user_id.0 != self.0.id {
             return Err(rc.err(crate::domain::DomainError::Forbidden(
                 "only the person themself reads their invitations".into(),
             )));
         }
-        super::invitations::received(ctx).await
+        rc.once(
+            format!("invitations:{}", self.0.id),
+            super::invitations::received(ctx),
+        )
+        .await
     }
 
     /// Data exports about this person that you asked for (`requestDataExport`), newest

@@ -139,10 +139,24 @@ impl Workspace {
     ) -> Result<super::one_step::Fast<OrganizationConnection>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
-        let rows =
-            domain::organizations::page_for_workspace(&rc.services, self.0.id, roots_only, page)
-                .await
-                .map_err(|e| rc.err(e))?;
+        // The page is read once per operation, however many aliases ask for it.
+        let rows = rc
+            .once(
+                format!("organizations:{}:{:?}", self.0.id, (&roots_only, &page,)),
+                async {
+                    domain::organizations::page_for_workspace(
+                        &rc.services,
+                        self.0.id,
+                        roots_only,
+                        page,
+                    )
+                    .await
+                    .map_err(|e| rc.err(e))
+                },
+            )
+            .await?
+            .as_ref()
+            .clone();
         // The extra row only tells whether there is a next page: nothing of it is shown.
         let shown = &rows[..rows.len().min(page.size())];
         let fetched = super::organizations::prefetch(ctx, shown).await?;
@@ -167,8 +181,13 @@ impl Workspace {
     async fn billing_accounts(
         &self,
         ctx: &Context<'_>,
-    ) -> Result<Vec<super::billing::BillingAccount>> {
-        super::billing::accounts_of(ctx, self.0.id).await
+    ) -> Result<std::sync::Arc<Vec<super::billing::BillingAccount>>> {
+        rc(ctx)
+            .once(
+                format!("billing_accounts:{}", self.0.id),
+                super::billing::accounts_of(ctx, self.0.id),
+            )
+            .await
     }
 
     /// Costs of a month: fees accrued, the month-end projection, and breakdowns by resource
@@ -178,14 +197,27 @@ impl Workspace {
         ctx: &Context<'_>,
         #[graphql(default_with = "super::billing::BillingPeriod::CurrentMonth")]
         period: super::billing::BillingPeriod,
-    ) -> Result<super::billing::BillingSummary> {
-        super::billing::summary_of(ctx, self.0.id, period).await
+    ) -> Result<std::sync::Arc<super::billing::BillingSummary>> {
+        rc(ctx)
+            .once(
+                format!("billing_summary:{}:{:?}", self.0.id, (&period,)),
+                super::billing::summary_of(ctx, self.0.id, period),
+            )
+            .await
     }
 
     /// Governance: the policies and security settings enforced on the workspace, its
     /// quotas, retention and integrations. Owners and admins only (`FORBIDDEN` otherwise).
-    async fn settings(&self, ctx: &Context<'_>) -> Result<super::governance::WorkspaceSettings> {
-        super::governance::settings_of(ctx, self.0.id).await
+    async fn settings(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<std::sync::Arc<super::governance::WorkspaceSettings>> {
+        rc(ctx)
+            .once(
+                format!("settings:{}", self.0.id),
+                super::governance::settings_of(ctx, self.0.id),
+            )
+            .await
     }
 
     /// Whether the workspace's policy accepts an upload of this name and MIME type (each at
@@ -203,8 +235,13 @@ impl Workspace {
     async fn retention_settings(
         &self,
         ctx: &Context<'_>,
-    ) -> Result<super::retention::RetentionSettings> {
-        super::retention::settings_of(ctx, self.0.id).await
+    ) -> Result<std::sync::Arc<super::retention::RetentionSettings>> {
+        rc(ctx)
+            .once(
+                format!("retention_settings:{}", self.0.id),
+                super::retention::settings_of(ctx, self.0.id),
+            )
+            .await
     }
 
     /// Archives of the workspace's deleted rows, newest first (of one category, or all).
@@ -216,8 +253,13 @@ impl Workspace {
         first: Option<i32>,
         after: Option<String>,
         category: Option<super::archives::ArchiveCategory>,
-    ) -> Result<Connection<String, super::archives::Archive>> {
-        super::archives::archives_of(ctx, self.0.id, first, after, category).await
+    ) -> Result<std::sync::Arc<Connection<String, super::archives::Archive>>> {
+        rc(ctx)
+            .once(
+                format!("archives:{}:{:?}", self.0.id, (&first, &after, &category,)),
+                super::archives::archives_of(ctx, self.0.id, first, after, category),
+            )
+            .await
     }
 
     /// Where the workspace's notifications go: webhook endpoints, Slack, e-mail recipients
@@ -225,8 +267,13 @@ impl Workspace {
     async fn integrations(
         &self,
         ctx: &Context<'_>,
-    ) -> Result<super::integrations::IntegrationSettings> {
-        super::integrations::integrations_of(ctx, self.0.id).await
+    ) -> Result<std::sync::Arc<super::integrations::IntegrationSettings>> {
+        rc(ctx)
+            .once(
+                format!("integrations:{}", self.0.id),
+                super::integrations::integrations_of(ctx, self.0.id),
+            )
+            .await
     }
 
     /// Deliveries of the workspace's notifications, newest first (of one status, or all),
@@ -239,8 +286,18 @@ impl Workspace {
         first: Option<i32>,
         after: Option<String>,
         status: Option<super::notifications::NotificationDeliveryStatus>,
-    ) -> Result<Connection<String, super::notifications::NotificationDelivery>> {
-        super::notifications::deliveries_of(ctx, self.0.id, first, after, status).await
+    ) -> Result<std::sync::Arc<Connection<String, super::notifications::NotificationDelivery>>>
+    {
+        rc(ctx)
+            .once(
+                format!(
+                    "notification_deliveries:{}:{:?}",
+                    self.0.id,
+                    (&first, &after, &status,)
+                ),
+                super::notifications::deliveries_of(ctx, self.0.id, first, after, status),
+            )
+            .await
     }
 
     /// Background jobs of the workspace, newest first (of one status, or all). Owners and
@@ -252,8 +309,13 @@ impl Workspace {
         first: Option<i32>,
         after: Option<String>,
         status: Option<super::jobs::JobStatus>,
-    ) -> Result<Connection<String, super::jobs::Job>> {
-        super::jobs::jobs_of(ctx, self.0.id, first, after, status).await
+    ) -> Result<std::sync::Arc<Connection<String, super::jobs::Job>>> {
+        rc(ctx)
+            .once(
+                format!("jobs:{}:{:?}", self.0.id, (&first, &after, &status,)),
+                super::jobs::jobs_of(ctx, self.0.id, first, after, status),
+            )
+            .await
     }
 
     /// The latest analytics snapshot of a month (members, usage, jobs, cost; see
@@ -263,8 +325,13 @@ impl Workspace {
         &self,
         ctx: &Context<'_>,
         #[graphql(default)] period: super::analytics::AnalyticsPeriod,
-    ) -> Result<Option<super::analytics::Analytics>> {
-        super::analytics::analytics_of(ctx, self.0.id, period).await
+    ) -> Result<std::sync::Arc<Option<super::analytics::Analytics>>> {
+        rc(ctx)
+            .once(
+                format!("analytics:{}:{:?}", self.0.id, (&period,)),
+                super::analytics::analytics_of(ctx, self.0.id, period),
+            )
+            .await
     }
 
     /// A short-lived download link to the latest analytics snapshot of a month as a CSV or
@@ -275,8 +342,13 @@ impl Workspace {
         ctx: &Context<'_>,
         #[graphql(default)] period: super::analytics::AnalyticsPeriod,
         format: super::analytics::AnalyticsExportFormat,
-    ) -> Result<Option<super::analytics::AnalyticsExport>> {
-        super::analytics::export_of(ctx, self.0.id, period, format).await
+    ) -> Result<std::sync::Arc<Option<super::analytics::AnalyticsExport>>> {
+        rc(ctx)
+            .once(
+                format!("analytics_export:{}:{:?}", self.0.id, (&period, &format,)),
+                super::analytics::export_of(ctx, self.0.id, period, format),
+            )
+            .await
     }
 
     /// API keys (service accounts), newest first, revoked and expired ones included; never
@@ -287,8 +359,13 @@ impl Workspace {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, super::api_keys::ApiKey>> {
-        super::api_keys::api_keys_of(ctx, self.0.id, first, after).await
+    ) -> Result<std::sync::Arc<Connection<String, super::api_keys::ApiKey>>> {
+        rc(ctx)
+            .once(
+                format!("api_keys:{}:{:?}", self.0.id, (&first, &after,)),
+                super::api_keys::api_keys_of(ctx, self.0.id, first, after),
+            )
+            .await
     }
 
     /// Pending invitations, newest first. Owners and admins only (`FORBIDDEN` otherwise). At
@@ -299,15 +376,28 @@ impl Workspace {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, super::invitations::Invitation>> {
-        super::invitations::invitations_of(ctx, self.0.id, first, after).await
+    ) -> Result<std::sync::Arc<Connection<String, super::invitations::Invitation>>> {
+        rc(ctx)
+            .once(
+                format!("invitations:{}:{:?}", self.0.id, (&first, &after,)),
+                super::invitations::invitations_of(ctx, self.0.id, first, after),
+            )
+            .await
     }
 
     /// Every workspace quota with its usage, limit, percentage and status (`OK`, `WARNING`
     /// at ≥ 80 %, `EXCEEDED` at ≥ 100 %), sorted by key. Owners and admins only (`FORBIDDEN`
     /// otherwise).
-    async fn quota_status(&self, ctx: &Context<'_>) -> Result<Vec<super::quotas::QuotaStatus>> {
-        super::quotas::status_of(ctx, self.0.id).await
+    async fn quota_status(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<std::sync::Arc<Vec<super::quotas::QuotaStatus>>> {
+        rc(ctx)
+            .once(
+                format!("quota_status:{}", self.0.id),
+                super::quotas::status_of(ctx, self.0.id),
+            )
+            .await
     }
 
     /// Approval requests (sensitive mutations held for a second person's approval), newest
@@ -320,8 +410,17 @@ impl Workspace {
         status: Option<super::approvals::ApprovalStatus>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, super::approvals::ApprovalRequest>> {
-        super::approvals::requests_of(ctx, self.0.id, first, after, status).await
+    ) -> Result<std::sync::Arc<Connection<String, super::approvals::ApprovalRequest>>> {
+        rc(ctx)
+            .once(
+                format!(
+                    "approval_requests:{}:{:?}",
+                    self.0.id,
+                    (&first, &after, &status,)
+                ),
+                super::approvals::requests_of(ctx, self.0.id, first, after, status),
+            )
+            .await
     }
 
     /// Audit events, newest first. Owners and admins only (`FORBIDDEN` otherwise).

@@ -129,7 +129,10 @@ pub async fn handle(
     };
     let deadline = state.config.request_timeout;
     let until = tokio::time::Instant::now() + deadline;
-    match tokio::time::timeout_at(until, execute(&state, &parts, body, actor, until)).await {
+    // Every statement of the request counts against its budget (`db::budget`).
+    let budget = crate::db::budget::Budget::new(state.config.max_statements);
+    let work = crate::db::budget::scope(budget, execute(&state, &parts, body, actor, until));
+    match tokio::time::timeout_at(until, work).await {
         Ok(resp) => resp,
         Err(_) => {
             tracing::warn!(
@@ -173,13 +176,17 @@ async fn execute(
             let permit = state.heavy.clone().acquire_owned().await.ok();
             let (state, mine) = (state.clone(), actor.clone());
             let runtime = tokio::runtime::Handle::current();
+            let budget = crate::db::budget::current();
             // A blocking task cannot be cancelled from outside: the deadline is kept inside.
             let heavy = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                runtime.block_on(tokio::time::timeout_at(
-                    deadline,
-                    operation(&state, r, is_get, mine),
-                ))
+                let run = tokio::time::timeout_at(deadline, operation(&state, r, is_get, mine));
+                runtime.block_on(async move {
+                    match budget {
+                        Some(b) => crate::db::budget::scope(b, run).await,
+                        None => run.await,
+                    }
+                })
             });
             match heavy.await {
                 Ok(Ok(resp)) => resp,

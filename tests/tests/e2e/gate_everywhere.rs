@@ -712,3 +712,132 @@ async fn every_id_taking_field_answers_a_foreign_id_like_a_missing_one_at_the_sa
     }
     assert!(unequal.is_empty(), "existence told by cost: {unequal:#?}");
 }
+
+/// The object and list fields of type `ty`, with their arguments: (name, [(arg, type kind,
+/// type name, required, first enum value)]).
+async fn object_fields(app: &TestApp, token: &str, ty: &str) -> Vec<(String, Vec<Value>)> {
+    let r = app
+        .gql(
+            token,
+            "query($t: String!) { __type(name: $t) { fields { name
+                type { kind ofType { kind ofType { kind ofType { kind } } } }
+                args { name defaultValue type { kind name ofType { kind name enumValues { name } } } } } } }",
+            json!({"t": ty}),
+        )
+        .await;
+    let fields = r["data"]["__type"]["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("introspection of {ty}: {r}"));
+    let leaf = |mut t: &Value| {
+        while matches!(t["kind"].as_str(), Some("NON_NULL" | "LIST")) {
+            t = &t["ofType"];
+        }
+        t["kind"].as_str().unwrap_or_default().to_string()
+    };
+    fields
+        .iter()
+        .filter(|f| matches!(leaf(&f["type"]).as_str(), "OBJECT" | "INTERFACE"))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default().to_string(),
+                f["args"].as_array().cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A value for a required argument the fixture can answer.
+fn argument(field: &str, arg: &Value) -> Option<String> {
+    let required = arg["type"]["kind"] == "NON_NULL" && arg["defaultValue"].is_null();
+    if !required {
+        return None;
+    }
+    let inner = &arg["type"]["ofType"];
+    Some(
+        match (
+            inner["kind"].as_str(),
+            inner["name"].as_str(),
+            arg["name"].as_str(),
+        ) {
+            (Some("ENUM"), _, _) => inner["enumValues"][0]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            (_, Some("Int"), _) => "1".into(),
+            (_, _, Some("resource")) => "\"users\"".into(),
+            (_, _, Some("fileName")) => "\"report.pdf\"".into(),
+            (_, _, Some("mimeType")) => "\"application/pdf\"".into(),
+            _ => panic!("{field}: no value for its required argument {arg}"),
+        },
+    )
+}
+
+#[tokio::test]
+async fn aliases_and_batches_never_multiply_the_statements_of_a_field() {
+    let fake = FakeStripe::start().await;
+    // Settings stay cached for the whole test: only the fields' own statements count.
+    let app = app_with_env(&fake, &[("GOVERNANCE_CACHE_MS", "60000")]).await;
+    let owner = app.user("alias-owner@example.com");
+    let (_, vars) = fixture(&app, &fake, &owner).await;
+    let parents = [
+        ("Workspace", "query($w: ID!) { workspace(id: $w) { SEL } }"),
+        (
+            "Organization",
+            "query($o: ID!) { organization(id: $o) { SEL } }",
+        ),
+        ("User", "{ viewer { SEL } }"),
+    ];
+    let mut multiplied = Vec::new();
+    for (ty, shell) in parents {
+        for (field, args) in object_fields(&app, &owner, ty).await {
+            let args: Vec<String> = args
+                .iter()
+                .filter_map(|a| {
+                    argument(&field, a)
+                        .map(|v| format!("{}: {v}", a["name"].as_str().unwrap_or_default()))
+                })
+                .collect();
+            let call = if args.is_empty() {
+                field.clone()
+            } else {
+                format!("{field}({})", args.join(", "))
+            };
+            let aliased = |n: usize| {
+                let sel: String = (0..n)
+                    .map(|i| format!("a{i}: {call} {{ __typename }} "))
+                    .collect();
+                shell.replace("SEL", &sel)
+            };
+            let (one, thirty) = (aliased(1), aliased(30));
+            let v_one = variables_of(&one, &vars);
+            let cost = |body: Value| {
+                let app = &app;
+                let owner = &owner;
+                async move {
+                    let before = app.statements().await;
+                    let (_, r) = app.gql_raw(Some(owner), body).await;
+                    (app.statements().await - before, r)
+                }
+            };
+            // Warm up (caches, leases), then measure.
+            let _ = cost(json!({"query": one, "variables": v_one})).await;
+            let (c1, r1) = cost(json!({"query": one, "variables": v_one})).await;
+            assert!(r1.get("errors").is_none(), "{ty}.{field}: {r1}");
+            let (c30, r30) = cost(json!({"query": thirty, "variables": v_one})).await;
+            assert!(r30.get("errors").is_none(), "{ty}.{field} ×30: {r30}");
+            let batch: Vec<Value> = (0..10)
+                .map(|_| json!({"query": one, "variables": v_one}))
+                .collect();
+            let (c10, _) = cost(Value::Array(batch)).await;
+            if c30 > c1 + 2 || c10 > 10 * c1 + 2 {
+                multiplied.push(format!(
+                    "{ty}.{field}: 1 alias {c1}, 30 aliases {c30}, a batch of 10 {c10}"
+                ));
+            }
+        }
+    }
+    assert!(
+        multiplied.is_empty(),
+        "statements multiplied: {multiplied:#?}"
+    );
+}

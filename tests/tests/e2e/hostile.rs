@@ -2869,3 +2869,47 @@ async fn refusals_never_echo_more_than_two_hundred_characters_of_their_input() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_request_past_its_statement_ceiling_is_refused_and_the_next_one_is_not() {
+    let app = TestApp::with(Options {
+        env: [("GRAPHQL_MAX_STATEMENTS".to_string(), "10".to_string())].into(),
+    })
+    .await;
+    let t = app.user("ceiling@example.com");
+    let ws = app.create_workspace(&t, "Ceiling").await;
+    // Thirty pages that differ (nothing to share): thirty reads, over a ceiling of ten.
+    let fields: String = (1..=30)
+        .map(|i| format!("k{i}: apiKeys(first: {i}) {{ __typename }} "))
+        .collect();
+    let q = format!("query($w: ID!) {{ workspace(id: $w) {{ {fields} }} }}");
+    let before = app.statements().await;
+    let r = app.gql(&t, &q, json!({"w": ws})).await;
+    let used = app.statements().await - before;
+    let refused = r["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|e| e["extensions"]["code"] == "LIMIT_EXCEEDED")
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(refused > 0, "{used} statements: {r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("GRAPHQL_MAX_STATEMENTS")),
+        "{r}"
+    );
+    // Connections already handed out finish their statement: at most a pool's worth past.
+    assert!(used <= 10 + 8, "the request ran {used} statements");
+    // The ceiling is per request.
+    assert_ok(
+        &app.gql(
+            &t,
+            "query($w: ID!) { workspace(id: $w) { name } }",
+            json!({"w": ws}),
+        )
+        .await,
+    );
+}

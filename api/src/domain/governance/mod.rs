@@ -209,10 +209,13 @@ impl Governance {
 
     /// A connection of the gate's pool.
     pub async fn conn(&self) -> DomainResult<crate::db::DbConn> {
-        self.pool
+        let conn = self
+            .pool
             .get()
             .await
-            .map_err(|e| super::DomainError::Unavailable(Arc::new(e.into())))
+            .map_err(|e| super::DomainError::Unavailable(Arc::new(e.into())))?;
+        super::refuse_past_budget()?;
+        Ok(conn)
     }
 
     fn cached(&self, ws: Uuid) -> Option<Arc<Enforced>> {
