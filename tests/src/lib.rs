@@ -466,6 +466,40 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Every text, JSON and text-array column of every table (of every schema) holding one of
+    /// `needles` (case-insensitively), as `schema.table.column`: where a secret or a person's
+    /// data is kept.
+    pub async fn columns_containing(&self, needles: &[&str]) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Hit {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            col: String,
+        }
+        let needles: Vec<String> = needles.iter().map(|n| n.to_lowercase()).collect();
+        let mut conn = AsyncPgConnection::establish(&self.db.url)
+            .await
+            .expect("connect");
+        let hits: Vec<Hit> = diesel::sql_query(
+            "SELECT c.table_schema || '.' || c.table_name || '.' || c.column_name AS col
+               FROM information_schema.columns c
+               JOIN information_schema.tables t
+                 ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+                AND t.table_type = 'BASE TABLE'
+              WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
+                AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')
+                     OR (c.data_type = 'ARRAY' AND c.udt_name IN ('_text', '_varchar')))
+                AND (xpath('/row/n/text()', query_to_xml(format(
+                        'SELECT count(*) AS n FROM %I.%I WHERE EXISTS (SELECT 1 FROM unnest(%L::text[]) x WHERE strpos(lower(%I::text), x) > 0)',
+                        c.table_schema, c.table_name, $1, c.column_name), false, true, '')))[1]::text::bigint > 0
+              ORDER BY 1",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&needles)
+        .load(&mut conn)
+        .await
+        .expect("search every table");
+        hits.into_iter().map(|h| h.col).collect()
+    }
+
     /// Runs SQL against the test database (for assertions on stored state).
     pub async fn sql_count(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]

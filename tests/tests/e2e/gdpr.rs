@@ -470,31 +470,7 @@ async fn an_owner_exports_what_relates_to_their_workspace_and_a_stranger_learns_
 /// array holds any of `needles` (case-insensitively): one statement generated from
 /// `information_schema`.
 async fn columns_naming(app: &TestApp, needles: &[&str]) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Hit {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        col: String,
-    }
-    let needles: Vec<String> = needles.iter().map(|n| n.to_lowercase()).collect();
-    let hits: Vec<Hit> = diesel::sql_query(
-        "SELECT c.table_schema || '.' || c.table_name || '.' || c.column_name AS col
-           FROM information_schema.columns c
-           JOIN information_schema.tables t
-             ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-            AND t.table_type = 'BASE TABLE'
-          WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
-            AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')
-                 OR (c.data_type = 'ARRAY' AND c.udt_name IN ('_text', '_varchar')))
-            AND (xpath('/row/n/text()', query_to_xml(format(
-                    'SELECT count(*) AS n FROM %I.%I WHERE EXISTS (SELECT 1 FROM unnest(%L::text[]) x WHERE strpos(lower(%I::text), x) > 0)',
-                    c.table_schema, c.table_name, $1, c.column_name), false, true, '')))[1]::text::bigint > 0
-          ORDER BY 1",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&needles)
-    .load(&mut db(app).await)
-    .await
-    .expect("search every table");
-    hits.into_iter().map(|h| h.col).collect()
+    app.columns_containing(needles).await
 }
 
 #[tokio::test]

@@ -499,3 +499,41 @@ async fn listing_workspaces_charges_each_and_leaves_out_those_whose_budget_is_sp
         "RATE_LIMITED",
     );
 }
+
+#[tokio::test]
+async fn a_removed_member_s_replays_charge_nothing_and_reveal_no_policy() {
+    let app = app_with(&[]).await;
+    let owner = app.user("replay-gate-owner@example.com");
+    let ws = app.create_workspace(&owner, "Replayed").await;
+    let m = app.user("replay-gate-m@example.com");
+    let member = app
+        .add_member(&owner, &ws, "replay-gate-m@example.com", "ADMIN")
+        .await;
+    let keyed = "mutation($w: ID!) { createOrganization(input: {workspaceId: $w, name: \"Kept\", idempotencyKey: \"org-1\"}) { organization { id name } } }";
+    assert_ok(&app.gql(&m, keyed, json!({"w": ws})).await);
+    assert_ok(
+        &app.gql(
+            &owner,
+            "mutation($m: ID!) { removeMember(input: {memberId: $m}) { deletedMemberId } }",
+            json!({"m": member}),
+        )
+        .await,
+    );
+    // Now the workspace requires MFA and allows 5 requests a minute.
+    app.set_workspace_settings(&ws, "rate_limit_per_minute, mfa_required", "5, true")
+        .await;
+    fresh_window(60, 20.0).await;
+    for _ in 0..20 {
+        let r = app.gql(&m, keyed, json!({"w": ws})).await;
+        assert_code(&r, "NOT_FOUND");
+        assert!(!r.to_string().contains("multi-factor"), "{r}");
+    }
+    // The owner's budget is whole: five requests are served.
+    let owner_mfa = app.user_with_claims(
+        "replay-gate-owner@example.com",
+        json!({"amr": ["pwd", "mfa"]}),
+    );
+    for _ in 0..5 {
+        assert_ok(&post(&app, &owner_mfa, &[], READ, json!({"w": ws})).await.2);
+    }
+}

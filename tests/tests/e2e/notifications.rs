@@ -252,9 +252,20 @@ async fn integration_settings_are_validated_owner_only_and_never_show_secrets() 
         .expect("id")
         .to_string();
     assert!(id.starts_with("we_"), "{id}");
-    // A repeat with the same key is the same endpoint and secret (the client lost the answer).
+    // A repeat with the same key is the same endpoint and secret (the client lost the answer),
+    // read again from its sealed copy: no table holds it in clear, the idempotency key's
+    // stored result and rendering included.
     let again = app.gql(&owner, CREATE, vars).await;
     assert_eq!(again["data"], r["data"]);
+    let body = secret.trim_start_matches("whsec_");
+    assert_eq!(app.columns_containing(&[body]).await, Vec::<String>::new());
+    assert_eq!(
+        app.sql_count(
+            "SELECT count(*) AS n FROM idempotency_keys WHERE key = 'we-1' AND response IS NOT NULL"
+        )
+        .await,
+        1
+    );
     // Readers see the endpoint, never the secret: the types have no field that holds one.
     let r = app.gql(&admin, READ, json!({"w": ws})).await;
     assert_eq!(

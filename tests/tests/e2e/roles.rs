@@ -23,6 +23,8 @@ struct Setup {
     admin2_member: String,
     viewer2_member: String,
     own_member: std::collections::HashMap<&'static str, String>,
+    viewer_invitation: String,
+    owner_invitation: String,
 }
 
 async fn setup(app: &TestApp, n: usize) -> Setup {
@@ -42,7 +44,13 @@ async fn setup(app: &TestApp, n: usize) -> Setup {
         app.add_member(&owner, &ws, &e("viewer"), "VIEWER").await,
     );
     let viewer2_member = app.add_member(&owner, &ws, &e("viewer2-"), "VIEWER").await;
+    let viewer_invitation = app
+        .invite(&owner, &ws, &e("invited-viewer"), "VIEWER")
+        .await;
+    let owner_invitation = app.invite(&owner, &ws, &e("invited-owner"), "OWNER").await;
     Setup {
+        viewer_invitation,
+        owner_invitation,
         ws,
         admin: app.user(&e("admin")),
         viewer: app.user(&e("viewer")),
@@ -102,6 +110,14 @@ async fn act(app: &TestApp, s: &Setup, who: Who, action: &str) -> Value {
             "mutation($w: ID!, $e: String!, $r: Role!) { addMember(input: {workspaceId: $w, email: $e, role: $r}) { invitation { role } } }",
             json!({"w": ws, "e": format!("new-{action}@example.com"), "r": action.trim_start_matches("add_").to_uppercase()}),
         ),
+        "list_invitations" => (
+            "query($w: ID!) { workspace(id: $w) { invitations { edges { node { id } } } } }",
+            json!({"w": ws}),
+        ),
+        "revoke_viewer_invitation" | "revoke_owner_invitation" => (
+            "mutation($i: ID!) { revokeInvitation(input: {invitationId: $i}) { invitationId } }",
+            json!({"i": if action == "revoke_viewer_invitation" { &s.viewer_invitation } else { &s.owner_invitation }}),
+        ),
         "viewer_to_admin" => role(&s.viewer2_member, "ADMIN"),
         "admin_to_viewer" => role(&s.admin2_member, "VIEWER"),
         "make_owner" => role(&s.viewer2_member, "OWNER"),
@@ -131,9 +147,24 @@ fn expected(action: &str, who: Who) -> Result<(), &'static str> {
     }
     let allowed = match action {
         "read" | "leave" => true,
-        "rename" | "audit" | "add_viewer" | "add_admin" | "viewer_to_admin" | "admin_to_viewer"
-        | "remove_viewer" | "remove_admin" => matches!(who, Owner | Admin),
-        "delete" | "add_owner" | "make_owner" | "demote_owner" | "remove_owner" => who == Owner,
+        "rename"
+        | "audit"
+        | "add_viewer"
+        | "add_admin"
+        | "viewer_to_admin"
+        | "admin_to_viewer"
+        | "remove_viewer"
+        | "remove_admin"
+        | "list_invitations"
+        | "revoke_viewer_invitation" => {
+            matches!(who, Owner | Admin)
+        }
+        "delete"
+        | "add_owner"
+        | "make_owner"
+        | "demote_owner"
+        | "remove_owner"
+        | "revoke_owner_invitation" => who == Owner,
         other => panic!("unknown action {other}"),
     };
     if allowed { Ok(()) } else { Err("FORBIDDEN") }
@@ -147,6 +178,9 @@ const ACTIONS: &[&str] = &[
     "add_viewer",
     "add_admin",
     "add_owner",
+    "list_invitations",
+    "revoke_viewer_invitation",
+    "revoke_owner_invitation",
     "viewer_to_admin",
     "admin_to_viewer",
     "make_owner",
@@ -166,7 +200,8 @@ async fn every_cell_of_the_role_matrix() {
             n += 1;
             let s = setup(&app, n).await;
             let body = act(&app, &s, who, action).await;
-            let outsider_read = who == Who::Outsider && matches!(*action, "read" | "audit");
+            let outsider_read =
+                who == Who::Outsider && matches!(*action, "read" | "audit" | "list_invitations");
             match expected(action, who) {
                 _ if outsider_read => {
                     assert_ok(&body);
@@ -180,6 +215,11 @@ async fn every_cell_of_the_role_matrix() {
                     // The field is refused; the rest of the workspace still resolves.
                     assert_code(&body, code);
                     assert!(body["data"]["workspace"]["auditLog"].is_null(), "{body}");
+                }
+                Err(code) if *action == "list_invitations" => {
+                    // A non-null field refused: the workspace itself is null, with the error.
+                    assert_code(&body, code);
+                    assert!(body["data"]["workspace"].is_null(), "{body}");
                 }
                 Err(code) => assert_code(&body, code),
             }
