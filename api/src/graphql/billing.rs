@@ -251,13 +251,17 @@ crate::object! {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Connection<String, Invoice>> {
+    ) -> Result<std::sync::Arc<Connection<String, Invoice>>> {
         let rc = rc(ctx);
         let page = pagination::page(first, after.as_deref())?;
-        let rows = domain::invoices::page(&rc.services, self.0.id, page.after, page.limit)
-            .await
-            .map_err(|e| rc.err(e))?;
-        Ok(pagination::connection(rows, page, |i| i.id, Invoice))
+        // One read per account and page in an operation, whatever its aliases.
+        rc.once(format!("invoices:{}:{page:?}", self.0.id), async {
+            let rows = domain::invoices::page(&rc.services, self.0.id, page.after, page.limit)
+                .await
+                .map_err(|e| rc.err(e))?;
+            Ok(pagination::connection(rows, page, |i| i.id, Invoice))
+        })
+        .await
     }
 
     /// Stripe's preview of the next invoice (`null` when there is nothing to invoice).

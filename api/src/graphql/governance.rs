@@ -40,21 +40,44 @@ impl WorkspaceSettings {
     }
 
     /// Workspace-wide quotas, by key (`updateQuotas`; usage in `Workspace.quotaStatus`).
-    async fn quotas(&self, ctx: &Context<'_>) -> Result<Vec<super::quotas::ResourceQuota>> {
-        super::quotas::quotas_of(ctx, self.row.workspace_id).await
+    async fn quotas(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<std::sync::Arc<Vec<super::quotas::ResourceQuota>>> {
+        let ws = self.row.workspace_id;
+        rc(ctx)
+            .once(format!("quotas:{ws}"), super::quotas::quotas_of(ctx, ws))
+            .await
     }
 
     /// How long the workspace keeps each kind of its data.
-    async fn retention(&self, ctx: &Context<'_>) -> Result<super::retention::RetentionSettings> {
-        super::retention::settings_of(ctx, self.row.workspace_id).await
+    async fn retention(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<std::sync::Arc<super::retention::RetentionSettings>> {
+        // The same read as `Workspace.retentionSettings` (one per operation).
+        let ws = self.row.workspace_id;
+        rc(ctx)
+            .once(
+                format!("retention_settings:{ws}"),
+                super::retention::settings_of(ctx, ws),
+            )
+            .await
     }
 
     /// Where the workspace's notifications go (never a secret).
     async fn integrations(
         &self,
         ctx: &Context<'_>,
-    ) -> Result<super::integrations::IntegrationSettings> {
-        super::integrations::integrations_of(ctx, self.row.workspace_id).await
+    ) -> Result<std::sync::Arc<super::integrations::IntegrationSettings>> {
+        // The same read as `Workspace.integrations` (one per operation).
+        let ws = self.row.workspace_id;
+        rc(ctx)
+            .once(
+                format!("integrations:{ws}"),
+                super::integrations::integrations_of(ctx, ws),
+            )
+            .await
     }
 
     /// When the policy or security settings last changed (null: never, all defaults).

@@ -715,12 +715,12 @@ async fn every_id_taking_field_answers_a_foreign_id_like_a_missing_one_at_the_sa
 
 /// The object and list fields of type `ty`, with their arguments: (name, [(arg, type kind,
 /// type name, required, first enum value)]).
-async fn object_fields(app: &TestApp, token: &str, ty: &str) -> Vec<(String, Vec<Value>)> {
+async fn object_fields(app: &TestApp, token: &str, ty: &str) -> Vec<(String, Vec<Value>, String)> {
     let r = app
         .gql(
             token,
             "query($t: String!) { __type(name: $t) { fields { name
-                type { kind ofType { kind ofType { kind ofType { kind } } } }
+                type { kind name ofType { kind name ofType { kind name ofType { kind name } } } }
                 args { name defaultValue type { kind name ofType { kind name enumValues { name } } } } } } }",
             json!({"t": ty}),
         )
@@ -732,15 +732,19 @@ async fn object_fields(app: &TestApp, token: &str, ty: &str) -> Vec<(String, Vec
         while matches!(t["kind"].as_str(), Some("NON_NULL" | "LIST")) {
             t = &t["ofType"];
         }
-        t["kind"].as_str().unwrap_or_default().to_string()
+        (
+            t["kind"].as_str().unwrap_or_default().to_string(),
+            t["name"].as_str().unwrap_or_default().to_string(),
+        )
     };
     fields
         .iter()
-        .filter(|f| matches!(leaf(&f["type"]).as_str(), "OBJECT" | "INTERFACE"))
+        .filter(|f| matches!(leaf(&f["type"]).0.as_str(), "OBJECT" | "INTERFACE"))
         .map(|f| {
             (
                 f["name"].as_str().unwrap_or_default().to_string(),
                 f["args"].as_array().cloned().unwrap_or_default(),
+                leaf(&f["type"]).1,
             )
         })
         .collect()
@@ -789,7 +793,7 @@ async fn aliases_and_batches_never_multiply_the_statements_of_a_field() {
     ];
     let mut multiplied = Vec::new();
     for (ty, shell) in parents {
-        for (field, args) in object_fields(&app, &owner, ty).await {
+        for (field, args, _) in object_fields(&app, &owner, ty).await {
             let args: Vec<String> = args
                 .iter()
                 .filter_map(|a| {
@@ -833,6 +837,80 @@ async fn aliases_and_batches_never_multiply_the_statements_of_a_field() {
                 multiplied.push(format!(
                     "{ty}.{field}: 1 alias {c1}, 30 aliases {c30}, a batch of 10 {c10}"
                 ));
+            }
+        }
+    }
+    assert!(
+        multiplied.is_empty(),
+        "statements multiplied: {multiplied:#?}"
+    );
+}
+
+/// `field(args)` as a selection, with the values the fixture answers.
+fn call_of(field: &str, args: &[Value]) -> String {
+    let args: Vec<String> = args
+        .iter()
+        .filter_map(|a| {
+            argument(field, a).map(|v| format!("{}: {v}", a["name"].as_str().unwrap_or_default()))
+        })
+        .collect();
+    if args.is_empty() {
+        field.to_string()
+    } else {
+        format!("{field}({})", args.join(", "))
+    }
+}
+
+#[tokio::test]
+async fn aliases_one_level_down_never_multiply_the_statements_either() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_env(&fake, &[("GOVERNANCE_CACHE_MS", "60000")]).await;
+    let owner = app.user("alias2-owner@example.com");
+    let (_, vars) = fixture(&app, &fake, &owner).await;
+    let parents = [
+        ("Workspace", "query($w: ID!) { workspace(id: $w) { SEL } }"),
+        (
+            "Organization",
+            "query($o: ID!) { organization(id: $o) { SEL } }",
+        ),
+        ("User", "{ viewer { SEL } }"),
+    ];
+    let mut multiplied = Vec::new();
+    for (ty, shell) in parents {
+        for (field, args, child_type) in object_fields(&app, &owner, ty).await {
+            // A connection's children are its nodes'.
+            let (via, child_type) = match child_type.strip_suffix("Connection") {
+                Some(node) => ("nodes { SUB }", node.to_string()),
+                None => ("SUB", child_type),
+            };
+            let outer = format!("{} {{ {via} }}", call_of(&field, &args));
+            for (child, child_args, _) in object_fields(&app, &owner, &child_type).await {
+                let call = call_of(&child, &child_args);
+                let doc = |n: usize| {
+                    let sub: String = (0..n)
+                        .map(|i| format!("a{i}: {call} {{ __typename }} "))
+                        .collect();
+                    shell.replace("SEL", &outer.replace("SUB", &sub))
+                };
+                let (one, thirty) = (doc(1), doc(30));
+                let v = variables_of(&one, &vars);
+                let mut cost = Vec::new();
+                for (round, q) in [&one, &one, &thirty].into_iter().enumerate() {
+                    let before = app.statements().await;
+                    let (_, r) = app
+                        .gql_raw(Some(&owner), json!({"query": q, "variables": v}))
+                        .await;
+                    assert!(r.get("errors").is_none(), "{ty}.{field}.{child}: {r}");
+                    if round > 0 {
+                        cost.push(app.statements().await - before);
+                    }
+                }
+                if cost[1] > cost[0] + 2 {
+                    multiplied.push(format!(
+                        "{ty}.{field} {{ {child} }}: 1 alias {}, 30 aliases {}",
+                        cost[0], cost[1]
+                    ));
+                }
             }
         }
     }
