@@ -329,6 +329,36 @@ impl TestApp {
         .expect("archive store")
     }
 
+    /// Archives (and deletes) every audit event of workspace `ws` now, as retention cleanup
+    /// does with `archiveBeforeDelete`; what it did.
+    pub async fn archive_audit_events(&self, ws: uuid::Uuid) -> api::domain::archives::Retired {
+        let now = chrono::Utc::now();
+        api::domain::archives::retire(
+            &mut self.pool.get().await.expect("connection"),
+            &self.vault(),
+            ws,
+            api::domain::archives::Category::AuditEvents,
+            now + chrono::Duration::minutes(1),
+            now,
+            1_000,
+            true,
+        )
+        .await
+        .expect("archive")
+    }
+
+    /// The plaintext of the archive of workspace `ws` at `path`.
+    pub async fn archive_text(&self, ws: uuid::Uuid, path: &str) -> String {
+        let vault = self.vault();
+        let key = vault
+            .existing_key(&mut self.pool.get().await.expect("connection"), ws)
+            .await
+            .expect("key")
+            .expect("the workspace has a key");
+        let opened = vault.get(&key, path, 1 << 30).await.expect("open");
+        String::from_utf8(opened.plaintext).expect("utf-8")
+    }
+
     /// Sends a GraphQL operation as `token` and returns the whole JSON body.
     pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
         self.gql_raw(Some(token), json!({"query": query, "variables": variables}))

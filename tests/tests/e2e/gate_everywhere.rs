@@ -487,20 +487,7 @@ async fn fixture(app: &TestApp, fake: &FakeStripe, owner: &str) -> (String, Valu
     app.set_workspace_settings(&ws, "approval_required_for", "'{}'")
         .await;
     // An archive of the workspace's audit events.
-    let vault = app.vault();
-    let now = chrono::Utc::now();
-    api::domain::archives::retire(
-        &mut app.pool.get().await.expect("connection"),
-        &vault,
-        workspace_uuid(&ws),
-        api::domain::archives::Category::AuditEvents,
-        now + chrono::Duration::minutes(1),
-        now,
-        1_000,
-        true,
-    )
-    .await
-    .expect("archive");
+    app.archive_audit_events(workspace_uuid(&ws)).await;
     let r = app
         .gql(
             owner,

@@ -878,35 +878,14 @@ async fn erasure_rewrites_archived_rows_so_a_restore_brings_no_personal_data_bac
         app.config.archive_master_key,
     )
     .expect("vault");
-    let now = chrono::Utc::now();
-    let retired = api::domain::archives::retire(
-        &mut app.pool.get().await.expect("connection"),
-        &vault,
-        ws_uuid,
-        api::domain::archives::Category::AuditEvents,
-        now + chrono::Duration::minutes(1),
-        now,
-        1_000,
-        true,
-    )
-    .await
-    .expect("archive");
+    let retired = app.archive_audit_events(ws_uuid).await;
     assert_eq!(retired.archives, 1);
     let archived =
         format!("SELECT count(*) AS n FROM audit_events WHERE workspace_id = '{ws_uuid}'");
     assert_eq!(app.sql_count(&archived).await, 0);
     let open = |path: String| {
-        let vault = vault.clone();
-        let pool = app.pool.clone();
-        async move {
-            let key = vault
-                .existing_key(&mut pool.get().await.expect("connection"), ws_uuid)
-                .await
-                .expect("key")
-                .expect("the workspace has a key");
-            let opened = vault.get(&key, &path, 1 << 30).await.expect("open");
-            String::from_utf8(opened.plaintext).expect("utf-8")
-        }
+        let app = &app;
+        async move { app.archive_text(ws_uuid, &path).await }
     };
     let path_sql = "SELECT path AS t FROM archives";
     let old_path = text(&app, path_sql).await;
@@ -1003,21 +982,7 @@ async fn self_erasure_reaches_the_archives_of_workspaces_the_person_left() {
         app.config.archive_master_key,
     )
     .expect("vault");
-    let retire = || async {
-        let now = chrono::Utc::now();
-        api::domain::archives::retire(
-            &mut app.pool.get().await.expect("connection"),
-            &vault,
-            ws_uuid,
-            api::domain::archives::Category::AuditEvents,
-            now + chrono::Duration::minutes(1),
-            now,
-            1_000,
-            true,
-        )
-        .await
-        .expect("archive")
-    };
+    let retire = || app.archive_audit_events(ws_uuid);
     assert_eq!(retire().await.archives, 1);
     // Later the owner names her in the workspace, in rows that do not hold her id: events
     // archived apart (a second archive), and a notification.
@@ -1059,17 +1024,8 @@ async fn self_erasure_reaches_the_archives_of_workspaces_the_person_left() {
         );
     }
     let open = |path: String| {
-        let vault = vault.clone();
-        let pool = app.pool.clone();
-        async move {
-            let key = vault
-                .existing_key(&mut pool.get().await.expect("connection"), ws_uuid)
-                .await
-                .expect("key")
-                .expect("the workspace has a key");
-            let opened = vault.get(&key, &path, 1 << 30).await.expect("open");
-            String::from_utf8(opened.plaintext).expect("utf-8")
-        }
+        let app = &app;
+        async move { app.archive_text(ws_uuid, &path).await }
     };
     let paths_sql = "SELECT string_agg(path, ' ' ORDER BY range_start) AS t FROM archives";
     let old_paths = text(&app, paths_sql).await;

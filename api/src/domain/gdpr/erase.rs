@@ -318,14 +318,7 @@ pub async fn run_in_workspace(
     )
     .await?;
     let p = pseudonym(vault, user);
-    let name = person
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && n.chars().count() <= MAX_NAME_CHARS);
-    let name_pattern =
-        name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n)));
-    let name_escaped = name.map(json_escaped);
+    let (name_escaped, name_pattern) = name_forms(person.name.as_deref());
     let only = [ws];
     let ids = Ids::of(user);
     let redact = Redaction {
@@ -445,6 +438,19 @@ pub fn json_escaped(s: &str) -> String {
     quoted[1..quoted.len() - 1].to_string()
 }
 
+/// A name as erasure looks for it, when it can be told from other words (not empty, and not a
+/// claim so long that it is no name; the tombstone drops it all the same): its form inside a
+/// JSON string and its whole-word pattern.
+fn name_forms(name: Option<&str>) -> (Option<String>, Option<String>) {
+    let name = name
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.chars().count() <= MAX_NAME_CHARS);
+    (
+        name.map(json_escaped),
+        name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n))),
+    )
+}
+
 fn listed(list: &[(&str, &str)], c: &TextColumn) -> bool {
     list.iter()
         .any(|(s, t)| *s == c.schema.as_str() && *t == c.table.as_str())
@@ -481,15 +487,7 @@ pub async fn run(
     erasure::remove_recipient(&mut conn, &person.email).await?;
     erasure::delete_invitee_placeholders(&mut conn, user, &person.email).await?;
     crate::db::repo::invitations::delete_addressed_to(&mut conn, &person.email).await?;
-    // A name is looked for where it can be told from other words: not empty, and not a
-    // claim so long that it is no name (the tombstone drops it all the same).
-    let name = person
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && n.chars().count() <= MAX_NAME_CHARS);
-    let name_pattern =
-        name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n)));
+    let (name_escaped, name_pattern) = name_forms(person.name.as_deref());
     let email_needle = json_escaped(&person.email).to_lowercase();
     erasure::drop_renderings(&mut conn, &email_needle, name_pattern.as_deref()).await?;
     let columns: Vec<TextColumn> = erasure::text_columns(&mut conn)
@@ -499,7 +497,6 @@ pub async fn run(
         .collect();
     let is_json = |c: &TextColumn| matches!(c.kind, TextKind::Json | TextKind::Jsonb);
     let linked = erasure::linked_workspaces(&mut conn, user).await?;
-    let name_escaped = name.map(json_escaped);
     let names = name_escaped.as_deref().zip(name_pattern.as_deref());
     if let Some(names) = names {
         let json = columns
@@ -599,12 +596,7 @@ pub async fn forget_in_workspace(
     let email_pattern = format!("(?i){}", regex_literal(email));
     let email_needle = json_escaped(email).to_lowercase();
     let email_raw = email.to_lowercase();
-    let name = name
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && n.chars().count() <= MAX_NAME_CHARS);
-    let name_pattern =
-        name.map(|n| format!("(?<![[:alnum:]_]){}(?![[:alnum:]_])", regex_literal(n)));
-    let name_escaped = name.map(json_escaped);
+    let (name_escaped, name_pattern) = name_forms(name);
     for c in &columns {
         let sweep = Sweep {
             pattern: &email_pattern,

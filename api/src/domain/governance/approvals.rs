@@ -249,6 +249,28 @@ async fn locked(conn: &mut AsyncPgConnection, id: ApprovalRequestId) -> DomainRe
     }
 }
 
+/// A request `actor` may decide, locked, and whether deciding it is its requester withdrawing
+/// it. The request and the caller's right to it are read in one statement first: another
+/// workspace's request costs what a missing one costs, and is never locked.
+async fn decidable(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: ApprovalRequestId,
+    approving: bool,
+) -> DomainResult<(ApprovalRow, bool)> {
+    let access = access::to(
+        conn,
+        actor,
+        Owned::ApprovalRequest,
+        id.0,
+        "approval request",
+    )
+    .await?;
+    let row = locked(conn, id).await?;
+    let withdrawn = eligible(actor, access.role, &row, approving)?;
+    Ok((row, withdrawn))
+}
+
 /// Checks that `actor`, of `role` in its workspace (`access::to`), may decide `row` (see the
 /// module docs); `true` when it is the requester withdrawing their own request.
 fn eligible(actor: &Actor, role: Role, row: &ApprovalRow, approving: bool) -> DomainResult<bool> {
@@ -418,18 +440,7 @@ async fn approve_effect(
     actor: Actor,
     id: ApprovalRequestId,
 ) -> DomainResult<Decided> {
-    // The request and the caller's right to it in one statement: another workspace's
-    // request costs what a missing one costs, and is never locked.
-    let access = access::to(
-        conn,
-        &actor,
-        Owned::ApprovalRequest,
-        id.0,
-        "approval request",
-    )
-    .await?;
-    let row = locked(conn, id).await?;
-    eligible(&actor, access.role, &row, true)?;
+    let row = decidable(conn, &actor, id, true).await?.0;
     let row = match still_pending(conn, row).await? {
         Ok(row) => row,
         Err(decided) => return Ok(decided),
@@ -566,16 +577,7 @@ async fn reject_effect(
     id: ApprovalRequestId,
     reason: Option<String>,
 ) -> DomainResult<Decided> {
-    let access = access::to(
-        conn,
-        &actor,
-        Owned::ApprovalRequest,
-        id.0,
-        "approval request",
-    )
-    .await?;
-    let row = locked(conn, id).await?;
-    let withdrawn = eligible(&actor, access.role, &row, false)?;
+    let (row, withdrawn) = decidable(conn, &actor, id, false).await?;
     let row = match still_pending(conn, row).await? {
         Ok(row) => row,
         Err(decided) => return Ok(decided),
