@@ -1087,3 +1087,90 @@ async fn self_erasure_reaches_the_archives_of_workspaces_the_person_left() {
     assert!(after.is_empty(), "still naming her: {after:?}");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn privacy_operations_and_their_downloads_pass_the_workspace_s_policies() {
+    // Settings written with SQL apply at once.
+    let app = TestApp::with(tests::Options {
+        env: [("GOVERNANCE_CACHE_MS".to_string(), "0".to_string())].into(),
+    })
+    .await;
+    let worker = Worker::start(&app);
+    let owner = app.user("privacy-gate-owner@example.com");
+    let ws = app.create_workspace(&owner, "Guarded").await;
+    app.add_member(&owner, &ws, "privacy-gate-m@example.com", "VIEWER")
+        .await;
+    let member = app.user("privacy-gate-m@example.com");
+    let member_id = viewer_id(&app, &member).await;
+    // Exports asked for while the policies allow it: the owner's of the member, the member's own.
+    let (owners, _, _) = export_and_download(&app, &owner, &member_id, None).await;
+    let (mine, _, _) = export_and_download(&app, &member, &member_id, None).await;
+    let links: Vec<String> = [&owners, &mine]
+        .iter()
+        .map(|e| e["downloadUrl"].as_str().expect("link").to_string())
+        .collect();
+    // Then the workspace accepts requests from 10.0.0.0/8 only (the tests come from
+    // 127.0.0.1), and then it requires MFA.
+    for (column, value, why) in [
+        ("ip_allow_list", "ARRAY['10.0.0.0/8']", "IP_NOT_ALLOWED"),
+        ("mfa_required", "true", "MFA_REQUIRED"),
+    ] {
+        app.set_workspace_settings(&ws, column, value).await;
+        for (who, token) in [("owner", &owner), ("member", &member)] {
+            // Asking for an export (scoped to the workspace, or the person's own of
+            // everything), reading one, and erasing are refused with the reason.
+            for r in [
+                app.gql(token, EXPORT, json!({"u": member_id, "w": ws, "k": null}))
+                    .await,
+                app.gql(token, EXPORT, json!({"u": member_id, "w": null, "k": null}))
+                    .await,
+                app.gql(
+                    token,
+                    EXPORT_BY_ID,
+                    json!({"id": if who == "owner" { &owners["id"] } else { &mine["id"] }}),
+                )
+                .await,
+                app.gql(token, ERASE, json!({"u": member_id, "k": null}))
+                    .await,
+            ] {
+                let e = &r["errors"][0]["extensions"];
+                assert!(
+                    e["code"] == "FORBIDDEN" && e["reason"] == why,
+                    "{who} under {why}: {r}"
+                );
+            }
+        }
+        // The links carry no token: the IP allow-list holds them (404, nothing told).
+        if why == "IP_NOT_ALLOWED" {
+            for url in &links {
+                let resp = app
+                    .http
+                    .get(format!("{}{url}", app.base))
+                    .send()
+                    .await
+                    .expect("download");
+                assert_eq!(resp.status().as_u16(), 404, "{url}");
+            }
+        }
+        let off = if column == "ip_allow_list" {
+            "'{}'"
+        } else {
+            "false"
+        };
+        app.set_workspace_settings(&ws, column, off).await;
+    }
+    // Nothing was erased, and the links work again.
+    assert_eq!(
+        app.sql_count("SELECT count(*) AS n FROM user_erasures")
+            .await,
+        0
+    );
+    let resp = app
+        .http
+        .get(format!("{}{}", app.base, links[0]))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(resp.status().as_u16(), 200);
+    worker.stop().await;
+}

@@ -161,6 +161,9 @@ async fn request_effect(
                 last.join(", ")
             )));
         }
+        // Erasing one's account acts in every workspace one belongs to: each one's policies
+        // decide (each holds part of what is erased).
+        super::admit_scope(conn, &actor, None, user.0).await?;
         Scope::Everything
     } else {
         let ws = owner_scope(conn, &actor, &theirs).await?;

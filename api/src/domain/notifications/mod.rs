@@ -191,7 +191,7 @@ impl EventType {
             EventType::TrialEnding => "Billing: trial ending",
             EventType::SubscriptionCanceled => "Billing: subscription canceled",
             EventType::ApprovalRequested => "Approval requested",
-            EventType::MemberInvited => "Security alert: member invited",
+            EventType::MemberInvited => "Member invited",
         }
     }
 }
