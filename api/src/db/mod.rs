@@ -27,10 +27,61 @@ use crate::config::{Config, POOL_WAIT, redact_url};
 /// The migrations in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 
+/// How long the server lets a session sit inside a transaction between statements before it
+/// ends the session (`idle_in_transaction_session_timeout`).
+pub const IDLE_IN_TRANSACTION_MS: u64 = 60_000;
+
 /// The connection pool type used everywhere.
 pub type DbPool = Pool<AsyncPgConnection>;
-/// A pooled connection.
-pub type DbConn = Object<AsyncPgConnection>;
+/// A pooled connection of a request that never goes back to the pool inside a transaction.
+///
+/// A request's future can be dropped at any await (the client hung up, its deadline passed)
+/// in the middle of a transaction, after BEGIN and before COMMIT or ROLLBACK. Returned to the
+/// pool as it is, the connection would stay `idle in transaction`, holding its row locks until
+/// the pool hands it out again (or forever in a quiet process), and every other request on
+/// those rows would wait behind it. When a `DbConn` is dropped with a transaction open (or its
+/// transaction manager broken), it is taken out of the pool and closed instead: PostgreSQL
+/// rolls the transaction back and releases its locks at once.
+pub struct DbConn(Option<Object<AsyncPgConnection>>);
+
+impl DbConn {
+    /// Guards a pooled connection.
+    pub fn new(conn: Object<AsyncPgConnection>) -> Self {
+        Self(Some(conn))
+    }
+}
+
+impl std::ops::Deref for DbConn {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        self.0.as_deref().expect("a connection until it is dropped")
+    }
+}
+
+impl std::ops::DerefMut for DbConn {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0
+            .as_deref_mut()
+            .expect("a connection until it is dropped")
+    }
+}
+
+impl Drop for DbConn {
+    fn drop(&mut self) {
+        use diesel_async::pooled_connection::PoolableConnection as _;
+        let Some(mut conn) = self.0.take() else {
+            return;
+        };
+        if conn.is_broken() {
+            // Out of the pool and closed: the server rolls back and releases the locks now.
+            drop(Object::take(conn));
+            tracing::warn!(
+                "a request stopped inside a transaction: its connection was closed, rolling it back"
+            );
+        }
+    }
+}
 
 /// Failures while preparing or reaching the database at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +293,12 @@ pub fn build_pool_for(
         let statements = statements.clone();
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            conn.batch_execute(&format!("SET lock_timeout = {lock_timeout_ms}"))
+            // A session left inside a transaction (a process that stalls or dies between
+            // statements) is ended by the server after a minute: the last line behind
+            // `DbConn`'s drop guard.
+            conn.batch_execute(&format!(
+                "SET lock_timeout = {lock_timeout_ms}; SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
+            ))
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {

@@ -21,6 +21,7 @@ mod notifications;
 mod ops;
 mod organizations;
 mod quotas;
+mod reliability;
 mod retention;
 mod roles;
 mod stripe_api;

@@ -150,7 +150,7 @@ impl KeyCache {
 
     /// Stores the last uses recorded since the previous call (one statement per distinct
     /// time, usually one); the keys touched.
-    pub async fn flush(&self, conn: &mut crate::db::DbConn) -> anyhow::Result<usize> {
+    pub async fn flush(&self, conn: &mut diesel_async::AsyncPgConnection) -> anyhow::Result<usize> {
         let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
         if used.is_empty() {
             return Ok(0);

@@ -213,7 +213,8 @@ impl Governance {
             .pool
             .get()
             .await
-            .map_err(|e| super::DomainError::Unavailable(Arc::new(e.into())))?;
+            .map_err(|e| super::DomainError::Unavailable(Arc::new(e.into())))
+            .map(crate::db::DbConn::new)?;
         super::refuse_past_budget()?;
         Ok(conn)
     }
