@@ -125,6 +125,18 @@ pub fn event_head(body: &[u8]) -> Option<(EventHead, serde_json::Value)> {
     (fits(&head.id) && fits(&head.kind)).then_some((head, payload))
 }
 
+/// Whether `v` holds a NUL character in a string or a key: PostgreSQL's `jsonb` cannot store
+/// one (`\u0000`), so such an event is the sender's problem, refused with a 400 rather than
+/// failing to store forever (serde_json bounds the nesting, so this walk is bounded too).
+pub fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(holds_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, x)| k.contains('\0') || holds_nul(x)),
+        _ => false,
+    }
+}
+
 /// The job queue of stored Stripe events.
 pub const QUEUE: &str = "stripe-events";
 
@@ -218,6 +230,15 @@ pub async fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_found_anywhere_in_an_event() {
+        assert!(!holds_nul(
+            &serde_json::json!({"a": ["b", {"c": "d"}], "n": 1})
+        ));
+        assert!(holds_nul(&serde_json::json!({"a": ["b", {"c": "d\u{0}"}]})));
+        assert!(holds_nul(&serde_json::json!({"k\u{0}": 1})));
+    }
 
     fn sign(secret: &str, t: i64, body: &[u8]) -> String {
         let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("any key");

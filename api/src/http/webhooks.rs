@@ -85,6 +85,16 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Bod
             "the body is not a Stripe event (an object with id, type and created)",
         );
     };
+    if webhooks::holds_nul(&payload) {
+        // Signed, so Stripe's own: it cannot be stored as sent (jsonb refuses NUL); a 400
+        // tells Stripe it is not ours to retry. The id is logged escaped.
+        tracing::warn!(event = ?head.id, kind = ?head.kind, "a signed Stripe event holds a NUL character; refused");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "the event holds a NUL character (\\u0000), which cannot be stored",
+        );
+    }
     match webhooks::record(&state.services, &head, &payload).await {
         Ok(new) => (
             StatusCode::OK,

@@ -447,3 +447,25 @@ async fn failed_jobs_are_listed_with_their_error_and_can_be_retried() {
     let (_, out) = api_cli(&app, &["failed-jobs"]);
     assert!(out.is_empty(), "{out}");
 }
+
+#[tokio::test]
+async fn a_signed_event_holding_a_nul_character_is_refused_with_400_and_the_next_is_stored() {
+    let app = app().await;
+    let t = now();
+    let mut body: Value =
+        serde_json::from_str(&event("evt_nul\u{0}id", "customer.updated")).expect("json");
+    body["data"]["object"]["description"] = json!("a\u{0}b");
+    let body = body.to_string();
+    assert!(body.contains("\\u0000"), "{body}");
+    let header = format!("t={t},v1={}", sign(SECRET, t, &body));
+    let (status, r) = deliver(&app, Some(&header), &body).await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    // Again: the same answer (Stripe stops retrying on a 4xx), and nothing stored.
+    assert_eq!(deliver(&app, Some(&header), &body).await.0, 400);
+    assert_eq!(stored(&app).await, 0);
+    let good = event("evt_after_nul", "customer.updated");
+    let header = format!("t={t},v1={}", sign(SECRET, t, &good));
+    assert_eq!(deliver(&app, Some(&header), &good).await.0, 200);
+    assert_eq!(stored(&app).await, 1);
+}
