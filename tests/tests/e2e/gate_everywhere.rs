@@ -763,6 +763,17 @@ fn argument(field: &str, arg: &Value) -> Option<String> {
     )
 }
 
+/// The types whose fields the statement tests walk, and a document reaching the fixture's
+/// object of each (`SEL`: the selection).
+const PARENTS: [(&str, &str); 3] = [
+    ("Workspace", "query($w: ID!) { workspace(id: $w) { SEL } }"),
+    (
+        "Organization",
+        "query($o: ID!) { organization(id: $o) { SEL } }",
+    ),
+    ("User", "{ viewer { SEL } }"),
+];
+
 #[tokio::test]
 async fn aliases_and_batches_never_multiply_the_statements_of_a_field() {
     let fake = FakeStripe::start().await;
@@ -770,29 +781,10 @@ async fn aliases_and_batches_never_multiply_the_statements_of_a_field() {
     let app = app_with_env(&fake, &[("GOVERNANCE_CACHE_MS", "60000")]).await;
     let owner = app.user("alias-owner@example.com");
     let (_, vars) = fixture(&app, &fake, &owner).await;
-    let parents = [
-        ("Workspace", "query($w: ID!) { workspace(id: $w) { SEL } }"),
-        (
-            "Organization",
-            "query($o: ID!) { organization(id: $o) { SEL } }",
-        ),
-        ("User", "{ viewer { SEL } }"),
-    ];
     let mut multiplied = Vec::new();
-    for (ty, shell) in parents {
+    for (ty, shell) in PARENTS {
         for (field, args, _) in object_fields(&app, &owner, ty).await {
-            let args: Vec<String> = args
-                .iter()
-                .filter_map(|a| {
-                    argument(&field, a)
-                        .map(|v| format!("{}: {v}", a["name"].as_str().unwrap_or_default()))
-                })
-                .collect();
-            let call = if args.is_empty() {
-                field.clone()
-            } else {
-                format!("{field}({})", args.join(", "))
-            };
+            let call = call_of(&field, &args);
             let aliased = |n: usize| {
                 let sel: String = (0..n)
                     .map(|i| format!("a{i}: {call} {{ __typename }} "))
@@ -854,16 +846,8 @@ async fn aliases_one_level_down_never_multiply_the_statements_either() {
     let app = app_with_env(&fake, &[("GOVERNANCE_CACHE_MS", "60000")]).await;
     let owner = app.user("alias2-owner@example.com");
     let (_, vars) = fixture(&app, &fake, &owner).await;
-    let parents = [
-        ("Workspace", "query($w: ID!) { workspace(id: $w) { SEL } }"),
-        (
-            "Organization",
-            "query($o: ID!) { organization(id: $o) { SEL } }",
-        ),
-        ("User", "{ viewer { SEL } }"),
-    ];
     let mut multiplied = Vec::new();
-    for (ty, shell) in parents {
+    for (ty, shell) in PARENTS {
         for (field, args, child_type) in object_fields(&app, &owner, ty).await {
             // A connection's children are its nodes'.
             let (via, child_type) = match child_type.strip_suffix("Connection") {
