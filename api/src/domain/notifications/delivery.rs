@@ -390,12 +390,22 @@ pub async fn page(
     page: crate::db::repo::Page,
 ) -> crate::domain::DomainResult<(Vec<repo::DeliveryRow>, Vec<repo::AttemptRow>)> {
     let mut conn = services.conn().await?;
-    let rows = repo::page(&mut conn, ws.0, status, page.after, page.limit).await?;
-    let shown: Vec<Uuid> = rows.iter().take(page.size()).map(|r| r.id).collect();
-    let attempts = if shown.is_empty() {
-        Vec::new()
-    } else {
-        repo::attempts_of(&mut conn, &shown).await?
-    };
-    Ok((rows, attempts))
+    // Deliveries and their attempts from one snapshot: an attempt finishing between the two
+    // reads would otherwise show finished under a delivery that does not say so yet.
+    let read = conn
+        .build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(async |conn| {
+            let rows = repo::page(conn, ws.0, status, page.after, page.limit).await?;
+            let shown: Vec<Uuid> = rows.iter().take(page.size()).map(|r| r.id).collect();
+            let attempts = if shown.is_empty() {
+                Vec::new()
+            } else {
+                repo::attempts_of(conn, &shown).await?
+            };
+            Ok::<_, diesel::result::Error>((rows, attempts))
+        })
+        .await?;
+    Ok(read)
 }
