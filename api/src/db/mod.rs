@@ -31,9 +31,27 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// ends the session (`idle_in_transaction_session_timeout`).
 pub const IDLE_IN_TRANSACTION_MS: u64 = 60_000;
 
-/// The connection pool type used everywhere.
-pub type DbPool = Pool<AsyncPgConnection>;
-/// A pooled connection of a request that never goes back to the pool inside a transaction.
+/// The connection pool used everywhere. Its only way to a connection is [`DbPool::get`], which
+/// hands out a [`DbConn`]: no code can hold a pooled connection without its drop guard.
+#[derive(Clone)]
+pub struct DbPool(Pool<AsyncPgConnection>);
+
+/// Why no connection could be had (the pool's wait or create timeout, or the server refused).
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+
+impl DbPool {
+    /// A connection of the pool, guarded (see [`DbConn`]).
+    pub async fn get(&self) -> Result<DbConn, PoolError> {
+        self.0.get().await.map(|conn| DbConn(Some(conn)))
+    }
+
+    /// The pool's size, idle connections and waiters now (for the metrics).
+    pub fn status(&self) -> deadpool::managed::Status {
+        self.0.status()
+    }
+}
+
+/// A pooled connection that never goes back to the pool inside a transaction.
 ///
 /// A request's future can be dropped at any await (the client hung up, its deadline passed)
 /// in the middle of a transaction, after BEGIN and before COMMIT or ROLLBACK. Returned to the
@@ -41,15 +59,8 @@ pub type DbPool = Pool<AsyncPgConnection>;
 /// the pool hands it out again (or forever in a quiet process), and every other request on
 /// those rows would wait behind it. When a `DbConn` is dropped with a transaction open (or its
 /// transaction manager broken), it is taken out of the pool and closed instead: PostgreSQL
-/// rolls the transaction back and releases its locks at once.
+/// rolls the transaction back and releases its locks at once. Only [`DbPool::get`] makes one.
 pub struct DbConn(Option<Object<AsyncPgConnection>>);
-
-impl DbConn {
-    /// Guards a pooled connection.
-    pub fn new(conn: Object<AsyncPgConnection>) -> Self {
-        Self(Some(conn))
-    }
-}
 
 impl std::ops::Deref for DbConn {
     type Target = AsyncPgConnection;
@@ -77,7 +88,7 @@ impl Drop for DbConn {
             // Out of the pool and closed: the server rolls back and releases the locks now.
             drop(Object::take(conn));
             tracing::warn!(
-                "a request stopped inside a transaction: its connection was closed, rolling it back"
+                "a connection was let go inside a transaction (its work stopped, or the connection failed): closed, so the server rolls it back"
             );
         }
     }
@@ -319,6 +330,7 @@ pub fn build_pool_for(
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
+        .map(DbPool)
         .map_err(|e| StartupError::Pool(e.to_string()))
 }
 

@@ -342,8 +342,7 @@ impl Services {
             .pool
             .get()
             .await
-            .map_err(|e| DomainError::Unavailable(std::sync::Arc::new(e.into())))
-            .map(crate::db::DbConn::new)?;
+            .map_err(|e| DomainError::Unavailable(std::sync::Arc::new(e.into())))?;
         // Checked once the connection is had: the statements of the requests' other
         // connections, run while this one waited, count.
         refuse_past_budget()?;

@@ -213,8 +213,7 @@ impl Governance {
             .pool
             .get()
             .await
-            .map_err(|e| super::DomainError::Unavailable(Arc::new(e.into())))
-            .map(crate::db::DbConn::new)?;
+            .map_err(|e| super::DomainError::Unavailable(Arc::new(e.into())))?;
         super::refuse_past_budget()?;
         Ok(conn)
     }
