@@ -252,16 +252,66 @@ impl DomainError {
     }
 }
 
+/// A database error is `Unavailable` (HTTP 503 with `Retry-After`) when the connection
+/// failed ([`is_connection_failure`]), else internal.
 impl From<diesel::result::Error> for DomainError {
     fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind as K, Error as E};
-        match e {
-            E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)
-            | E::BrokenTransactionManager => {
-                DomainError::Unavailable(std::sync::Arc::new(e.into()))
-            }
-            e => DomainError::internal(e),
+        if is_connection_failure(&e) {
+            DomainError::Unavailable(std::sync::Arc::new(e.into()))
+        } else {
+            DomainError::internal(e)
         }
+    }
+}
+
+/// Whether `e` is a failure of the connection rather than of the statement: the session was
+/// lost or ended by the server (a restart, a failover, `pg_terminate_backend`, an idle
+/// timeout), or the server is starting, stopping or recovering. The same work may succeed
+/// on another connection a moment later, so it is reported as unavailable, never as an
+/// internal error; every other database error stays internal.
+///
+/// Failures on our side of the socket (closed, reset, broken transaction manager) carry no
+/// SQLSTATE and come with their own kinds. Those the server reports before it ends the
+/// session are recognized by their message: diesel-async 0.9 turns every SQLSTATE outside a
+/// few constraint classes into `DatabaseErrorKind::Unknown` and exposes only the message,
+/// detail and hint, not the SQLSTATE. This depends on the server sending English messages
+/// (`lc_messages`, English by default; `C` and `en_*` qualify): with a translated
+/// `lc_messages`, these failures fall back to `INTERNAL_SERVER_ERROR`. The texts are
+/// PostgreSQL 15's, as its binary holds them.
+pub fn is_connection_failure(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match e {
+        E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)
+        | E::BrokenTransactionManager => true,
+        E::RollbackErrorOnCommit {
+            rollback_error,
+            commit_error,
+        } => is_connection_failure(commit_error) || is_connection_failure(rollback_error),
+        E::DatabaseError(_, info) => matches!(
+            info.message(),
+            // 57P01 admin_shutdown: pg_terminate_backend, a fast or immediate shutdown, a
+            // postmaster that died; on a standby, a conflict with recovery (40001 or 57P04,
+            // also FATAL: the session ends).
+            "terminating connection due to administrator command"
+                | "terminating connection due to immediate shutdown command"
+                | "terminating connection because of unexpected SIGQUIT signal"
+                | "terminating connection due to unexpected postmaster exit"
+                | "terminating connection due to conflict with recovery"
+                // 57P02 crash_shutdown: another backend crashed, the server restarts.
+                | "terminating connection because of crash of another server process"
+                // 57P03 cannot_connect_now (when connecting: the pool reports its own
+                // failures as unavailable, these are for connections opened otherwise).
+                | "the database system is starting up"
+                | "the database system is not yet accepting connections"
+                | "the database system is not accepting connections"
+                | "the database system is shutting down"
+                | "the database system is in recovery mode"
+                // 57P05 idle_session_timeout.
+                | "terminating connection due to idle-session timeout"
+                // 25P03 idle_in_transaction_session_timeout.
+                | "terminating connection due to idle-in-transaction timeout"
+        ),
+        _ => false,
     }
 }
 
@@ -376,5 +426,98 @@ mod tests {
         assert!(e.ends_with('…'));
         assert_eq!(excerpt("a\u{0}b\nc"), "a\u{FFFD}b\u{FFFD}c");
         assert_eq!(excerpt(&"é".repeat(40)), "é".repeat(40));
+    }
+
+    fn server_error(
+        kind: diesel::result::DatabaseErrorKind,
+        message: &str,
+    ) -> diesel::result::Error {
+        diesel::result::Error::DatabaseError(kind, Box::new(message.to_string()))
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable_and_everything_else_internal() {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        let unavailable = [
+            "terminating connection due to administrator command",
+            "terminating connection due to immediate shutdown command",
+            "terminating connection because of unexpected SIGQUIT signal",
+            "terminating connection due to unexpected postmaster exit",
+            "terminating connection due to conflict with recovery",
+            "terminating connection because of crash of another server process",
+            "the database system is starting up",
+            "the database system is not yet accepting connections",
+            "the database system is not accepting connections",
+            "the database system is shutting down",
+            "the database system is in recovery mode",
+            "terminating connection due to idle-session timeout",
+            "terminating connection due to idle-in-transaction timeout",
+        ];
+        for m in unavailable {
+            let e = server_error(K::Unknown, m);
+            assert!(is_connection_failure(&e), "{m}");
+            assert!(
+                matches!(DomainError::from(e), DomainError::Unavailable(_)),
+                "{m}"
+            );
+        }
+        // A conflict with recovery may come as 40001, which diesel-async names.
+        assert!(is_connection_failure(&server_error(
+            K::SerializationFailure,
+            "terminating connection due to conflict with recovery"
+        )));
+        // Our side of the socket: no SQLSTATE.
+        assert!(is_connection_failure(&server_error(
+            K::UnableToSendCommand,
+            "connection closed"
+        )));
+        assert!(is_connection_failure(&server_error(
+            K::ClosedConnection,
+            "closed"
+        )));
+        assert!(is_connection_failure(&E::BrokenTransactionManager));
+        // COMMIT failed on a lost connection (its outcome is unknown, still unavailable).
+        assert!(is_connection_failure(&E::RollbackErrorOnCommit {
+            rollback_error: Box::new(server_error(K::UnableToSendCommand, "connection closed")),
+            commit_error: Box::new(server_error(
+                K::Unknown,
+                "terminating connection due to administrator command"
+            )),
+        }));
+
+        let internal = [
+            "canceling statement due to statement timeout",
+            "canceling statement due to lock timeout",
+            "canceling statement due to user request",
+            "canceling statement due to conflict with recovery",
+            "deadlock detected",
+            "relation \"organizations\" does not exist",
+            // 08P01: a protocol violation is a bug to see, not an outage to wait out.
+            "terminating connection because protocol synchronization was lost",
+            // A translated server (`lc_messages`) is not recognized.
+            "Verbindung wird abgebrochen aufgrund von Befehl des Administrators",
+            // Prefixes and look-alikes do not count.
+            "terminating connection due to administrator command; and more",
+        ];
+        for m in internal {
+            let e = server_error(K::Unknown, m);
+            assert!(!is_connection_failure(&e), "{m}");
+            assert!(
+                matches!(DomainError::from(e), DomainError::Internal(_)),
+                "{m}"
+            );
+        }
+        let unique = server_error(
+            K::UniqueViolation,
+            "duplicate key value violates unique constraint",
+        );
+        assert!(matches!(
+            DomainError::from(unique),
+            DomainError::Internal(_)
+        ));
+        assert!(matches!(
+            DomainError::from(E::NotFound),
+            DomainError::Internal(_)
+        ));
     }
 }

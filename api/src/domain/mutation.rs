@@ -16,6 +16,13 @@
 //! was; it waits for it while the first request is still rendering, and only when the first
 //! request never stored one (it died, or its response held errors) is the payload resolved
 //! afresh, with every access rule of a fresh read.
+//!
+//! A transaction whose connection fails before COMMIT was sent (the server ended the
+//! session, `domain::is_connection_failure`) is run once more on a fresh connection: the
+//! server rolled it back, so the effect has not happened. A connection that fails at COMMIT
+//! leaves the outcome unknown (the server may have committed before the session ended), so
+//! that failure reaches the client as `SERVICE_UNAVAILABLE`; a retry with the same
+//! idempotency key then replays or applies it, exactly once.
 
 use std::time::Duration;
 
@@ -30,6 +37,9 @@ use crate::db::repo::idempotency::{self, KeyClaim};
 
 /// Attempts for a transaction that hits a serialization failure or deadlock.
 const MAX_ATTEMPTS: u32 = 8;
+
+/// Runs of a transaction on a fresh connection after its connection failed before COMMIT.
+const RECONNECTS: u32 = 1;
 
 /// How often a waiting repeat looks again.
 const RENDER_POLL: Duration = Duration::from_millis(10);
@@ -253,6 +263,7 @@ where
         replayed: std::sync::atomic::AtomicBool::new(false),
     };
     let mut attempt = 0;
+    let mut reconnects = 0;
     loop {
         attempt += 1;
         completion
@@ -261,6 +272,8 @@ where
         completion
             .replayed
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        // Set when the effect returned Ok, i.e. just before diesel sends COMMIT.
+        let committing = std::sync::atomic::AtomicBool::new(false);
         let result = conn
             .transaction(async |conn| {
                 // Connections wait at most DATABASE_LOCK_TIMEOUT_MS for any row lock (set when they are
@@ -281,10 +294,34 @@ where
                 if !completion.is_done() {
                     completion.store(conn, &out).await?;
                 }
+                committing.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(out)
             })
             .await;
+        let committing = committing.load(std::sync::atomic::Ordering::Relaxed);
         match result {
+            // The connection failed before COMMIT was sent: the server rolled the
+            // transaction back, nothing happened, and another connection may do it. Once
+            // COMMIT was sent, the outcome is unknown (the server may have committed before
+            // the session ended, e.g. a synchronous commit cut short by a shutdown): never
+            // run again here; the client retries with its idempotency key.
+            Err(DomainError::Unavailable(e)) if !committing && reconnects < RECONNECTS => {
+                reconnects += 1;
+                tracing::warn!(
+                    request.id = %actor.request_id,
+                    operation,
+                    error = %e,
+                    "database connection failed inside a transaction before COMMIT; running it once more on a fresh connection"
+                );
+                // The failed connection is closed, not pooled (`DbConn`'s drop guard).
+                drop(conn);
+                conn = match services.conn().await {
+                    Ok(c) => c,
+                    // The request's statement budget is spent: the failure stays what it was.
+                    Err(DomainError::LimitExceeded(_)) => return Err(DomainError::Unavailable(e)),
+                    Err(other) => return Err(other),
+                };
+            }
             Err(DomainError::Internal(e)) if attempt < MAX_ATTEMPTS && is_retryable(&e) => {
                 tracing::debug!(
                     attempt,

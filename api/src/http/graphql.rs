@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
+use async_graphql::Positioned;
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType,
+};
 use async_graphql::{BatchResponse, ErrorExtensionValues, Response as GqlResponse, ServerError};
 use axum::Extension;
 use axum::extract::State;
@@ -180,7 +183,8 @@ async fn execute(
             // A blocking task cannot be cancelled from outside: the deadline is kept inside.
             let heavy = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                let run = tokio::time::timeout_at(deadline, operation(&state, r, is_get, mine));
+                let run =
+                    tokio::time::timeout_at(deadline, operation(&state, r, is_get, mine, deadline));
                 runtime.block_on(async move {
                     match budget {
                         Some(b) => crate::db::budget::scope(b, run).await,
@@ -198,19 +202,13 @@ async fn execute(
                 }
             }
         } else {
-            operation(state, r, is_get, actor.clone()).await
+            operation(state, r, is_get, actor.clone(), deadline).await
         };
         responses.push(resp);
     }
-    let has_code = |c: &str| {
-        responses.iter().flat_map(|r| &r.errors).any(|e| {
-            e.extensions
-                .as_ref()
-                .and_then(|x| x.get("code"))
-                .is_some_and(|v| *v == async_graphql::Value::from(c))
-        })
-    };
-    let unavailable = has_code(code::SERVICE_UNAVAILABLE);
+    // Database failures (`SERVICE_UNAVAILABLE`, reads already run once more) make the whole
+    // answer a 503 with `Retry-After`, whatever else it holds.
+    let unavailable = responses.iter().any(|r| is_unavailable(&r.errors));
     // The longest wait any rate limit asks for.
     let retry_after = responses
         .iter()
@@ -248,6 +246,17 @@ async fn execute(
 /// Documents longer than this run on the blocking pool (see `execute`).
 pub const HEAVY_DOCUMENT_BYTES: usize = 16 * 1024;
 
+/// Whether `errors` hold a `SERVICE_UNAVAILABLE` (the database or its pool failed:
+/// `DomainError::Unavailable` is its only source inside an operation).
+fn is_unavailable(errors: &[ServerError]) -> bool {
+    errors.iter().any(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|v| *v == async_graphql::Value::from(code::SERVICE_UNAVAILABLE))
+    })
+}
+
 /// Parses, checks and executes one operation, and counts it for the workspaces it names
 /// (`domain::api_usage`: in memory, no statement).
 async fn operation(
@@ -255,9 +264,10 @@ async fn operation(
     r: async_graphql::Request,
     is_get: bool,
     actor: Actor,
+    deadline: tokio::time::Instant,
 ) -> GqlResponse {
     let user = actor.user_id.0;
-    let (mut resp, usage) = run_operation(state, r, is_get, actor).await;
+    let (mut resp, usage) = run_operation(state, r, is_get, actor, deadline).await;
     label_errors(&mut resp.errors);
     state.api_usage.record(
         &usage.owners,
@@ -271,9 +281,10 @@ async fn operation(
 
 async fn run_operation(
     state: &AppState,
-    mut r: async_graphql::Request,
+    r: async_graphql::Request,
     is_get: bool,
     actor: Actor,
+    deadline: tokio::time::Instant,
 ) -> (GqlResponse, Attribution) {
     let parsed = match state.documents.parse(&r.query) {
         Ok(p) => p,
@@ -304,16 +315,38 @@ async fn run_operation(
         .operation_name
         .clone()
         .or_else(|| operation_name(&parsed.doc));
-    let shape = crate::graphql::shape::Shape::new(parsed.doc.clone(), r.variables.clone());
-    let ctx = RequestCtx::new(state.services.clone(), actor, shape.into());
+    let shape = Arc::new(crate::graphql::shape::Shape::new(
+        parsed.doc.clone(),
+        r.variables.clone(),
+    ));
     let switch = Arc::new(one_step::Switch::new(
         state.config.one_step,
         !parsed.may_merge,
     ));
-    r.set_parsed_query((*parsed.doc).clone());
+    let is_read = operation_type(&parsed.doc, r.operation_name.as_deref())
+        .is_some_and(|t| t == OperationType::Query);
+    let rerun = is_read.then(|| replica(&r));
+    let statements_before = crate::db::budget::current().map(|b| b.used());
     let started = Instant::now();
-    let r = r.data(ctx).data(switch.clone());
-    let resp = state.schema.execute(r).await;
+    let run = |mut r: async_graphql::Request| {
+        // Each run has its own context: loaders and memos do not keep the failed run's
+        // errors. The gate (and so the rate limit's charge) is the operation's, shared.
+        let ctx = RequestCtx::new(state.services.clone(), actor.clone(), shape.clone());
+        r.set_parsed_query((*parsed.doc).clone());
+        state.schema.execute(r.data(ctx).data(switch.clone()))
+    };
+    let mut resp = run(r).await;
+    if let Some(again) = rerun
+        && is_unavailable(&resp.errors)
+        && may_rerun(deadline, started.elapsed(), statements_before)
+    {
+        tracing::warn!(
+            request.id = %actor.request_id,
+            operation = name.as_deref().unwrap_or("anonymous"),
+            "a read failed on the database connection; running it once more"
+        );
+        resp = run(again).await;
+    }
     state.metrics.observe_operation(
         name.as_deref(),
         resp.errors.is_empty(),
@@ -322,6 +355,40 @@ async fn run_operation(
     let (answered, fallback) = switch.outcomes();
     state.metrics.observe_one_step(answered, fallback);
     (resp, usage)
+}
+
+/// A copy of a request as `request::read` builds it (query, operation name and variables),
+/// to run it again.
+fn replica(r: &async_graphql::Request) -> async_graphql::Request {
+    let mut copy = async_graphql::Request::new(r.query.clone()).variables(r.variables.clone());
+    copy.operation_name = r.operation_name.clone();
+    copy
+}
+
+/// Whether a read that failed on the database (its connection was lost or could not be
+/// had: `SERVICE_UNAVAILABLE`) runs once more. A query changes nothing, so running it again
+/// is safe (a workspace that audits billing reads may record the read twice: it was read
+/// twice); mutations are not run again here (`domain::mutation` does it where it is safe),
+/// nor are subscriptions. It runs again only if it can afford what its first run cost: as
+/// much time again before the request's deadline, and as many statements again (at least
+/// one) in the request's budget (`GRAPHQL_MAX_STATEMENTS`), which the second run shares
+/// (`statements_before`: the budget's use before the first run). Otherwise the 503 goes out
+/// at once: a second run cut short by the deadline or the budget would turn a failure to
+/// retry into a `TIMEOUT`, or a `LIMIT_EXCEEDED` that says to ask for less.
+fn may_rerun(
+    deadline: tokio::time::Instant,
+    took: std::time::Duration,
+    statements_before: Option<u64>,
+) -> bool {
+    let time = tokio::time::Instant::now() + took < deadline;
+    let statements = match (crate::db::budget::current(), statements_before) {
+        (Some(b), Some(before)) => {
+            let cost = b.used().saturating_sub(before);
+            b.ceiling().saturating_sub(b.used()) >= cost.max(1)
+        }
+        _ => true,
+    };
+    time && statements
 }
 
 /// The HTTP response of a (batch) GraphQL response: the headers async-graphql-axum would
@@ -417,17 +484,29 @@ fn write_response(out: &mut json::Pieces, r: GqlResponse) {
     text.push('}');
 }
 
-/// The root fields of the operation `name` (or the only one) when it is a mutation, fragments
-/// at the root expanded; 0 for a query. Bounded by the document's caps (`graphql::limits`).
-fn mutation_fields(doc: &ExecutableDocument, name: Option<&str>) -> usize {
-    use async_graphql::parser::types::{OperationType, Selection, SelectionSet};
-    let op = match (&doc.operations, name) {
+/// The operation `name` (or the only one) of a document, if there is one.
+fn selected<'d>(
+    doc: &'d ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'d Positioned<OperationDefinition>> {
+    match (&doc.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(n)) => ops.get(n),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
         _ => None,
-    };
-    let Some(op) = op.filter(|op| op.node.ty == OperationType::Mutation) else {
+    }
+}
+
+/// Whether the operation `name` (or the only one) is a query, a mutation or a subscription.
+fn operation_type(doc: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+    selected(doc, name).map(|op| op.node.ty)
+}
+
+/// The root fields of the operation `name` (or the only one) when it is a mutation, fragments
+/// at the root expanded; 0 for a query. Bounded by the document's caps (`graphql::limits`).
+fn mutation_fields(doc: &ExecutableDocument, name: Option<&str>) -> usize {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    let Some(op) = selected(doc, name).filter(|op| op.node.ty == OperationType::Mutation) else {
         return 0;
     };
     fn count(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> usize {
@@ -452,7 +531,7 @@ fn mutation_fields(doc: &ExecutableDocument, name: Option<&str>) -> usize {
 fn is_mutation(doc: &ExecutableDocument) -> bool {
     doc.operations
         .iter()
-        .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation)
+        .any(|(_, op)| op.node.ty == OperationType::Mutation)
 }
 
 /// The name of the only operation of a document (for metrics when the client sent none).
