@@ -85,6 +85,10 @@ pub struct Config {
     pub failed_job_retention: Duration,
     /// How long processed Stripe events are kept (`STRIPE_EVENT_RETENTION_DAYS`).
     pub stripe_event_retention: Duration,
+    /// How the job queues run: jobs at once per queue, per-workspace limits, the retries of
+    /// Stripe events (`JOB_CONCURRENCY`, `STRIPE_EVENT_CONCURRENCY`, `WORKSPACE_JOB_LIMIT`,
+    /// `STRIPE_EVENT_RETRY_MAX_SECS`, `STRIPE_EVENT_SWEEP_AFTER_SECS`).
+    pub jobs: crate::jobs::JobConfig,
     /// The schedules of the periodic jobs (`SCHEDULE_<NAME>`, one per job of
     /// `jobs::maintenance::PERIODIC`; `off` turns one off in this process).
     pub schedules: crate::jobs::Schedules,
@@ -305,6 +309,7 @@ impl Config {
         }
         let stripe_event_retention = Duration::from_secs(stripe_event_days * 86_400);
         let schedules = crate::jobs::Schedules::from_lookup(&var)?;
+        let jobs = crate::jobs::JobConfig::from_lookup(&var)?;
         let notifications =
             crate::domain::notifications::NotificationConfig::from_lookup(&var, production)?;
         let governance = crate::domain::governance::GovernanceConfig::from_lookup(&var)?;
@@ -450,6 +455,7 @@ impl Config {
             job_retention,
             failed_job_retention,
             stripe_event_retention,
+            jobs,
             schedules,
             stripe_webhook_secrets,
             archive_url,
@@ -513,14 +519,14 @@ fn default_archive_url(var: &impl Fn(&'static str) -> Option<String>) -> String 
         .unwrap_or_else(|()| format!("file://{}", dir.display()))
 }
 
-fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         message: message.into(),
     }
 }
 
-fn parse<T: std::str::FromStr>(
+pub(crate) fn parse<T: std::str::FromStr>(
     var: &impl Fn(&'static str) -> Option<String>,
     name: &'static str,
     default: &str,

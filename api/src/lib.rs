@@ -67,6 +67,7 @@ impl AppState {
             pool,
             idempotency_ttl: config.idempotency_ttl,
             invitations: config.invitations.clone(),
+            job_limit: config.jobs.workspace_limit,
             lock_timeout: config.lock_timeout,
             loader_delay: config.loader_delay,
             identities: Default::default(),

@@ -281,6 +281,12 @@ pub struct Invoice {
     pub period_end: i64,
     /// Its lines (the first page Stripe includes, up to ten).
     pub lines: Vec<InvoiceLine>,
+    /// Payment attempts so far.
+    #[serde(default)]
+    pub attempt_count: u64,
+    /// When Stripe tries to collect again (Unix seconds), if it will.
+    #[serde(default)]
+    pub next_payment_attempt: Option<i64>,
 }
 
 /// One line of an invoice.
@@ -872,6 +878,8 @@ fn invoice_from(i: stripe_billing::Invoice) -> Result<Invoice, String> {
                     .map(|d| d.price.id().as_str().to_string()),
             })
             .collect(),
+        attempt_count: i.attempt_count,
+        next_payment_attempt: i.next_payment_attempt,
     })
 }
 

@@ -49,6 +49,7 @@ pub struct Metrics {
     statements: IntCounter,
     jobs: prometheus::IntGaugeVec,
     job_latency: prometheus::GaugeVec,
+    stripe_events: prometheus::IntGaugeVec,
     statement_source: crate::db::StatementCounter,
     operation_names: Mutex<HashSet<String>>,
 }
@@ -142,9 +143,19 @@ impl Metrics {
             &["queue", "quantile"],
         )?;
         registry.register(Box::new(jobs.clone()))?;
+        let stripe_events = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "stripe_events_unprocessed",
+                "Stripe events received and not applied yet: pending (within three days of \
+                 receipt, tried again by themselves) or abandoned (older; for an operator)",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(stripe_events.clone()))?;
         registry.register(Box::new(job_latency.clone()))?;
         Ok(Self {
             jobs,
+            stripe_events,
             job_latency,
             registry,
             http_requests,
@@ -218,10 +229,18 @@ impl Metrics {
             let mut conn = pool.get().await?;
             let counts = crate::db::repo::job_stats::counts(&mut conn).await?;
             let latencies = crate::db::repo::job_stats::latencies(&mut conn, 900).await?;
-            anyhow::Ok((counts, latencies))
+            let horizon = crate::domain::webhooks::RETRY_HORIZON.as_secs() as i64;
+            let events = crate::db::repo::stripe_events::unprocessed(&mut conn, horizon).await?;
+            anyhow::Ok((counts, latencies, events))
         };
         match tokio::time::timeout(std::time::Duration::from_secs(1), read).await {
-            Ok(Ok((counts, latencies))) => {
+            Ok(Ok((counts, latencies, (unprocessed, abandoned)))) => {
+                self.stripe_events
+                    .with_label_values(&["pending"])
+                    .set(unprocessed - abandoned);
+                self.stripe_events
+                    .with_label_values(&["abandoned"])
+                    .set(abandoned);
                 self.jobs.reset();
                 for c in counts {
                     self.jobs

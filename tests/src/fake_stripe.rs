@@ -80,6 +80,12 @@ struct State {
     /// Requests that took effect: (method, path).
     effects: Vec<(String, String)>,
     fail: Option<(usize, u16)>,
+    /// Every request fails with this status until cleared (`set_down`).
+    down: Option<u16>,
+    /// How long every answer takes (`set_latency`).
+    latency: std::time::Duration,
+    /// Reads of the first id answer the object of the second, once (`answer_instead`).
+    instead: Option<(String, String)>,
     /// (key) -> (method, path, form, status, body) of the first answer.
     idempotent: HashMap<String, Stored>,
     customers: HashMap<String, Value>,
@@ -128,6 +134,22 @@ impl FakeStripe {
     /// Its base URL, `http://127.0.0.1:PORT` (what `StripeApi::new` takes as `api_base`).
     pub fn url(&self) -> String {
         self.url.clone()
+    }
+
+    /// An outage: every request fails with `status` (and no effect) until `set_down(None)`.
+    pub fn set_down(&self, status: Option<u16>) {
+        self.lock().down = status;
+    }
+
+    /// Every answer (failures included) comes `latency` after its request.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// The next read (GET) of the object `asked` answers the object `other` of the same
+    /// collection instead, as a misrouted or mixed-up answer would.
+    pub fn answer_instead(&self, asked: &str, other: &str) {
+        self.lock().instead = Some((asked.to_string(), other.to_string()));
     }
 
     /// Every request received, in order (failed and replayed ones included).
@@ -293,9 +315,24 @@ async fn handle(
         authorization: header("authorization"),
         stripe_version: header("stripe-version"),
     };
+    let latency = state.lock().unwrap_or_else(|p| p.into_inner()).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     s.requests.push(recorded.clone());
-    let (status, body, replayed) = answer(&mut s, &recorded);
+    let mut asked = recorded.clone();
+    if method == Method::GET
+        && let Some((from, to)) = s.instead.clone()
+        && let Some(prefix) = asked.path.strip_suffix(from.as_str())
+    {
+        asked.path = format!("{prefix}{to}");
+        s.instead = None;
+    }
+    let (status, body, replayed) = match s.down {
+        Some(status) => (status, outage(status), false),
+        None => answer(&mut s, &asked),
+    };
     drop(s);
     let mut response = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -189,26 +189,52 @@ fn payload(ws: Uuid, start: DateTime<Utc>) -> serde_json::Value {
 }
 
 /// Enqueues the analytics job of `ws` for the month starting at `start` under `key`, in
-/// the caller's transaction; the job (the one already enqueued under `key`, if any).
+/// the caller's transaction; the job (the one already enqueued under `key`, if any). A
+/// person's request counts against the workspace's limit of analytics jobs queued or running
+/// (`limit`): past it, a request for a month whose job is queued or running is that job,
+/// another is refused with `RATE_LIMITED`.
 async fn enqueue(
     conn: &mut AsyncPgConnection,
     ws: Uuid,
     start: DateTime<Utc>,
-    requested_by: Option<Uuid>,
+    requested: Option<(Uuid, i64)>,
     key: &str,
 ) -> DomainResult<JobRow> {
-    let id = workspace_jobs::enqueue(
-        conn,
-        ws,
-        JOB_KIND,
-        requested_by,
-        QUEUE,
-        &payload(ws, start),
-        key,
-        MAX_ATTEMPTS,
-        0,
-    )
-    .await?;
+    let id = match requested {
+        Some((who, limit)) => {
+            use workspace_jobs::Enqueued;
+            match workspace_jobs::enqueue_limited(
+                conn,
+                Some(ws),
+                who,
+                JOB_KIND,
+                QUEUE,
+                &payload(ws, start),
+                key,
+                MAX_ATTEMPTS,
+                limit,
+            )
+            .await?
+            {
+                Enqueued::New(id) | Enqueued::Existing(id) | Enqueued::Coalesced(id) => Some(id),
+                Enqueued::Full(n) => return Err(super::jobs::too_many("analytics", n)),
+            }
+        }
+        None => {
+            workspace_jobs::enqueue(
+                conn,
+                ws,
+                JOB_KIND,
+                None,
+                QUEUE,
+                &payload(ws, start),
+                key,
+                MAX_ATTEMPTS,
+                0,
+            )
+            .await?
+        }
+    };
     let id = match id {
         Some(id) => id,
         None => repo::job_by_key(conn, QUEUE, key).await?.ok_or_else(|| {
@@ -255,6 +281,7 @@ pub async fn generate(
                 ws,
                 start,
                 job_key.clone(),
+                services.job_limit,
             ))
         },
     )
@@ -267,9 +294,10 @@ async fn generate_effect(
     ws: WorkspaceId,
     start: DateTime<Utc>,
     key: String,
+    limit: i64,
 ) -> DomainResult<JobRow> {
     require_role(conn, &actor, ws, Role::is_manager, "generate analytics").await?;
-    let job = enqueue(conn, ws.0, start, Some(actor.user_id.0), &key).await?;
+    let job = enqueue(conn, ws.0, start, Some((actor.user_id.0, limit)), &key).await?;
     audit::record(
         conn,
         Change {

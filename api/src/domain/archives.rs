@@ -342,7 +342,9 @@ pub struct Restoring {
 
 /// `restoreArchive` (owners): enqueues the job that verifies archive `id` and puts its rows
 /// back. Requests with one idempotency key share a job; without one, each enqueues its own
-/// (restoring twice is harmless).
+/// (restoring twice is harmless). A workspace has at most `WORKSPACE_JOB_LIMIT` restores
+/// queued or running: past it, a restore of an archive whose restore is queued or running is
+/// that one, another is refused with `RATE_LIMITED`.
 pub async fn restore(
     services: &Services,
     actor: &Actor,
@@ -359,7 +361,15 @@ pub async fn restore(
         "restoreArchive",
         key,
         &id,
-        |c, _| -> Effect<'_, _> { Box::pin(restore_effect(c, id, actor.clone(), job_key.clone())) },
+        |c, _| -> Effect<'_, _> {
+            Box::pin(restore_effect(
+                c,
+                id,
+                actor.clone(),
+                job_key.clone(),
+                services.job_limit,
+            ))
+        },
     )
     .await
 }
@@ -369,6 +379,7 @@ async fn restore_effect(
     id: Uuid,
     actor: Actor,
     job_key: String,
+    limit: i64,
 ) -> DomainResult<Restoring> {
     let access = super::access::to(conn, &actor, Owned::Archive, id, "archive").await?;
     access.require(|r| r == Role::Owner, "restore archives")?;
@@ -377,25 +388,25 @@ async fn restore_effect(
         .await?
         .ok_or(DomainError::NotFound("archive"))?;
     let payload = json!({"v": 1, "archive": id});
-    let job = match workspace_jobs::enqueue(
+    let job = match workspace_jobs::enqueue_limited(
         conn,
-        ws.0,
+        Some(ws.0),
+        actor.user_id.0,
         RESTORE_KIND,
-        Some(actor.user_id.0),
         QUEUE,
         &payload,
         &job_key,
         MAX_ATTEMPTS,
-        0,
+        limit,
     )
     .await?
     {
-        Some(job) => job,
-        None => crate::db::repo::analytics::job_by_key(conn, QUEUE, &job_key)
-            .await?
-            .ok_or_else(|| {
-                DomainError::internal(anyhow::anyhow!("restore job {job_key} vanished"))
-            })?,
+        workspace_jobs::Enqueued::New(job)
+        | workspace_jobs::Enqueued::Existing(job)
+        | workspace_jobs::Enqueued::Coalesced(job) => job,
+        workspace_jobs::Enqueued::Full(n) => {
+            return Err(super::jobs::too_many("archive restore", n));
+        }
     };
     audit::record(
         conn,

@@ -122,3 +122,17 @@ async fn retry_effect(
         .await?
         .ok_or(DomainError::NotFound("job"))
 }
+
+/// How long a request refused for its jobs queued or running is told to wait.
+pub const RETRY_AFTER_FULL_SECS: u64 = 30;
+
+/// The refusal of one more job of `what` when `live` of them are queued or running.
+pub fn too_many(what: &str, live: i64) -> DomainError {
+    DomainError::RateLimited {
+        message: format!(
+            "{live} {what} jobs of this workspace are queued or running, the most it may have \
+             at once; retry once one has finished"
+        ),
+        retry_after_secs: RETRY_AFTER_FULL_SECS,
+    }
+}

@@ -383,6 +383,9 @@ pub struct Services {
     pub governance: std::sync::Arc<governance::Governance>,
     /// Invitations' lifetime and link (`INVITATION_TTL_DAYS`, `INVITATION_ACCEPT_URL`).
     pub invitations: invitations::InvitationConfig,
+    /// Jobs of one kind a workspace (or a person) may have queued or running at once
+    /// (`WORKSPACE_JOB_LIMIT`; see `jobs::JobConfig`).
+    pub job_limit: i64,
 }
 
 impl Services {

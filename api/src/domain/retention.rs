@@ -377,6 +377,8 @@ pub struct Cleanup {
     pub api_counters: usize,
     /// Processed Stripe events.
     pub stripe_events: usize,
+    /// Read times of Stripe objects as old as the events deleted.
+    pub stripe_reads: usize,
     /// `apalis.workers` rows.
     pub workers: usize,
     /// Rate limit windows that ended an hour ago or more.
@@ -539,6 +541,18 @@ pub async fn cleanup(
         "DELETE FROM stripe_events WHERE ctid IN (
             SELECT ctid FROM stripe_events WHERE $1::uuid IS NOT NULL AND processed_at IS NOT NULL
                AND received_at < $2 LIMIT $3)",
+        Uuid::nil(),
+        now - chrono::Duration::days(stripe_event_days),
+        batch,
+        &mut done.batches,
+    )
+    .await?;
+    // The read times of Stripe objects (`billing::mirror`) as old as the events kept: an event
+    // delivered later than that is read again from Stripe anyway.
+    done.stripe_reads += drain(
+        &mut conn,
+        "DELETE FROM stripe_reads WHERE ctid IN (
+            SELECT ctid FROM stripe_reads WHERE $1::uuid IS NOT NULL AND read_at < $2 LIMIT $3)",
         Uuid::nil(),
         now - chrono::Duration::days(stripe_event_days),
         batch,

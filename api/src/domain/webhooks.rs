@@ -176,16 +176,44 @@ pub async fn record(
     Ok(new)
 }
 
-/// Processes one job of [`QUEUE`]: applies the stored event to the billing mirror
-/// (`billing::mirror::apply_event`) and marks it processed, in one transaction, so that an
-/// event's effect happens once however often its job runs. Unknown event types are
-/// acknowledged as they are. A payload of another shape (an older or newer version) is
-/// logged and dropped rather than retried forever.
+/// How long after its receipt an event is still tried again (Stripe retries a delivery for
+/// three days; an event older than that is left for an operator, see [`sweep`]).
+pub const RETRY_HORIZON: std::time::Duration = std::time::Duration::from_secs(3 * 86_400);
+
+/// How the attempts of an event that could not be applied are spaced.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// The longest wait between two attempts (`STRIPE_EVENT_RETRY_MAX_SECS`); they wait
+    /// 2, 4, 8 … seconds until then.
+    pub max_delay: std::time::Duration,
+    /// How long an event may sit unprocessed with no job left to run it before [`sweep`]
+    /// enqueues one (`STRIPE_EVENT_SWEEP_AFTER_SECS`).
+    pub sweep_after: std::time::Duration,
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Processes one job of [`QUEUE`]: applies the stored event to the billing mirror and marks
+/// it processed, so that an event's effect happens once however often its jobs run. Three
+/// steps, and no connection is held while Stripe is called: the object the event is about
+/// is found in the database, the object is read from Stripe, then the state read is applied and the event
+/// marked processed in one short transaction (`billing::mirror`).
+///
+/// When Stripe is the one failing (unreachable, refusing, answering another object), the
+/// failure is counted on the event and its next attempt enqueued as a job of its own, due
+/// after a backoff (2 s doubling up to `retry.max_delay`): the job itself succeeds, so the
+/// run budget of `jobs::count_run`, meant for jobs that crash their process, is not spent, and
+/// the event is tried for as long as Stripe is down. Unknown event types are acknowledged as
+/// they are. A payload of another shape is logged and dropped rather than retried forever.
 pub async fn process(
     pool: &crate::db::DbPool,
     billing: &super::billing::Billing,
+    retry: &Retry,
     job: &serde_json::Value,
 ) -> anyhow::Result<()> {
+    use super::billing::mirror;
     let Some(id) = job
         .get("event_id")
         .and_then(|v| v.as_str())
@@ -194,37 +222,132 @@ pub async fn process(
         tracing::warn!(%job, "dropping a Stripe event job of an unknown shape");
         return Ok(());
     };
-    let mut conn = pool.get().await?;
-    let Some(event) = stripe_events::find(&mut conn, id).await? else {
-        tracing::warn!(event = id, "Stripe event job without its event; dropped");
-        return Ok(());
+    // 1. The event and the object it is about; the connection goes back to the pool.
+    let target = {
+        let mut conn = pool.get().await?;
+        let Some(event) = stripe_events::find(&mut conn, id).await? else {
+            tracing::warn!(event = id, "Stripe event job without its event; dropped");
+            return Ok(());
+        };
+        if event.processed_at.is_some() {
+            tracing::debug!(event = id, "Stripe event already processed");
+            return Ok(());
+        }
+        mirror::target(&mut conn, &event.kind, event.created_at, &event.payload).await?
     };
-    if event.processed_at.is_some() {
-        tracing::debug!(event = id, "Stripe event already processed");
-        return Ok(());
-    }
+    // 2. The object as Stripe says it is now, with no connection held.
+    let read = match &target {
+        None => None,
+        Some(target) => match mirror::read(billing, target).await {
+            Ok(read) => Some(read),
+            Err(mirror::ReadError::Stripe(why)) => {
+                return retry_later(pool, id, &why, retry).await;
+            }
+            Err(e @ mirror::ReadError::Event(_)) => return Err(e.into()),
+        },
+    };
+    // 3. Applied in one short transaction; the event's row lock makes concurrent runs of its
+    //    jobs apply it once.
+    let mut conn = pool.get().await?;
     let applied = conn
         .transaction(async |c| {
-            // The event's row lock makes concurrent runs of one job apply it once.
             if !stripe_events::lock_unprocessed(c, id).await? {
                 return Ok::<bool, anyhow::Error>(false);
             }
-            super::billing::mirror::apply_event(
-                c,
-                billing,
-                &event.kind,
-                event.created_at,
-                &event.payload,
-            )
-            .await?;
+            if let (Some(target), Some(read)) = (&target, &read) {
+                mirror::apply(c, billing, target, read, id).await?;
+            }
             stripe_events::mark_processed(c, id).await?;
             Ok(true)
         })
         .await?;
     if applied {
-        tracing::debug!(event = id, kind = event.kind, "Stripe event applied");
+        tracing::debug!(event = id, "Stripe event applied");
     }
     Ok(())
+}
+
+/// Counts a failed attempt of event `id` and enqueues its next one after the backoff, in one
+/// transaction.
+async fn retry_later(
+    pool: &crate::db::DbPool,
+    id: &str,
+    why: &str,
+    retry: &Retry,
+) -> anyhow::Result<()> {
+    let job = serde_json::json!({"v": 1, "event_id": id});
+    let mut conn = pool.get().await?;
+    let next = conn
+        .transaction(async |c| {
+            let Some((failures, delay)) =
+                stripe_events::record_failure(c, id, why, secs(retry.max_delay)).await?
+            else {
+                return Ok::<_, diesel::result::Error>(None);
+            };
+            let key = stripe_events::attempt_key(id, failures);
+            jobs::enqueue_at(c, QUEUE, &job, &key, MAX_ATTEMPTS, delay).await?;
+            Ok(Some((failures, delay)))
+        })
+        .await?;
+    if let Some((failures, delay)) = next {
+        tracing::warn!(
+            event = %super::excerpt(id),
+            failures,
+            retry_in_secs = delay,
+            error = why,
+            "Stripe event not applied yet; trying again later"
+        );
+    }
+    Ok(())
+}
+
+/// Events one sweep re-enqueues at the most.
+const SWEEP_BATCH: i64 = 500;
+
+/// The periodic `stripe-event-retry`: enqueues the next attempt of every event left
+/// unprocessed with no job to run it (its jobs crashed their process past their run budget,
+/// their worker lost them, or its retry could not be enqueued), backing off like a failure,
+/// for [`RETRY_HORIZON`] after its receipt; returns how many. Events older than that are left
+/// for an operator: counted in the metric `stripe_events_unprocessed{state="abandoned"}` and
+/// logged at each sweep.
+pub async fn sweep(pool: &crate::db::DbPool, retry: &Retry) -> anyhow::Result<usize> {
+    let mut conn = pool.get().await?;
+    let mut total = 0;
+    loop {
+        let swept = conn
+            .transaction(async |c| {
+                let swept = stripe_events::sweep(
+                    c,
+                    QUEUE,
+                    secs(RETRY_HORIZON),
+                    secs(retry.sweep_after),
+                    secs(retry.max_delay),
+                    SWEEP_BATCH,
+                )
+                .await?;
+                for (id, failures) in &swept {
+                    let job = serde_json::json!({"v": 1, "event_id": id});
+                    let key = stripe_events::attempt_key(id, *failures);
+                    jobs::enqueue(c, QUEUE, &job, &key, MAX_ATTEMPTS).await?;
+                }
+                Ok::<_, diesel::result::Error>(swept.len())
+            })
+            .await?;
+        total += swept;
+        if (swept as i64) < SWEEP_BATCH {
+            break;
+        }
+    }
+    let (_, abandoned) = stripe_events::unprocessed(&mut conn, secs(RETRY_HORIZON)).await?;
+    if abandoned > 0 {
+        tracing::error!(
+            abandoned,
+            "Stripe events received more than three days ago were never applied and are no \
+             longer retried: `api failed-jobs --queue stripe-events` lists their last jobs and \
+             errors; once the cause is fixed, `api retry-job ID` runs one again"
+        );
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -69,6 +69,12 @@ pub const PERIODIC: &[Periodic] = &[
         |pool, _| approval_expiry(pool).boxed(),
     ),
     Periodic::new(
+        "stripe-event-retry",
+        "SCHEDULE_STRIPE_EVENT_RETRY",
+        "*/15 * * * * *",
+        |pool, settings| stripe_event_retry(pool, settings).boxed(),
+    ),
+    Periodic::new(
         "invitation-expiry",
         "SCHEDULE_INVITATION_EXPIRY",
         "40 10 * * * *",
@@ -241,6 +247,19 @@ async fn invitation_expiry(pool: &DbPool) -> anyhow::Result<()> {
     let n = crate::domain::invitations::expire_due(pool).await?;
     if n > 0 {
         tracing::info!(deleted = n, "deleted expired invitations");
+    }
+    Ok(())
+}
+
+/// `stripe-event-retry`: enqueues again the Stripe events left unprocessed with no job to run
+/// them (`domain::webhooks::sweep`).
+async fn stripe_event_retry(pool: &DbPool, settings: &Settings) -> anyhow::Result<()> {
+    let n = crate::domain::webhooks::sweep(pool, &settings.config.stripe_retry).await?;
+    if n > 0 {
+        tracing::warn!(
+            requeued = n,
+            "re-enqueued Stripe events whose jobs ended without applying them"
+        );
     }
     Ok(())
 }

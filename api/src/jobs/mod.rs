@@ -87,7 +87,8 @@ async fn stripe_event(
     id: TaskId,
 ) -> Result<(), BoxDynError> {
     count_run(&pool, crate::domain::webhooks::QUEUE, &id).await?;
-    crate::domain::webhooks::process(&pool, &settings.billing, &payload).await?;
+    let retry = &settings.config.stripe_retry;
+    crate::domain::webhooks::process(&pool, &settings.billing, retry, &payload).await?;
     Ok(())
 }
 
@@ -115,8 +116,35 @@ async fn maintenance_job(
     Ok(())
 }
 
+/// The queues of the billing lane: Stripe's events and the recovery of billing requests.
+/// They run on connections of their own, so that no tenant's exports or analytics can delay
+/// them (see [`run_workers`]).
+const BILLING_LANE: [&str; 2] = [
+    crate::domain::webhooks::QUEUE,
+    crate::domain::billing::intents::QUEUE,
+];
+
+/// The queues of the tenant lane: what workspaces ask for (analytics, archives, exports,
+/// erasures), their notifications, and the periodic jobs.
+const TENANT_LANE: [&str; 5] = [
+    maintenance::QUEUE,
+    crate::domain::analytics::QUEUE,
+    crate::domain::notifications::QUEUE,
+    crate::domain::archives::QUEUE,
+    crate::domain::gdpr::QUEUE,
+];
+
 /// The queue workers and the schedulers until `shutdown` turns true; `false` when they could
 /// not start.
+///
+/// Each queue's worker runs at most its concurrency of jobs at once (`JOB_CONCURRENCY`,
+/// `STRIPE_EVENT_CONCURRENCY`) and takes no more jobs from the table than it can run, so the
+/// processes share a backlog. The queues run in two lanes, each with a connection pool of its
+/// own sized for its queues' concurrency (plus one): the billing lane ([`BILLING_LANE`]) and
+/// the tenant lane ([`TENANT_LANE`]). A job never waits for a connection another lane holds,
+/// and the HTTP side of an `api` process that runs the worker keeps its own pool: a webhook is
+/// stored, and GraphQL answers, even while every job waits on Stripe. `pool` serves the
+/// schedulers.
 async fn run_workers(
     pool: DbPool,
     settings: Arc<Settings>,
@@ -129,17 +157,44 @@ async fn run_workers(
             return false;
         }
     };
+    let jobs = &settings.config;
+    let concurrency = |queue: &str| {
+        if queue == crate::domain::webhooks::QUEUE {
+            jobs.stripe_concurrency
+        } else {
+            jobs.concurrency
+        }
+    };
+    let lane_pool = |queues: &[&str]| {
+        let size = queues.iter().map(|q| concurrency(q)).sum::<usize>() + 1;
+        crate::db::build_pool_for(
+            &settings.database_url,
+            size,
+            settings.lock_timeout,
+            Default::default(),
+        )
+    };
+    let (billing_pool, tenant_pool) = match (lane_pool(&BILLING_LANE), lane_pool(&TENANT_LANE)) {
+        (Ok(b), Ok(t)) => (b, t),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "the job workers cannot build their connection pools");
+            return false;
+        }
+    };
     // One worker per queue, each named explicitly, with the settings of the module docs.
     macro_rules! register_queue {
-        ($monitor:expr, $queue:expr, $handler:expr) => {{
-            let (queue_pool, pool, settings) = (queue_pool.clone(), pool.clone(), settings.clone());
+        ($monitor:expr, $lane:expr, $queue:expr, $handler:expr) => {{
+            let (queue_pool, pool, settings) =
+                (queue_pool.clone(), $lane.clone(), settings.clone());
+            let at_once = concurrency($queue);
             $monitor.register(move |n| {
                 let backend = PostgresStorage::<serde_json::Value>::new(&queue_pool)
                     .with_config(
                         QueueConfig::default()
                             .queue($queue)
                             .heartbeat_interval(HEARTBEAT)
-                            .missed_heartbeats(MISSED),
+                            .missed_heartbeats(MISSED)
+                            .batch_size(at_once),
                     )
                     .with_pubsub();
                 let mut backoff =
@@ -150,6 +205,7 @@ async fn run_workers(
                     .data(settings.clone())
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.make_backoff()))
                     .catch_panic()
+                    .concurrency(at_once)
                     .build($handler)
             })
         }};
@@ -158,30 +214,40 @@ async fn run_workers(
         tracing::warn!(worker = worker.name(), %error, "job worker stopped; restarting it");
         true
     });
-    monitor = register_queue!(monitor, crate::domain::webhooks::QUEUE, stripe_event);
     monitor = register_queue!(
         monitor,
+        billing_pool,
+        crate::domain::webhooks::QUEUE,
+        stripe_event
+    );
+    monitor = register_queue!(
+        monitor,
+        billing_pool,
         crate::domain::billing::intents::QUEUE,
         billing_intent
     );
-    monitor = register_queue!(monitor, maintenance::QUEUE, maintenance_job);
+    monitor = register_queue!(monitor, tenant_pool, maintenance::QUEUE, maintenance_job);
     monitor = register_queue!(
         monitor,
+        tenant_pool,
         crate::domain::analytics::QUEUE,
         crate::domain::analytics::job
     );
     monitor = register_queue!(
         monitor,
+        tenant_pool,
         crate::domain::notifications::QUEUE,
         crate::domain::notifications::job
     );
     monitor = register_queue!(
         monitor,
+        tenant_pool,
         crate::domain::archives::QUEUE,
         crate::domain::archives::job
     );
     monitor = register_queue!(
         monitor,
+        tenant_pool,
         crate::domain::gdpr::QUEUE,
         crate::domain::gdpr::job
     );
@@ -201,6 +267,67 @@ async fn run_workers(
         tracing::error!(error = %e, "job workers stopped");
     }
     true
+}
+
+/// How the job queues run (from the environment).
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Jobs one queue runs at once in one process (`JOB_CONCURRENCY`, default 2).
+    pub concurrency: usize,
+    /// Stripe events one process applies at once (`STRIPE_EVENT_CONCURRENCY`, default 4).
+    pub stripe_concurrency: usize,
+    /// Jobs of one kind a workspace (or a person, for their own exports and erasures) may
+    /// have queued or running at once (`WORKSPACE_JOB_LIMIT`, default 3): one more is the one
+    /// of them doing the same work, if any, else refused with `RATE_LIMITED`.
+    pub workspace_limit: i64,
+    /// The retries of Stripe events (`STRIPE_EVENT_RETRY_MAX_SECS`, default 300, and
+    /// `STRIPE_EVENT_SWEEP_AFTER_SECS`, default 60).
+    pub stripe_retry: crate::domain::webhooks::Retry,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            stripe_concurrency: 4,
+            workspace_limit: 3,
+            stripe_retry: crate::domain::webhooks::Retry {
+                max_delay: Duration::from_secs(300),
+                sweep_after: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+impl JobConfig {
+    /// Reads the settings through `var`.
+    pub fn from_lookup(
+        var: &impl Fn(&'static str) -> Option<String>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        use crate::config::{err, parse};
+        let d = Self::default();
+        let bounded = |name: &'static str, default: usize, max: usize| {
+            let n: usize = parse(var, name, &default.to_string(), "a whole number")?;
+            if n == 0 || n > max {
+                return Err(err(name, format!("must be between 1 and {max}")));
+            }
+            Ok(n)
+        };
+        let concurrency = bounded("JOB_CONCURRENCY", d.concurrency, 64)?;
+        let stripe_concurrency = bounded("STRIPE_EVENT_CONCURRENCY", d.stripe_concurrency, 64)?;
+        let workspace_limit = bounded("WORKSPACE_JOB_LIMIT", 3, 1_000)? as i64;
+        let max_delay = bounded("STRIPE_EVENT_RETRY_MAX_SECS", 300, 86_400)? as u64;
+        let sweep_after = bounded("STRIPE_EVENT_SWEEP_AFTER_SECS", 60, 86_400)? as u64;
+        Ok(Self {
+            concurrency,
+            stripe_concurrency,
+            workspace_limit,
+            stripe_retry: crate::domain::webhooks::Retry {
+                max_delay: Duration::from_secs(max_delay),
+                sweep_after: Duration::from_secs(sweep_after),
+            },
+        })
+    }
 }
 
 /// What the workers need from the configuration.
@@ -224,6 +351,10 @@ pub struct Settings {
     pub notifier: Arc<crate::domain::notifications::Notifier>,
     /// Invitations (their e-mails link to `INVITATION_ACCEPT_URL`).
     pub invitations: crate::domain::invitations::InvitationConfig,
+    /// How the queues run ([`JobConfig`]).
+    pub config: JobConfig,
+    /// How long the workers' statements wait for a row lock (`DATABASE_LOCK_TIMEOUT_MS`).
+    pub lock_timeout: Duration,
 }
 
 impl Settings {
@@ -251,6 +382,8 @@ impl Settings {
                 c.notifications.clone(),
             )?),
             invitations: c.invitations.clone(),
+            config: c.jobs.clone(),
+            lock_timeout: c.lock_timeout,
         })
     }
 }
@@ -269,6 +402,7 @@ impl Settings {
             identities: Default::default(),
             notifier: self.notifier.clone(),
             invitations: self.invitations.clone(),
+            job_limit: self.config.workspace_limit,
             // Jobs act as the system: their gate admits everything and reads nothing.
             governance: Arc::new(crate::domain::governance::Governance::new(
                 Default::default(),

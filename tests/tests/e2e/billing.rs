@@ -1440,7 +1440,9 @@ async fn without_an_api_key_events_applied_out_of_order_keep_the_latest_state() 
     let keyless = api::domain::billing::Billing::new(&config);
     for body in &late {
         let id: Value = serde_json::from_str(body).expect("event");
-        api::domain::webhooks::process(&app.pool, &keyless, &json!({"v": 1, "event_id": id["id"]}))
+        let retry = api::jobs::JobConfig::default().stripe_retry;
+        let job = json!({"v": 1, "event_id": id["id"]});
+        api::domain::webhooks::process(&app.pool, &keyless, &retry, &job)
             .await
             .expect("processed");
     }

@@ -966,6 +966,15 @@ async fn billing_events_and_pool_thresholds_notify_the_workspace() {
         .cloned()
         .expect("an invoice");
     let inv_id = invoice["id"].as_str().expect("invoice id").to_string();
+    // The payment failed: the invoice is open, its amount still due (notifications read the
+    // invoice as Stripe has it when the event is applied).
+    fake.set_invoice(&inv_id, |i| {
+        i["status"] = json!("open");
+        i["amount_due"] = json!(4900);
+        i["amount_paid"] = json!(0);
+        i["amount_remaining"] = json!(4900);
+        i["attempt_count"] = json!(1);
+    });
     let obj = |v: Option<Value>| v.expect("object in the fake");
     stripe(
         &app,

@@ -193,3 +193,100 @@ pub async fn page(
     .load(conn)
     .await
 }
+
+/// What [`enqueue_limited`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new job, this id.
+    New(String),
+    /// The queue holds a job under the key already: this one.
+    Existing(String),
+    /// At the limit, a job of the same owner and kind with the same payload (the same work)
+    /// is queued or running: this one.
+    Coalesced(String),
+    /// The owner has this many jobs of the kind queued or running: at the limit.
+    Full(i64),
+}
+
+/// Enqueues a job of workspace `ws` (or, without one, of the person `requested_by`) in the
+/// caller's transaction, within a limit: unless the queue holds one under `key` already, a
+/// new job while the owner has fewer than `limit` jobs of `kind` queued or running; at the
+/// limit, the one of them with the same payload (the same work) if any, else a refusal. The
+/// owner's enqueues of one kind take turns (a transaction lock), so that concurrent requests
+/// never exceed the limit.
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue_limited(
+    conn: &mut AsyncPgConnection,
+    ws: Option<Uuid>,
+    requested_by: Uuid,
+    kind: &str,
+    queue: &str,
+    payload: &serde_json::Value,
+    key: &str,
+    max_attempts: i32,
+    limit: i64,
+) -> QueryResult<Enqueued> {
+    #[derive(QueryableByName)]
+    struct Live {
+        #[diesel(sql_type = BigInt)]
+        live: i64,
+        #[diesel(sql_type = Nullable<Text>)]
+        existing: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        same: Option<String>,
+    }
+    let owner = ws.unwrap_or(requested_by);
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(format!("workspace_jobs:{owner}:{kind}"))
+        .cached()
+        .execute(conn)
+        .await?;
+    let live: Live = diesel::sql_query(
+        "WITH mine AS (
+            SELECT j.id, j.job FROM workspace_jobs w JOIN apalis.jobs j ON j.id = w.job_id
+             WHERE w.kind = $3 AND j.job_type = $4
+               AND CASE WHEN $1::uuid IS NULL THEN w.workspace_id IS NULL AND w.requested_by = $2
+                        ELSE w.workspace_id = $1 END
+               AND (j.status IN ('Pending', 'Queued', 'Running')
+                    OR (j.status = 'Failed' AND j.attempts < j.max_attempts)))
+         SELECT (SELECT count(*) FROM mine) AS live,
+                (SELECT j.id FROM apalis.jobs j
+                  WHERE j.job_type = $4 AND j.idempotency_key = $5) AS existing,
+                (SELECT m.id FROM mine m WHERE convert_from(m.job, 'UTF8')::jsonb = $6::jsonb
+                  ORDER BY m.id DESC LIMIT 1) AS same",
+    )
+    .bind::<Nullable<SqlUuid>, _>(ws)
+    .bind::<SqlUuid, _>(requested_by)
+    .bind::<Text, _>(kind)
+    .bind::<Text, _>(queue)
+    .bind::<Text, _>(key)
+    .bind::<diesel::sql_types::Jsonb, _>(payload)
+    .cached()
+    .get_result(conn)
+    .await?;
+    if let Some(id) = live.existing {
+        return Ok(Enqueued::Existing(id));
+    }
+    if live.live >= limit {
+        return Ok(match live.same {
+            Some(id) => Enqueued::Coalesced(id),
+            None => Enqueued::Full(live.live),
+        });
+    }
+    match enqueue_owned(
+        conn,
+        ws,
+        kind,
+        Some(requested_by),
+        queue,
+        payload,
+        key,
+        max_attempts,
+        0,
+    )
+    .await?
+    {
+        Some(id) => Ok(Enqueued::New(id)),
+        None => Err(diesel::result::Error::NotFound),
+    }
+}

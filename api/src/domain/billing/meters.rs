@@ -102,10 +102,14 @@ pub async fn report(pool: &DbPool, billing: &Billing, now: DateTime<Utc>) -> any
     .bind::<BigInt, _>(BATCH)
     .load(&mut conn)
     .await?;
+    // No connection is held while Stripe is called; the reports sent are marked at the end
+    // (one that is sent again after a crash is deduplicated by Stripe on its identifier).
+    drop(conn);
     let mut round = Round {
         stored,
         ..Round::default()
     };
+    let mut sent: Vec<uuid::Uuid> = Vec::new();
     for d in due {
         let Some(meter) = meters.iter().find(|m| m.resource == d.resource) else {
             continue;
@@ -123,10 +127,7 @@ pub async fn report(pool: &DbPool, billing: &Billing, now: DateTime<Utc>) -> any
             .await
         {
             Ok(()) => {
-                diesel::sql_query("UPDATE meter_reports SET reported_at = now() WHERE id = $1")
-                    .bind::<SqlUuid, _>(d.id)
-                    .execute(&mut conn)
-                    .await?;
+                sent.push(d.id);
                 round.sent += 1;
             }
             Err(e) => {
@@ -134,6 +135,13 @@ pub async fn report(pool: &DbPool, billing: &Billing, now: DateTime<Utc>) -> any
                 round.failed += 1;
             }
         }
+    }
+    if !sent.is_empty() {
+        let mut conn = pool.get().await?;
+        diesel::sql_query("UPDATE meter_reports SET reported_at = now() WHERE id = ANY($1)")
+            .bind::<Array<SqlUuid>, _>(&sent)
+            .execute(&mut conn)
+            .await?;
     }
     Ok(round)
 }

@@ -2,14 +2,16 @@
 //! subscriptions (and so the pools' capacities) and invoices.
 //!
 //! Two writers keep it: billing mutations apply Stripe's answer to their own calls
-//! (`apply_intent`), and the `stripe-events` worker applies Stripe's events
-//! (`apply_event`). Events arrive duplicated and out of order, so an event is a hint to
-//! read the object's current state from Stripe's API, which is then applied; without an
-//! API key the event's own object is applied unless a later state was already applied
-//! (`stripe_seen_at`, the event's `created`). Every application is idempotent.
+//! (`apply_intent`), and the `stripe-events` worker applies Stripe's events in three steps
+//! (`target`, `read`, `apply`; see `domain::webhooks::process`). Events arrive duplicated and
+//! out of order, so an event is a hint to read the object's current state from Stripe's API,
+//! with no database connection held, which is then applied in a short transaction unless a
+//! state read later was applied already (`stripe_reads`); without an API key the event's own
+//! object is applied, read at the event's `created`. An answer about another object than the
+//! one asked for is refused and the event tried again. Every application is idempotent.
 
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -19,6 +21,7 @@ use super::{Billing, pools};
 use crate::db::repo::billing::{
     self as repo, IntentRow, InvoiceRow, PaymentMethodRow, SubscriptionState,
 };
+use crate::db::repo::stripe_events as repo_reads;
 use crate::domain::audit::{self, Change};
 use crate::domain::{Actor, BillingMode, DomainError, DomainResult};
 use crate::ids::{BillingAccountId, PaymentMethodId, SubscriptionId, WorkspaceId};
@@ -457,11 +460,17 @@ pub async fn apply_payment_method(
     Ok(())
 }
 
-/// The kinds of objects events carry that the mirror keeps.
-enum Object {
+/// The kinds of objects events carry that the mirror keeps, with the id of the one an event
+/// is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// A customer (`cus_…`).
     Customer(String),
+    /// A payment method (`pm_…`).
     PaymentMethod(String),
+    /// A subscription (`sub_…`).
     Subscription(String),
+    /// An invoice (`in_…`).
     Invoice(String),
     /// `checkout.session.completed`: the subscription it created, if any.
     Checkout(Option<String>),
@@ -501,49 +510,44 @@ fn object_of(kind: &str, object: &serde_json::Value) -> Option<Object> {
     }
 }
 
-/// The current state of an object, read from Stripe when an API key is configured
-/// (`Ok(None)`: no key, or Stripe no longer has it; use the event's object).
-async fn fetch<T>(
-    api: Option<&StripeApi>,
-    read: impl AsyncFnOnce(&StripeApi) -> Result<T, StripeError>,
-) -> anyhow::Result<Option<T>> {
-    let Some(api) = api else { return Ok(None) };
-    match read(api).await {
-        Ok(v) => Ok(Some(v)),
-        Err(StripeError::Refused { status: 404, .. }) => Ok(None),
-        Err(StripeError::Refused { message, .. }) => {
-            anyhow::bail!("Stripe refused to read the object: {message}")
-        }
-        Err(StripeError::Unavailable(e)) => anyhow::bail!("Stripe unavailable: {e}"),
-    }
+/// What an event asks of the mirror, decided from the database before Stripe is called.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The event's type.
+    pub kind: String,
+    /// Its `created`.
+    pub created: DateTime<Utc>,
+    /// The object it is about.
+    pub object: Object,
+    /// The object as the event carries it (`data.object`).
+    pub carried: serde_json::Value,
 }
 
-/// Applies one stored event (type `kind`, created at `created`, payload `payload`) to the
-/// mirror, in the caller's transaction. Unknown types change nothing.
-pub async fn apply_event(
+/// Step 1 of applying an event, on a connection and in no transaction: the object the event of
+/// type `kind` is about, when the mirror keeps it; `None` for unknown types and for objects of
+/// customers that are not ours (a Stripe account shared with other systems), acknowledged
+/// without a call to Stripe.
+pub async fn target(
     conn: &mut AsyncPgConnection,
-    billing: &Billing,
     kind: &str,
     created: DateTime<Utc>,
     payload: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let object = payload
+) -> anyhow::Result<Option<Target>> {
+    let carried = payload
         .pointer("/data/object")
         .cloned()
         .unwrap_or(serde_json::Value::Null);
-    let Some(what) = object_of(kind, &object) else {
-        return Ok(());
+    let Some(object) = object_of(kind, &carried) else {
+        return Ok(None);
     };
-    // Events about customers that are not ours (a Stripe account shared with other
-    // systems) are acknowledged without a call to Stripe.
-    let customer = match &what {
+    let customer = match &object {
         Object::Customer(id) => Some(id.clone()),
-        _ => object
+        _ => carried
             .get("customer")
             .and_then(|v| v.as_str())
             .map(str::to_string),
     };
-    let ours = match (&what, &customer) {
+    let ours = match (&object, &customer) {
         (_, Some(c)) => repo::account_by_customer(conn, c).await?.is_some(),
         (Object::PaymentMethod(id), None) => {
             repo::payment_method_by_stripe(conn, id).await?.is_some()
@@ -552,62 +556,239 @@ pub async fn apply_event(
     };
     if !ours {
         tracing::debug!(kind, "event about a customer that is not ours");
+        return Ok(None);
+    }
+    Ok(Some(Target {
+        kind: kind.to_string(),
+        created,
+        object,
+        carried,
+    }))
+}
+
+/// The state of an object to apply, as Stripe said it was at `read_at`.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The state (`None`: nothing to apply).
+    pub state: Option<State>,
+    /// When it was read: the start of the read from Stripe's API, or the event's `created`
+    /// when the event's own object is applied.
+    pub read_at: DateTime<Utc>,
+}
+
+/// An object's state.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// A customer.
+    Customer(stripe::Customer),
+    /// A payment method.
+    PaymentMethod(stripe::PaymentMethod),
+    /// A subscription.
+    Subscription(stripe::Subscription),
+    /// An invoice.
+    Invoice(stripe::Invoice),
+}
+
+/// Why an object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Stripe failed, refused or answered another object: not the event's fault; the event is
+    /// tried again later (`domain::webhooks`).
+    #[error("{0}")]
+    Stripe(String),
+    /// The event's own object does not have a shape we read: trying again changes nothing.
+    #[error("{0}")]
+    Event(String),
+}
+
+/// Checks that Stripe answered the object asked for.
+fn same(asked: &str, answered: &str, what: &str) -> Result<(), ReadError> {
+    if asked == answered {
         return Ok(());
     }
-    // One object at a time across workers: its current state is read under this lock, so
-    // the states of one object are applied in the order they were read.
-    let object_id = object
-        .get("id")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind::<diesel::sql_types::Text, _>(object_id)
-        .execute(conn)
-        .await?;
+    Err(ReadError::Stripe(format!(
+        "asked Stripe for {what} {} and it answered {} instead",
+        crate::domain::excerpt(asked),
+        crate::domain::excerpt(answered)
+    )))
+}
+
+/// Step 2, with no database connection held: the object's current state, read from Stripe
+/// when an API key is configured (the event's own object without a key, or when Stripe no
+/// longer has it). Events arrive duplicated and out of order: the event is a hint to read the
+/// object, and what Stripe says now is what is applied.
+pub async fn read(billing: &Billing, target: &Target) -> Result<Read, ReadError> {
     let api = billing.stripe.as_ref();
-    let fail = |e: DomainError| anyhow::anyhow!("{e}");
-    match what {
-        Object::Customer(id) => {
-            let c = match fetch(api, async |a| a.retrieve_customer(&id).await).await? {
-                Some(c) => c,
-                None => stripe::Customer::from_event_object(&object).map_err(anyhow::Error::msg)?,
-            };
-            apply_customer(conn, &c).await.map_err(fail)?;
-        }
+    let started = Utc::now();
+    let event_object = |r: Result<State, String>| -> Result<Read, ReadError> {
+        Ok(Read {
+            state: Some(r.map_err(ReadError::Event)?),
+            read_at: target.created,
+        })
+    };
+    let carried = &target.carried;
+    match &target.object {
+        Object::Customer(id) => match fetch(api, async |a| a.retrieve_customer(id).await).await? {
+            Some(c) => {
+                same(id, &c.id, "customer")?;
+                Ok(Read {
+                    state: Some(State::Customer(c)),
+                    read_at: started,
+                })
+            }
+            None => event_object(stripe::Customer::from_event_object(carried).map(State::Customer)),
+        },
         Object::PaymentMethod(id) => {
-            let pm = match fetch(api, async |a| a.retrieve_payment_method(&id).await).await? {
-                Some(pm) => pm,
-                None => {
-                    stripe::PaymentMethod::from_event_object(&object).map_err(anyhow::Error::msg)?
+            match fetch(api, async |a| a.retrieve_payment_method(id).await).await? {
+                Some(pm) => {
+                    same(id, &pm.id, "payment method")?;
+                    Ok(Read {
+                        state: Some(State::PaymentMethod(pm)),
+                        read_at: started,
+                    })
                 }
-            };
-            apply_payment_method(conn, &pm).await.map_err(fail)?;
+                None => event_object(
+                    stripe::PaymentMethod::from_event_object(carried).map(State::PaymentMethod),
+                ),
+            }
         }
         Object::Subscription(id) | Object::Checkout(Some(id)) => {
-            let (s, seen) = match fetch(api, async |a| a.retrieve_subscription(&id).await).await? {
-                Some(s) => (s, Utc::now()),
-                None if kind == "checkout.session.completed" => return Ok(()),
-                None => (
-                    stripe::Subscription::from_event_object(&object).map_err(anyhow::Error::msg)?,
-                    created,
+            match fetch(api, async |a| a.retrieve_subscription(id).await).await? {
+                Some(s) => {
+                    same(id, &s.id, "subscription")?;
+                    Ok(Read {
+                        state: Some(State::Subscription(s)),
+                        read_at: started,
+                    })
+                }
+                // The session's subscription is not at Stripe (any more): nothing to adopt.
+                None if matches!(target.object, Object::Checkout(_)) => Ok(Read {
+                    state: None,
+                    read_at: started,
+                }),
+                None => event_object(
+                    stripe::Subscription::from_event_object(carried).map(State::Subscription),
                 ),
-            };
-            apply_subscription(conn, &billing.catalog, &s, seen, None)
-                .await
-                .map_err(fail)?;
+            }
         }
-        Object::Invoice(id) => {
-            let inv = match fetch(api, async |a| a.retrieve_invoice(&id).await).await? {
-                Some(i) => i,
-                None => stripe::Invoice::from_event_object(&object).map_err(anyhow::Error::msg)?,
-            };
-            apply_invoice(conn, &inv).await.map_err(fail)?;
+        Object::Invoice(id) => match fetch(api, async |a| a.retrieve_invoice(id).await).await? {
+            Some(i) => {
+                same(id, i.id.as_deref().unwrap_or_default(), "invoice")?;
+                Ok(Read {
+                    state: Some(State::Invoice(i)),
+                    read_at: started,
+                })
+            }
+            None => event_object(stripe::Invoice::from_event_object(carried).map(State::Invoice)),
+        },
+        Object::Checkout(None) => Ok(Read {
+            state: None,
+            read_at: started,
+        }),
+    }
+}
+
+/// The current state of an object, read from Stripe when an API key is configured
+/// (`Ok(None)`: no key, or Stripe no longer has it; use the event's object).
+async fn fetch<T>(
+    api: Option<&StripeApi>,
+    read: impl AsyncFnOnce(&StripeApi) -> Result<T, StripeError>,
+) -> Result<Option<T>, ReadError> {
+    let Some(api) = api else { return Ok(None) };
+    match read(api).await {
+        Ok(v) => Ok(Some(v)),
+        Err(StripeError::Refused { status: 404, .. }) => Ok(None),
+        Err(StripeError::Refused {
+            status, message, ..
+        }) => Err(ReadError::Stripe(format!(
+            "Stripe refused to read the object ({status}): {message}"
+        ))),
+        Err(StripeError::Unavailable(e)) => {
+            Err(ReadError::Stripe(format!("Stripe unavailable: {e}")))
         }
-        Object::Checkout(None) => {}
+    }
+}
+
+/// The id of the object a state is about.
+fn state_id(state: &State) -> Option<&str> {
+    match state {
+        State::Customer(c) => Some(&c.id),
+        State::PaymentMethod(pm) => Some(&pm.id),
+        State::Subscription(s) => Some(&s.id),
+        State::Invoice(i) => i.id.as_deref(),
+    }
+}
+
+/// Step 3, in the caller's short transaction: applies the state read unless a state of the
+/// same object read later was applied already (`stripe_reads`, whose row lock also makes
+/// the applications of one object take turns), then the workspace's notifications, built from
+/// the object as Stripe says it is now. `event_id` names the event in the notifications.
+pub async fn apply(
+    conn: &mut AsyncPgConnection,
+    billing: &Billing,
+    target: &Target,
+    read: &Read,
+    event_id: &str,
+) -> anyhow::Result<()> {
+    let Some(state) = &read.state else {
+        return Ok(());
+    };
+    let fail = |e: DomainError| anyhow::anyhow!("{e}");
+    let newest = match state_id(state) {
+        Some(id) => repo_reads::claim_read(conn, id, read.read_at).await?,
+        None => true,
+    };
+    if newest {
+        match state {
+            State::Customer(c) => apply_customer(conn, c).await.map_err(fail)?,
+            State::PaymentMethod(pm) => apply_payment_method(conn, pm).await.map_err(fail)?,
+            State::Subscription(s) => {
+                apply_subscription(conn, &billing.catalog, s, read.read_at, None)
+                    .await
+                    .map_err(fail)?;
+            }
+            State::Invoice(i) => apply_invoice(conn, i).await.map_err(fail)?,
+        }
+    } else {
+        tracing::debug!(
+            kind = target.kind,
+            "a later state of the object was applied already"
+        );
     }
     // Payment failures, trials ending and cancellations notify the workspace.
-    crate::domain::notifications::stripe_event(conn, kind, payload)
+    crate::domain::notifications::stripe_event(conn, &target.kind, event_id, &current(state))
         .await
         .map_err(fail)?;
     Ok(())
+}
+
+/// The state as the notifications read it (Stripe's field names).
+fn current(state: &State) -> serde_json::Value {
+    match state {
+        State::Invoice(i) => json!({
+            "object": "invoice",
+            "id": i.id,
+            "customer": i.customer,
+            "status": i.status,
+            "number": i.number,
+            "amount_due": i.amount_due,
+            "amount_remaining": i.amount_remaining,
+            "currency": i.currency,
+            "attempt_count": i.attempt_count,
+            "hosted_invoice_url": i.hosted_invoice_url,
+            "next_payment_attempt": i.next_payment_attempt,
+        }),
+        State::Subscription(s) => json!({
+            "object": "subscription",
+            "id": s.id,
+            "customer": s.customer,
+            "status": s.status,
+            "trial_end": s.trial_end,
+            "canceled_at": s.canceled_at,
+        }),
+        State::Customer(c) => json!({"object": "customer", "id": c.id}),
+        State::PaymentMethod(pm) => {
+            json!({"object": "payment_method", "id": pm.id, "customer": pm.customer})
+        }
+    }
 }

@@ -177,6 +177,7 @@ async fn request_effect(
         KIND,
         &erase_payload(user.0),
         &format!("gdpr.erase:{}", user.0),
+        None,
     )
     .await?;
     // An invitee who never signed in has no subject: theirs is closed all the same, so that
@@ -251,6 +252,7 @@ async fn remove_from_workspace(
         KIND,
         &payload,
         &format!("gdpr.erase:{ws}:{}", m.id),
+        None,
     )
     .await?;
     let w = WorkspaceId(ws);
@@ -411,6 +413,7 @@ async fn repeat(
                 KIND,
                 &erase_payload(user.0),
                 &key,
+                None,
             )
             .await?
             .0

@@ -113,6 +113,7 @@ pub async fn request(
                 input.clone(),
                 job_key.clone(),
                 now,
+                services.job_limit,
             ))
         },
     )
@@ -125,6 +126,7 @@ async fn request_effect(
     input: ExportRequest,
     job_key: String,
     now: DateTime<Utc>,
+    limit: i64,
 ) -> DomainResult<Requested> {
     refuse_if_erased(conn, &actor).await?;
     let user = input.user_id;
@@ -139,7 +141,16 @@ async fn request_effect(
         ));
     }
     let id = DataExportId::new();
-    let (job, fresh) = enqueue(conn, &actor, scope, KIND, &export_payload(id.0), &job_key).await?;
+    let (job, fresh) = enqueue(
+        conn,
+        &actor,
+        scope,
+        KIND,
+        &export_payload(id.0),
+        &job_key,
+        Some(limit),
+    )
+    .await?;
     if !fresh {
         let export = repo::by_job(conn, &job.id).await?.ok_or_else(|| {
             DomainError::Conflict(
@@ -285,7 +296,10 @@ pub async fn run(pool: &DbPool, settings: &crate::jobs::Settings, id: Uuid) -> a
     }
     let (document, truncated) = build(&mut conn, &e).await?;
     let key = vault.data_key(&mut conn, e.user_id).await?;
+    // No connection is held while the object store is written.
+    drop(conn);
     let sealed = vault.put(&key, &e.path, document).await?;
+    let mut conn = pool.get().await?;
     let user = e.user_id;
     let stored = conn
         .transaction::<_, diesel::result::Error, _>(async |c| {

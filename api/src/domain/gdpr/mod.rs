@@ -150,6 +150,8 @@ pub(crate) async fn admit_scope(
 
 /// Enqueues a job of the queue in the caller's transaction: of the scope's workspace, or of
 /// no workspace and read by `actor`; the job (the one already enqueued under `key`, if any).
+/// With a `limit`, the scope's jobs of `kind` queued or running count against it: one more
+/// is refused with `RATE_LIMITED` (erasures have none: one per person and workspace anyway).
 async fn enqueue(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
@@ -157,30 +159,55 @@ async fn enqueue(
     kind: &str,
     payload: &serde_json::Value,
     key: &str,
+    limit: Option<i64>,
 ) -> DomainResult<(JobRow, bool)> {
     let who = actor.user_id.0;
-    let id = match scope {
-        Scope::Workspace(ws) => {
-            workspace_jobs::enqueue(
+    let (id, fresh) = match (scope, limit) {
+        (scope, Some(limit)) => {
+            use workspace_jobs::Enqueued;
+            let ws = match scope {
+                Scope::Workspace(ws) => Some(ws),
+                Scope::Everything => None,
+            };
+            match workspace_jobs::enqueue_limited(
                 conn,
                 ws,
+                who,
                 kind,
-                Some(who),
                 QUEUE,
                 payload,
                 key,
                 MAX_ATTEMPTS,
-                0,
+                limit,
             )
             .await?
+            {
+                Enqueued::New(id) => (Some(id), true),
+                Enqueued::Existing(id) | Enqueued::Coalesced(id) => (Some(id), false),
+                Enqueued::Full(n) => return Err(crate::domain::jobs::too_many(kind, n)),
+            }
         }
-        Scope::Everything => {
+        (Scope::Workspace(ws), None) => workspace_jobs::enqueue(
+            conn,
+            ws,
+            kind,
+            Some(who),
+            QUEUE,
+            payload,
+            key,
+            MAX_ATTEMPTS,
+            0,
+        )
+        .await
+        .map(|id| (id, true))?,
+        (Scope::Everything, None) => {
             workspace_jobs::enqueue_personal(conn, who, kind, QUEUE, payload, key, MAX_ATTEMPTS)
-                .await?
+                .await
+                .map(|id| (id, true))?
         }
     };
     let (id, fresh) = match id {
-        Some(id) => (id, true),
+        Some(id) => (id, fresh),
         None => (
             crate::db::repo::analytics::job_by_key(conn, QUEUE, key)
                 .await?

@@ -362,14 +362,18 @@ pub async fn approval_requested(
     Ok(())
 }
 
-/// Billing notifications from Stripe events, in the transaction that applies event `kind`
-/// (`payload` is the whole event) to the mirror: `invoice.payment_failed`,
+/// Billing notifications from Stripe events, in the transaction that applies event
+/// `event_id` of type `kind` to the mirror: `invoice.payment_failed`,
 /// `customer.subscription.trial_will_end` and `customer.subscription.deleted` of one of our
-/// customers notify its workspace once per event. Other events cost nothing.
+/// customers notify its workspace once per event. `object` is the event's object as Stripe
+/// says it is now (read when the event is applied, not as the event carried it): an invoice
+/// paid or voided since its payment failed, or a subscription no longer trialing, notifies
+/// nobody. Other events cost nothing.
 pub async fn stripe_event(
     conn: &mut AsyncPgConnection,
     kind: &str,
-    payload: &Value,
+    event_id: &str,
+    object: &Value,
 ) -> DomainResult<()> {
     let ty = match kind {
         "invoice.payment_failed" => EventType::PaymentFailed,
@@ -377,9 +381,23 @@ pub async fn stripe_event(
         "customer.subscription.deleted" => EventType::SubscriptionCanceled,
         _ => return Ok(()),
     };
-    let object = &payload["data"]["object"];
-    let (Some(event_id), Some(customer)) = (payload["id"].as_str(), object["customer"].as_str())
-    else {
+    let settled = match ty {
+        EventType::PaymentFailed => {
+            matches!(object["status"].as_str(), Some("paid" | "void"))
+                || object["amount_remaining"].as_i64() == Some(0)
+        }
+        EventType::TrialEnding => object["status"].as_str() != Some("trialing"),
+        _ => false,
+    };
+    if settled {
+        tracing::debug!(
+            kind,
+            event = event_id,
+            "no notification: the object moved on since"
+        );
+        return Ok(());
+    }
+    let Some(customer) = object["customer"].as_str() else {
         return Ok(());
     };
     let Some(account) = crate::db::repo::billing::account_by_customer(conn, customer).await? else {
