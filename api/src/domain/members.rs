@@ -1,4 +1,5 @@
-//! Members and roles. The role matrix (README.md) is enforced here and only here.
+//! Members and roles. The role matrix (docs/features/identity-and-roles.md) is enforced here
+//! and only here.
 
 use diesel_async::AsyncPgConnection;
 use serde_json::json;

@@ -1,9 +1,10 @@
 //! Usage and limits: recording usage against the cascading caps of an organization's
 //! path, setting caps, and computing what each organization may still use.
 //!
-//! Rules (see README.md): an allocation of n at X succeeds only if, for X and every
-//! ancestor A with a cap, subtree(A) + n ≤ cap(A); a release never takes X's own usage
-//! below zero; subtree(X) = direct(X) + Σ subtree(children of X) after every commit.
+//! Rules (see docs/features/organizations-and-usage.md): an allocation of n at X succeeds
+//! only if, for X and every ancestor A with a cap, subtree(A) + n ≤ cap(A); a release never
+//! takes X's own usage below zero; subtree(X) = direct(X) + Σ subtree(children of X) after
+//! every commit.
 //! Billing capacity (the workspace's subscription pools) joins the same check later as one
 //! more cap on the path, and a workspace quota (`governance::quotas`) after the pools.
 

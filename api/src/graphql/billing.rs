@@ -54,7 +54,7 @@ impl SubscriptionStatus {
     }
 }
 
-/// A plan of the catalog (see README.md for what each grants).
+/// A plan of the catalog (see docs/features/billing.md for what each grants).
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum Plan {
     /// $29.99 a month: 5 users, 1 location.

@@ -13,12 +13,12 @@ use crate::domain::governance::approvals::Outcome;
 use crate::domain::{self, DomainError};
 use crate::ids::{MemberId, WorkspaceId};
 
-/// A role in a workspace. See the role matrix in README.md.
+/// A role in a workspace. See the role matrix in docs/features/identity-and-roles.md.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum Role {
     /// Everything, including billing, members and deleting the workspace.
     Owner,
-    /// Manages organizations and settings, adds and removes admins and viewers, reads billing.
+    /// Manages organizations, adds and removes admins and viewers, reads settings and billing.
     Admin,
     /// Reads only.
     Viewer,

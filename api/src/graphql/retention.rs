@@ -7,7 +7,8 @@ use super::{error, rc};
 use crate::domain::{self, retention};
 use crate::ids::WorkspaceId;
 
-/// How long a workspace keeps each kind of its data, in days (see README.md, Retention).
+/// How long a workspace keeps each kind of its data, in days (see
+/// docs/features/retention-and-archives.md).
 #[derive(SimpleObject)]
 pub struct RetentionSettings {
     /// Audit events (30–3650; default 2555, seven years).

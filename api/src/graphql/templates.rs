@@ -11,8 +11,8 @@ use super::{error, rc};
 use crate::domain::governance::templates as domain;
 use crate::ids::WorkspaceId;
 
-/// A preset of policy, security, quota and retention settings (README.md, "Workspace
-/// templates"). Built-ins are public; a custom template is visible to its workspace only.
+/// A preset of policy, security, quota and retention settings (see
+/// docs/features/templates.md). Built-ins are public; a custom template is visible to its workspace only.
 pub struct WorkspaceTemplate(pub domain::Template);
 
 #[Object]

@@ -1,4 +1,5 @@
-//! Every cell of the role matrix in README.md.
+//! Every cell of the role matrix in docs/features/identity-and-roles.md (the rows on the
+//! workspace, its members and its invitations).
 
 use serde_json::{Value, json};
 use tests::{TestApp, assert_code, assert_ok};

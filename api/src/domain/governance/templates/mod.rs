@@ -1,8 +1,8 @@
 //! Workspace templates: presets of policy, security, quota and retention settings that an
 //! owner applies to a workspace in one transaction (`applyTemplate`).
 //!
-//! Four built-in templates live in [`presets`] with fixed ids (README.md, "Workspace
-//! templates", says what each sets and why); a workspace may also save its current settings as
+//! Four built-in templates live in [`presets`] with fixed ids (docs/features/templates.md
+//! says what each sets and why); a workspace may also save its current settings as
 //! a custom template, private to it. A template sets only what it names ([`Preset`]): what it
 //! leaves out keeps its value. No template ever carries an IP allow-list (one made for
 //! another network would lock the workspace out): applying one leaves the allow-list as it

@@ -1,4 +1,4 @@
-//! The built-in templates: data only (README.md, "Workspace templates", says what each sets
+//! The built-in templates: data only (docs/features/templates.md says what each sets
 //! and why). Their ids are fixed; none carries an IP allow-list.
 
 use std::collections::BTreeMap;
@@ -67,7 +67,7 @@ const DOCUMENTS: [&str; 14] = [
     ".csv",
 ];
 
-/// The built-in templates (see README.md, "Workspace templates", for the reasons).
+/// The built-in templates (see docs/features/templates.md, "Built-in presets", for the reasons).
 pub static BUILT_INS: LazyLock<[Template; 4]> = LazyLock::new(|| {
     use ApprovalAction as A;
     let builtin = |id, key: &str, name: &str, description: &str, preset| Template {
