@@ -13,6 +13,7 @@ pub mod ids;
 pub mod jobs;
 pub mod storage;
 pub mod stripe;
+pub mod tasks;
 pub mod telemetry;
 
 use std::sync::Arc;

@@ -19,14 +19,14 @@ use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use diesel::prelude::*;
-use diesel::sql_types::{Bytea, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use hmac::Mac as _;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
+
+use crate::db::repo::data_keys;
 
 /// The first bytes of every sealed object (format version 1).
 pub const MAGIC: &[u8; 4] = b"WSA1";
@@ -188,13 +188,7 @@ impl Vault {
         let mut stored = nonce.to_vec();
         stored.extend_from_slice(&wrapped);
         // Two processes may race to create it: the first one's key wins, and both read it.
-        diesel::sql_query(
-            "INSERT INTO data_keys (owner_id, wrapped) VALUES ($1, $2) ON CONFLICT (owner_id) DO NOTHING",
-        )
-        .bind::<SqlUuid, _>(owner)
-        .bind::<Bytea, _>(&stored)
-        .execute(conn)
-        .await?;
+        data_keys::insert_if_absent(conn, owner, &stored).await?;
         self.existing_key(conn, owner)
             .await?
             .ok_or_else(|| anyhow::anyhow!("data key of {owner} vanished as it was created"))
@@ -206,22 +200,13 @@ impl Vault {
         conn: &mut AsyncPgConnection,
         owner: Uuid,
     ) -> anyhow::Result<Option<DataKey>> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Bytea)]
-            wrapped: Vec<u8>,
-        }
-        let row: Option<Row> =
-            diesel::sql_query("SELECT wrapped FROM data_keys WHERE owner_id = $1")
-                .bind::<SqlUuid, _>(owner)
-                .get_result(conn)
-                .await
-                .optional()?;
-        let Some(row) = row else { return Ok(None) };
-        if row.wrapped.len() < NONCE {
+        let Some(stored) = data_keys::find(conn, owner).await? else {
+            return Ok(None);
+        };
+        if stored.len() < NONCE {
             anyhow::bail!("the stored data key of {owner} is truncated");
         }
-        let (nonce, wrapped) = row.wrapped.split_at(NONCE);
+        let (nonce, wrapped) = stored.split_at(NONCE);
         let key = self
             .master_cipher()
             .decrypt(
@@ -244,11 +229,7 @@ impl Vault {
 
     /// Forgets `owner`'s data key: what was sealed under it can no longer be opened.
     pub async fn forget_key(conn: &mut AsyncPgConnection, owner: Uuid) -> anyhow::Result<bool> {
-        let n = diesel::sql_query("DELETE FROM data_keys WHERE owner_id = $1")
-            .bind::<SqlUuid, _>(owner)
-            .execute(conn)
-            .await?;
-        Ok(n > 0)
+        Ok(data_keys::delete(conn, owner).await?)
     }
 
     /// Compresses and encrypts `plaintext` under `key` (on the blocking pool) and writes it

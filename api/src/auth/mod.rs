@@ -1,6 +1,7 @@
 //! JWT verification: HS256 development tokens and RS256 (Auth0-style) tokens whose keys
 //! come from a JWKS endpoint.
 
+mod claims;
 mod jwks;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,8 +10,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::domain::users::Claims;
 
+pub use claims::Claims;
 pub use jwks::JwksCache;
 
 /// Issuer of development tokens when `JWT_ISSUER` is not set.

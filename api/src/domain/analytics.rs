@@ -15,10 +15,8 @@
 //! `analytics:{workspace}:{YYYY-MM}:key:{caller}:{client key}` when the client sent an
 //! idempotency key.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
@@ -38,7 +36,7 @@ use crate::ids::{JobId, WorkspaceId};
 pub use super::billing::invoices::Period;
 
 /// The queue of analytics jobs.
-pub const QUEUE: &str = "analytics";
+pub const QUEUE: &str = crate::tasks::queue::ANALYTICS;
 /// The kind of an analytics job (`Workspace.jobs`).
 pub const JOB_KIND: &str = "analytics.generate";
 /// Attempts of an analytics job.
@@ -185,7 +183,11 @@ fn bucket_key(ws: Uuid, start: DateTime<Utc>, now: DateTime<Utc>) -> String {
 }
 
 fn payload(ws: Uuid, start: DateTime<Utc>) -> serde_json::Value {
-    json!({"v": 1, "workspace": ws, "periodStart": start.to_rfc3339_opts(SecondsFormat::Secs, true)})
+    crate::tasks::Task::Analytics {
+        workspace: ws,
+        period_start: start,
+    }
+    .payload()
 }
 
 /// Enqueues the analytics job of `ws` for the month starting at `start` under `key`, in
@@ -651,48 +653,21 @@ pub async fn compute(
     })
 }
 
-/// Does one analytics job: computes and stores the snapshot its payload names. A payload of
-/// an unknown shape, or of a workspace deleted since, is logged and dropped.
-pub async fn run(
-    pool: &DbPool,
-    settings: &crate::jobs::Settings,
-    job: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let ws = job["workspace"]
-        .as_str()
-        .and_then(|w| Uuid::parse_str(w).ok());
-    let start = job["periodStart"]
-        .as_str()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|s| s.with_timezone(&Utc));
-    let (Some(1), Some(ws), Some(start)) = (job["v"].as_i64(), ws, start) else {
-        tracing::warn!(%job, "dropping an analytics job of an unknown shape");
-        return Ok(());
-    };
+/// Does one analytics job: computes and stores the snapshot of `ws` for the month starting at
+/// `start`. A workspace deleted since is logged and dropped.
+pub async fn run(services: &Services, ws: Uuid, start: DateTime<Utc>) -> anyhow::Result<()> {
+    let pool = &services.pool;
     let (start, end) = month_of(start);
     if !repo::is_live(&mut *pool.get().await?, ws).await? {
         tracing::info!(workspace.id = %ws, "analytics job of a deleted workspace; dropped");
         return Ok(());
     }
-    let services = settings.services(pool);
     let now = Utc::now();
-    let snapshot = compute(&services, ws, start, end, now)
+    let snapshot = compute(services, ws, start, end, now)
         .await
         .map_err(|e| anyhow::anyhow!("computing analytics of {ws}: {e:?}"))?;
     let data = serde_json::to_value(&snapshot)?;
     repo::upsert(&mut *pool.get().await?, ws, start, now, &data).await?;
-    Ok(())
-}
-
-/// Runs one job of the analytics queue (registered in `jobs::run_workers`).
-pub async fn job(
-    payload: serde_json::Value,
-    pool: Data<DbPool>,
-    settings: Data<Arc<crate::jobs::Settings>>,
-    id: TaskId,
-) -> Result<(), BoxDynError> {
-    crate::jobs::count_run(&pool, QUEUE, &id).await?;
-    run(&pool, &settings, &payload).await?;
     Ok(())
 }
 

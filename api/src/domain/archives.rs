@@ -28,7 +28,6 @@
 
 use std::time::Instant;
 
-use apalis::prelude::{AbortError, BoxDynError, Data, TaskId};
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::json;
@@ -45,7 +44,7 @@ use crate::ids::WorkspaceId;
 use crate::storage::{OpenError, Vault};
 
 /// The queue of restore jobs.
-pub const QUEUE: &str = "archives";
+pub const QUEUE: &str = crate::tasks::queue::ARCHIVES;
 /// The kind of a restore job (`Workspace.jobs`).
 pub const RESTORE_KIND: &str = "archive.restore";
 /// Attempts of a restore job (a corrupt archive is not retried).
@@ -83,10 +82,10 @@ impl Category {
     }
 
     /// Its live table.
-    pub fn table(self) -> &'static str {
+    pub fn table(self) -> repo::Table {
         match self {
-            Category::AuditEvents => "audit_events",
-            Category::UsageEvents => "usage_events",
+            Category::AuditEvents => repo::Table::AuditEvents,
+            Category::UsageEvents => repo::Table::UsageEvents,
         }
     }
 
@@ -168,16 +167,7 @@ pub async fn retire(
     if !archive {
         loop {
             let started = Instant::now();
-            let n = repo::delete_oldest(
-                conn,
-                category.table(),
-                category.as_str(),
-                ws,
-                cutoff,
-                now,
-                batch,
-            )
-            .await?;
+            let n = repo::delete_oldest(conn, category.table(), ws, cutoff, now, batch).await?;
             note_batch(&mut done, n, started);
             if (n as i64) < batch {
                 return Ok(done);
@@ -217,16 +207,7 @@ async fn archive_all(
 ) -> anyhow::Result<()> {
     let key = vault.data_key(conn, ws).await?;
     loop {
-        let rows = repo::oldest(
-            conn,
-            category.table(),
-            category.as_str(),
-            ws,
-            cutoff,
-            now,
-            batch,
-        )
-        .await?;
+        let rows = repo::oldest(conn, category.table(), ws, cutoff, now, batch).await?;
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(());
         };
@@ -387,7 +368,7 @@ async fn restore_effect(
     let archive = repo::find(conn, id)
         .await?
         .ok_or(DomainError::NotFound("archive"))?;
-    let payload = json!({"v": 1, "archive": id});
+    let payload = crate::tasks::Task::ArchiveRestore { archive: id }.payload();
     let job = match workspace_jobs::enqueue_limited(
         conn,
         Some(ws.0),
@@ -427,32 +408,13 @@ async fn restore_effect(
 }
 
 /// Why a restore was refused for good.
-fn corrupt(archive: Uuid, why: impl std::fmt::Display) -> BoxDynError {
+fn corrupt(archive: Uuid, why: impl std::fmt::Display) -> anyhow::Error {
     let message = format!(
         "archive {} is corrupt: {why}",
         crate::ids::ArchiveId(archive).encode()
     );
     tracing::error!("{message}");
-    Box::new(AbortError::new(message))
-}
-
-/// Runs one restore job (registered in `jobs::run_workers`).
-pub async fn job(
-    payload: serde_json::Value,
-    pool: Data<DbPool>,
-    settings: Data<std::sync::Arc<crate::jobs::Settings>>,
-    id: TaskId,
-) -> Result<(), BoxDynError> {
-    crate::jobs::count_run(&pool, QUEUE, &id).await?;
-    let Some(archive) = payload["archive"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .filter(|_| payload["v"] == 1)
-    else {
-        tracing::warn!(%payload, "dropping an archive job of an unknown shape");
-        return Ok(());
-    };
-    run_restore(&pool, &settings.vault, archive, Utc::now()).await
+    crate::tasks::GiveUp(message).into()
 }
 
 /// Verifies archive `id` and puts its rows back (see the module docs); the rows inserted.
@@ -461,7 +423,7 @@ pub async fn run_restore(
     vault: &Vault,
     id: Uuid,
     now: DateTime<Utc>,
-) -> Result<(), BoxDynError> {
+) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     let Some(a) = repo::find(&mut conn, id).await? else {
         tracing::info!(archive = %id, "restore of an archive that is gone; dropped");
@@ -477,7 +439,7 @@ pub async fn run_restore(
     let raw = match vault.get_raw(&a.path).await {
         Ok(raw) => raw,
         Err(OpenError::Missing) => return Err(corrupt(id, "the object is missing from storage")),
-        Err(e) => return Err(Box::new(e)),
+        Err(e) => return Err(e.into()),
     };
     if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw)) != a.object_sha256 {
         return Err(corrupt(
@@ -487,7 +449,7 @@ pub async fn run_restore(
     }
     let opened = match vault.open_bytes(&key, &a.path, raw, MAX_PLAINTEXT).await {
         Ok(o) => o,
-        Err(OpenError::Store(e)) => return Err(e.into()),
+        Err(OpenError::Store(e)) => return Err(e),
         Err(e) => return Err(corrupt(id, e)),
     };
     if opened.plaintext_sha256 != a.plaintext_sha256 {

@@ -7,6 +7,7 @@ pub mod api_usage;
 pub mod archives;
 pub mod audit;
 pub mod billing;
+pub mod downloads;
 pub mod gdpr;
 pub mod governance;
 pub mod integrations;
@@ -25,12 +26,12 @@ pub mod workspaces;
 
 use crate::ids::UserId;
 
-/// A workspace role. The matrix of what each may do is in README.md.
+/// A workspace role. The matrix of what each may do is in docs/features/identity-and-roles.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// Everything, including billing, members and deleting the workspace.
     Owner,
-    /// Organizations, settings, admins and viewers; reads billing.
+    /// Organizations, admins and viewers; reads settings and billing.
     Admin,
     /// Read only.
     Viewer,

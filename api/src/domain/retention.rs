@@ -26,9 +26,7 @@
 //! itself.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -38,33 +36,11 @@ use super::mutation::{self, Effect};
 use super::workspaces::require_role;
 use super::{Actor, DomainError, DomainResult, Role, Services};
 use crate::db::DbPool;
+use crate::db::repo::retention::{self as repo, Expired};
 use crate::ids::WorkspaceId;
 use crate::storage::Vault;
 
-/// A workspace's retention settings, in days.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, QueryableByName, serde::Serialize, serde::Deserialize,
-)]
-pub struct RetentionSettings {
-    /// Audit events.
-    #[diesel(sql_type = Integer)]
-    pub audit_logs_days: i32,
-    /// The usage ledger.
-    #[diesel(sql_type = Integer)]
-    pub usage_events_days: i32,
-    /// Execution logs (declared).
-    #[diesel(sql_type = Integer)]
-    pub execution_logs_days: i32,
-    /// Workflow data (declared).
-    #[diesel(sql_type = Integer)]
-    pub workflow_data_days: i32,
-    /// Removed members' personal data.
-    #[diesel(sql_type = Integer)]
-    pub user_data_days: i32,
-    /// Whether cleanup archives audit events and the usage ledger before deleting them.
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    pub archive_before_delete: bool,
-}
+pub use crate::db::repo::retention::RetentionSettings;
 
 /// The seed's defaults: 7 years of audit logs, workflow data and user data, 1 year of
 /// execution logs; 2 years of the usage ledger.
@@ -91,16 +67,7 @@ pub async fn settings_of(
     conn: &mut AsyncPgConnection,
     ws: Uuid,
 ) -> DomainResult<RetentionSettings> {
-    let row: Option<RetentionSettings> = diesel::sql_query(
-        "SELECT audit_logs_days, usage_events_days, execution_logs_days, workflow_data_days,
-                user_data_days, archive_before_delete
-           FROM retention_settings WHERE workspace_id = $1",
-    )
-    .bind::<SqlUuid, _>(ws)
-    .get_result(conn)
-    .await
-    .optional()?;
-    Ok(row.unwrap_or(DEFAULTS))
+    Ok(repo::find(conn, ws).await?.unwrap_or(DEFAULTS))
 }
 
 /// Checks days of audit events against `auditLogsDays`' bounds, for input `field` (e.g. the
@@ -266,26 +233,7 @@ pub(crate) async fn store(
     ws: Uuid,
     s: &RetentionSettings,
 ) -> DomainResult<()> {
-    diesel::sql_query(
-        "INSERT INTO retention_settings (workspace_id, audit_logs_days, usage_events_days,
-                 execution_logs_days, workflow_data_days, user_data_days, archive_before_delete)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (workspace_id) DO UPDATE SET
-                 audit_logs_days = EXCLUDED.audit_logs_days, usage_events_days = EXCLUDED.usage_events_days,
-                 execution_logs_days = EXCLUDED.execution_logs_days,
-                 workflow_data_days = EXCLUDED.workflow_data_days,
-                 user_data_days = EXCLUDED.user_data_days,
-                 archive_before_delete = EXCLUDED.archive_before_delete, updated_at = now()",
-    )
-    .bind::<SqlUuid, _>(ws)
-    .bind::<Integer, _>(s.audit_logs_days)
-    .bind::<Integer, _>(s.usage_events_days)
-    .bind::<Integer, _>(s.execution_logs_days)
-    .bind::<Integer, _>(s.workflow_data_days)
-    .bind::<Integer, _>(s.user_data_days)
-    .bind::<diesel::sql_types::Bool, _>(s.archive_before_delete)
-    .execute(conn)
-    .await?;
+    repo::upsert(conn, ws, s).await?;
     Ok(())
 }
 
@@ -299,39 +247,9 @@ async fn forget_former_members(
     ws: Uuid,
     cutoff: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
-    #[derive(QueryableByName)]
-    struct Former {
-        #[diesel(sql_type = SqlUuid)]
-        id: Uuid,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        email: String,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-        name: Option<String>,
-        #[diesel(sql_type = Timestamptz)]
-        removed_at: DateTime<Utc>,
-    }
     let mut total = 0;
     loop {
-        let page: Vec<Former> = diesel::sql_query(
-            "SELECT u.id, u.email, u.name, r.removed_at FROM (
-                SELECT substr(e.summary->>'userId', 5)::uuid AS user_id, max(e.created_at) AS removed_at
-                  FROM audit_events e
-                 WHERE e.workspace_id = $1 AND e.action IN ('member.remove', 'member.leave')
-                   AND e.summary->>'userId' ~ '^usr_[0-9a-f]{32}$'
-                 GROUP BY 1) r
-              JOIN users u ON u.id = r.user_id
-             WHERE r.removed_at < $2
-               AND NOT EXISTS (SELECT 1 FROM members m WHERE m.workspace_id = $1 AND m.user_id = r.user_id)
-               AND NOT EXISTS (SELECT 1 FROM user_erasures x WHERE x.user_id = r.user_id)
-               AND NOT EXISTS (SELECT 1 FROM removed_member_scrubs s
-                                WHERE s.workspace_id = $1 AND s.user_id = r.user_id
-                                  AND s.removed_at >= r.removed_at)
-             ORDER BY u.id LIMIT 100",
-        )
-        .bind::<SqlUuid, _>(ws)
-        .bind::<Timestamptz, _>(cutoff)
-        .load(conn)
-        .await?;
+        let page = repo::former_members(conn, ws, cutoff, FORMER_MEMBERS_PAGE).await?;
         if page.is_empty() {
             return Ok(total);
         }
@@ -345,20 +263,17 @@ async fn forget_former_members(
                 f.name.as_deref(),
             )
             .await?;
-            diesel::sql_query(
-                "INSERT INTO removed_member_scrubs (workspace_id, user_id, removed_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (workspace_id, user_id) DO UPDATE SET removed_at = EXCLUDED.removed_at,
-                        scrubbed_at = now()",
-            )
-            .bind::<SqlUuid, _>(ws)
-            .bind::<SqlUuid, _>(f.id)
-            .bind::<Timestamptz, _>(f.removed_at)
-            .execute(conn)
-            .await?;
+            repo::mark_scrubbed(conn, ws, f.id, f.removed_at).await?;
             total += 1;
         }
     }
 }
+
+/// Former members pseudonymized per statement that finds them.
+const FORMER_MEMBERS_PAGE: i64 = 100;
+
+/// Workspaces cleanup reads per statement.
+const WORKSPACES_PAGE: i64 = 500;
 
 /// Days a notification's delivery log (deliveries and attempts) is kept once every delivery
 /// ended.
@@ -397,24 +312,17 @@ pub struct Cleanup {
     pub longest_lock_us: u64,
 }
 
-/// Deletes, a batch at a time, the rows matched by `sql` (a `DELETE … WHERE ctid IN (SELECT
-/// ctid … LIMIT $3)` over workspace `$1` and cut-off `$2`) until a batch comes back short.
+/// Deletes `rows` past `cutoff`, a batch at a time, until a batch comes back short.
 async fn drain(
     conn: &mut AsyncPgConnection,
-    sql: &str,
-    ws: Uuid,
+    rows: Expired,
     cutoff: DateTime<Utc>,
     batch: i64,
     batches: &mut usize,
 ) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let n = diesel::sql_query(sql)
-            .bind::<SqlUuid, _>(ws)
-            .bind::<Timestamptz, _>(cutoff)
-            .bind::<BigInt, _>(batch)
-            .execute(conn)
-            .await?;
+        let n = repo::delete_expired(conn, rows, cutoff, batch).await?;
         *batches += 1;
         total += n;
         if (n as i64) < batch {
@@ -437,20 +345,11 @@ pub async fn cleanup(
     let mut done = Cleanup::default();
     let mut after = Uuid::nil();
     loop {
-        #[derive(QueryableByName)]
-        struct Ws {
-            #[diesel(sql_type = SqlUuid)]
-            id: Uuid,
-        }
-        let page: Vec<Ws> =
-            diesel::sql_query("SELECT id FROM workspaces WHERE id > $1 ORDER BY id LIMIT 500")
-                .bind::<SqlUuid, _>(after)
-                .load(&mut conn)
-                .await?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
+        let page = repo::workspaces_after(&mut conn, after, WORKSPACES_PAGE).await?;
+        let Some(&last) = page.last() else { break };
+        after = last;
         for ws in page {
-            let s = settings_of(&mut conn, ws.id)
+            let s = settings_of(&mut conn, ws)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let days = |d: i32| chrono::Duration::days(i64::from(d));
@@ -461,7 +360,7 @@ pub async fn cleanup(
                 let r = archives::retire(
                     &mut conn,
                     vault,
-                    ws.id,
+                    ws,
                     category,
                     now - days(kept),
                     now,
@@ -479,18 +378,12 @@ pub async fn cleanup(
             }
             // Removed members' personal data, `userDataDays` after their removal.
             done.former_members +=
-                forget_former_members(&mut conn, vault, ws.id, now - days(s.user_data_days))
-                    .await?;
+                forget_former_members(&mut conn, vault, ws, now - days(s.user_data_days)).await?;
             // Delivery logs: notifications whose deliveries all ended, with their deliveries and
             // attempts (by cascade).
             done.notifications += drain(
                 &mut conn,
-                "DELETE FROM notifications WHERE ctid IN (
-                    SELECT n.ctid FROM notifications n WHERE n.workspace_id = $1 AND n.created_at < $2
-                       AND NOT EXISTS (SELECT 1 FROM notification_deliveries d
-                                        WHERE d.notification_id = n.id AND d.status = 'PENDING')
-                     ORDER BY n.created_at LIMIT $3)",
-                ws.id,
+                Expired::DeliveryLogs(ws),
                 now - chrono::Duration::days(DELIVERY_LOG_DAYS),
                 batch,
                 &mut done.batches,
@@ -499,10 +392,7 @@ pub async fn cleanup(
             // Analytics snapshots of months past the usage ledger's retention.
             done.analytics_snapshots += drain(
                 &mut conn,
-                "DELETE FROM analytics_snapshots WHERE ctid IN (
-                    SELECT ctid FROM analytics_snapshots WHERE workspace_id = $1 AND period_start < $2
-                     LIMIT $3)",
-                ws.id,
+                Expired::AnalyticsSnapshots(ws),
                 now - days(s.usage_events_days),
                 batch,
                 &mut done.batches,
@@ -511,11 +401,7 @@ pub async fn cleanup(
             // Past windows of metered resources (allocated ones have one window, at the epoch).
             done.usage_windows += drain(
                 &mut conn,
-                "DELETE FROM usage_counters WHERE ctid IN (
-                    SELECT ctid FROM usage_counters WHERE workspace_id = $1
-                       AND period_start > 'epoch' AND period_start < $2
-                     LIMIT $3)",
-                ws.id,
+                Expired::UsageWindows(ws),
                 now - days(s.usage_events_days),
                 batch,
                 &mut done.batches,
@@ -524,11 +410,7 @@ pub async fn cleanup(
             // API request counters of days wholly before the cut-off.
             done.api_counters += drain(
                 &mut conn,
-                "DELETE FROM api_request_counters WHERE ctid IN (
-                    SELECT ctid FROM api_request_counters WHERE workspace_id = $1
-                       AND day < ($2 AT TIME ZONE 'UTC')::date
-                     ORDER BY day LIMIT $3)",
-                ws.id,
+                Expired::ApiCounters(ws),
                 now - days(s.usage_events_days),
                 batch,
                 &mut done.batches,
@@ -538,10 +420,7 @@ pub async fn cleanup(
     }
     done.stripe_events += drain(
         &mut conn,
-        "DELETE FROM stripe_events WHERE ctid IN (
-            SELECT ctid FROM stripe_events WHERE $1::uuid IS NOT NULL AND processed_at IS NOT NULL
-               AND received_at < $2 LIMIT $3)",
-        Uuid::nil(),
+        Expired::StripeEvents,
         now - chrono::Duration::days(stripe_event_days),
         batch,
         &mut done.batches,
@@ -551,9 +430,7 @@ pub async fn cleanup(
     // delivered later than that is read again from Stripe anyway.
     done.stripe_reads += drain(
         &mut conn,
-        "DELETE FROM stripe_reads WHERE ctid IN (
-            SELECT ctid FROM stripe_reads WHERE $1::uuid IS NOT NULL AND read_at < $2 LIMIT $3)",
-        Uuid::nil(),
+        Expired::StripeReads,
         now - chrono::Duration::days(stripe_event_days),
         batch,
         &mut done.batches,
@@ -562,12 +439,7 @@ pub async fn cleanup(
     // Workers gone for a day that no job names any more.
     done.workers += drain(
         &mut conn,
-        "DELETE FROM apalis.workers w WHERE w.ctid IN (
-            SELECT x.ctid FROM apalis.workers x
-             WHERE $1::uuid IS NOT NULL AND x.last_seen < $2
-               AND NOT EXISTS (SELECT 1 FROM apalis.jobs j WHERE j.lock_by = x.id)
-             LIMIT $3)",
-        Uuid::nil(),
+        Expired::Workers,
         now - chrono::Duration::days(1),
         batch,
         &mut done.batches,
@@ -576,10 +448,7 @@ pub async fn cleanup(
     // Rate limit windows (`governance::rate_limit`) are read only while current.
     done.rate_limit_windows += drain(
         &mut conn,
-        "DELETE FROM rate_limit_windows WHERE ctid IN (
-            SELECT ctid FROM rate_limit_windows
-             WHERE $1::uuid IS NOT NULL AND window_start < $2 LIMIT $3)",
-        Uuid::nil(),
+        Expired::RateLimitWindows,
         now - chrono::Duration::hours(1),
         batch,
         &mut done.batches,

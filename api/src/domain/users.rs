@@ -6,19 +6,7 @@ use super::{DomainError, DomainResult, Services};
 use crate::db::models::UserRow;
 use crate::db::repo::users;
 
-/// Identity claims from a verified token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Claims {
-    /// `sub`.
-    pub subject: String,
-    /// `email` (its ASCII letters lower-cased: `invitations::normalize_email`).
-    pub email: String,
-    /// `name`.
-    pub name: Option<String>,
-    /// `email_verified`; a token without the claim does not count as verified (it proves
-    /// nothing about the address, so it accepts no invitation).
-    pub email_verified: bool,
-}
+pub use crate::auth::Claims;
 
 /// How long a provisioned identity is trusted without reading its row again.
 const IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(60);

@@ -138,7 +138,7 @@ pub fn holds_nul(v: &serde_json::Value) -> bool {
 }
 
 /// The job queue of stored Stripe events.
-pub const QUEUE: &str = "stripe-events";
+pub const QUEUE: &str = crate::tasks::queue::STRIPE_EVENTS;
 
 /// Attempts of an event's job across workers and restarts.
 pub const MAX_ATTEMPTS: i32 = 25;
@@ -154,7 +154,10 @@ pub async fn record(
     let created = DateTime::from_timestamp(head.created, 0)
         .ok_or_else(|| DomainError::bad_input("created", "created is not a valid time"))?;
     let mut conn = services.conn().await?;
-    let job = serde_json::json!({"v": 1, "event_id": head.id});
+    let job = crate::tasks::Task::StripeEvent {
+        event_id: head.id.clone(),
+    }
+    .payload();
     let new = conn
         .transaction(async |conn| {
             let new = stripe_events::insert(
@@ -206,22 +209,14 @@ fn secs(d: std::time::Duration) -> i64 {
 /// after a backoff (2 s doubling up to `retry.max_delay`): the job itself succeeds, so the
 /// run budget of `jobs::count_run`, meant for jobs that crash their process, is not spent, and
 /// the event is tried for as long as Stripe is down. Unknown event types are acknowledged as
-/// they are. A payload of another shape is logged and dropped rather than retried forever.
+/// they are.
 pub async fn process(
     pool: &crate::db::DbPool,
     billing: &super::billing::Billing,
     retry: &Retry,
-    job: &serde_json::Value,
+    id: &str,
 ) -> anyhow::Result<()> {
     use super::billing::mirror;
-    let Some(id) = job
-        .get("event_id")
-        .and_then(|v| v.as_str())
-        .filter(|_| job.get("v") == Some(&serde_json::json!(1)))
-    else {
-        tracing::warn!(%job, "dropping a Stripe event job of an unknown shape");
-        return Ok(());
-    };
     // 1. The event and the object it is about; the connection goes back to the pool.
     let target = {
         let mut conn = pool.get().await?;
@@ -275,7 +270,10 @@ async fn retry_later(
     why: &str,
     retry: &Retry,
 ) -> anyhow::Result<()> {
-    let job = serde_json::json!({"v": 1, "event_id": id});
+    let job = crate::tasks::Task::StripeEvent {
+        event_id: id.to_string(),
+    }
+    .payload();
     let mut conn = pool.get().await?;
     let next = conn
         .transaction(async |c| {
@@ -326,7 +324,10 @@ pub async fn sweep(pool: &crate::db::DbPool, retry: &Retry) -> anyhow::Result<us
                 )
                 .await?;
                 for (id, failures) in &swept {
-                    let job = serde_json::json!({"v": 1, "event_id": id});
+                    let job = crate::tasks::Task::StripeEvent {
+                        event_id: id.clone(),
+                    }
+                    .payload();
                     let key = stripe_events::attempt_key(id, *failures);
                     jobs::enqueue(c, QUEUE, &job, &key, MAX_ATTEMPTS).await?;
                 }

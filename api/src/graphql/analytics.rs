@@ -9,8 +9,8 @@ use super::jobs::Job;
 use super::members::Role;
 use super::replay::{self, Replayable};
 use super::{error, rc};
+use crate::domain::downloads::{self, Download, LinkSettings};
 use crate::domain::{self, analytics as dom};
-use crate::http::downloads::{self, Download, LinkSettings};
 use crate::ids::WorkspaceId;
 
 /// Which month analytics cover (months are UTC calendar months).

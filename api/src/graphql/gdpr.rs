@@ -11,9 +11,9 @@ use super::replay::{self, Replayable};
 use super::{error, rc};
 use crate::db::repo::consents::ConsentRow;
 use crate::db::repo::data_exports::ExportRow;
+use crate::domain::downloads::{self, Download, LinkSettings};
 use crate::domain::gdpr::{consents, erase, export};
 use crate::domain::{Actor, DomainError, Services};
-use crate::http::downloads::{self, Download, LinkSettings};
 use crate::ids::{DataExportId, UserId, WorkspaceId};
 
 /// Exports listed per person at most.

@@ -163,7 +163,7 @@ pub fn schema(config: &Config) -> AppSchema {
         .limit_recursive_depth(64)
         .limit_directives(16)
         .extension(shape::ShapeExtension)
-        .data(crate::http::downloads::LinkSettings {
+        .data(crate::domain::downloads::LinkSettings {
             ttl: config.download_link_ttl,
         });
     if !config.introspection {

@@ -19,7 +19,7 @@ use crate::db::DbPool;
 use crate::db::repo::idempotency;
 
 /// The queue of the periodic jobs.
-pub const QUEUE: &str = "maintenance";
+pub const QUEUE: &str = crate::tasks::queue::MAINTENANCE;
 
 /// Attempts of a periodic job across workers and restarts (the next tick comes anyway).
 pub const MAX_ATTEMPTS: i32 = 5;
@@ -87,26 +87,26 @@ pub fn find(name: &str) -> Option<&'static Periodic> {
     PERIODIC.iter().find(|p| p.name == name)
 }
 
-/// Runs one job of the maintenance queue: the tick of the periodic job its payload names. A
-/// payload of an unknown shape or job is logged and dropped.
+/// Runs one job of the maintenance queue: the tick `tick` of the periodic job `schedule`. A
+/// periodic job this release does not have is logged and dropped.
 pub async fn run(
     pool: &DbPool,
     settings: &Settings,
-    payload: &serde_json::Value,
+    schedule: &str,
+    tick: &str,
 ) -> anyhow::Result<()> {
-    let name = payload["schedule"].as_str();
-    let periodic = match (payload["v"].as_i64(), name.and_then(find)) {
-        (Some(1), Some(periodic)) => periodic,
-        _ => {
-            tracing::warn!(%payload, "maintenance job of an unknown shape or periodic job; dropped");
-            return Ok(());
-        }
+    let Some(periodic) = find(schedule) else {
+        tracing::warn!(
+            schedule,
+            "maintenance job of an unknown periodic job; dropped"
+        );
+        return Ok(());
     };
     let started = Instant::now();
     (periodic.job)(pool, settings).await?;
     tracing::debug!(
         schedule = periodic.name,
-        tick = payload["tick"].as_str().unwrap_or(""),
+        tick,
         ms = started.elapsed().as_millis() as u64,
         "periodic job done"
     );

@@ -12,16 +12,19 @@
 //! - failures are retried in the worker with exponential backoff (without a retry layer a
 //!   failed job is fetched again at once), then stay `Failed` in `apalis.jobs` with their
 //!   error;
-//! - payloads are decoded as plain JSON and read defensively by each job: a payload that does
-//!   not decode into the worker's type would stop the worker;
+//! - payloads are decoded as plain JSON, then into a typed [`Task`] (`tasks`), read
+//!   defensively: a payload that does not decode is logged and dropped (one that failed to
+//!   decode into the worker's own type would stop the worker);
 //! - a worker that exits on a database error is restarted by the monitor;
 //! - a job re-queued because its worker stopped heartbeating is fetched whatever its
 //!   `max_attempts`: every handler starts with [`count_run`], which gives up past
 //!   [`MAX_RUNS`].
 //!
-//! Queues: `stripe-events` (`domain::webhooks`), `billing-intents`
-//! (`domain::billing::intents`) and `maintenance` (the periodic jobs: [`maintenance`], put
-//! there by the schedulers of [`schedule`], which run on the same monitor).
+//! Queues (`tasks::queue`), one worker each, every job run by the one handler [`job`], which
+//! decodes its [`Task`] and calls one domain function ([`perform`]): the billing lane
+//! (`stripe-events`, `billing-intents`) and the tenant lane (`maintenance`, the periodic jobs
+//! put there by the schedulers of [`schedule`] on the same monitor; `analytics`,
+//! `notifications`, `archives`, `gdpr`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,7 @@ use tokio::sync::watch;
 
 use crate::db::DbPool;
 use crate::domain::billing::Billing;
+use crate::tasks::{Task, queue};
 
 pub mod maintenance;
 pub mod schedule;
@@ -79,59 +83,81 @@ pub async fn count_run(pool: &DbPool, queue: &str, id: &TaskId) -> Result<i32, B
     Err(Box::new(AbortError::new(message)))
 }
 
-/// Runs one job of the Stripe events queue (see `domain::webhooks::process`).
-async fn stripe_event(
+/// The queue a worker serves (handed to [`job`] as worker data).
+#[derive(Clone, Copy, Debug)]
+struct Queue(&'static str);
+
+/// Runs one job of any queue: counts the run ([`count_run`]), decodes its task
+/// ([`Task::decode`]; a payload this release cannot read is logged and dropped) and hands it
+/// to its one domain function ([`perform`]). A task that must not run again
+/// ([`crate::tasks::GiveUp`]) is recorded `Killed` with its message; any other error is
+/// retried with backoff.
+async fn job(
     payload: serde_json::Value,
+    queue: Data<Queue>,
     pool: Data<DbPool>,
     settings: Data<Arc<Settings>>,
     id: TaskId,
 ) -> Result<(), BoxDynError> {
-    count_run(&pool, crate::domain::webhooks::QUEUE, &id).await?;
-    let retry = &settings.config.stripe_retry;
-    crate::domain::webhooks::process(&pool, &settings.billing, retry, &payload).await?;
-    Ok(())
+    let Queue(queue) = *queue;
+    count_run(&pool, queue, &id).await?;
+    let Some(task) = Task::decode(queue, &payload) else {
+        tracing::warn!(queue, %payload, "dropping a job of an unknown shape");
+        return Ok(());
+    };
+    match perform(task, &pool, &settings).await {
+        Ok(()) => Ok(()),
+        Err(e) => match e.downcast::<crate::tasks::GiveUp>() {
+            Ok(give_up) => Err(Box::new(AbortError::new(give_up.0))),
+            Err(e) => Err(e.into()),
+        },
+    }
 }
 
-/// Runs one job of the billing recovery queue (see `domain::billing::intents::recover`).
-async fn billing_intent(
-    payload: serde_json::Value,
-    pool: Data<DbPool>,
-    settings: Data<Arc<Settings>>,
-    id: TaskId,
-) -> Result<(), BoxDynError> {
-    count_run(&pool, crate::domain::billing::intents::QUEUE, &id).await?;
-    crate::domain::billing::intents::recover(&pool, &settings.billing, &payload).await?;
-    Ok(())
-}
-
-/// Runs one job of the maintenance queue: one tick of a periodic job (see [`maintenance`]).
-async fn maintenance_job(
-    payload: serde_json::Value,
-    pool: Data<DbPool>,
-    settings: Data<Arc<Settings>>,
-    id: TaskId,
-) -> Result<(), BoxDynError> {
-    count_run(&pool, maintenance::QUEUE, &id).await?;
-    maintenance::run(&pool, &settings, &payload).await?;
-    Ok(())
+/// Does the work of one task: each kind is one domain function.
+async fn perform(task: Task, pool: &DbPool, settings: &Settings) -> anyhow::Result<()> {
+    use crate::domain::{analytics, archives, billing, gdpr, notifications, webhooks};
+    match task {
+        Task::StripeEvent { event_id } => {
+            let retry = &settings.config.stripe_retry;
+            webhooks::process(pool, &settings.billing, retry, &event_id).await
+        }
+        Task::BillingRecovery { intent } => {
+            billing::intents::recover(pool, &settings.billing, intent).await
+        }
+        Task::Tick { schedule, tick } => maintenance::run(pool, settings, &schedule, &tick).await,
+        Task::Analytics {
+            workspace,
+            period_start,
+        } => analytics::run(&settings.services(pool), workspace, period_start).await,
+        Task::FanOut { notification } => notifications::delivery::fan_out(pool, notification).await,
+        Task::Deliver { delivery, due } => {
+            notifications::delivery::deliver(&settings.services(pool), delivery, &due).await
+        }
+        Task::ArchiveRestore { archive } => {
+            archives::run_restore(pool, &settings.vault, archive, chrono::Utc::now()).await
+        }
+        Task::Export { export } => gdpr::export::run(pool, &settings.vault, export).await,
+        Task::Erase { user } => gdpr::erase::run(pool, &settings.vault, user).await,
+        Task::EraseInWorkspace { user, workspace } => {
+            gdpr::erase::run_in_workspace(pool, &settings.vault, workspace, user).await
+        }
+    }
 }
 
 /// The queues of the billing lane: Stripe's events and the recovery of billing requests.
 /// They run on connections of their own, so that no tenant's exports or analytics can delay
 /// them (see [`run_workers`]).
-const BILLING_LANE: [&str; 2] = [
-    crate::domain::webhooks::QUEUE,
-    crate::domain::billing::intents::QUEUE,
-];
+const BILLING_LANE: [&str; 2] = [queue::STRIPE_EVENTS, queue::BILLING_INTENTS];
 
 /// The queues of the tenant lane: what workspaces ask for (analytics, archives, exports,
 /// erasures), their notifications, and the periodic jobs.
 const TENANT_LANE: [&str; 5] = [
-    maintenance::QUEUE,
-    crate::domain::analytics::QUEUE,
-    crate::domain::notifications::QUEUE,
-    crate::domain::archives::QUEUE,
-    crate::domain::gdpr::QUEUE,
+    queue::MAINTENANCE,
+    queue::ANALYTICS,
+    queue::NOTIFICATIONS,
+    queue::ARCHIVES,
+    queue::GDPR,
 ];
 
 /// The queue workers and the schedulers until `shutdown` turns true; `false` when they could
@@ -158,8 +184,8 @@ async fn run_workers(
         }
     };
     let jobs = &settings.config;
-    let concurrency = |queue: &str| {
-        if queue == crate::domain::webhooks::QUEUE {
+    let concurrency = |name: &str| {
+        if name == queue::STRIPE_EVENTS {
             jobs.stripe_concurrency
         } else {
             jobs.concurrency
@@ -201,6 +227,7 @@ async fn run_workers(
                     apalis::layers::retry::backoff::ExponentialBackoffMaker::default();
                 WorkerBuilder::new(format!("{}-{}-{}", $queue, ulid_suffix(), n))
                     .backend(backend)
+                    .data(Queue($queue))
                     .data(pool.clone())
                     .data(settings.clone())
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.make_backoff()))
@@ -214,43 +241,14 @@ async fn run_workers(
         tracing::warn!(worker = worker.name(), %error, "job worker stopped; restarting it");
         true
     });
-    monitor = register_queue!(
-        monitor,
-        billing_pool,
-        crate::domain::webhooks::QUEUE,
-        stripe_event
-    );
-    monitor = register_queue!(
-        monitor,
-        billing_pool,
-        crate::domain::billing::intents::QUEUE,
-        billing_intent
-    );
-    monitor = register_queue!(monitor, tenant_pool, maintenance::QUEUE, maintenance_job);
-    monitor = register_queue!(
-        monitor,
-        tenant_pool,
-        crate::domain::analytics::QUEUE,
-        crate::domain::analytics::job
-    );
-    monitor = register_queue!(
-        monitor,
-        tenant_pool,
-        crate::domain::notifications::QUEUE,
-        crate::domain::notifications::job
-    );
-    monitor = register_queue!(
-        monitor,
-        tenant_pool,
-        crate::domain::archives::QUEUE,
-        crate::domain::archives::job
-    );
-    monitor = register_queue!(
-        monitor,
-        tenant_pool,
-        crate::domain::gdpr::QUEUE,
-        crate::domain::gdpr::job
-    );
+    for (lane, queues) in [
+        (&billing_pool, &BILLING_LANE[..]),
+        (&tenant_pool, &TENANT_LANE[..]),
+    ] {
+        for &q in queues {
+            monitor = register_queue!(monitor, lane, q, job);
+        }
+    }
     // The schedulers: each tick of a periodic job enqueues its job on the maintenance queue,
     // once however many processes tick (see `schedule`).
     for scheduled in settings.schedules.iter() {
@@ -276,8 +274,8 @@ pub struct JobConfig {
     pub concurrency: usize,
     /// Stripe events one process applies at once (`STRIPE_EVENT_CONCURRENCY`, default 4).
     pub stripe_concurrency: usize,
-    /// Jobs of one kind a workspace (or a person, for their own exports and erasures) may
-    /// have queued or running at once (`WORKSPACE_JOB_LIMIT`, default 3): one more is the one
+    /// Jobs of one kind (analytics, data exports, archive restores; never erasures) a
+    /// workspace, or a person for their own exports, may have queued or running at once (`WORKSPACE_JOB_LIMIT`, default 3): one more is the one
     /// of them doing the same work, if any, else refused with `RATE_LIMITED`.
     pub workspace_limit: i64,
     /// The retries of Stripe events (`STRIPE_EVENT_RETRY_MAX_SECS`, default 300, and

@@ -200,20 +200,14 @@ pub async fn enqueue_tick(
         .with_nanosecond(0)
         .ok_or_else(|| anyhow::anyhow!("tick {at} out of range"))?;
     let key = tick_key(schedule, at);
-    let payload = serde_json::json!({
-        "v": 1,
-        "schedule": schedule,
-        "tick": at.to_rfc3339_opts(SecondsFormat::Secs, true),
-    });
+    let task = crate::tasks::Task::Tick {
+        schedule: schedule.to_string(),
+        tick: at.to_rfc3339_opts(SecondsFormat::Secs, true),
+    };
     let mut conn = pool.get().await?;
-    Ok(crate::db::repo::jobs::enqueue(
-        &mut conn,
-        super::maintenance::QUEUE,
-        &payload,
-        &key,
-        super::maintenance::MAX_ATTEMPTS,
-    )
-    .await?)
+    Ok(task
+        .enqueue(&mut conn, &key, super::maintenance::MAX_ATTEMPTS, 0)
+        .await?)
 }
 
 /// A cron expression as apalis-cron's [`apalis_cron::Schedule`], in UTC. (apalis-cron's own

@@ -700,9 +700,9 @@ async fn export_links_open_only_as_issued_to_a_manager_until_they_expire() {
         chrono::Utc::now(),
     );
     let mint = |workspace, user, at: chrono::DateTime<chrono::Utc>| {
-        api::http::downloads::link(
+        api::domain::downloads::link(
             &vault,
-            &api::http::downloads::Download::AnalyticsExport {
+            &api::domain::downloads::Download::AnalyticsExport {
                 workspace,
                 user,
                 period_start: start,
@@ -727,9 +727,9 @@ async fn export_links_open_only_as_issued_to_a_manager_until_they_expire() {
     refused(&get(&app, &mint(theirs_uuid, owner_id, now)).await);
     // Another deployment's key.
     let other = api::storage::Vault::open("memory:///", &[], [7; 32]).expect("vault");
-    let foreign = api::http::downloads::link(
+    let foreign = api::domain::downloads::link(
         &other,
-        &api::http::downloads::Download::AnalyticsExport {
+        &api::domain::downloads::Download::AnalyticsExport {
             workspace: ws_uuid,
             user: owner_id,
             period_start: start,

@@ -1026,3 +1026,63 @@ async fn jobs_schedules_are_configured_and_a_bad_one_stops_the_process() {
         "{output}"
     );
 }
+
+#[tokio::test]
+async fn jobs_payloads_written_by_the_previous_release_still_run() {
+    // Rows exactly as the release before typed tasks wrote them (JSON text of `"v": 1`
+    // payloads), and one of a version this release does not know.
+    let app = app().await;
+    let owner = app.user("upgrade@example.com");
+    let ws = app.create_workspace(&owner, "Upgrade").await;
+    let ws_uuid = tests::workspace_uuid(&ws);
+    let month = chrono::Utc::now().format("%Y-%m-01T00:00:00Z").to_string();
+    let gone = uuid::Uuid::now_v7();
+    let rows = [
+        (
+            "analytics",
+            format!(r#"{{"v": 1, "workspace": "{ws_uuid}", "periodStart": "{month}"}}"#),
+        ),
+        ("archives", format!(r#"{{"v": 1, "archive": "{gone}"}}"#)),
+        (
+            "gdpr",
+            format!(r#"{{"v": 1, "op": "export", "export": "{gone}"}}"#),
+        ),
+        (
+            "stripe-events",
+            r#"{"v": 1, "event_id": "evt_gone"}"#.to_string(),
+        ),
+        (
+            "notifications",
+            format!(r#"{{"v": 1, "kind": "fanout", "notification": "{gone}"}}"#),
+        ),
+        (
+            "analytics",
+            format!(r#"{{"v": 2, "workspace": "{ws_uuid}", "month": "{month}"}}"#),
+        ),
+    ];
+    for (i, (queue, payload)) in rows.iter().enumerate() {
+        app.sql_exec(&format!(
+            "INSERT INTO apalis.jobs (id, job_type, job, max_attempts, idempotency_key, run_at)
+             VALUES (apalis.generate_ulid(), '{queue}', convert_to('{payload}', 'UTF8'), 3,
+                     'upgrade-{i}', now())"
+        ))
+        .await;
+    }
+    let worker = Worker::start(&app);
+    wait_for(
+        &app,
+        "SELECT count(*) AS n FROM apalis.jobs WHERE idempotency_key LIKE 'upgrade-%' AND status = 'Done' AND attempts = 1",
+        rows.len() as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    worker.stop().await;
+    // The v1 analytics job did its work: the month's snapshot is there.
+    assert_eq!(
+        app.sql_count(&format!(
+            "SELECT count(*) AS n FROM analytics_snapshots WHERE workspace_id = '{ws_uuid}'"
+        ))
+        .await,
+        1
+    );
+}

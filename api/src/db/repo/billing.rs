@@ -887,13 +887,15 @@ pub async fn set_capacities(
 
 // ----- pools -----
 
-/// Recomputes a pool's capacities from its funding subscriptions and copies them onto its
-/// counters. `accounts`: the accounts that feed the pool.
+/// Recomputes a pool's capacities of `resources` (the pooled resources) from its funding
+/// subscriptions and copies them onto its counters. `accounts`: the accounts that feed the
+/// pool.
 pub async fn refresh_pool(
     conn: &mut AsyncPgConnection,
     ws: Uuid,
     pool: Uuid,
     accounts: &[Uuid],
+    resources: &[&str],
 ) -> QueryResult<()> {
     diesel::sql_query(
         "WITH caps AS (
@@ -913,7 +915,7 @@ pub async fn refresh_pool(
     .bind::<SqlUuid, _>(ws)
     .bind::<SqlUuid, _>(pool)
     .bind::<Array<SqlUuid>, _>(accounts)
-    .bind::<Array<Text>, _>(crate::domain::billing::catalog::POOLED_RESOURCES.to_vec())
+    .bind::<Array<Text>, _>(resources)
     .bind::<Array<Text>, _>(FUNDING_STATUSES.to_vec())
     .execute(conn)
     .await

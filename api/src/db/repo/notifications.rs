@@ -38,6 +38,57 @@ fn enqueue_sql(source: &str, queue: &str, attempts: &str) -> String {
     )
 }
 
+/// Records notification `id` of `ws` (`kind` its wire type, `category` its stored category,
+/// `data`) once per `dedupe_key`, with the job on `queue` (`job_attempts` apalis attempts)
+/// that fans it out, in the caller's transaction: one statement, so a rolled-back change
+/// notifies nobody and a committed one is never lost. `true` when recorded now.
+#[allow(clippy::too_many_arguments)]
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    ws: Uuid,
+    kind: &str,
+    category: &str,
+    data: serde_json::Value,
+    dedupe_key: &str,
+    queue: &str,
+    job_attempts: i32,
+) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Recorded {
+        #[allow(dead_code)]
+        #[diesel(sql_type = Bool)]
+        recorded: bool,
+    }
+    // The fan-out job's payload is `{"v": 1, "kind": "fanout", "notification": id}`.
+    let rows: Vec<Recorded> = diesel::sql_query(
+        "WITH n AS (
+            INSERT INTO notifications (id, workspace_id, type, category, data, dedupe_key)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (workspace_id, dedupe_key) DO NOTHING
+            RETURNING id)
+         INSERT INTO apalis.jobs (id, job_type, job, max_attempts, idempotency_key, run_at)
+         SELECT apalis.generate_ulid(), $7,
+                convert_to(json_build_object('v', 1, 'kind', 'fanout', 'notification', n.id)::text, 'UTF8'),
+                $8, 'notification:' || n.id, now()
+           FROM n
+         ON CONFLICT (job_type, idempotency_key) DO NOTHING
+         RETURNING true AS recorded",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(ws)
+    .bind::<Text, _>(kind)
+    .bind::<Text, _>(category)
+    .bind::<Jsonb, _>(data)
+    .bind::<Text, _>(dedupe_key)
+    .bind::<Text, _>(queue)
+    .bind::<Integer, _>(job_attempts)
+    .cached()
+    .load(conn)
+    .await?;
+    Ok(!rows.is_empty())
+}
+
 /// A notification as stored.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct NotificationRow {

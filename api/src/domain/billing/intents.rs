@@ -36,7 +36,7 @@ use crate::ids::{UserId, WorkspaceId};
 use crate::stripe::{self, StripeApi, StripeError};
 
 /// The queue of recovery jobs.
-pub const QUEUE: &str = "billing-intents";
+pub const QUEUE: &str = crate::tasks::queue::BILLING_INTENTS;
 
 /// What a recovery job is in `Workspace.jobs`.
 pub const JOB_KIND: &str = "billing.request";
@@ -593,7 +593,7 @@ async fn record(
         JOB_KIND,
         caller,
         QUEUE,
-        &serde_json::json!({"v": 1, "intent": row.id}),
+        &crate::tasks::Task::BillingRecovery { intent: row.id }.payload(),
         &row.id.to_string(),
         RECOVERY_ATTEMPTS,
         recovery_delay_secs(billing),
@@ -791,19 +791,7 @@ pub async fn discard(conn: &mut AsyncPgConnection, intent_id: Uuid) -> DomainRes
 
 /// The recovery job: finishes an intent whose mutation did not (a crash, an outage the
 /// caller did not retry). Returns an error (retried with backoff) while Stripe is down.
-pub async fn recover(
-    pool: &DbPool,
-    billing: &Billing,
-    payload: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let Some(id) = payload
-        .get("intent")
-        .and_then(|v| v.as_str())
-        .and_then(|s| Uuid::parse_str(s).ok())
-    else {
-        tracing::warn!(%payload, "billing-intents job without an intent id; dropped");
-        return Ok(());
-    };
+pub async fn recover(pool: &DbPool, billing: &Billing, id: Uuid) -> anyhow::Result<()> {
     match finish(pool, billing, id).await? {
         Finished::Completed => {
             tracing::info!(intent = %id, "recovered a billing request");
@@ -827,7 +815,7 @@ pub async fn requeue_stale(pool: &DbPool, billing: &Billing) -> anyhow::Result<u
     let mut n = 0;
     for (id, ws, caller) in stale {
         let key = format!("{id}:{hour}");
-        let payload = serde_json::json!({"v": 1, "intent": id});
+        let payload = crate::tasks::Task::BillingRecovery { intent: id }.payload();
         if workspace_jobs::enqueue(
             &mut conn,
             ws,

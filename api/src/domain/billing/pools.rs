@@ -191,7 +191,7 @@ pub async fn refresh(
     account: Uuid,
 ) -> DomainResult<()> {
     let (pool, accounts) = pool_of_account(conn, ws, mode, account).await?;
-    repo::refresh_pool(conn, ws, pool.id, &accounts).await?;
+    repo::refresh_pool(conn, ws, pool.id, &accounts, &catalog::POOLED_RESOURCES).await?;
     Ok(())
 }
 

@@ -244,7 +244,11 @@ async fn remove_from_workspace(
     }
     crate::db::repo::members::delete(conn, m.id).await?;
     let pseudonym = pseudonym(vault, user.0);
-    let payload = json!({"v": 1, "op": "erase_in_workspace", "user": user.0, "workspace": ws});
+    let payload = crate::tasks::Task::EraseInWorkspace {
+        user: user.0,
+        workspace: ws,
+    }
+    .payload();
     let (job, _) = enqueue(
         conn,
         actor,
@@ -292,11 +296,10 @@ async fn remove_from_workspace(
 /// (idempotent; nothing is done if they became a member again meanwhile).
 pub async fn run_in_workspace(
     pool: &DbPool,
-    settings: &crate::jobs::Settings,
+    vault: &Vault,
     ws: Uuid,
     user: Uuid,
 ) -> anyhow::Result<()> {
-    let vault = &settings.vault;
     let mut conn = pool.get().await?;
     let Some(person) = erasure::lock_person(&mut conn, user, false).await? else {
         tracing::warn!(user.id = %user, "an erasure from a workspace of no user; dropped");
@@ -463,12 +466,7 @@ fn listed(list: &[(&str, &str)], c: &TextColumn) -> bool {
 }
 
 /// Does the erasure of `user` (one job; see the module docs).
-pub async fn run(
-    pool: &DbPool,
-    settings: &crate::jobs::Settings,
-    user: Uuid,
-) -> anyhow::Result<()> {
-    let vault = &settings.vault;
+pub async fn run(pool: &DbPool, vault: &Vault, user: Uuid) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     let Some(er) = erasure::find(&mut conn, user).await? else {
         tracing::warn!(user.id = %user, "an erasure job of no requested erasure; dropped");

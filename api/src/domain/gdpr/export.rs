@@ -280,8 +280,7 @@ pub async fn download(
 /// Builds, seals and records export `id` (one job). An export that is gone (its person was
 /// erased) or no longer pending is left alone; one whose person's erasure was requested
 /// meanwhile is not kept.
-pub async fn run(pool: &DbPool, settings: &crate::jobs::Settings, id: Uuid) -> anyhow::Result<()> {
-    let vault = &settings.vault;
+pub async fn run(pool: &DbPool, vault: &Vault, id: Uuid) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     let Some(e) = repo::find(&mut conn, id).await? else {
         tracing::info!(data_export.id = %id, "export gone before it was built; nothing to do");

@@ -1,5 +1,5 @@
 //! Privacy (GDPR): consents ([`consents`]), data exports ([`export`]) and erasure
-//! ([`erase`]). README.md, "Privacy (GDPR)", says what each covers and keeps.
+//! ([`erase`]). docs/features/privacy.md says what each covers and keeps.
 //!
 //! Who may ask about a person ([`scope_of`]): the person themself, for everything; or an
 //! owner of a workspace the person belongs to, for what relates to that workspace. Anyone
@@ -11,23 +11,18 @@ pub mod consents;
 pub mod erase;
 pub mod export;
 
-use std::sync::Arc;
-
-use apalis::prelude::{BoxDynError, Data, TaskId};
 use diesel_async::AsyncPgConnection;
 use hmac::Mac as _;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::{Actor, DomainError, DomainResult, Role};
-use crate::db::DbPool;
 use crate::db::repo::erasure::{self, Membership};
 use crate::db::repo::workspace_jobs::{self, JobRow};
 use crate::ids::{UserId, WorkspaceId};
 use crate::storage::Vault;
 
 /// The queue of export and erasure jobs.
-pub const QUEUE: &str = "gdpr";
+pub const QUEUE: &str = crate::tasks::queue::GDPR;
 /// Attempts of a job of the queue.
 pub const MAX_ATTEMPTS: i32 = 5;
 
@@ -221,52 +216,14 @@ async fn enqueue(
     Ok((job, fresh))
 }
 
-/// Does one job of the queue. A payload of an unknown shape is logged and dropped.
-pub async fn run(
-    pool: &DbPool,
-    settings: &crate::jobs::Settings,
-    job: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let id = |field: &str| job[field].as_str().and_then(|s| Uuid::parse_str(s).ok());
-    match (
-        job["v"].as_i64(),
-        job["op"].as_str(),
-        id("export"),
-        id("user"),
-    ) {
-        (Some(1), Some("export"), Some(export), _) => export::run(pool, settings, export).await,
-        (Some(1), Some("erase"), _, Some(user)) => erase::run(pool, settings, user).await,
-        (Some(1), Some("erase_in_workspace"), _, Some(user)) if id("workspace").is_some() => {
-            let ws = id("workspace").unwrap_or_default();
-            erase::run_in_workspace(pool, settings, ws, user).await
-        }
-        _ => {
-            tracing::warn!(%job, "dropping a gdpr job of an unknown shape");
-            Ok(())
-        }
-    }
-}
-
-/// Runs one job of the queue (registered in `jobs::run_workers`).
-pub async fn job(
-    payload: serde_json::Value,
-    pool: Data<DbPool>,
-    settings: Data<Arc<crate::jobs::Settings>>,
-    id: TaskId,
-) -> Result<(), BoxDynError> {
-    crate::jobs::count_run(&pool, QUEUE, &id).await?;
-    run(&pool, &settings, &payload).await?;
-    Ok(())
-}
-
 /// The payload of an export job.
 fn export_payload(export: Uuid) -> serde_json::Value {
-    json!({"v": 1, "op": "export", "export": export})
+    crate::tasks::Task::Export { export }.payload()
 }
 
 /// The payload of an erasure job.
 fn erase_payload(user: Uuid) -> serde_json::Value {
-    json!({"v": 1, "op": "erase", "user": user})
+    crate::tasks::Task::Erase { user }.payload()
 }
 
 #[cfg(test)]

@@ -24,10 +24,8 @@
 //! (`v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` under the endpoint's
 //! secret); the body is `{"type", "timestamp", "data"}`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::SecondsFormat;
 use serde_json::json;
 use uuid::Uuid;
@@ -37,6 +35,7 @@ use super::{Category, EventType, JOB_MAX_ATTEMPTS, QUEUE, RETRY_WINDOW, backoff_
 use crate::db::DbPool;
 use crate::db::repo::integrations as settings;
 use crate::db::repo::notifications as repo;
+use crate::domain::Services;
 use crate::domain::integrations::{endpoint_aad, slack_aad, unseal};
 use crate::ids::{NotificationDeliveryId, NotificationId, WebhookEndpointId, WorkspaceId};
 
@@ -51,44 +50,6 @@ pub const SKIPPED_REASON: &str = "not sent: the workspace's policy turns externa
 pub const INVITEE_TARGET: &str = "invitation:";
 /// Deliveries whose due jobs one sweep enqueues, at most.
 pub const SWEEP_BATCH: i64 = 1_000;
-
-/// Runs one job of the notifications queue (registered in `jobs::run_workers`).
-pub async fn job(
-    payload: serde_json::Value,
-    pool: Data<DbPool>,
-    settings: Data<Arc<crate::jobs::Settings>>,
-    id: TaskId,
-) -> Result<(), BoxDynError> {
-    crate::jobs::count_run(&pool, QUEUE, &id).await?;
-    run(&pool, &settings, &payload).await?;
-    Ok(())
-}
-
-/// Does one job of the notifications queue. A payload of an unknown shape is logged and
-/// dropped.
-pub async fn run(
-    pool: &DbPool,
-    settings: &crate::jobs::Settings,
-    payload: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let uuid = |k: &str| payload[k].as_str().and_then(|s| Uuid::parse_str(s).ok());
-    let kind = (payload["v"].as_i64(), payload["kind"].as_str());
-    match (
-        kind,
-        uuid("notification"),
-        uuid("delivery"),
-        payload["due"].as_str(),
-    ) {
-        ((Some(1), Some("fanout")), Some(n), _, _) => fan_out(pool, n).await,
-        ((Some(1), Some("deliver")), _, Some(d), Some(due)) => {
-            deliver(pool, settings, d, due).await
-        }
-        _ => {
-            tracing::warn!(%payload, "dropping a notification job of an unknown shape");
-            Ok(())
-        }
-    }
-}
 
 /// Creates the deliveries of notification `id` and enqueues their first attempts.
 pub async fn fan_out(pool: &DbPool, id: Uuid) -> anyhow::Result<()> {
@@ -182,12 +143,8 @@ pub async fn fan_out(pool: &DbPool, id: Uuid) -> anyhow::Result<()> {
 }
 
 /// Makes the attempt of delivery `id` due at `due`, if it still is.
-pub async fn deliver(
-    pool: &DbPool,
-    settings: &crate::jobs::Settings,
-    id: Uuid,
-    due: &str,
-) -> anyhow::Result<()> {
+pub async fn deliver(ctx: &Services, id: Uuid, due: &str) -> anyhow::Result<()> {
+    let pool = &ctx.pool;
     let mut conn = pool.get().await?;
     if repo::skip_if_integrations_off(&mut conn, id, due, SKIPPED_REASON).await? {
         tracing::info!(delivery = %NotificationDeliveryId(id), "external integrations are off in the workspace's policy; delivery skipped");
@@ -200,7 +157,7 @@ pub async fn deliver(
     // Connections are for the statements, not for waiting on receivers.
     drop(conn);
     let started = Instant::now();
-    let outcome = attempt(pool, settings, &c).await?;
+    let outcome = attempt(ctx, &c).await?;
     let duration_ms = elapsed_ms(started);
     let (status_code, error, permanent) = match &outcome {
         Outcome::Delivered { status } => (*status, None, false),
@@ -246,12 +203,9 @@ pub async fn deliver(
 
 /// Makes one attempt on the delivery's channel. Destinations are read now: one removed
 /// since the notification fails for good.
-async fn attempt(
-    pool: &DbPool,
-    settings: &crate::jobs::Settings,
-    c: &repo::Claimed,
-) -> anyhow::Result<Outcome> {
-    let notifier = &settings.notifier;
+async fn attempt(ctx: &Services, c: &repo::Claimed) -> anyhow::Result<Outcome> {
+    let pool = &ctx.pool;
+    let notifier = &ctx.notifier;
     let kind = EventType::parse(&c.r#type);
     let title = kind.map_or("Notification", EventType::title);
     let text = kind.map_or_else(|| c.r#type.clone(), |k| summary(k, &c.data));
@@ -266,7 +220,7 @@ async fn attempt(
             };
             let endpoint_id = c.endpoint_id.unwrap_or_default();
             let secret = unseal(
-                &settings.vault,
+                &ctx.vault,
                 &endpoint_aad(endpoint_id),
                 &endpoint.secret_sealed,
             )?;
@@ -297,7 +251,7 @@ async fn attempt(
             let Some(slack) = slack else {
                 return Ok(Outcome::permanent("the Slack webhook was removed"));
             };
-            let url = unseal(&settings.vault, &slack_aad(c.workspace_id), &slack.sealed)?;
+            let url = unseal(&ctx.vault, &slack_aad(c.workspace_id), &slack.sealed)?;
             // Slack reads `<…>` as links and mentions: the text is escaped as it asks.
             let message = format!("*{title}* ({}): {text}", c.workspace_name)
                 .replace('&', "&amp;")
@@ -319,11 +273,8 @@ async fn attempt(
                     "the invitation was accepted, declined, revoked or expired",
                 ));
             };
-            let (subject, body) = crate::domain::invitations::email_text(
-                &settings.invitations,
-                &settings.vault,
-                &live,
-            );
+            let (subject, body) =
+                crate::domain::invitations::email_text(&ctx.invitations, &ctx.vault, &live);
             notifier
                 .send_email(&live.invitation.email, &subject, body)
                 .await

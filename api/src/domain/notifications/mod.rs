@@ -28,17 +28,14 @@ pub mod delivery;
 pub mod quota;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use diesel::prelude::*;
-use diesel::sql_types::{Integer, Jsonb, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub use channels::{NotificationConfig, Notifier};
-pub use delivery::{enqueue_due, job};
+pub use delivery::enqueue_due;
 
 use super::DomainResult;
-use crate::db::cached::CachedExt;
 use crate::ids::{MemberId, UserId, WorkspaceId};
 
 /// Re-exported so that receivers (and the tests) verify signatures with the very crate
@@ -46,7 +43,7 @@ use crate::ids::{MemberId, UserId, WorkspaceId};
 pub use standardwebhooks;
 
 /// The queue of notification jobs (fan-out and delivery attempts).
-pub const QUEUE: &str = "notifications";
+pub const QUEUE: &str = crate::tasks::queue::NOTIFICATIONS;
 /// Attempts of one notification job inside apalis (database errors only: a failed delivery
 /// attempt is recorded and rescheduled by the job itself, which then succeeds).
 pub const JOB_MAX_ATTEMPTS: i32 = 5;
@@ -196,10 +193,6 @@ impl EventType {
     }
 }
 
-/// The JSON text of a fan-out job's payload for `notification` (SQL over `$id`).
-const FANOUT_PAYLOAD_SQL: &str =
-    "convert_to(json_build_object('v', 1, 'kind', 'fanout', 'notification', n.id)::text, 'UTF8')";
-
 /// Records that `kind` happened in workspace `ws` with `data`, in the caller's transaction,
 /// once per `dedupe_key` (`None`: always), and enqueues its fan-out. One statement; `true`
 /// when recorded now.
@@ -210,41 +203,20 @@ pub async fn record(
     data: Value,
     dedupe_key: Option<&str>,
 ) -> DomainResult<bool> {
-    #[derive(QueryableByName)]
-    struct Recorded {
-        #[allow(dead_code)]
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        recorded: bool,
-    }
     let id = crate::ids::NotificationId::new();
     let key = dedupe_key.map_or_else(|| format!("once:{}", id.0), str::to_string);
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "WITH n AS (
-                INSERT INTO notifications (id, workspace_id, type, category, data, dedupe_key)
-                VALUES ($1, $2, $3, $4, $5, $6)
-                ON CONFLICT (workspace_id, dedupe_key) DO NOTHING
-                RETURNING id)
-             INSERT INTO apalis.jobs (id, job_type, job, max_attempts, idempotency_key, run_at)
-             SELECT apalis.generate_ulid(), $7, {FANOUT_PAYLOAD_SQL}, $8, 'notification:' || n.id, now()
-               FROM n
-             ON CONFLICT (job_type, idempotency_key) DO NOTHING
-             RETURNING true AS recorded"
-        )
-    });
-    let rows: Vec<Recorded> = diesel::sql_query(SQL.as_str())
-        .bind::<SqlUuid, _>(id.0)
-        .bind::<SqlUuid, _>(ws)
-        .bind::<Text, _>(kind.wire())
-        .bind::<Text, _>(kind.category().as_str())
-        .bind::<Jsonb, _>(data)
-        .bind::<Text, _>(key)
-        .bind::<Text, _>(QUEUE)
-        .bind::<Integer, _>(JOB_MAX_ATTEMPTS)
-        .cached()
-        .load(conn)
-        .await?;
-    Ok(!rows.is_empty())
+    Ok(crate::db::repo::notifications::record(
+        conn,
+        id.0,
+        ws,
+        kind.wire(),
+        kind.category().as_str(),
+        data,
+        &key,
+        QUEUE,
+        JOB_MAX_ATTEMPTS,
+    )
+    .await?)
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

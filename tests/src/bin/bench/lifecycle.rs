@@ -210,12 +210,16 @@ pub async fn run(server_url: &str, workers: usize, seconds: u64) -> anyhow::Resu
     let mut steps = Vec::new();
 
     // Analytics of the month: the job's computation, three runs.
-    let payload = json!({"v": 1, "workspace": ws,
-        "periodStart": api::domain::analytics::bounds(api::domain::analytics::Period::CurrentMonth, chrono::Utc::now()).0.to_rfc3339()});
+    let start = api::domain::analytics::bounds(
+        api::domain::analytics::Period::CurrentMonth,
+        chrono::Utc::now(),
+    )
+    .0;
+    let services = settings.services(&pool);
     let mut runs = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
-        api::domain::analytics::run(&pool, &settings, &payload).await?;
+        api::domain::analytics::run(&services, ws, start).await?;
         runs.push(started.elapsed());
     }
     runs.sort();
