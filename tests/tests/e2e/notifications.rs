@@ -546,8 +546,16 @@ async fn a_webhook_is_delivered_signed_to_the_endpoints_that_subscribe() {
             ("third@example.com".to_string(), "promoted".to_string())
         ]
     );
-    // Each delivery is logged: delivered on its first attempt, its id the webhook-id.
-    let all = deliveries(&app, &owner, &ws).await;
+    // Each delivery is logged: delivered on its first attempt, its id the webhook-id. (The
+    // receiver has the bodies before the worker records its answers: wait for the records.)
+    let mut all = deliveries(&app, &owner, &ws).await;
+    let started = std::time::Instant::now();
+    while all.iter().any(|d| d["status"] == "PENDING")
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        all = deliveries(&app, &owner, &ws).await;
+    }
     assert_eq!(all.len(), 2, "{all:#?}");
     for d in &all {
         assert_eq!(d["status"], "DELIVERED");
